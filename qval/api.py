@@ -1,0 +1,89 @@
+"""The Python API behind the CLI: plan, run, ingest. The CLI is a thin layer over these functions."""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .errors import QvalError
+from .fingerprint import fingerprint
+from .plan import Plan, build_plan
+from .registry import REGISTRY
+from .store.db import results_lock
+from .store.ingest import IngestReport, ingest
+from .store.parts import is_done, write_json_atomic
+from .suite import load_suite
+
+
+def plan_suite(suite_path: str | Path) -> Plan:
+    return build_plan(load_suite(suite_path))
+
+
+def cell_status(plan: Plan, results: Path) -> dict[str, bool]:
+    return {cid: is_done(results, cid) for cid in plan.cells}
+
+
+@dataclass
+class RunSummary:
+    plan: Plan
+    run_id: str | None
+    cells_total: int
+    cells_todo: int
+    failed_shards: list[int] = field(default_factory=list)
+    failed_cells: list[str] = field(default_factory=list)
+    ingest: IngestReport | None = None
+
+
+def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local", on_event=None,
+              on_start=None) -> RunSummary:
+    """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing."""
+    results = Path(results)
+    plan = plan_suite(suite_path)  # validates everything before anything is written
+    runner_cls = REGISTRY.get("runners", runner)
+    with results_lock(results, f"run {plan.suite}"):
+        plan_path = plan.write(results)
+        done = cell_status(plan, results)
+        todo_shards = [s.index for s in plan.shards if any(not done[c] for c in s.cell_ids)]
+        summary = RunSummary(plan, None, len(plan.cells), sum(not d for d in done.values()))
+        if todo_shards:
+            summary.run_id = run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            record = {"run_id": run_id, "suite": plan.suite, "plan_id": plan.plan_id, "status": "running",
+                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fingerprint()}
+            run_file = results / "runs" / f"{run_id}.json"
+            run_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_file, record)
+            if on_start:
+                on_start(plan, done, todo_shards)
+            failed_cells: list[str] = []
+
+            def handle(shard: int, event: dict) -> None:
+                if event.get("event") == "cell_failed":
+                    failed_cells.append(event.get("cell", "?"))
+                if on_event:
+                    on_event(shard, event)
+
+            status = runner_cls(results, workers).run(plan, plan_path, todo_shards, run_id, handle)
+            summary.failed_shards = sorted(i for i, rc in status.items() if rc != 0)
+            summary.failed_cells = failed_cells
+            record.update(status="failed" if summary.failed_shards else "done",
+                          finished_at=datetime.now(timezone.utc).isoformat())
+            write_json_atomic(run_file, record)
+        summary.ingest = ingest(results)
+    return summary
+
+
+def ingest_results(results: Path) -> IngestReport:
+    with results_lock(results, "ingest"):
+        return ingest(Path(results))
+
+
+def read_plan_file(path: Path) -> Plan:
+    if not Path(path).is_file():
+        raise QvalError(f"no plan manifest at {path}")
+    return Plan.read(path)
+
+
+def describe_plan(plan: Plan) -> dict:
+    return json.loads(json.dumps(plan.to_json()))

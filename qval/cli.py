@@ -1,0 +1,178 @@
+"""The `qval` command line (typer + rich): a thin layer over qval.api, qval.results and qval.report."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import QvalError
+from .registry import KINDS, REGISTRY
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="qval: training-free evaluation of Q-aligned supervision signals and decoding policies.")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+RESULTS_OPT = typer.Option(Path("results"), "--results", help="Results folder (DuckDB file and Parquet parts).")
+
+
+def _version(value: bool):
+    if value:
+        out.print(f"qval {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+@app.command("list")
+def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all.")):
+    """List plugin names by kind. A plugin that fails to import is shown with a warning."""
+    entries = REGISTRY.entries(kind)
+    table = Table("kind", "name", "distribution", "status")
+    for e in entries:
+        problem = e.check()
+        table.add_row(e.kind, e.name, e.distribution, f"[yellow]warning: {problem}[/]" if problem else "ok")
+        if problem:
+            err.print(f"[yellow]warning:[/] {e.kind[:-1]} '{e.name}' ({e.distribution}) fails to import: {problem}")
+    out.print(table)
+
+
+@app.command()
+def plugins():
+    """Show every plugin with its kind, distribution and version (without importing them)."""
+    table = Table("name", "kind", "distribution", "version", "target")
+    for e in REGISTRY.entries():
+        table.add_row(e.name, e.kind, e.distribution, e.version, e.target)
+    out.print(table)
+
+
+@app.command()
+def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT):
+    """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing."""
+    from .api import cell_status, plan_suite
+
+    p = plan_suite(suite)
+    done = cell_status(p, results)
+    table = Table("shard", "cell_id", "track", "model", "method", "dataset", "T", "seed", "status",
+                  title=f"suite {p.suite}: {len(p.cells)} cells, {len(p.shards)} shards, plan {p.plan_id}")
+    for shard in p.shards:
+        for cid in shard.cell_ids:
+            c = p.cells[cid]
+            table.add_row(str(shard.index), cid, c.track, c.model or "–", c.method, c.dataset_label,
+                          f"{c.temperature:g}", str(c.seed), "[green]done[/]" if done[cid] else "todo")
+    out.print(table)
+    n_done = sum(done.values())
+    out.print(f"{n_done} done, {len(done) - n_done} to do")
+
+
+@app.command()
+def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
+        workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes for untimed shards."),
+        runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`).")):
+    """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
+    from .api import run_suite
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    tasks = {}
+
+    def on_start(p, done, shards):
+        todo = sum(not d for d in done.values())
+        out.print(f"suite {p.suite}: {len(p.cells)} cells, {todo} to run in {len(shards)} shard(s)")
+        progress.start()
+        tasks["cells"] = progress.add_task("cells", total=todo)
+        tasks["samples"] = progress.add_task("samples", total=0)
+
+    def on_event(shard, event):
+        kind = event.get("event")
+        if kind == "cell_start":
+            t = progress.tasks[tasks["samples"]]
+            progress.update(tasks["samples"], total=(t.total or 0) + event["total"], advance=event["done"])
+        elif kind == "sample":
+            progress.advance(tasks["samples"])
+        elif kind in ("cell_done", "cell_failed"):
+            progress.advance(tasks["cells"])
+            if kind == "cell_failed":
+                progress.console.print(f"[red]cell {event.get('cell')} failed:[/] {event.get('error')}")
+
+    try:
+        summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start)
+    finally:
+        progress.stop()
+    if summary.run_id is None:
+        out.print(f"nothing to run: all {summary.cells_total} cells of suite {summary.plan.suite} are done")
+    ing = summary.ingest
+    out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows into {results / 'qval.duckdb'}")
+    for q in ing.quarantined:
+        err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
+    if summary.failed_shards:
+        err.print(f"[red]{len(summary.failed_shards)} shard(s) failed[/]; logs in {results / 'logs' / summary.run_id}; "
+                  "re-run the same command to resume")
+        raise typer.Exit(1)
+
+
+@app.command("ingest")
+def ingest_cmd(results: Path = RESULTS_OPT):
+    """Ingest Parquet parts into RESULTS/qval.duckdb (idempotent; unchanged cells are skipped)."""
+    from .api import ingest_results
+
+    rep = ingest_results(results)
+    out.print(f"ingested {rep.cells_ingested} cell(s) ({rep.rows} rows), {rep.cells_unchanged} unchanged, "
+              f"{rep.metrics_computed} metric values")
+    for q in rep.quarantined:
+        err.print(f"[yellow]quarantined corrupt part[/] {q}")
+
+
+@app.command()
+def report(results: Path = RESULTS_OPT,
+           out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for the leaderboards."),
+           suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite (default: all).")):
+    """Write a Markdown leaderboard and a self-contained HTML page per suite."""
+    from .report.build import write_reports
+
+    for path in write_reports(results, out_dir, suite):
+        out.print(f"wrote {path}")
+
+
+@app.command()
+def export(results: Path = RESULTS_OPT,
+           out_dir: Path = typer.Option(..., "--out", help="Folder to write Parquet files into.")):
+    """Export every table of the results database as Parquet (one file per table)."""
+    from .store.export import export_parquet
+
+    for path in export_parquet(results, out_dir):
+        out.print(f"wrote {path}")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except QvalError as exc:
+        err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unexpected: a message, never a traceback
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if os.environ.get("QVAL_DEBUG"):
+            raise
+        err.print(f"[red]internal error:[/] {type(exc).__name__}: {exc} (set QVAL_DEBUG=1 for the traceback)")
+        sys.exit(1)

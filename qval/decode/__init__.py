@@ -1,0 +1,1 @@
+"""Decoding-policy track: one draft-and-verify engine, policies, datasets, metrics."""

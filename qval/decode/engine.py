@@ -1,0 +1,150 @@
+"""One draft-and-verify engine for every decoding policy, plain autoregressive decoding included.
+
+A policy only *proposes* draft tokens; this engine verifies them against the target model with a KV cache and
+decides what is emitted. AR decoding is the same loop with an empty draft, so AR and speculative cells share one
+code path and their outputs are comparable token for token. The engine never reads a clock: the harness times
+``prefill`` and ``decode`` from outside.
+
+Verification rule (Leviathan et al. 2023): at T = 0 a draft token is accepted iff it equals the target argmax; at
+T > 0 a draft x from q is accepted with probability min(1, p(x)/q(x)); on rejection the engine samples from the
+normalised residual max(0, p − q). Drafters without a distribution (n-gram lookup) have a one-hot q.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+
+@dataclass
+class Draft:
+    tokens: list[int]
+    # q[i] is the drafter's distribution over the vocabulary at draft position i; None means one-hot (deterministic).
+    probs: torch.Tensor | None = None
+
+
+class Drafter(Protocol):
+    def propose(self, context: list[int]) -> Draft: ...
+
+
+@dataclass
+class DecodeTrace:
+    """What one generation did: the harness turns this into a per-sample record."""
+
+    token_ids: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)  # accepted draft tokens per target step
+    drafted_per_step: list[int] = field(default_factory=list)  # proposed draft tokens per target step
+    stopped_on_eos: bool = False
+
+    @property
+    def target_steps(self) -> int:
+        return len(self.accepted_per_step)
+
+
+@dataclass
+class PrefillState:
+    cache: object
+    next_logits: torch.Tensor  # logits for the first generated position
+    context: list[int]
+
+
+class Engine:
+    """Draft-and-verify over a Hugging Face causal LM with a DynamicCache."""
+
+    def __init__(self, model, eos_token_ids: set[int]):
+        self.model = model
+        self.eos = set(eos_token_ids)
+        self.device = next(model.parameters()).device
+
+    @torch.inference_mode()
+    def prefill(self, prompt_ids: list[int]) -> PrefillState:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([prompt_ids], device=self.device)
+        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        return PrefillState(out.past_key_values, out.logits[0, -1].float(), list(prompt_ids))
+
+    @torch.inference_mode()
+    def decode(
+        self,
+        state: PrefillState,
+        drafter: Drafter | None,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> DecodeTrace:
+        trace = DecodeTrace()
+        context = state.context
+        cache = state.cache
+        pending = self._sample(state.next_logits, temperature, generator)  # first token: from the prefill logits
+        trace.token_ids.append(pending)
+        if pending in self.eos:
+            trace.stopped_on_eos = True
+            return trace
+        while len(trace.token_ids) < max_new_tokens:
+            room = max_new_tokens - len(trace.token_ids)
+            draft = drafter.propose(context + trace.token_ids) if drafter is not None else Draft([])
+            # Never draft past the output cap: extra drafts would be verified for nothing.
+            tokens = draft.tokens[: max(room - 1, 0)]
+            probs = draft.probs[: len(tokens)] if draft.probs is not None else None
+            ids = torch.tensor([[pending, *tokens]], device=self.device)
+            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            logits = out.logits[0].float()  # position i predicts the token after input i
+            emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
+            trace.accepted_per_step.append(accepted)
+            trace.drafted_per_step.append(len(tokens))
+            # The cache now holds pending + all drafts; keep pending + the accepted prefix only.
+            rejected = len(tokens) - accepted
+            if rejected:
+                cache.crop(-rejected)  # a negative value removes tokens from the end (transformers 4.x and 5.x)
+            for tok in emitted:
+                trace.token_ids.append(tok)
+                if tok in self.eos:
+                    trace.stopped_on_eos = True
+                    return trace
+                if len(trace.token_ids) >= max_new_tokens:
+                    return trace
+            pending = emitted[-1]
+        return trace
+
+    def _verify(self, logits, tokens, q_probs, temperature, generator) -> tuple[list[int], int]:
+        """Return (emitted tokens, number of accepted drafts). Emits accepted drafts + one target token."""
+        emitted: list[int] = []
+        if temperature <= 0.0:
+            target = logits.argmax(dim=-1).tolist()
+            for i, tok in enumerate(tokens):
+                if tok != target[i]:
+                    return emitted + [target[i]], i
+                emitted.append(tok)
+            return emitted + [target[len(tokens)]], len(tokens)
+        p_all = torch.softmax(logits / temperature, dim=-1)
+        for i, tok in enumerate(tokens):
+            p = p_all[i]
+            q_tok = 1.0 if q_probs is None else float(q_probs[i, tok])
+            ratio = min(1.0, float(p[tok]) / q_tok) if q_tok > 0 else 0.0
+            if torch.rand((), generator=generator, device="cpu").item() < ratio:
+                emitted.append(tok)
+                continue
+            if q_probs is None:
+                residual = p.clone()
+                residual[tok] = 0.0
+            else:
+                residual = torch.clamp(p - q_probs[i].to(p.device), min=0.0)
+            if float(residual.sum()) <= 0.0:  # p == q: any token is fine, sample p itself
+                residual = p
+            return emitted + [_multinomial(residual, generator)], i
+        return emitted + [_multinomial(p_all[len(tokens)], generator)], len(tokens)
+
+    def _sample(self, logits: torch.Tensor, temperature: float, generator) -> int:
+        if temperature <= 0.0:
+            return int(logits.argmax())
+        return _multinomial(torch.softmax(logits / temperature, dim=-1), generator)
+
+
+def _multinomial(probs: torch.Tensor, generator) -> int:
+    # Sample on the CPU with the harness's seeded generator, so runs with the same seed are reproducible.
+    probs = probs.detach().to("cpu", torch.float64)
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
+

@@ -1,0 +1,1 @@
+"""Metric plugins (entry-point group ``qval.metrics``)."""

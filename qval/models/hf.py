@@ -1,0 +1,21 @@
+"""Any Hugging Face model folder or hub id already on disk: the path a GPU user points at Qwen or Llama."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ConfigDict
+
+from .base import ModelParams, ModelSource
+
+
+class HFPathParams(ModelParams):
+    model_config = ConfigDict(extra="forbid")
+    path: str
+
+
+class HFPathModel(ModelSource):
+    name = "hf"
+    Params = HFPathParams
+
+    def local_path(self) -> Path:
+        return Path(self.params.path).expanduser()

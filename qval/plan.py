@@ -1,0 +1,188 @@
+"""Expand a suite into cells (content-hash ids) and group them into shards by model.
+
+A cell's identity is everything that changes its outputs; runtime knobs (workers, output folder) stay out.
+Decode cells carry the hardware class, because timing is an output of theirs.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from itertools import product
+from pathlib import Path
+
+from .errors import QvalError
+from .fingerprint import hardware_class
+from .identity import IDENTITY_VERSION, content_hash
+from .suite import Suite
+
+PLAN_VERSION = 1
+BASELINE_POLICY = "ar"
+
+
+@dataclass
+class Cell:
+    cell_id: str
+    track: str  # "qalign" | "decode"
+    model: str | None  # display name; None for methods that use no model
+    model_identity: dict | None
+    method: str  # scorer or policy name
+    method_params: dict
+    family: str
+    dataset: str  # env or dataset name
+    dataset_params: dict
+    temperature: float
+    seed: int
+    settings: dict  # track-level knobs that change outputs
+    baseline_cell_id: str | None = None
+
+    @property
+    def dataset_label(self) -> str:
+        """The dataset name plus its params, so two configurations of one env stay apart on the leaderboard."""
+        if not self.dataset_params:
+            return self.dataset
+        def show(v):
+            return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+        return self.dataset + "(" + ",".join(f"{k}={show(v)}" for k, v in sorted(self.dataset_params.items())) + ")"
+
+
+@dataclass
+class Shard:
+    index: int
+    model: str | None
+    model_source: dict | None  # {"source": name, "params": {...}} to rebuild the ModelSource in a worker
+    exclusive: bool  # timed cells: run alone so other work does not distort the clock
+    cell_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Plan:
+    plan_id: str
+    suite: str
+    suite_path: str
+    suite_sha: str
+    description: str
+    config: dict
+    cells: dict[str, Cell]
+    shards: list[Shard]
+
+    def to_json(self) -> dict:
+        return {
+            "plan_version": PLAN_VERSION,
+            "identity_version": IDENTITY_VERSION,
+            "plan_id": self.plan_id,
+            "suite": self.suite,
+            "suite_path": self.suite_path,
+            "suite_sha": self.suite_sha,
+            "description": self.description,
+            "config": self.config,
+            "cells": [asdict(c) for c in self.cells.values()],
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Plan:
+        if data.get("plan_version") != PLAN_VERSION:
+            raise QvalError(f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})")
+        cells = {c["cell_id"]: Cell(**c) for c in data["cells"]}
+        shards = [Shard(**s) for s in data["shards"]]
+        return cls(data["plan_id"], data["suite"], data["suite_path"], data["suite_sha"], data["description"],
+                   data["config"], cells, shards)
+
+    def write(self, results: Path) -> Path:
+        path = results / "plans" / f"{self.plan_id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> Plan:
+        try:
+            return cls.from_json(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise QvalError(f"cannot read plan manifest {path}: {exc}") from None
+
+
+def make_cell(track: str, model: str | None, model_identity: dict | None, method_cls, method_params,
+              dataset_cls, dataset_params, temperature: float, seed: int, settings: dict) -> Cell:
+    identity = {
+        "v": IDENTITY_VERSION,
+        "track": track,
+        "model": model_identity,
+        "method": {"name": method_cls.name, "version": method_cls.version, "params": method_params},
+        "dataset": {"name": dataset_cls.name, "version": dataset_cls.version, "params": dataset_params},
+        "temperature": temperature,
+        "seed": seed,
+        "settings": settings,
+    }
+    return Cell(
+        cell_id=content_hash(identity),
+        track=track,
+        model=model,
+        model_identity=model_identity,
+        method=method_cls.name,
+        method_params=method_params,
+        family=getattr(method_cls, "family", "policy"),
+        dataset=dataset_cls.name,
+        dataset_params=dataset_params,
+        temperature=temperature,
+        seed=seed,
+        settings=settings,
+    )
+
+
+def build_plan(suite: Suite) -> Plan:
+    cfg = suite.config
+    cells: dict[str, Cell] = {}
+    model_sources = {name: src for name, src in suite.models}
+
+    if cfg.qalign is not None:
+        q = cfg.qalign
+        settings = {"gamma": q.gamma, "points": q.points.model_dump()}
+        for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
+            suite.models, suite.resolved["qalign.methods"], suite.resolved["qalign.envs"], q.temperatures, cfg.seeds
+        ):
+            uses_model = getattr(scls, "uses_model", False)
+            # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
+            cell = make_cell("qalign", mname if uses_model else None, src.identity() if uses_model else None,
+                             scls, sparams.model_dump(), ecls, eparams.model_dump(),
+                             temp if uses_model else 0.0, seed, settings)
+            cells.setdefault(cell.cell_id, cell)
+
+    if cfg.decode is not None:
+        d = cfg.decode
+        settings = {"max_new_tokens": d.max_new_tokens,
+                    "hardware": hardware_class() if d.hardware == "auto" else d.hardware}
+        from .registry import REGISTRY
+
+        policies = list(suite.resolved["decode.policies"])
+        if not any(cls.name == BASELINE_POLICY for _, cls, _ in policies):
+            ar_cls = REGISTRY.get("policies", BASELINE_POLICY)
+            policies.insert(0, (None, ar_cls, ar_cls.Params()))  # speedup always needs the same-run AR baseline
+        for (mname, src), (_, dcls, dparams), temp, seed in product(
+            suite.models, suite.resolved["decode.datasets"], d.temperatures, cfg.seeds
+        ):
+            row = [make_cell("decode", mname, src.identity(), pcls, pparams.model_dump(), dcls, dparams.model_dump(),
+                             temp, seed, settings) for _, pcls, pparams in policies]
+            baseline = next(c for c in row if c.method == BASELINE_POLICY)
+            for cell in row:
+                if cell is not baseline:
+                    cell.baseline_cell_id = baseline.cell_id
+                cells.setdefault(cell.cell_id, cell)
+
+    shards: dict[str | None, Shard] = {}
+    for cell in cells.values():
+        shard = shards.get(cell.model)
+        if shard is None:
+            src = model_sources.get(cell.model) if cell.model else None
+            shard = Shard(len(shards), cell.model,
+                          {"source": src.name, "params": src.params.model_dump()} if src else None, False)
+            shards[cell.model] = shard
+        shard.cell_ids.append(cell.cell_id)
+        shard.exclusive = shard.exclusive or cell.track == "decode"
+    plan_id = content_hash({"suite": suite.name, "cells": sorted(cells)}, length=12)
+    return Plan(plan_id, suite.name, str(suite.path), suite.sha, cfg.description,
+                cfg.model_dump(mode="json"), cells, list(shards.values()))

@@ -1,0 +1,1 @@
+"""Q-alignment track: environments with reference Q, evaluation points, scorers, agreement metrics."""

@@ -1,0 +1,1 @@
+"""Environments (entry-point group ``qval.envs``)."""

@@ -1,0 +1,142 @@
+"""Typed plugin registry with lazy discovery through entry points.
+
+Every plugin kind has one entry-point group (``qval.<kind>``). Entries are read at first use and kept
+*unloaded*: ``qval list`` never imports torch. Built-in plugins are declared in qval's own pyproject, exactly
+as a third-party package declares its own, so there is one discovery path for everything.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any
+
+from .errors import PluginError
+
+KINDS = ("scorers", "policies", "envs", "datasets", "models", "metrics", "runners")
+AUTOLOAD_SWITCH = "QVAL_DISABLE_PLUGIN_AUTOLOAD"  # set to 1 to load qval's own plugins only
+
+
+@dataclass
+class PluginEntry:
+    kind: str
+    name: str
+    target: str  # "package.module:Object"
+    distribution: str
+    version: str
+    _obj: Any = field(default=None, repr=False)
+    _error: str | None = field(default=None, repr=False)
+
+    def load(self) -> Any:
+        """Import the plugin object; a failure is a hard error naming the plugin and its distribution."""
+        if self._obj is None:
+            module_name, _, attr = self.target.partition(":")
+            try:
+                obj = importlib.import_module(module_name)
+                for part in attr.split(".") if attr else []:
+                    obj = getattr(obj, part)
+            except Exception as exc:  # any import-time failure of third-party code
+                self._error = f"{type(exc).__name__}: {exc}"
+                raise PluginError(
+                    f"{self.kind[:-1]} plugin '{self.name}' from {self.distribution} {self.version} "
+                    f"failed to load ({self.target}): {self._error}"
+                ) from exc
+            self._obj = obj
+        return self._obj
+
+    def check(self) -> str | None:
+        """Try to load; return the error text instead of raising (for listings)."""
+        try:
+            self.load()
+        except PluginError:
+            return self._error
+        return None
+
+
+class Registry:
+    """All plugin kinds, discovered once per process from entry-point groups."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[str, PluginEntry]] | None = None
+        self._lock = threading.Lock()
+
+    def _discover(self) -> dict[str, dict[str, PluginEntry]]:
+        with self._lock:
+            if self._entries is not None:
+                return self._entries
+            only_builtin = os.environ.get(AUTOLOAD_SWITCH, "") not in ("", "0")
+            entries: dict[str, dict[str, PluginEntry]] = {k: {} for k in KINDS}
+            seen: set[tuple[str, str, str]] = set()
+            for kind in KINDS:
+                for ep in metadata.entry_points(group=f"qval.{kind}"):
+                    dist = ep.dist.name if ep.dist is not None else "unknown"
+                    version = ep.dist.version if ep.dist is not None else "?"
+                    if only_builtin and dist != "qval":
+                        continue
+                    # The same distribution can be visible twice on sys.path (editable + site); not a clash.
+                    key = (kind, ep.name, dist)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    if ep.name in entries[kind]:
+                        other = entries[kind][ep.name]
+                        raise PluginError(
+                            f"{kind[:-1]} name '{ep.name}' is declared twice: by {other.distribution} "
+                            f"{other.version} ({other.target}) and by {dist} {version} ({ep.value}); "
+                            "uninstall one of them or rename the entry point"
+                        )
+                    entries[kind][ep.name] = PluginEntry(kind, ep.name, ep.value, dist, version)
+            self._entries = entries
+            return entries
+
+    def reset(self) -> None:
+        """Forget discovered entries (after installing a plugin into the running interpreter)."""
+        with self._lock:
+            self._entries = None
+
+    def register(self, kind: str, name: str, obj: Any, distribution: str = "local") -> None:
+        """Register an object directly (tests, ``--plugin`` files). Clashes are errors here too."""
+        entries = self._discover()[self._kind(kind)]
+        if name in entries:
+            raise PluginError(f"{kind[:-1]} name '{name}' is already registered by {entries[name].distribution}")
+        entry = PluginEntry(kind, name, f"<object {obj!r}>", distribution, "-")
+        entry._obj = obj
+        entries[name] = entry
+
+    def unregister(self, kind: str, name: str) -> None:
+        self._discover()[self._kind(kind)].pop(name, None)
+
+    def _kind(self, kind: str) -> str:
+        if kind not in KINDS:
+            raise PluginError(f"unknown plugin kind '{kind}'; choose one of: {', '.join(KINDS)}")
+        return kind
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._discover()[self._kind(kind)])
+
+    def entries(self, kind: str | None = None) -> list[PluginEntry]:
+        kinds = [self._kind(kind)] if kind else list(KINDS)
+        found = self._discover()
+        return [found[k][n] for k in kinds for n in sorted(found[k])]
+
+    def entry(self, kind: str, name: str) -> PluginEntry:
+        entries = self._discover()[self._kind(kind)]
+        if name not in entries:
+            close = _close_matches(name, entries)
+            hint = f"; did you mean {close}?" if close else f"; known: {', '.join(sorted(entries)) or 'none'}"
+            raise PluginError(f"unknown {kind[:-1]} '{name}'{hint}")
+        return entries[name]
+
+    def get(self, kind: str, name: str) -> Any:
+        return self.entry(kind, name).load()
+
+
+def _close_matches(name: str, options) -> str:
+    import difflib
+
+    return ", ".join(f"'{m}'" for m in difflib.get_close_matches(name, list(options), n=2))
+
+
+REGISTRY = Registry()

@@ -1,0 +1,76 @@
+"""Build per-suite leaderboards from the results database and write them as Markdown and HTML."""
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .. import results as R
+from ..errors import QvalError
+from ..registry import REGISTRY
+from .render import SuiteReport, TrackBoard, make_figures, render_html, render_markdown
+
+TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
+
+
+def _environment(results, suite: str) -> dict[str, str]:
+    runs = R.runs(results)
+    runs = runs[runs["suite"] == suite]
+    env = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    if runs.empty:
+        return env
+    last = runs.iloc[-1]
+    fp = json.loads(last["fingerprint"]) if last["fingerprint"] else {}
+    packages = fp.get("packages", {})
+    env.update({
+        "hardware": str(fp.get("hardware")),
+        "gpu": str(fp.get("gpu") or "none"),
+        "python": str(fp.get("python")),
+        **{name: str(v) for name, v in packages.items() if v},
+        "git_sha": f"{fp.get('git_sha')}{' (dirty)' if fp.get('git_dirty') else ''}",
+        "runs": ", ".join(runs["run_id"].astype(str).tolist()[-5:]),
+    })
+    return env
+
+
+def build_report(results, suite: str) -> SuiteReport:
+    suites = R.suites(results)
+    row = suites[suites["suite"] == suite]
+    if row.empty:
+        raise QvalError(f"no suite '{suite}' in {results}; known: {', '.join(suites['suite']) or 'none'}")
+    config = json.loads(row.iloc[0]["config"])
+    tracks = []
+    for track in ("qalign", "decode"):
+        section = config.get(track)
+        if not section:
+            continue
+        metric_classes = {m: REGISTRY.get("metrics", m) for m in section["metrics"]}
+        rows = R.leaderboard(results, suite, track)
+        tracks.append(TrackBoard(
+            track=track,
+            title=TRACK_TITLES[track],
+            main_metric=section["main_metric"],
+            metrics=list(section["metrics"]),
+            higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
+            labels={m: cls.label for m, cls in metric_classes.items()},
+            rows=rows,
+        ))
+    return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
+
+
+def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
+    results, out_dir = Path(results), Path(out_dir)
+    names = [suite] if suite else R.suites(results)["suite"].tolist()
+    written = []
+    for name in names:
+        report = build_report(results, name)
+        # Suite names are validated at load time; this guards files written by older or foreign versions.
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "suite"
+        target = out_dir / safe
+        target.mkdir(parents=True, exist_ok=True)
+        md, html = target / "leaderboard.md", target / "index.html"
+        md.write_text(render_markdown(report), encoding="utf-8")
+        html.write_text(render_html(report, make_figures(report)), encoding="utf-8")
+        written += [md, html]
+    return written

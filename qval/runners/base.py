@@ -1,0 +1,25 @@
+"""Base class of runners. A runner executes shards of a written plan; workers write parts, never the database."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import ClassVar
+
+EventHandler = Callable[[int, dict], None]  # (shard index, event)
+
+
+class Runner:
+    name: ClassVar[str] = ""
+
+    def __init__(self, results: Path, workers: int = 1):
+        self.results, self.workers = Path(results), max(1, workers)
+
+    def run(self, plan, plan_path: Path, shards: list[int], run_id: str, on_event: EventHandler) -> dict[int, int]:
+        """Run the shards; return each shard's exit status (0 = all its cells finished)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def worker_command(plan_path: Path, shard: int, results: Path, run_id: str) -> list[str]:
+        return [sys.executable, "-m", "qval.worker", "--plan", str(plan_path), "--shard", str(shard),
+                "--results", str(results), "--run-id", run_id]

@@ -1,0 +1,1 @@
+"""Results store: Parquet parts written by workers, and one DuckDB file written by ingest alone."""

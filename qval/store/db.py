@@ -1,0 +1,104 @@
+"""The DuckDB results database: schema, ordered migrations, connection helpers.
+
+Only one process writes (DuckDB allows one read-write process per file): ``qval ingest``, or ``qval run`` after its
+workers have finished. Everything else opens it read-only.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+from ..errors import QvalError, ResultsLockedError
+
+DB_NAME = "qval.duckdb"
+
+# Ordered migrations: (version, statements). Never edit a released step; append a new one.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, [
+        """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, suite VARCHAR, plan_id VARCHAR, started_at TIMESTAMP,
+           finished_at TIMESTAMP, status VARCHAR, qval_version VARCHAR, git_sha VARCHAR, git_dirty BOOLEAN,
+           host VARCHAR, hardware VARCHAR, gpu VARCHAR, python VARCHAR, torch VARCHAR, transformers VARCHAR,
+           argv VARCHAR, fingerprint JSON)""",
+        """CREATE TABLE suites (suite VARCHAR PRIMARY KEY, plan_id VARCHAR, path VARCHAR, suite_sha VARCHAR,
+           description VARCHAR, config JSON, updated_at TIMESTAMP)""",
+        "CREATE TABLE suite_cells (suite VARCHAR, cell_id VARCHAR, PRIMARY KEY (suite, cell_id))",
+        """CREATE TABLE cells (cell_id VARCHAR PRIMARY KEY, identity_version INTEGER, track VARCHAR, model VARCHAR,
+           method VARCHAR, family VARCHAR, dataset VARCHAR, dataset_label VARCHAR, temperature DOUBLE, seed INTEGER,
+           identity JSON, baseline_cell_id VARCHAR, status VARCHAR, n_samples INTEGER, n_failed INTEGER,
+           run_id VARCHAR, error VARCHAR, parts_sig VARCHAR, ingested_at TIMESTAMP)""",
+        """CREATE TABLE qalign_samples (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR, candidate INTEGER,
+           action VARCHAR, score DOUBLE, ref_q DOUBLE, error VARCHAR)""",
+        """CREATE TABLE decode_samples (cell_id VARCHAR, sample_id VARCHAR, turn INTEGER, category VARCHAR,
+           prompt_tokens INTEGER, new_tokens INTEGER, target_steps INTEGER, drafted INTEGER[], accepted INTEGER[],
+           prefill_s DOUBLE, decode_s DOUBLE, stopped_on_eos BOOLEAN, output_sha VARCHAR, output_ids INTEGER[],
+           error VARCHAR)""",
+        """CREATE TABLE cell_metrics (cell_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+           n INTEGER, higher_is_better BOOLEAN, label VARCHAR, PRIMARY KEY (cell_id, metric))""",
+    ]),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def db_path(results: Path) -> Path:
+    return Path(results) / DB_NAME
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the version found before."""
+    con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    found = int(row[0]) if row else 0
+    if found > SCHEMA_VERSION:
+        raise QvalError(f"{DB_NAME} has schema version {found}, newer than this qval ({SCHEMA_VERSION}); upgrade qval")
+    for version, statements in MIGRATIONS:
+        if version <= found:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for sql in statements:
+                con.execute(sql)
+            con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+    return found
+
+
+def connect_writer(results: Path) -> duckdb.DuckDBPyConnection:
+    Path(results).mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(db_path(results)))
+    migrate(con)
+    return con
+
+
+def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
+    path = db_path(results)
+    if not path.exists():
+        raise QvalError(f"no results database at {path}; run `qval run SUITE` or `qval ingest` first")
+    return duckdb.connect(str(path), read_only=True)
+
+
+@contextmanager
+def results_lock(results: Path, what: str):
+    """One writer per results folder: a second `qval run`/`qval ingest` gets a clear error instead of a corrupt DB."""
+    Path(results).mkdir(parents=True, exist_ok=True)
+    path = Path(results) / ".qval.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            raise ResultsLockedError(
+                f"results folder {results} is in use by {holder}; wait for it to finish or use another --results"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"qval {what} (pid {os.getpid()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock

@@ -1,0 +1,36 @@
+"""Arrow schemas of the per-sample tables; the Parquet parts and the DuckDB tables share them."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+QALIGN_SAMPLES = pa.schema([
+    ("cell_id", pa.string()),
+    ("sample_id", pa.string()),  # one evaluation point (state); resume unit
+    ("state_key", pa.string()),
+    ("candidate", pa.int32()),
+    ("action", pa.string()),
+    ("score", pa.float64()),  # NULL when the method failed on this point
+    ("ref_q", pa.float64()),
+    ("error", pa.string()),
+])
+
+DECODE_SAMPLES = pa.schema([
+    ("cell_id", pa.string()),
+    ("sample_id", pa.string()),  # one prompt (all its turns); resume unit
+    ("turn", pa.int32()),
+    ("category", pa.string()),
+    ("prompt_tokens", pa.int32()),
+    ("new_tokens", pa.int32()),
+    ("target_steps", pa.int32()),
+    ("drafted", pa.list_(pa.int32())),  # draft tokens proposed per target step
+    ("accepted", pa.list_(pa.int32())),  # draft tokens accepted per target step
+    ("prefill_s", pa.float64()),
+    ("decode_s", pa.float64()),
+    ("stopped_on_eos", pa.bool_()),
+    ("output_sha", pa.string()),
+    ("output_ids", pa.list_(pa.int32())),
+    ("error", pa.string()),
+])
+
+SCHEMAS = {"qalign": QALIGN_SAMPLES, "decode": DECODE_SAMPLES}
+SAMPLE_TABLES = {"qalign": "qalign_samples", "decode": "decode_samples"}

@@ -1,0 +1,231 @@
+"""Suite files: strict YAML validation and expansion of the grid into cells.
+
+Every error names the file, the field and the reason (``SuiteError``); nothing is written before a suite validates.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import PluginError, SuiteError
+from .registry import REGISTRY
+
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # suite names become file names: no path separators
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PluginRef(Strict):
+    name: str = Field(min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+def _as_refs(value):
+    if isinstance(value, list):
+        return [{"name": v} if isinstance(v, str) else v for v in value]
+    return value
+
+
+class ModelRef(Strict):
+    source: str = Field(min_length=1)
+    name: str | None = Field(default=None, pattern=NAME_RE)  # display alias; defaults to the source
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PointsConfig(Strict):
+    episodes: int = Field(default=10, ge=1, le=100_000)
+    epsilon: float = Field(default=0.3, ge=0.0, le=1.0)
+    max_points_per_episode: int = Field(default=5, ge=1, le=10_000)
+    max_steps: int = Field(default=50, ge=1, le=10_000)
+
+
+class QAlignSection(Strict):
+    envs: list[PluginRef] = Field(min_length=1)
+    methods: list[PluginRef] = Field(min_length=1)
+    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    gamma: float = Field(default=0.95, gt=0.0, le=1.0)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pooled_spearman", "pooled_kendall"],
+                               min_length=1)
+    main_metric: str = "per_state_spearman"
+
+    @field_validator("envs", "methods", mode="before")
+    @classmethod
+    def _refs(cls, value):
+        return _as_refs(value)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, value):
+        return _check_temperatures(value)
+
+
+class DecodeSection(Strict):
+    datasets: list[PluginRef] = Field(min_length=1)
+    policies: list[PluginRef] = Field(min_length=1)
+    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
+    warmup: int = Field(default=1, ge=0, le=100)
+    hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
+    metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)
+    main_metric: str = "speedup"
+
+    @field_validator("datasets", "policies", mode="before")
+    @classmethod
+    def _refs(cls, value):
+        return _as_refs(value)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, value):
+        return _check_temperatures(value)
+
+
+def _check_temperatures(values: list[float]) -> list[float]:
+    for t in values:
+        if not (0.0 <= t <= 10.0):
+            raise ValueError(f"temperature {t} is out of range [0, 10]")
+    if len(set(values)) != len(values):
+        raise ValueError("temperatures repeat")
+    return values
+
+
+class SuiteConfig(Strict):
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    models: list[ModelRef] = Field(min_length=1)
+    qalign: QAlignSection | None = None
+    decode: DecodeSection | None = None
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _models(cls, value):
+        if isinstance(value, list):
+            return [{"source": v} if isinstance(v, str) else v for v in value]
+        return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, values):
+        if any(s < 0 for s in values):
+            raise ValueError("seeds must be >= 0")
+        if len(set(values)) != len(values):
+            raise ValueError("seeds repeat")
+        return values
+
+
+class Suite:
+    """A validated suite: its config, resolved plugin classes and parsed params."""
+
+    def __init__(self, path: Path, config: SuiteConfig, text: str):
+        self.path, self.config = path, config
+        self.sha = hashlib.sha256(text.encode()).hexdigest()[:16]
+        self.models: list[tuple[str, Any]] = []  # (display name, ModelSource instance)
+        self.resolved: dict[str, list[tuple[PluginRef, type, Any]]] = {}
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    if not path.is_file():
+        raise SuiteError(path, "<file>", "no such file")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise SuiteError(path, "<file>", "not UTF-8 text") from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise SuiteError(path, "<file>", f"invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SuiteError(path, "<file>", "a suite must be a YAML mapping")
+    try:
+        config = SuiteConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _suite_error(path, exc) from None
+    if config.qalign is None and config.decode is None:
+        raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
+    suite = Suite(path, config, text)
+    _resolve(suite)
+    return suite
+
+
+def _suite_error(path: Path, exc: ValidationError, prefix: str = "") -> SuiteError:
+    err = exc.errors()[0]
+    loc = prefix + _loc(err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required field is missing"
+    extra = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
+    return SuiteError(path, loc or "<root>", msg + extra)
+
+
+def _loc(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _resolve(suite: Suite) -> None:
+    """Check every plugin name and its params; keep the resolved classes for planning."""
+    cfg, path = suite.config, suite.path
+    for i, ref in enumerate(cfg.models):
+        cls = _load(path, f"models[{i}].source", "models", ref.source)
+        params = _params(path, f"models[{i}].params", cls, ref.params)
+        suite.models.append((ref.name or ref.source, cls(params)))
+    names = [n for n, _ in suite.models]
+    if len(set(names)) != len(names):
+        raise SuiteError(path, "models", "two models share a name; give each a distinct 'name'")
+    sections = {"qalign": {"envs": "envs", "methods": "scorers"}, "decode": {"datasets": "datasets", "policies": "policies"}}
+    for track, axes in sections.items():
+        section = getattr(cfg, track)
+        if section is None:
+            continue
+        for axis, kind in axes.items():
+            resolved = []
+            for i, ref in enumerate(getattr(section, axis)):
+                cls = _load(path, f"{track}.{axis}[{i}].name", kind, ref.name)
+                params = _params(path, f"{track}.{axis}[{i}].params", cls, ref.params)
+                resolved.append((ref, cls, params))
+            keys = [(r.name, repr(sorted(p.model_dump().items()))) for r, _, p in resolved]
+            if len(set(keys)) != len(keys):
+                raise SuiteError(path, f"{track}.{axis}", "the same entry appears twice")
+            suite.resolved[f"{track}.{axis}"] = resolved
+        known_metrics = {n for n in REGISTRY.names("metrics")}
+        for i, metric in enumerate(section.metrics):
+            if metric not in known_metrics:
+                raise SuiteError(path, f"{track}.metrics[{i}]", f"unknown metric '{metric}'")
+            metric_cls = _load(path, f"{track}.metrics[{i}]", "metrics", metric)
+            if metric_cls.track != track:
+                raise SuiteError(path, f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track")
+        if section.main_metric not in section.metrics:
+            raise SuiteError(path, f"{track}.main_metric", f"'{section.main_metric}' is not one of {track}.metrics")
+
+
+def _load(path: Path, field: str, kind: str, name: str):
+    try:
+        return REGISTRY.get(kind, name)
+    except PluginError as exc:
+        raise SuiteError(path, field, str(exc)) from None
+
+
+def _params(path: Path, field: str, cls, params: dict):
+    try:
+        return cls.Params.model_validate(params)
+    except ValidationError as exc:
+        raise _suite_error(path, exc, prefix=field + ".") from None
