@@ -13,7 +13,7 @@ from .plan import Plan, build_plan
 from .registry import REGISTRY
 from .store.db import results_lock
 from .store.ingest import IngestReport, ingest
-from .store.parts import is_done, write_json_atomic
+from .store.parts import is_done, verify_done_cells, write_json_atomic
 from .suite import load_suite
 
 
@@ -33,6 +33,7 @@ class RunSummary:
     cells_todo: int
     failed_shards: list[int] = field(default_factory=list)
     failed_cells: list[str] = field(default_factory=list)
+    quarantined: list[Path] = field(default_factory=list)
     ingest: IngestReport | None = None
 
 
@@ -44,9 +45,10 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
     runner_cls = REGISTRY.get("runners", runner)
     with results_lock(results, f"run {plan.suite}"):
         plan_path = plan.write(results)
+        quarantined = verify_done_cells(results, plan.cells)
         done = cell_status(plan, results)
         todo_shards = [s.index for s in plan.shards if any(not done[c] for c in s.cell_ids)]
-        summary = RunSummary(plan, None, len(plan.cells), sum(not d for d in done.values()))
+        summary = RunSummary(plan, None, len(plan.cells), sum(not d for d in done.values()), quarantined=quarantined)
         if todo_shards:
             summary.run_id = run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
             record = {"run_id": run_id, "suite": plan.suite, "plan_id": plan.plan_id, "status": "running",

@@ -17,8 +17,9 @@ from .registry import KINDS, REGISTRY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="qval: training-free evaluation of Q-aligned supervision signals and decoding policies.")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+# Piped output (scripts, CI logs) gets wide lines instead of rich's 80-column truncation of table cells.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 250)
 
 RESULTS_OPT = typer.Option(Path("results"), "--results", help="Results folder (DuckDB file and Parquet parts).")
 
@@ -110,6 +111,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start)
     finally:
         progress.stop()
+    for q in summary.quarantined:
+        err.print(f"[yellow]quarantined unreadable part[/] {q}; its cell was recomputed")
     if summary.run_id is None:
         out.print(f"nothing to run: all {summary.cells_total} cells of suite {summary.plan.suite} are done")
     ing = summary.ingest
@@ -157,7 +160,9 @@ def export(results: Path = RESULTS_OPT,
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of typer.Exit: pass it on.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except QvalError as exc:
         err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -67,10 +67,21 @@ def read_valid_parts(results: Path, directory: Path) -> list[Path]:
     return good
 
 
+def verify_done_cells(results: Path, cell_ids) -> list[Path]:
+    """Before planning work: quarantine unreadable parts of finished cells, which un-finishes them (recompute)."""
+    quarantined = []
+    for cell_id in cell_ids:
+        directory = cell_dir(results, cell_id)
+        if (directory / DONE).exists():
+            before = set(part_files(directory))
+            quarantined += sorted(before - set(read_valid_parts(results, directory)))
+    return quarantined
+
+
 class PartWriter:
     """Buffers rows of one cell and writes them as atomic Parquet parts."""
 
-    def __init__(self, results: Path, cell_id: str, track: str, flush_rows: int = 64, flush_seconds: float = 10.0):
+    def __init__(self, results: Path, cell_id: str, track: str, flush_rows: int = 256, flush_seconds: float = 2.0):
         self.results, self.cell_id, self.schema = Path(results), cell_id, SCHEMAS[track]
         self.dir = cell_dir(results, cell_id)
         self.dir.mkdir(parents=True, exist_ok=True)

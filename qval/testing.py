@@ -1,0 +1,111 @@
+"""Contract checks for plugin authors: ``check_scorer(MyScorer)``, ``check_policy(MyPolicy, model)``, ….
+
+Each check raises AssertionError with a message saying which rule the plugin breaks.
+"""
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel
+
+from .metrics.base import Metric
+from .plugin_base import Plugin
+
+
+def _check_common(cls, base) -> None:
+    assert isinstance(cls, type) and issubclass(cls, base), f"{cls!r} must subclass {base.__name__}"
+    assert cls.name, f"{cls.__name__} needs a non-empty `name`"
+    assert isinstance(cls.version, str) and cls.version, f"{cls.__name__}.version must be a non-empty string"
+    assert issubclass(cls.Params, BaseModel), f"{cls.__name__}.Params must be a pydantic model"
+    assert cls.Params.model_config.get("extra") == "forbid", (
+        f"{cls.__name__}.Params must forbid unknown keys (model_config = ConfigDict(extra='forbid'))")
+    cls.Params()  # every param needs a default so a suite can name the plugin alone
+
+
+def check_scorer(cls, model=None, n_points: int = 6) -> None:
+    """A scorer returns one finite float per candidate, deterministically for a fixed seed."""
+    from .qalign.envs.frozenlake import FrozenLakeEnv
+    from .qalign.points import collect_points
+    from .qalign.scorers.base import FAMILIES, Scorer
+
+    _check_common(cls, Scorer)
+    assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
+    assert not (cls.uses_model and model is None), f"{cls.__name__} uses a model: pass one to check_scorer"
+    env = FrozenLakeEnv(FrozenLakeEnv.Params())
+    points = collect_points(env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2,
+                            max_steps=20, seed=0)[:n_points]
+    first = cls(cls.Params(), model, 0, 0.0)
+    second = cls(cls.Params(), model, 0, 0.0)
+    for point in points:
+        scores = list(first.score(point))
+        assert len(scores) == len(point.candidates), (
+            f"{cls.__name__} returned {len(scores)} scores for {len(point.candidates)} candidates")
+        assert all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores), (
+            f"{cls.__name__} returned a non-finite or non-numeric score: {scores}")
+        assert list(second.score(point)) == scores, f"{cls.__name__} is not deterministic for a fixed seed"
+
+
+def check_policy(cls, model, max_new_tokens: int = 24) -> None:
+    """A policy's drafts keep greedy decoding token-identical to AR (the engine guarantees it if drafts are
+    valid token ids), and its drafter proposes in-vocabulary token ids."""
+    from .decode.engine import Engine
+    from .decode.policies import DecodePolicy
+
+    _check_common(cls, DecodePolicy)
+    policy = cls(cls.Params())
+    drafter = policy.drafter(model)
+    engine = Engine(model.model, model.eos_token_ids)
+    prompt = list(model.tokenizer("List the colours of the rainbow, then list them again: red, orange,")["input_ids"])
+    if drafter is not None:
+        draft = drafter.propose(prompt)
+        vocab = model.model.config.vocab_size
+        assert all(isinstance(t, int) and 0 <= t < vocab for t in draft.tokens), "drafts must be token ids"
+    ar = engine.decode(engine.prefill(prompt), None, max_new_tokens)
+    out = engine.decode(engine.prefill(prompt), drafter, max_new_tokens)
+    assert out.token_ids == ar.token_ids, f"{cls.__name__} is not lossless at T=0"
+    assert sum(out.accepted_per_step) + out.target_steps + 1 >= len(out.token_ids), "acceptance bookkeeping is off"
+
+
+def check_env(cls) -> None:
+    from .qalign.envs.base import Environment
+
+    _check_common(cls, Environment)
+    import numpy as np
+
+    env = cls(cls.Params())
+    q = env.reference_q(0.95)
+    assert q.ndim == 2 and q.shape[1] == len(cls.action_names), "reference_q must be [states, actions]"
+    assert np.isfinite(q).all(), "reference Q must be finite"
+    rng = np.random.default_rng(0)
+    state = env.reset(rng)
+    assert isinstance(env.describe(state), str) and env.task(), "an env must describe states and its task in text"
+
+
+def check_dataset(cls) -> None:
+    from .decode.datasets import Dataset
+
+    _check_common(cls, Dataset)
+    samples = cls(cls.Params()).samples()
+    assert samples, f"{cls.__name__} yields no samples"
+    ids = [s.sample_id for s in samples]
+    assert len(set(ids)) == len(ids), "sample ids must be unique (they are the resume key)"
+    assert all(s.turns and all(isinstance(t, str) and t for t in s.turns) for s in samples), "turns must be text"
+
+
+def check_metric(cls) -> None:
+    assert issubclass(cls, Metric) and cls.name and cls.track in ("qalign", "decode"), f"{cls!r} is not a Metric"
+    assert cls.label, f"{cls.__name__} needs a label saying what the number is"
+
+
+def check_plugin(kind: str, cls) -> None:
+    """Dispatch on the plugin kind (used by qval's own contract test over every registered plugin)."""
+    checks = {"scorers": check_scorer, "envs": check_env, "datasets": check_dataset, "metrics": check_metric}
+    if kind in checks:
+        checks[kind](cls)
+    elif kind == "policies":
+        _check_common(cls, __import__("qval.decode.policies", fromlist=["DecodePolicy"]).DecodePolicy)
+    else:
+        assert isinstance(cls, type) and getattr(cls, "name", ""), f"{cls!r} needs a name"
+
+
+__all__ = ["check_scorer", "check_policy", "check_env", "check_dataset", "check_metric", "check_plugin", "Plugin"]

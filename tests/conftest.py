@@ -1,0 +1,48 @@
+"""Shared fixtures: the real SmolLM2 model (loaded once per session) and helpers to run the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    from qval.models.base import ModelParams
+    from qval.models.packaged import SmolLM2Instruct
+
+    return SmolLM2Instruct(ModelParams()).load(device="cpu")
+
+
+def run_qval(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess, as a user would."""
+    return subprocess.run([sys.executable, "-m", "qval", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def write_suite(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+TINY_SUITE = """\
+name: tiny
+description: tiny suite for tests
+seeds: [0]
+models: [smollm2-135m-instruct]
+qalign:
+  envs: [{name: frozenlake, params: {map: 4x4}}]
+  methods: [oracle-q, random, action-logprob]
+  points: {episodes: 4, epsilon: 0.3, max_points_per_episode: 3}
+decode:
+  datasets: [{name: spec-bench, params: {categories: [summarization, coding], limit_per_category: 2, max_turns: 1}}]
+  policies: [ar, {name: prompt-lookup, params: {num_draft: 4}}]
+  max_new_tokens: 16
+  metrics: [speedup, acceptance_length, lossless]
+"""

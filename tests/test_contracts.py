@@ -1,0 +1,22 @@
+"""One contract test per plugin kind, over every plugin qval itself registers."""
+import pytest
+
+from qval.registry import KINDS, REGISTRY
+from qval.testing import check_plugin, check_policy, check_scorer
+
+BUILTIN = [(e.kind, e.name) for e in REGISTRY.entries() if e.distribution == "qval"]
+
+
+@pytest.mark.parametrize("kind,name", BUILTIN, ids=[f"{k}:{n}" for k, n in BUILTIN])
+def test_builtin_plugin_honours_its_contract(kind, name, smollm):
+    cls = REGISTRY.get(kind, name)
+    if kind == "scorers":
+        check_scorer(cls, smollm if cls.uses_model else None)
+    elif kind == "policies":
+        check_policy(cls, smollm)
+    else:
+        check_plugin(kind, cls)
+
+
+def test_every_kind_has_a_builtin():
+    assert {k for k, _ in BUILTIN} == set(KINDS)

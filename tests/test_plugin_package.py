@@ -1,0 +1,89 @@
+"""A third-party package with one entry-point line and one class adds a scorer: pip-installed for real."""
+import subprocess
+import sys
+
+import pytest
+
+import qval.results as R
+from conftest import ROOT, run_qval, write_suite
+
+PLUGINS = ROOT / "tests" / "plugins"
+
+
+def _pip(*args):
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def example_plugin():
+    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / "qval-example-plugin"))
+    yield
+    _pip("uninstall", "-y", "qval-example-plugin")
+
+
+def test_plugin_is_listed_with_its_distribution(example_plugin):
+    proc = run_qval("plugins")
+    assert proc.returncode == 0
+    line = next(l for l in proc.stdout.splitlines() if "example-goal-distance" in l)
+    assert "qval-example-plugin" in line and "0.3.0" in line
+
+
+def test_broken_plugin_warns_in_list_and_fails_hard_when_used(example_plugin, tmp_path):
+    proc = run_qval("list", "scorers")
+    assert proc.returncode == 0 and "example-broken" in proc.stdout and "warning" in proc.stderr
+    suite = write_suite(tmp_path / "s.yaml", """\
+        name: broken
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [frozenlake]
+          methods: [example-broken]
+        """)
+    proc = run_qval("run", suite, "--results", tmp_path / "r")
+    assert proc.returncode == 2 and "qalign.methods[0].name" in proc.stderr and "failed to load" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", """\
+        name: thirdparty
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [frozenlake]
+          methods: [oracle-q, example-goal-distance, example-flaky]
+          points: {episodes: 6, max_points_per_episode: 4}
+        """)
+    proc = run_qval("run", suite, "--results", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    board = R.leaderboard(tmp_path / "r", "thirdparty", "qalign").set_index("method")
+    assert board.loc["example-goal-distance", "per_state_spearman"] > 0.3  # a sensible heuristic is Q-aligned
+    flaky = board.loc["example-flaky"]
+    assert 0 < flaky["n_failed"] < flaky["n_samples"]  # the run went on after failures
+    errors = set(R.samples(tmp_path / "r", "qalign", "thirdparty")["error"].dropna())
+    assert any("exploded" in e for e in errors)
+    assert any("non-finite" in e for e in errors)
+    assert any("1 scores for 4 candidates" in e for e in errors)
+    proc = run_qval("report", "--results", tmp_path / "r", "--out", tmp_path / "rep")
+    assert proc.returncode == 0
+
+
+def test_contract_checks_accept_good_and_reject_bad_scorers(example_plugin):
+    code = ("from qval.testing import check_scorer\n"
+            "from qval_example_plugin import GoalDistanceScorer, FlakyScorer\n"
+            "check_scorer(GoalDistanceScorer)\n"
+            "try:\n    check_scorer(FlakyScorer)\nexcept AssertionError as e:\n    print('rejected:', e)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "rejected:" in proc.stdout
+
+
+def test_name_clash_is_an_error_naming_both_distributions():
+    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / "qval-clash-plugin"))
+    try:
+        proc = run_qval("list")
+        assert proc.returncode == 2
+        assert "'random' is declared twice" in proc.stderr
+        assert "qval 0.1.0" in proc.stderr and "qval-clash-plugin 0.1.0" in proc.stderr
+    finally:
+        _pip("uninstall", "-y", "qval-clash-plugin")

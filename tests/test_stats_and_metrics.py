@@ -1,0 +1,93 @@
+"""Metrics cross-checked against scipy, CIs checked for coverage-like sanity."""
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as sps
+
+from qval.decode.metrics import Lossless, MeasuredSpeedup, PerSampleAcceptanceLength, PooledAcceptanceLength
+from qval.qalign.metrics import MIN_POOLED_PAIRS, PerStateSpearman, PooledKendall, PooledSpearman
+from qval.stats import bootstrap_mean, bootstrap_ratio
+
+
+def qalign_frame(n_states=30, n_cand=4, noise=0.5, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s in range(n_states):
+        q = rng.random(n_cand)
+        score = q + noise * rng.standard_normal(n_cand)
+        for c in range(n_cand):
+            rows.append({"sample_id": f"p{s:03d}", "candidate": c, "score": score[c], "ref_q": q[c]})
+    return pd.DataFrame(rows)
+
+
+def test_pooled_correlations_match_scipy():
+    df = qalign_frame()
+    sp = PooledSpearman().compute(df)
+    kt = PooledKendall().compute(df)
+    assert sp.value == pytest.approx(sps.spearmanr(df["score"], df["ref_q"]).statistic, abs=1e-12)
+    assert kt.value == pytest.approx(sps.kendalltau(df["score"], df["ref_q"]).statistic, abs=1e-12)
+    assert sp.n == len(df) and sp.ci_low < sp.value < sp.ci_high
+
+
+def test_pooled_needs_min_pairs():
+    df = qalign_frame(n_states=(MIN_POOLED_PAIRS // 4) - 1)
+    assert PooledSpearman().compute(df).value is None
+
+
+def test_per_state_spearman_matches_scipy_and_skips_tied_reference():
+    df = qalign_frame()
+    expected = [sps.spearmanr(g["score"], g["ref_q"]).statistic for _, g in df.groupby("sample_id")]
+    tied = pd.DataFrame({"sample_id": "zz", "candidate": range(4), "score": [1, 2, 3, 4], "ref_q": 0.5})
+    result = PerStateSpearman().compute(pd.concat([df, tied]))
+    assert result.value == pytest.approx(np.mean(expected), abs=1e-12)
+    assert result.n == 30  # the all-tied state is skipped
+
+
+def test_oracle_is_perfect_and_constant_scores_count_as_zero():
+    df = qalign_frame(noise=0.0)
+    assert PerStateSpearman().compute(df).value == pytest.approx(1.0)
+    flat = df.assign(score=1.0)
+    assert PerStateSpearman().compute(flat).value == 0.0
+
+
+def test_bootstrap_mean_ci_contains_truth_and_shrinks_with_n():
+    rng = np.random.default_rng(1)
+    small = bootstrap_mean(rng.normal(5, 1, 50))
+    large = bootstrap_mean(rng.normal(5, 1, 5000))
+    assert small.ci_low < 5 < small.ci_high and large.ci_low < 5 < large.ci_high
+    assert (large.ci_high - large.ci_low) < (small.ci_high - small.ci_low) / 5
+    # Cross-check the percentile bootstrap against scipy's implementation of the same interval.
+    data = rng.normal(0, 1, 200)
+    ours = bootstrap_mean(data, n_boot=4000)
+    ref = sps.bootstrap((data,), np.mean, n_resamples=4000, method="percentile", random_state=0).confidence_interval
+    assert ours.ci_low == pytest.approx(ref.low, abs=0.03) and ours.ci_high == pytest.approx(ref.high, abs=0.03)
+
+
+def test_undefined_is_none_never_nan():
+    assert bootstrap_ratio(np.array([]), np.array([])).value is None
+    assert bootstrap_ratio(np.array([1.0]), np.array([0.0])).value is None
+
+
+def decode_frame(accepted, steps, decode_s, shas, tokens=None):
+    n = len(steps)
+    return pd.DataFrame({"sample_id": [str(i) for i in range(n)], "turn": 0, "accepted": accepted,
+                         "target_steps": steps, "decode_s": decode_s, "output_sha": shas,
+                         "new_tokens": tokens or [10] * n})
+
+
+def test_acceptance_lengths_pooled_vs_per_sample():
+    df = decode_frame([[3, 3], [0, 0, 0, 0, 0, 0, 0, 0]], [2, 8], [1.0, 1.0], ["a", "b"])
+    pooled = PooledAcceptanceLength().compute(df)
+    per_sample = PerSampleAcceptanceLength().compute(df)
+    assert pooled.value == pytest.approx(1 + 6 / 10)
+    assert per_sample.value == pytest.approx(((1 + 3) + 1) / 2)
+
+
+def test_speedup_is_ratio_of_sums_against_paired_baseline():
+    base = decode_frame([[0]] * 3, [10] * 3, [2.0, 2.0, 2.0], ["a", "b", "c"])
+    pol = decode_frame([[1]] * 3, [5] * 3, [1.0, 1.0, 4.0], ["a", "b", "x"])
+    s = MeasuredSpeedup().compute(pol, base)
+    assert s.value == pytest.approx(6.0 / 6.0)
+    lossless = Lossless().compute(pol, base, {"temperature": 0.0})
+    assert lossless.value == pytest.approx(2 / 3)
+    assert Lossless().compute(pol, base, {"temperature": 0.7}).value is None
