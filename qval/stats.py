@@ -49,34 +49,57 @@ def bootstrap_units(n_units: int, statistic: Callable[[np.ndarray], float], valu
     return MetricValue(float(value), lo, hi, n_units)
 
 
-def bootstrap_ratio(num: np.ndarray, den: np.ndarray, n_boot: int = N_BOOT, seed: int = 0,
-                    num_b: np.ndarray | None = None, den_b: np.ndarray | None = None) -> MetricValue:
+_CACHE_LIMIT = 20_000_000  # B×n resample counts kept in memory for reuse (float32: 80 MB at most)
+_counts_cache: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _resample_counts(n: int, n_boot: int, seed: int):
+    """Yield blocks of multinomial resample counts (rows: resamples, columns: units).
+
+    Each row counts how often each unit is drawn when resampling n units with replacement: the same draws as
+    indexing, but a ratio of sums then becomes one matrix product. Blocks are cached per (n, B, seed), so every
+    metric of every cell with n units shares them: ingest stays fast on million-row results.
+    """
+    key = (n, n_boot, seed)
+    if key in _counts_cache:
+        yield _counts_cache[key]
+        return
+    rng = np.random.default_rng(seed)
+    per_block = max(1, _CHUNK // n)
+    blocks = []
+    for start in range(0, n_boot, per_block):
+        rows = min(per_block, n_boot - start)
+        idx = rng.integers(0, n, (rows, n)) + (np.arange(rows)[:, None] * n)
+        # float32 halves the memory traffic of the products; counts are small integers, exact in float32.
+        block = np.bincount(idx.ravel(), minlength=rows * n).reshape(rows, n).astype(np.float32)
+        blocks.append(block)
+        yield block
+    if n * n_boot <= _CACHE_LIMIT:
+        if len(_counts_cache) > 8:
+            _counts_cache.clear()
+        _counts_cache[key] = np.concatenate(blocks)
+
+
+def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, den_b=None) -> MetricValue:
     """Ratio of sums Σnum/Σden over paired units, optionally divided by a second paired ratio Σnum_b/Σden_b.
 
-    Units are resampled together (paired bootstrap), vectorised in chunks so a million-row cell stays fast.
+    Units are resampled together (paired bootstrap): the policy and its baseline see the same resampled samples.
     """
-    num, den = np.asarray(num, float), np.asarray(den, float)
-    n = num.size
-    paired = num_b is not None
-
-    def ratio(idx_sum):  # idx_sum(x) sums x over the resampled units
-        r = idx_sum(num) / idx_sum(den)
-        if paired:
-            r = r / (idx_sum(np.asarray(num_b, float)) / idx_sum(np.asarray(den_b, float)))
-        return r
-
+    arrays = [np.asarray(a, float) for a in (num, den) + ((num_b, den_b) if num_b is not None else ())]
+    n = arrays[0].size
     if n == 0:
         return MetricValue.undefined()
+
+    def ratio(sums):
+        r = sums[0] / sums[1]
+        return r / (sums[2] / sums[3]) if len(sums) == 4 else r
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        value = ratio(lambda x: x.sum())
+        value = ratio([a.sum() for a in arrays])
         if n < 2 or not np.isfinite(value):
             return MetricValue(_finite_or_none(value), None, None, n)
-        rng = np.random.default_rng(seed)
-        per_chunk = max(1, _CHUNK // n)
-        stats = []
-        for start in range(0, n_boot, per_chunk):
-            idx = rng.integers(0, n, (min(per_chunk, n_boot - start), n))
-            stats.append(ratio(lambda x: x[idx].sum(axis=1)))
+        stacked = np.stack(arrays, axis=1).astype(np.float32)  # n × k; sums of ≤ 1e6 terms stay accurate
+        stats = [ratio(list((block @ stacked).T)) for block in _resample_counts(n, n_boot, seed)]
     lo, hi = _interval(np.concatenate(stats))
     return MetricValue(float(value), lo, hi, n)
 

@@ -71,6 +71,7 @@ def test_undefined_is_none_never_nan():
 def decode_frame(accepted, steps, decode_s, shas, tokens=None):
     n = len(steps)
     return pd.DataFrame({"sample_id": [str(i) for i in range(n)], "turn": 0, "accepted": accepted,
+                         "accepted_total": [sum(a) for a in accepted],
                          "target_steps": steps, "decode_s": decode_s, "output_sha": shas,
                          "new_tokens": tokens or [10] * n})
 

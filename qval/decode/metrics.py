@@ -9,9 +9,8 @@ from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    accepted = np.array([int(np.sum(a)) if a is not None else 0 for a in samples["accepted"]], float)
-    steps = samples["target_steps"].to_numpy(float)
-    return accepted, steps
+    # accepted_total = Σ accepted per row, computed by the database (list_sum) rather than in a Python loop.
+    return samples["accepted_total"].to_numpy(float), samples["target_steps"].to_numpy(float)
 
 
 class PooledAcceptanceLength(Metric):

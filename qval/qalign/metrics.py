@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from ..metrics.base import Metric
 from ..stats import MetricValue, bootstrap_units
@@ -49,6 +48,8 @@ class PooledSpearman(_Pooled):
     label = "Spearman ρ pooled over all (state, action) pairs; n = pairs, CI resamples states"
 
     def _corr(self, score, ref):
+        from scipy import stats as sps  # imported on use: decode-only ingests never pay for scipy
+
         return float(sps.spearmanr(score, ref).statistic)
 
 
@@ -57,6 +58,8 @@ class PooledKendall(_Pooled):
     label = "Kendall τ-b pooled over all (state, action) pairs; n = pairs, CI resamples states"
 
     def _corr(self, score, ref):
+        from scipy import stats as sps
+
         return float(sps.kendalltau(score, ref, variant="b").statistic)
 
 
@@ -67,6 +70,8 @@ def per_state_spearman_values(samples: pd.DataFrame) -> np.ndarray:
     QVal. A method that gives all candidates the same score expresses no preference: ρ = 0 for that state, rather
     than skipping it (skipping would reward abstaining).
     """
+    from scipy import stats as sps
+
     values = []
     for score, ref in _by_state(samples):
         if len(ref) < 2 or np.all(ref == ref[0]) or np.isnan(score).any():

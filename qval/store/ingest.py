@@ -39,28 +39,29 @@ def ingest(results: Path, progress=None) -> IngestReport:
     try:
         _ingest_runs(con, results)
         _ingest_plans(con, results)
-        changed = []
         root = parts_root(results)
         cell_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
-        known = dict(con.execute("SELECT cell_id, track FROM cells").fetchall())
+        known = {cid: (track, sig) for cid, track, sig in con.execute("SELECT cell_id, track, parts_sig FROM cells").fetchall()}
+        changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {"qalign": [], "decode": []}
         for directory in cell_dirs:
-            cell_id = directory.name
-            if cell_id not in known:  # parts of a cell no plan describes (e.g. a deleted plan): leave them alone
+            if directory.name not in known:  # parts of a cell no plan describes: leave them alone
                 continue
+            track, old_sig = known[directory.name]
             before = {p.name for p in directory.glob("part-*.parquet")}
             parts = read_valid_parts(results, directory)
             report.quarantined += sorted(before - {p.name for p in parts})
             sig = _signature(directory, parts)
-            old = con.execute("SELECT parts_sig FROM cells WHERE cell_id = ?", [cell_id]).fetchone()
-            if old and old[0] == sig:
+            if old_sig == sig:
                 report.cells_unchanged += 1
                 continue
-            report.rows += _ingest_cell(con, cell_id, known[cell_id], directory, parts, sig)
-            report.cells_ingested += 1
-            changed.append(cell_id)
-            if progress:
-                progress(cell_id)
-        report.metrics_computed = compute_metrics(con, changed)
+            changed[track].append((directory.name, directory, parts, sig))
+        for track, cells in changed.items():
+            if cells:
+                report.rows += _ingest_cells(con, track, cells)
+                report.cells_ingested += len(cells)
+                if progress:
+                    progress(len(cells))
+        report.metrics_computed = compute_metrics(con, [c[0] for cells in changed.values() for c in cells])
     finally:
         con.close()
     return report
@@ -76,35 +77,45 @@ def _signature(directory: Path, parts: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _ingest_cell(con, cell_id: str, track: str, directory: Path, parts: list[Path], sig: str) -> int:
-    table = SAMPLE_TABLES[track]
-    columns = ", ".join(SCHEMAS[track].names)
-    status, error, run_id = "partial", None, None
+def _status(directory: Path) -> tuple[str, str | None, str | None]:
     for marker, state in ((DONE, "done"), (FAILED, "failed")):
         if (directory / marker).exists():
             manifest = json.loads((directory / marker).read_text())
-            status, error, run_id = state, manifest.get("error"), manifest.get("run_id")
-            break
+            return state, manifest.get("error"), manifest.get("run_id")
+    return "partial", None, None  # parts of an unfinished cell (a killed worker): ingested, marked partial
+
+
+def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]]) -> int:
+    """Replace the rows of the changed cells in one transaction: each cell is entirely old or entirely new.
+
+    One DELETE and one INSERT for all cells: per-cell statements would each scan the whole sample table.
+    """
+    table = SAMPLE_TABLES[track]
+    columns = ", ".join(SCHEMAS[track].names)
+    ids = [c[0] for c in cells]
+    files = [str(p) for c in cells for p in c[2]]
     con.execute("BEGIN TRANSACTION")
     try:
-        con.execute(f"DELETE FROM {table} WHERE cell_id = ?", [cell_id])
-        if parts:
-            con.execute(
-                f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?, union_by_name = true)",
-                [[str(p) for p in parts]],
-            )
-        n_samples, n_failed = con.execute(
-            f"SELECT count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL) "
-            f"FROM {table} WHERE cell_id = ?", [cell_id]).fetchone()
-        con.execute(
-            "UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), error = ?, "
-            "parts_sig = ?, ingested_at = ? WHERE cell_id = ?",
-            [status, n_samples, n_failed, run_id, error, sig, _now(), cell_id])
+        con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+        if files:
+            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?, union_by_name = true)",
+                        [files])
+        counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
+            f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
+            f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
+        now = _now()
+        updates = []
+        for cell_id, directory, _, sig in cells:
+            status, error, run_id = _status(directory)
+            n, failed, _ = counts.get(cell_id, (0, 0, 0))
+            updates.append([status, n, failed, run_id, error, sig, now, cell_id])
+        con.executemany("UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
+                        "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?", updates)
         con.execute("COMMIT")
     except Exception:
         con.execute("ROLLBACK")
         raise
-    return con.execute(f"SELECT count(*) FROM {table} WHERE cell_id = ?", [cell_id]).fetchone()[0]
+    return sum(rows for _, _, rows in counts.values())
 
 
 def _ingest_runs(con, results: Path) -> None:
@@ -150,9 +161,21 @@ def _ingest_plans(con, results: Path) -> None:
             raise
 
 
-def _samples(con, track: str, cell_id: str) -> pd.DataFrame:
-    table = SAMPLE_TABLES[track]
-    return con.execute(f"SELECT * FROM {table} WHERE cell_id = ? AND error IS NULL", [cell_id]).df()
+# What metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
+_METRIC_COLUMNS = {
+    "qalign": "cell_id, sample_id, candidate, score, ref_q",
+    "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, output_sha, "
+               "coalesce(list_sum(accepted), 0) AS accepted_total"),
+}
+
+
+def _samples_by_cell(con, track: str, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
+    """The successful rows of many cells in one scan, split by cell."""
+    if not cell_ids:
+        return {}
+    frame = con.execute(f"SELECT {_METRIC_COLUMNS[track]} FROM {SAMPLE_TABLES[track]} "
+                        "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL", [cell_ids]).df()
+    return {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
 
 
 def compute_metrics(con, changed: list[str]) -> int:
@@ -162,31 +185,31 @@ def compute_metrics(con, changed: list[str]) -> int:
     dependants = con.execute(
         "SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
     todo = sorted(set(changed) | {r[0] for r in dependants})
+    cells = con.execute("SELECT * FROM cells WHERE cell_id IN (SELECT unnest(?))", [todo]).df()
     metrics_by_track: dict[str, list] = {}
     for entry in REGISTRY.entries("metrics"):
         metric = entry.load()()
         metrics_by_track.setdefault(metric.track, []).append(metric)
-    count = 0
-    for cell_id in todo:
-        cell = con.execute("SELECT * FROM cells WHERE cell_id = ?", [cell_id]).df().iloc[0].to_dict()
-        track = cell["track"]
-        samples = _samples(con, track, cell_id)
-        baseline = None
-        if track == "decode":
-            base_id = cell["baseline_cell_id"] or cell_id  # the AR cell is its own baseline (speedup 1)
-            baseline = _samples(con, track, base_id)
-        rows = []
-        for metric in metrics_by_track.get(track, []):
-            value = metric.compute(samples, baseline if metric.needs_baseline else None, cell)
-            rows.append([cell_id, metric.name, value.value, value.ci_low, value.ci_high, value.n,
-                         metric.higher_is_better, metric.label])
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("DELETE FROM cell_metrics WHERE cell_id = ?", [cell_id])
-            con.executemany("INSERT INTO cell_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
-        count += len(rows)
-    return count
+    rows = []
+    for track, group in cells.groupby("track"):
+        # The AR cell is its own baseline (speedup 1, lossless 1).
+        baseline_ids = {cid: (b if isinstance(b, str) else cid)
+                        for cid, b in zip(group["cell_id"], group["baseline_cell_id"])}
+        samples = _samples_by_cell(con, track, sorted(set(group["cell_id"]) | set(baseline_ids.values())))
+        empty = pd.DataFrame(columns=[c.strip().split(" AS ")[-1] for c in _METRIC_COLUMNS[track].split(", ")])
+        for cell in group.to_dict("records"):
+            own = samples.get(cell["cell_id"], empty)
+            base = samples.get(baseline_ids[cell["cell_id"]], empty)
+            for metric in metrics_by_track.get(track, []):
+                value = metric.compute(own, base if metric.needs_baseline else None, cell)
+                rows.append([cell["cell_id"], metric.name, value.value, value.ci_low, value.ci_high, value.n,
+                             metric.higher_is_better, metric.label])
+    con.execute("BEGIN TRANSACTION")
+    try:
+        con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])
+        con.executemany("INSERT INTO cell_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        con.execute("COMMIT")
+    except Exception:
+        con.execute("ROLLBACK")
+        raise
+    return len(rows)

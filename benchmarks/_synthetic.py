@@ -1,0 +1,74 @@
+"""Synthetic results for harness benchmarks: real plan manifests and real Parquet parts, fake numbers.
+
+The numbers are random; what is measured is the harness (planning, ingest, reporting), never a model.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from qval.plan import build_plan
+from qval.store.parts import DONE, cell_dir, write_json_atomic
+from qval.store.tables import DECODE_SAMPLES
+from qval.suite import load_suite
+
+
+def decode_suite(path: Path, n_policies: int, n_temps: int, n_seeds: int, name: str = "bench") -> Path:
+    policies = "\n".join(f"    - {{name: prompt-lookup, params: {{num_draft: {1 + i % 64}, max_ngram: {1 + i // 64}}}}}"
+                         for i in range(n_policies))
+    temps = ", ".join(f"{t / 10:g}" for t in range(n_temps))
+    path.write_text(f"""name: {name}
+seeds: [{", ".join(map(str, range(n_seeds)))}]
+models: [smollm2-135m-instruct]
+decode:
+  datasets: [spec-bench]
+  policies:
+{policies}
+  temperatures: [{temps}]
+  hardware: bench-machine
+  metrics: [speedup, acceptance_length, acceptance_length_per_sample, lossless, tokens_per_s]
+""")
+    return path
+
+
+def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -> int:
+    """Fill every cell of the plan with rows_per_cell synthetic samples (one part per cell) and a DONE marker."""
+    rng = np.random.default_rng(seed)
+    total = 0
+    for cell in plan.cells.values():
+        n = rows_per_cell
+        steps = rng.integers(8, 64, n)
+        accepted = [rng.integers(0, 4, s).tolist() for s in steps]
+        table = pa.table({
+            "cell_id": [cell.cell_id] * n,
+            "sample_id": [str(i) for i in range(n)],
+            "turn": np.zeros(n, np.int32),
+            "category": ["bench"] * n,
+            "prompt_tokens": rng.integers(50, 500, n).astype(np.int32),
+            "new_tokens": (steps + np.array([sum(a) for a in accepted])).astype(np.int32),
+            "target_steps": steps.astype(np.int32),
+            "drafted": [[4] * len(a) for a in accepted],
+            "accepted": accepted,
+            "prefill_s": rng.random(n) * 0.1,
+            "decode_s": rng.random(n) + 0.5,
+            "stopped_on_eos": np.ones(n, bool),
+            "output_sha": [hashlib.md5(str(i).encode()).hexdigest()[:16] for i in range(n)],
+            "output_ids": [[1, 2, 3]] * n,
+            "error": pa.nulls(n, pa.string()),
+        }, schema=DECODE_SAMPLES)
+        directory = cell_dir(results, cell.cell_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, directory / "part-00000-bench.parquet")
+        write_json_atomic(directory / DONE, {"cell_id": cell.cell_id, "n_samples": n, "run_id": "bench"})
+        total += n
+    return total
+
+
+def planned(suite_path: Path, results: Path):
+    plan = build_plan(load_suite(suite_path))
+    plan.write(results)
+    return plan
