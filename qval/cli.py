@@ -158,6 +158,31 @@ def export(results: Path = RESULTS_OPT,
         out.print(f"wrote {path}")
 
 
+@app.command()
+def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sweep files (BlockPilot format)."),
+           candidates: Optional[str] = typer.Option(None, "--candidates",
+                                                   help="Candidate sizes for the oracle and selectors: 14-18 or 14,16,18."),
+           folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for a learned selector."),
+           seed: int = typer.Option(0, "--seed", help="Seed of fold assignment and bootstrap."),
+           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a Markdown table.")):
+    """Score block-size / draft-length policies from per-sample sweeps, with no model: every fixed size, the best
+    fixed size, the per-instance oracle, and a selector learned on held-out folds when features.json is present."""
+    import json as _json
+
+    from .decode import replay as rp
+    from .errors import UsageError
+
+    try:
+        cands = rp.parse_candidates(candidates) if candidates else None
+        result = rp.evaluate(rp.load_sweep(sweep_dir), cands, folds, seed)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    if as_json:
+        print(_json.dumps({**rp.to_json(result), "headroom": rp.headroom(result)}, indent=2, allow_nan=False))
+    else:
+        out.print(rp.to_markdown(result), markup=False)
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit: pass it on.

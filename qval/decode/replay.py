@@ -1,0 +1,555 @@
+"""Replay released per-sample sweeps (BlockPilot / DFlash format) and score size-selection policies.
+
+A sweep is a folder of ``B{size}.json`` files, each ``{sample_id: mean acceptance length τ}`` for one value
+of a decoding knob (block size by default).  Because every sample was decoded at every size, any policy that
+picks one size per sample can be scored offline by looking the chosen cell up — no GPU needed.
+
+What this module guards against, and why:
+
+* The per-instance **oracle** is an upper bound, not a policy; it is always printed next to the best fixed
+  size so a selector's gain can be read as a share of the available headroom.
+* A **learned selector** is scored only on held-out folds (k-fold CV): a model that has seen a sample can
+  memorise its winner, so in-sample scores overstate it (up to the oracle).  Fold assignments and the
+  training ids of every fold are kept on the result so that claim can be audited.
+* A released ``selector_predicted_block.json`` is replayed but labelled ``in-sample-selector``: it was fit on
+  the same samples, so it is not held-out evidence.
+* Metric = per-sample (macro) mean τ, the definition DFlash/BlockPilot report; CIs are the percentile
+  bootstrap over samples from ``qval.stats``; gains are paired (same samples resampled together).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from ..stats import MetricValue, bootstrap_mean, bootstrap_units
+
+SIZE_FILE = re.compile(r"^B(\d+)\.json$")
+FEATURES_FILE = "features.json"
+IN_SAMPLE_SELECTOR_FILE = "selector_predicted_block.json"
+KNOWN_AUX_FILES = (FEATURES_FILE, IN_SAMPLE_SELECTOR_FILE)
+KINDS = ("fixed", "best-fixed", "oracle", "selector", "in-sample-selector")
+
+
+# --------------------------------------------------------------------------------------------------- data model
+
+@dataclass
+class Sweep:
+    """One released sweep: τ per (sample, size), optional per-sample features, optional in-sample selector.
+
+    ``table`` keeps NaN where a sample is missing at a size; dropping is deferred to ``evaluate`` because which
+    samples are usable depends on which candidate sizes an evaluation uses.
+    """
+
+    sizes: list[int]
+    table: pd.DataFrame
+    features: pd.DataFrame | None = None
+    ignored: list[str] = field(default_factory=list)
+    knob: str = "block_size"
+    in_sample_selector: pd.Series | None = None
+    path: str | None = None
+
+
+@dataclass
+class ReplayRow:
+    """One policy's score.  ``gain_vs_best_fixed`` is mean(policy)/mean(best fixed) − 1 on the paired samples."""
+
+    policy: str
+    kind: str
+    value: MetricValue
+    size: int | None
+    gain_vs_best_fixed: float | None
+    gain_ci: MetricValue | None = None
+    in_candidates: bool | None = None
+    note: str | None = None
+
+
+@dataclass
+class SelectorRun:
+    """Held-out predictions plus everything needed to audit that no sample was scored by a model trained on it."""
+
+    predictions: pd.Series          # sample id -> predicted size (from the model of that sample's fold)
+    fold: pd.Series                 # sample id -> fold index
+    train_ids: dict[int, list[str]]  # fold index -> sample ids the fold's model was trained on
+    n_folds: int
+    seed: int
+    l2: float
+
+
+@dataclass
+class ReplayResult:
+    """All rows of one evaluation plus the per-sample values they were computed from."""
+
+    knob: str
+    candidates: list[int]
+    sizes: list[int]
+    rows: list[ReplayRow]
+    per_sample: pd.DataFrame        # sample id x policy -> τ actually obtained (NaN where unscored)
+    oracle_choice: pd.Series        # sample id -> per-sample argmax candidate (ties -> smaller)
+    best_fixed_size: int
+    oracle_minus_best_fixed: MetricValue  # paired absolute gain in τ
+    n_samples: int
+    dropped: list[str]
+    ignored: list[str]
+    notes: list[str]
+    selector: SelectorRun | None
+    seed: int
+
+    def row(self, kind: str) -> ReplayRow:
+        """The first row of a kind (handy for best-fixed / oracle / selector, which appear once)."""
+        for r in self.rows:
+            if r.kind == kind:
+                return r
+        raise KeyError(f"no row of kind {kind!r}")
+
+    def fixed(self, size: int) -> ReplayRow:
+        for r in self.rows:
+            if r.kind == "fixed" and r.size == size:
+                return r
+        raise KeyError(f"no fixed row for size {size}")
+
+
+# --------------------------------------------------------------------------------------------------- parsing
+
+def parse_candidates(text: str) -> list[int]:
+    """Parse "14-18", "14,16,18" or mixes like "4,14-18" into sorted unique ints; reject anything else loudly."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"candidates must be a non-empty string like '14-18' or '14,16,18', got {text!r}")
+    out: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        m_range = re.fullmatch(r"(\d+)\s*-\s*(\d+)", part)
+        if m_range:
+            lo, hi = int(m_range.group(1)), int(m_range.group(2))
+            if lo > hi:
+                raise ValueError(f"candidate range {part!r} is descending in {text!r}")
+            out.update(range(lo, hi + 1))
+        elif re.fullmatch(r"\d+", part):
+            out.add(int(part))
+        else:
+            raise ValueError(f"cannot parse candidate {part!r} in {text!r}; use '14-18' or '14,16,18'")
+    return sorted(out)
+
+
+def _format_candidates(cands: Sequence[int]) -> str:
+    """Inverse of parse_candidates for labels: contiguous runs print as a range."""
+    cands = list(cands)
+    if len(cands) > 1 and cands == list(range(cands[0], cands[-1] + 1)):
+        return f"{cands[0]}-{cands[-1]}"
+    return ",".join(str(c) for c in cands)
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+def _read_json(path: Path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path.name}: malformed JSON ({exc})") from exc
+
+
+def _number(x, fname: str, key: str) -> float:
+    """A finite real number or a ValueError naming the file and sample (bools are not numbers here)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        raise ValueError(f"{fname}: sample {key!r} has non-numeric or non-finite value {x!r}")
+    return float(x)
+
+
+def _read_mapping(path: Path) -> dict:
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path.name}: expected a JSON object {{sample: value}}, got {type(data).__name__}")
+    return data
+
+
+def _read_size_file(path: Path) -> pd.Series:
+    data = _read_mapping(path)
+    return pd.Series({str(k): _number(v, path.name, k) for k, v in data.items()}, dtype=float)
+
+
+def _read_features(path: Path) -> pd.DataFrame:
+    data = _read_mapping(path)
+    rows, width = {}, None
+    for k, vec in data.items():
+        if not isinstance(vec, list) or not vec:
+            raise ValueError(f"{path.name}: sample {k!r} must map to a non-empty list of numbers")
+        if width is not None and len(vec) != width:
+            raise ValueError(f"{path.name}: sample {k!r} has {len(vec)} features, expected {width}")
+        width = len(vec)
+        rows[str(k)] = [_number(v, path.name, k) for v in vec]
+    df = pd.DataFrame.from_dict(rows, orient="index", columns=[f"f{i}" for i in range(width or 0)])
+    return df.loc[_sorted_ids(df.index)]
+
+
+def _read_in_sample_selector(path: Path) -> pd.Series:
+    data = _read_mapping(path)
+    picks = {}
+    for k, v in data.items():
+        if isinstance(v, bool) or not (isinstance(v, int) or (isinstance(v, float) and float(v).is_integer())):
+            raise ValueError(f"{path.name}: sample {k!r} must map to an integer size, got {v!r}")
+        picks[str(k)] = int(v)
+    return pd.Series(picks, dtype=int)
+
+
+def _sorted_ids(ids) -> list[str]:
+    """Numeric ids sort numerically ("2" before "10"); anything else sorts as text."""
+    ids = [str(i) for i in ids]
+    return sorted(ids, key=int) if all(i.isdigit() for i in ids) else sorted(ids)
+
+
+def load_sweep(path, knob: str = "block_size") -> Sweep:
+    """Read a sweep folder.  Unrecognised files are listed in ``ignored`` rather than silently skipped."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{folder}: not a sweep folder")
+    columns: dict[int, pd.Series] = {}
+    ignored, features, picks = [], None, None
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        m = SIZE_FILE.match(f.name)
+        if m:
+            size = int(m.group(1))
+            if size in columns:
+                raise ValueError(f"{f.name}: size {size} appears in more than one file")
+            columns[size] = _read_size_file(f)
+        elif f.name == FEATURES_FILE:
+            features = _read_features(f)
+        elif f.name == IN_SAMPLE_SELECTOR_FILE:
+            picks = _read_in_sample_selector(f)
+        else:
+            ignored.append(f.name)
+    if not columns:
+        raise ValueError(f"{folder}: no B<size>.json files found")
+    sizes = sorted(columns)
+    table = pd.DataFrame({s: columns[s] for s in sizes})
+    table = table.loc[_sorted_ids(table.index), sizes]
+    return Sweep(sizes=sizes, table=table, features=features, ignored=ignored, knob=knob,
+                 in_sample_selector=picks, path=str(folder))
+
+
+def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None) -> None:
+    """Write qval's own per-sample results in the release format so they replay through ``load_sweep``.
+
+    NaN cells are omitted (the sample is simply missing at that size), mirroring how releases encode gaps.
+    Feature column names are not part of the format; they come back as f0, f1, ...
+    """
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    for size in table.columns:
+        if isinstance(size, bool) or not float(size).is_integer():
+            raise ValueError(f"table column {size!r} is not an integer size")
+        col = table[size].dropna()
+        payload = {str(k): float(v) for k, v in col.items()}
+        _write_json(folder / f"B{int(size)}.json", payload)
+    if features is not None:
+        if features.isna().any().any():
+            raise ValueError(f"{FEATURES_FILE}: features contain NaN, which the format cannot hold")
+        payload = {str(k): [float(v) for v in row] for k, row in zip(features.index, features.to_numpy())}
+        _write_json(folder / FEATURES_FILE, payload)
+
+
+def _write_json(path: Path, payload) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------------- selector
+
+@dataclass
+class _LogReg:
+    """Standardisation statistics (from the training fold only) and weights incl. an intercept row."""
+
+    mu: np.ndarray
+    sd: np.ndarray
+    W: np.ndarray  # (d + 1, K)
+
+    def design(self, X: np.ndarray) -> np.ndarray:
+        Xs = (X - self.mu) / self.sd
+        return np.hstack([np.ones((len(Xs), 1)), Xs])
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class index with the highest logit; ties go to the lower index = the smaller size."""
+        return np.argmax(self.design(X) @ self.W, axis=1)
+
+
+def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1.0) -> _LogReg:
+    """Multinomial logistic regression: Σ cross-entropy + ½·l2·‖W‖² (intercept unpenalised), L-BFGS.
+
+    Standardisation uses only the rows passed in, so a held-out sample cannot leak in through the scaler.
+    """
+    mu = X.mean(axis=0)
+    sd = X.std(axis=0)
+    sd[sd == 0] = 1.0
+    model = _LogReg(mu, sd, np.zeros((X.shape[1] + 1, n_classes)))
+    A = model.design(X)
+    Y = np.eye(n_classes)[y]
+    penal = np.ones_like(model.W)
+    penal[0] = 0.0
+
+    def loss_grad(w):
+        W = w.reshape(model.W.shape)
+        Z = A @ W
+        logp = Z - logsumexp(Z, axis=1, keepdims=True)
+        loss = -(Y * logp).sum() + 0.5 * l2 * (penal * W * W).sum()
+        grad = A.T @ (np.exp(logp) - Y) + l2 * penal * W
+        return loss, grad.ravel()
+
+    res = minimize(loss_grad, model.W.ravel(), jac=True, method="L-BFGS-B")
+    model.W = res.x.reshape(model.W.shape)
+    return model
+
+
+def _assign_folds(n: int, k: int, seed: int) -> np.ndarray:
+    """Balanced random folds, deterministic in ``seed``."""
+    perm = np.random.default_rng(seed).permutation(n)
+    fold = np.empty(n, dtype=int)
+    fold[perm] = np.arange(n) % k
+    return fold
+
+
+def _argmax_smaller(values: np.ndarray) -> np.ndarray:
+    """Per-row argmax with ties → first column; columns are sorted ascending so that is the smaller size."""
+    return np.argmax(values, axis=1)
+
+
+def cross_validated_selector(cand_table: pd.DataFrame, features: pd.DataFrame, folds: int = 5,
+                             seed: int = 0, l2: float = 1.0) -> SelectorRun:
+    """Predict each sample's size with a model trained on the other folds only.
+
+    Labels are the per-sample argmax candidate (ties → smaller).  ``cand_table`` must be complete (no NaN).
+    """
+    ids = [i for i in cand_table.index if i in features.index]
+    if len(ids) < 2:
+        raise ValueError("selector needs at least 2 samples with features")
+    k = min(folds, len(ids))
+    if k < 2:
+        raise ValueError(f"folds must be >= 2, got {folds}")
+    cands = list(cand_table.columns)
+    X = features.loc[ids].to_numpy(float)
+    y = _argmax_smaller(cand_table.loc[ids].to_numpy(float))
+    fold = _assign_folds(len(ids), k, seed)
+    pred = np.empty(len(ids), dtype=int)
+    train_ids = {}
+    for f in range(k):
+        train, test = fold != f, fold == f
+        model = _fit_logreg(X[train], y[train], len(cands), l2)
+        pred[test] = model.predict(X[test])
+        train_ids[f] = [ids[i] for i in np.flatnonzero(train)]
+    return SelectorRun(predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=int),
+                       fold=pd.Series(fold, index=ids, dtype=int), train_ids=train_ids,
+                       n_folds=k, seed=seed, l2=l2)
+
+
+# --------------------------------------------------------------------------------------------------- evaluation
+
+def _resolve_candidates(sweep: Sweep, candidates: Sequence[int] | None) -> list[int]:
+    if candidates is None:
+        return list(sweep.sizes)
+    cands = sorted(set(int(c) for c in candidates))
+    missing = [c for c in cands if c not in sweep.sizes]
+    if not cands or missing:
+        raise ValueError(f"candidates {missing or cands} not among swept sizes {sweep.sizes}")
+    return cands
+
+
+def _lookup(table: pd.DataFrame, picks: pd.Series) -> pd.Series:
+    """τ each sample gets at its picked size; NaN where the sample or size is not in the table."""
+    out = pd.Series(np.nan, index=table.index, dtype=float)
+    for sid, size in picks.items():
+        if sid in table.index and size in table.columns:
+            out[sid] = table.at[sid, size]
+    return out
+
+
+def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricValue:
+    """Relative gain mean(a)/mean(b) − 1 over samples scored by both, CI by resampling samples jointly."""
+    mask = values.notna() & baseline.notna()
+    a, b = values[mask].to_numpy(float), baseline[mask].to_numpy(float)
+    if a.size == 0 or b.mean() == 0:
+        return MetricValue.undefined(int(a.size))
+    return bootstrap_units(a.size, lambda idx: a[idx].mean() / b[idx].mean() - 1, a.mean() / b.mean() - 1,
+                           seed=seed)
+
+
+def _make_row(policy: str, kind: str, values: pd.Series, baseline: pd.Series, seed: int, size=None,
+              in_candidates=None, note=None) -> ReplayRow:
+    scored = values.dropna().to_numpy(float)
+    value = bootstrap_mean(scored, seed=seed) if scored.size else MetricValue.undefined()
+    gain = _paired_gain(values, baseline, seed)
+    return ReplayRow(policy=policy, kind=kind, value=value, size=size, gain_vs_best_fixed=gain.value,
+                     gain_ci=gain, in_candidates=in_candidates, note=note)
+
+
+def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, seed: int = 0,
+             l2: float = 1.0) -> ReplayResult:
+    """Score fixed sizes, best fixed, oracle, and (when available) held-out and in-sample selectors.
+
+    Samples missing at any candidate size are dropped (and counted) so every candidate-based row is paired on
+    the same samples; fixed rows outside the candidates use whichever of those samples they have.
+    """
+    cands = _resolve_candidates(sweep, candidates)
+    complete = sweep.table[cands].notna().all(axis=1)
+    table = sweep.table[complete]
+    dropped = list(sweep.table.index[~complete])
+    if table.empty:
+        raise ValueError(f"no sample has values at every candidate size {cands}")
+    sym, cand_label = ("B" if sweep.knob == "block_size" else sweep.knob), _format_candidates(cands)
+    notes = _base_notes(sweep, cands, dropped)
+
+    means = table[cands].mean()
+    best = int(means.index[int(np.argmax(means.to_numpy()))])  # ties → smaller size (first max)
+    baseline = table[best]
+    cand_vals = table[cands].to_numpy(float)
+    choice_idx = _argmax_smaller(cand_vals)
+    oracle_choice = pd.Series([cands[i] for i in choice_idx], index=table.index, dtype=int)
+    oracle = pd.Series(cand_vals[np.arange(len(table)), choice_idx], index=table.index)
+
+    per_sample, rows = {}, []
+
+    def add(row: ReplayRow, values: pd.Series):
+        rows.append(row)
+        per_sample[row.policy] = values
+
+    for s in sweep.sizes:
+        add(_make_row(f"fixed {sym}={s}", "fixed", table[s], baseline, seed, size=s, in_candidates=s in cands),
+            table[s])
+    add(_make_row(f"best fixed over {cand_label}", "best-fixed", baseline, baseline, seed, size=best,
+                  in_candidates=True, note="size chosen on these same samples (in-sample choice of one size)"),
+        baseline)
+    add(_make_row(f"oracle over {cand_label}", "oracle", oracle, baseline, seed,
+                  note="per-sample max over candidates (ties → smaller); an upper bound, not a policy"), oracle)
+
+    selector = None
+    if sweep.features is not None:
+        selector = cross_validated_selector(table[cands], sweep.features, folds, seed, l2)
+        vals = _lookup(table, selector.predictions)
+        n_missing = int(vals.isna().sum())
+        note = (f"held-out: {selector.n_folds}-fold CV (seed {seed}), logistic regression (L2={l2}); each sample "
+                f"scored by a model that never saw it; CI covers sample resampling only, not retraining")
+        if n_missing:
+            note += f"; {n_missing} samples without features not scored"
+        add(_make_row(f"selector (logreg, {selector.n_folds}-fold CV)", "selector", vals, baseline, seed,
+                      note=note), vals)
+
+    if sweep.in_sample_selector is not None:
+        vals = _lookup(table, sweep.in_sample_selector)
+        add(_make_row(f"released selector ({IN_SAMPLE_SELECTOR_FILE})", "in-sample-selector", vals, baseline,
+                      seed, note="IN-SAMPLE: fit on these same samples, not held-out evidence"), vals)
+
+    gap = (oracle - baseline).to_numpy(float)
+    abs_gain = bootstrap_units(gap.size, lambda idx: gap[idx].mean(), gap.mean(), seed=seed)
+    return ReplayResult(knob=sweep.knob, candidates=cands, sizes=list(sweep.sizes), rows=rows,
+                        per_sample=pd.DataFrame(per_sample), oracle_choice=oracle_choice, best_fixed_size=best,
+                        oracle_minus_best_fixed=abs_gain, n_samples=len(table), dropped=dropped,
+                        ignored=list(sweep.ignored), notes=notes, selector=selector, seed=seed)
+
+
+def _base_notes(sweep: Sweep, cands: list[int], dropped: list[str]) -> list[str]:
+    notes = []
+    if dropped:
+        notes.append(f"dropped {len(dropped)} sample(s) missing at some candidate size {cands}")
+    if sweep.ignored:
+        notes.append(f"ignored files: {', '.join(sweep.ignored)}")
+    return notes
+
+
+def headroom(result: ReplayResult) -> dict:
+    """How much a perfect per-sample choice could add over the best fixed size.
+
+    The share counts samples where the best fixed size is strictly below the per-sample max, i.e. where a
+    selector could actually gain; samples where it merely ties the max are not counted.
+    """
+    bf, orc = result.row("best-fixed"), result.row("oracle")
+    a = result.per_sample[orc.policy].to_numpy(float)
+    b = result.per_sample[bf.policy].to_numpy(float)
+    gain, abs_gain = orc.gain_ci, result.oracle_minus_best_fixed
+    return {
+        "best_fixed": bf.value.value,
+        "best_fixed_size": bf.size,
+        "oracle": orc.value.value,
+        "absolute_gain": abs_gain.value,
+        "absolute_gain_ci": [abs_gain.ci_low, abs_gain.ci_high],
+        "relative_gain": gain.value if gain else None,
+        "relative_gain_ci": [gain.ci_low, gain.ci_high] if gain else [None, None],
+        "share_of_samples_where_best_fixed_is_not_argmax": float(np.mean(b < a)) if a.size else None,
+        "n": int(a.size),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+def _clean(obj):
+    """Recursively turn numpy scalars into Python ones and NaN/inf into None so json.dumps never emits NaN."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
+def _row_json(r: ReplayRow) -> dict:
+    g = r.gain_ci or MetricValue.undefined()
+    return {"policy": r.policy, "kind": r.kind, "size": r.size, "in_candidates": r.in_candidates,
+            "value": r.value.value, "ci_low": r.value.ci_low, "ci_high": r.value.ci_high, "n": r.value.n,
+            "gain_vs_best_fixed": r.gain_vs_best_fixed, "gain_ci_low": g.ci_low, "gain_ci_high": g.ci_high,
+            "note": r.note}
+
+
+def to_json(result: ReplayResult) -> dict:
+    """JSON-serialisable summary (undefined → None, never NaN), including the fold map for auditing."""
+    sel = result.selector
+    out = {
+        "knob": result.knob, "sizes": result.sizes, "candidates": result.candidates,
+        "n_samples": result.n_samples, "n_dropped": len(result.dropped), "dropped": result.dropped,
+        "ignored_files": result.ignored, "notes": result.notes, "seed": result.seed,
+        "rows": [_row_json(r) for r in result.rows],
+        "headroom": headroom(result),
+        "selector": None if sel is None else {
+            "n_folds": sel.n_folds, "seed": sel.seed, "l2": sel.l2,
+            "fold_of_sample": sel.fold.to_dict(), "predicted_size": sel.predictions.to_dict()},
+    }
+    return _clean(out)
+
+
+def _fmt(x, spec=".3f") -> str:
+    return "—" if x is None else format(x, spec)
+
+
+def _md_value(v: MetricValue) -> str:
+    ci = f" [{_fmt(v.ci_low)}, {_fmt(v.ci_high)}]" if v.ci_low is not None else ""
+    return f"{_fmt(v.value)}{ci} ({v.n})"
+
+
+def _md_gain(r: ReplayRow) -> str:
+    if r.gain_vs_best_fixed is None:
+        return "—"
+    g = r.gain_ci
+    ci = f" [{g.ci_low:+.1%}, {g.ci_high:+.1%}]" if g is not None and g.ci_low is not None else ""
+    return f"{r.gain_vs_best_fixed:+.1%}{ci}"
+
+
+def to_markdown(result: ReplayResult) -> str:
+    """A table: policy | kind | τ [CI] (n) | size | gain vs best fixed, then the caveats that go with it."""
+    lines = [f"Replay of {result.knob}: candidates {_format_candidates(result.candidates)}, "
+             f"{result.n_samples} samples", "",
+             "| policy | kind | τ [CI] (n) | size | gain vs best fixed |", "|---|---|---|---|---|"]
+    for r in result.rows:
+        name = r.policy + (" †" if r.kind == "fixed" and not r.in_candidates else "")
+        lines.append(f"| {name} | {r.kind} | {_md_value(r.value)} | {_fmt(r.size, 'd')} | {_md_gain(r)} |")
+    dagger = ["† not a candidate size"] if any(r.in_candidates is False for r in result.rows) else []
+    notes = dagger + [f"{r.policy}: {r.note}" for r in result.rows if r.note] + result.notes
+    return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"
