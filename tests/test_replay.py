@@ -263,7 +263,7 @@ def test_cli_replay_json_reproduces_release(tmp_path):
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     rows = {r["policy"]: r for r in data["rows"]}
-    assert round(rows["fixed B=16"]["value"]["value"], 3) == 6.509
+    assert round(rows["fixed B=16"]["value"], 3) == 6.509 and rows["fixed B=16"]["n"] == 32
     assert round(data["headroom"]["oracle"], 3) == 6.735
     bad = run_qval("replay", tmp_path)
-    assert bad.returncode == 2 and "not a sweep folder" in bad.stderr or "B" in bad.stderr
+    assert bad.returncode == 2 and "no B<size>.json files" in bad.stderr
