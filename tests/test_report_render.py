@@ -1,6 +1,5 @@
 import re
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -201,7 +200,7 @@ def test_report_without_tracks():
     assert "<h1>qval leaderboard: smoke</h1>" in lr.render_html(report, [])
 
 
-def test_2000_rows_render_quickly():
+def test_2000_rows_render_every_group():
     rng = np.random.default_rng(0)
     n = 2000
     scores = rng.random(n)
@@ -215,9 +214,8 @@ def test_2000_rows_render_quickly():
         seed=[i // 50 for i in range(n)],
     )
     report = make_report(make_board(rows))
-    start = time.perf_counter()
     html = lr.render_html(report, lr.make_figures(report))
-    lr.render_markdown(report)
-    elapsed = time.perf_counter() - start
+    md = lr.render_markdown(report)
+    # One figure per (dataset, temperature) group; speed is measured in benchmarks/bench_report.py, not here.
     assert html.count("<figure>") == 6
-    assert elapsed < 2.0, f"took {elapsed:.2f}s"
+    assert md.count("### ") == 6

@@ -25,7 +25,10 @@ class Draft:
 
 
 class Drafter(Protocol):
-    def propose(self, context: list[int]) -> Draft: ...
+    """Proposes draft tokens. May also define ``observe(target_tokens, accepted)``: after each verification the
+    engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on it)."""
+
+    def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft: ...
 
 
 @dataclass
@@ -78,6 +81,9 @@ class Engine:
         trace = DecodeTrace()
         context = state.context
         cache = state.cache
+        observe = getattr(drafter, "observe", None)
+        if hasattr(drafter, "reset"):
+            drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         pending = self._sample(state.next_logits, temperature, generator)  # first token: from the prefill logits
         trace.token_ids.append(pending)
         if pending in self.eos:
@@ -85,7 +91,8 @@ class Engine:
             return trace
         while len(trace.token_ids) < max_new_tokens:
             room = max_new_tokens - len(trace.token_ids)
-            draft = drafter.propose(context + trace.token_ids) if drafter is not None else Draft([])
+            draft = (drafter.propose(context + trace.token_ids, temperature, generator)
+                     if drafter is not None else Draft([]))
             # Never draft past the output cap: extra drafts would be verified for nothing.
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
@@ -93,6 +100,8 @@ class Engine:
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
             logits = out.logits[0].float()  # position i predicts the token after input i
             emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
+            if observe is not None:
+                observe(logits.argmax(dim=-1).tolist(), accepted)
             trace.accepted_per_step.append(accepted)
             trace.drafted_per_step.append(len(tokens))
             # The cache now holds pending + all drafts; keep pending + the accepted prefix only.
