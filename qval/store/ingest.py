@@ -16,7 +16,8 @@ from ..plan import Plan
 from ..registry import REGISTRY
 from .db import connect_writer
 from .parts import DONE, FAILED, parts_root, read_valid_parts
-from .tables import SAMPLE_TABLES, SCHEMAS
+from ..decode.metrics import MAX_POSITION
+from .tables import SAMPLE_TABLES
 
 
 @dataclass
@@ -91,15 +92,14 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     One DELETE and one INSERT for all cells: per-cell statements would each scan the whole sample table.
     """
     table = SAMPLE_TABLES[track]
-    columns = ", ".join(SCHEMAS[track].names)
     ids = [c[0] for c in cells]
     files = [str(p) for c in cells for p in c[2]]
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
         if files:
-            con.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM read_parquet(?, union_by_name = true)",
-                        [files])
+            # BY NAME: parts written before a column existed still load (the new column is NULL for them).
+            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
         counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
             f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
             f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
@@ -165,7 +165,10 @@ def _ingest_plans(con, results: Path) -> None:
 _METRIC_COLUMNS = {
     "qalign": "cell_id, sample_id, candidate, score, ref_q",
     "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, output_sha, "
-               "coalesce(list_sum(accepted), 0) AS accepted_total"),
+               "coalesce(list_sum(accepted), 0) AS accepted_total, "
+               "len(list_filter(drafted, lambda x: x >= 1)) AS drafts, "
+               + ", ".join(f"len(list_filter(accepted, lambda x: x >= {i})) AS accepted_ge_{i}"
+                           for i in range(1, MAX_POSITION + 1))),
 }
 
 
@@ -202,8 +205,11 @@ def compute_metrics(con, changed: list[str]) -> int:
             base = samples.get(baseline_ids[cell["cell_id"]], empty)
             for metric in metrics_by_track.get(track, []):
                 value = metric.compute(own, base if metric.needs_baseline else None, cell)
-                rows.append([cell["cell_id"], metric.name, value.value, value.ci_low, value.ci_high, value.n,
-                             metric.higher_is_better, metric.label])
+                # A metric family (e.g. per-position acceptance) returns {name: value}.
+                values = value if isinstance(value, dict) else {metric.name: value}
+                for name, v in values.items():
+                    rows.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
+                                 metric.higher_is_better, metric.label])
     con.execute("BEGIN TRANSACTION")
     try:
         con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])

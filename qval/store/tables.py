@@ -30,6 +30,9 @@ DECODE_SAMPLES = pa.schema([
     ("output_sha", pa.string()),
     ("output_ids", pa.list_(pa.int32())),
     ("error", pa.string()),
+    # Prefill features of the first generated position (inputs to instance-adaptive policies such as BlockPilot's).
+    ("prefill_entropy", pa.float64()),
+    ("prefill_top_prob", pa.float64()),
 ])
 
 SCHEMAS = {"qalign": QALIGN_SAMPLES, "decode": DECODE_SAMPLES}
