@@ -5,12 +5,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-BENCHMARKS = ["bench_plan", "bench_ingest", "bench_report"]
+BENCHMARKS = ["bench_plan", "bench_ingest", "bench_report", "bench_decode"]
 
 if __name__ == "__main__":
     ok = True
     for name in BENCHMARKS:
-        result = importlib.import_module(name).main()
-        print(json.dumps(result), flush=True)
-        ok &= bool(result.get("ok", True))
+        results = importlib.import_module(name).main()
+        for result in results if isinstance(results, list) else [results]:
+            print(json.dumps(result), flush=True)
+            ok &= bool(result.get("ok", True))
     sys.exit(0 if ok else 1)
