@@ -1,7 +1,6 @@
 """The Python API behind the CLI: plan, run, ingest. The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -85,7 +84,3 @@ def read_plan_file(path: Path) -> Plan:
     if not Path(path).is_file():
         raise QvalError(f"no plan manifest at {path}")
     return Plan.read(path)
-
-
-def describe_plan(plan: Plan) -> dict:
-    return json.loads(json.dumps(plan.to_json()))

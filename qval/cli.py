@@ -59,11 +59,18 @@ def plugins():
 
 
 @app.command()
-def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT):
-    """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing."""
+def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
+         emit_manifest: bool = typer.Option(False, "--emit-manifest",
+                                            help="Write RESULTS/plans/<plan_id>.json for an external scheduler.")):
+    """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
+    --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
 
     p = plan_suite(suite)
+    if emit_manifest:
+        path = p.write(results)
+        out.print(f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
+                  f"--shard I --results {results}")
     done = cell_status(p, results)
     table = Table("shard", "cell_id", "track", "model", "method", "dataset", "T", "seed", "status",
                   title=f"suite {p.suite}: {len(p.cells)} cells, {len(p.shards)} shards, plan {p.plan_id}")
@@ -123,6 +130,25 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         err.print(f"[red]{len(summary.failed_shards)} shard(s) failed[/]; logs in {results / 'logs' / summary.run_id}; "
                   "re-run the same command to resume")
         raise typer.Exit(1)
+
+
+@app.command()
+def worker(plan_id: str = typer.Option(..., "--plan", help="Plan id (or path of a plan manifest)."),
+           shard: int = typer.Option(..., "--shard", min=0, help="Shard index in the plan."),
+           results: Path = RESULTS_OPT,
+           run_id: str = typer.Option("external", "--run-id", help="Label stored with the cells this worker runs.")):
+    """Run one shard of an emitted plan (for SLURM arrays or any scheduler). Writes parts only, never the
+    database: run `qval ingest` once the shards are done. Re-running resumes where the shard stopped."""
+    from .api import read_plan_file
+    from .worker import run_shard
+
+    path = Path(plan_id) if plan_id.endswith(".json") else results / "plans" / f"{plan_id}.json"
+    p = read_plan_file(path)
+    if shard >= len(p.shards):
+        from .errors import UsageError
+
+        raise UsageError(f"--shard {shard} is out of range: plan {p.plan_id} has {len(p.shards)} shard(s)")
+    raise typer.Exit(run_shard(p, shard, results, run_id))
 
 
 @app.command("ingest")

@@ -141,7 +141,7 @@ def build_plan(suite: Suite) -> Plan:
 
     if cfg.qalign is not None:
         q = cfg.qalign
-        settings = {"gamma": q.gamma, "points": q.points.model_dump()}
+        settings = {"gamma": q.gamma, "points": q.points.model_dump(), "reference": q.reference.model_dump()}
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
             suite.models, suite.resolved["qalign.methods"], suite.resolved["qalign.envs"], q.temperatures, cfg.seeds
         ):

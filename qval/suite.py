@@ -46,12 +46,20 @@ class PointsConfig(Strict):
     max_steps: int = Field(default=50, ge=1, le=10_000)
 
 
+class ReferenceConfig(Strict):
+    method: Literal["exact", "mc"] = "exact"  # mc: Monte-Carlo rollouts of the reference policy
+    rollouts: int = Field(default=16, ge=1, le=100_000)
+    agg: Literal["mean", "max"] = "max"  # QVal's headline label is the max over rollouts
+    max_steps: int = Field(default=200, ge=1, le=100_000)
+
+
 class QAlignSection(Strict):
     envs: list[PluginRef] = Field(min_length=1)
     methods: list[PluginRef] = Field(min_length=1)
     temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pooled_spearman", "pooled_kendall"],
                                min_length=1)
     main_metric: str = "per_state_spearman"

@@ -24,7 +24,7 @@ def _check_common(cls, base) -> None:
 
 def check_scorer(cls, model=None, n_points: int = 6) -> None:
     """A scorer returns one finite float per candidate, deterministically for a fixed seed."""
-    from .qalign.envs.frozenlake import FrozenLakeEnv
+    from .qalign.envs.toy_text import FrozenLakeEnv
     from .qalign.points import collect_points
     from .qalign.scorers.base import FAMILIES, Scorer
 

@@ -103,3 +103,25 @@ def test_second_writer_gets_a_clear_error(tiny_run):
         with pytest.raises(ResultsLockedError):
             with results_lock(results, "again"):
                 pass
+
+
+def test_external_scheduler_flow(tmp_path):
+    """--emit-manifest, then one `qval worker` per shard, then `qval ingest`: what a SLURM array would do."""
+    suite = write_suite(tmp_path / "s.yaml", """\
+        name: ext
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [taxi]
+          methods: [oracle-q, random]
+          points: {episodes: 3, max_points_per_episode: 2, max_steps: 60}
+        """)
+    results = tmp_path / "r"
+    proc = run_qval("plan", suite, "--results", results, "--emit-manifest")
+    assert proc.returncode == 0 and "wrote" in proc.stdout
+    plan_id = next((results / "plans").glob("*.json")).stem
+    assert run_qval("worker", "--plan", plan_id, "--shard", "0", "--results", results).returncode == 0
+    bad = run_qval("worker", "--plan", plan_id, "--shard", "7", "--results", results)
+    assert bad.returncode == 2 and "out of range" in bad.stderr
+    assert run_qval("ingest", "--results", results).returncode == 0
+    board = R.leaderboard(results, "ext", "qalign").set_index("method")
+    assert board.loc["oracle-q", "per_state_spearman"] == pytest.approx(1.0)

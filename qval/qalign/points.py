@@ -23,9 +23,13 @@ class EvalPoint:
 
 
 def collect_points(env, q: np.ndarray, episodes: int, epsilon: float, max_points_per_episode: int,
-                   max_steps: int, seed: int) -> list[EvalPoint]:
-    """Deterministic given the seed: the same cell always scores the same points."""
+                   max_steps: int, seed: int, label=None) -> list[EvalPoint]:
+    """Deterministic given the seed: the same cell always scores the same points.
+
+    ``label(state) -> Q values`` labels the candidates; by default the exact Q* row.
+    """
     rng = np.random.default_rng(seed)
+    label = label or (lambda s: q[s])
     points = []
     for ep in range(episodes):
         state, visited = env.reset(rng), []
@@ -39,6 +43,7 @@ def collect_points(env, q: np.ndarray, episodes: int, epsilon: float, max_points
         chosen = rng.choice(len(visited), size=min(max_points_per_episode, len(visited)), replace=False)
         for i in sorted(chosen):
             t, s = visited[i]
-            cands = tuple(Candidate(a, name, float(q[s, a])) for a, name in enumerate(env.action_names))
+            values = label(s)
+            cands = tuple(Candidate(a, name, float(values[a])) for a, name in enumerate(env.action_names))
             points.append(EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(), cands))
     return points

@@ -3,17 +3,28 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from ..plan import Cell
 from ..registry import REGISTRY
 from .points import collect_points
+from .reference import monte_carlo_q
 
 
 def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
-    q = env.reference_q(cell.settings["gamma"])
-    points = collect_points(env, q, seed=cell.seed, **cell.settings["points"])
+    gamma = cell.settings["gamma"]
+    q = env.reference_q(gamma)
+    ref = cell.settings.get("reference", {"method": "exact"})
+    label = None
+    if ref["method"] == "mc":
+        label_rng = np.random.default_rng([cell.seed, 1])  # its own stream: labels do not shift the points
+
+        def label(state):
+            return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng)
+    points = collect_points(env, q, seed=cell.seed, label=label, **cell.settings["points"])
     scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature)
     done = writer.done_sample_ids()
     todo = [p for p in points if p.point_id not in done]

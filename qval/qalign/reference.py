@@ -1,0 +1,33 @@
+"""Reference Q for labelling candidates: exact (value iteration) or Monte-Carlo, as in QVal.
+
+Monte-Carlo: from the state, force the candidate action, then follow the reference policy (greedy in exact Q*,
+i.e. a scripted optimal policy) for N rollouts; the label is the mean or the max of the discounted returns.
+QVal's headline label is the max (approximating best-of-N); with stochastic dynamics the mean converges to Q^π.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def rollout_return(env, state: int, action: int, policy: np.ndarray, gamma: float, max_steps: int,
+                   rng: np.random.Generator) -> float:
+    total, discount = 0.0, 1.0
+    for _ in range(max_steps):
+        state, reward, done = env.step(state, action, rng)
+        total += discount * reward
+        if done:
+            break
+        discount *= gamma
+        action = int(policy[state])
+    return total
+
+
+def monte_carlo_q(env, state: int, q_star: np.ndarray, gamma: float, rollouts: int, agg: str, max_steps: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """MC estimate of Q(state, ·) under the greedy-in-Q* reference policy."""
+    policy = q_star.argmax(axis=1)
+    out = np.zeros(q_star.shape[1])
+    for a in range(q_star.shape[1]):
+        returns = [rollout_return(env, state, a, policy, gamma, max_steps, rng) for _ in range(rollouts)]
+        out[a] = max(returns) if agg == "max" else float(np.mean(returns))
+    return out
