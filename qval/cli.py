@@ -209,6 +209,33 @@ def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sw
         out.print(rp.to_markdown(result), markup=False)
 
 
+@app.command("compare")
+def compare_cmd(a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or a RESULTS_DIR with one suite."),
+                b: str = typer.Argument(..., help="The same, for the other side."),
+                results: Path = RESULTS_OPT,
+                metric: Optional[str] = typer.Option(None, "--metric", help="Only this metric."),
+                as_json: bool = typer.Option(False, "--json", help="Print JSON records.")):
+    """What changed between two suites or two results folders, and whether it is significant."""
+    import json as _json
+
+    from .compare import compare, parse_side
+
+    table = compare(parse_side(a, results), parse_side(b, results))
+    if metric and not table.empty:
+        table = table[table["metric"].isin([metric, None])]
+    if as_json:
+        print(_json.dumps(_json.loads(table.to_json(orient="records")), indent=1))
+        return
+    view = Table("track", "model", "method", "dataset", "T", "metric", "A", "B", "Δ", "p", "verdict",
+                 title=f"compare {a} → {b}")
+    fmt = lambda x: "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}"  # noqa: E731
+    for r in table.to_dict("records"):
+        view.add_row(r["track"], str(r["model"]), str(r["method"]), str(r["dataset"]), f"{r['temperature']:g}",
+                     str(r.get("metric") or "–"), fmt(r.get("a")), fmt(r.get("b")), fmt(r.get("delta")),
+                     fmt(r.get("p_value")), r["verdict"])
+    out.print(view)
+
+
 def main() -> None:
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit: pass it on.

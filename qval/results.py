@@ -1,6 +1,7 @@
 """Read results as pandas DataFrames (read-only connections; safe beside a running ingest's readers)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -32,13 +33,51 @@ def cells(results="results", suite: str | None = None) -> pd.DataFrame:
                            "ORDER BY track, model, method, dataset, temperature, seed", [suite])
 
 
+def method_labels(cells: pd.DataFrame) -> dict[str, str]:
+    """Row names for a leaderboard: the method name, plus the params that differ between cells of that method
+    (``prompt-lookup(num_draft=8)``), so two settings of one plugin never share a name."""
+    params = {cid: (json.loads(ident) or {}).get("method_params") or {} if ident else {}
+              for cid, ident in zip(cells["cell_id"], cells["identity"])}
+    labels = {}
+    for method, group in cells.groupby("method"):
+        ids = list(group["cell_id"])
+        keys = sorted({k for cid in ids for k in params[cid]})
+        varying = [k for k in keys if len({json.dumps(params[cid].get(k), sort_keys=True) for cid in ids}) > 1]
+        for cid in ids:
+            shown = ",".join(f"{k}={_show(params[cid].get(k))}" for k in varying)
+            labels[cid] = f"{method}({shown})" if shown else method
+    return labels
+
+
+def _show(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def metrics(results="results", suite: str | None = None) -> pd.DataFrame:
-    """Long form: one row per (cell, metric) with value, ci_low, ci_high, n (NULL → NaN/None when undefined)."""
+    """Long form: one row per (cell, metric) with value, ci_low, ci_high, n (NULL → NaN/None when undefined).
+
+    ``method`` is the plugin name; ``method_label`` adds the params that distinguish cells of one method.
+    """
     base = ("SELECT c.track, c.model, c.method, c.family, c.dataset, c.dataset_label, c.temperature, c.seed, "
-            "c.status, c.n_samples, c.n_failed, m.* FROM cell_metrics m JOIN cells c USING (cell_id)")
+            "c.status, c.n_samples, c.n_failed, c.identity, m.* FROM cell_metrics m JOIN cells c USING (cell_id)")
     if suite is None:
-        return _query(results, base)
-    return _query(results, base + " JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
+        frame = _query(results, base)
+    else:
+        frame = _query(results, base + " JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
+    labels = {}
+    for _, track in frame.drop_duplicates("cell_id").groupby("track"):
+        labels.update(method_labels(track))
+    frame["method_label"] = frame["cell_id"].map(labels)
+    return frame.drop(columns=["identity"])
+
+
+def decode_sample_summary(results="results", suite: str | None = None) -> pd.DataFrame:
+    """Per (cell, sample, turn): acceptance length τ = 1 + accepted/steps, decode time, tokens (for plots)."""
+    sql = ("SELECT t.cell_id, t.sample_id, t.turn, 1 + coalesce(list_sum(t.accepted), 0) / t.target_steps AS tau, "
+           "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}")
+    if suite is None:
+        return _query(results, sql.format(join="", where=""))
+    return _query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
 
 
 def samples(results="results", track: str = "decode", suite: str | None = None) -> pd.DataFrame:
@@ -52,7 +91,7 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
     """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n``."""
     long = metrics(results, suite)
     long = long[long["track"] == track]
-    keys = ["cell_id", "model", "method", "family", "dataset_label", "temperature", "seed", "status",
+    keys = ["cell_id", "model", "method", "method_label", "family", "dataset_label", "temperature", "seed", "status",
             "n_samples", "n_failed"]
     if long.empty:
         return pd.DataFrame(columns=keys)
@@ -65,4 +104,5 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
         out[f"{metric}__lo"] = wide[("ci_low", metric)]
         out[f"{metric}__hi"] = wide[("ci_high", metric)]
         out[f"{metric}__n"] = wide[("n", metric)]
-    return out.reset_index().rename(columns={"dataset_label": "dataset"})
+    return out.reset_index().rename(columns={"dataset_label": "dataset", "method": "method_name",
+                                             "method_label": "method"})

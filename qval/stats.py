@@ -107,3 +107,22 @@ def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, d
 def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
     values = np.asarray(values, float)
     return bootstrap_ratio(values, np.ones_like(values), n_boot=n_boot, seed=seed)
+
+
+def paired_permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0) -> float | None:
+    """Two-sided p-value of a sign-flip permutation test on paired differences (mean of x − y = 0).
+
+    Exact over all sign patterns when there are at most 16 pairs; Monte-Carlo (with the +1 correction) above.
+    """
+    d = np.asarray(x, float) - np.asarray(y, float)
+    d = d[np.isfinite(d)]
+    if d.size == 0:
+        return None
+    observed = abs(d.mean())
+    if d.size <= 16:
+        signs = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
+        return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12))
+    rng = np.random.default_rng(seed)
+    signs = rng.choice([-1.0, 1.0], size=(n_resamples, d.size))
+    extreme = np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12)
+    return float((extreme + 1) / (n_resamples + 1))

@@ -64,6 +64,10 @@ class PooledKendall(_Pooled):
 
 
 def per_state_spearman_values(samples: pd.DataFrame) -> np.ndarray:
+    return per_state_spearman_by_state(samples).to_numpy(float)
+
+
+def per_state_spearman_by_state(samples: pd.DataFrame) -> pd.Series:
     """Spearman ρ within each state over its candidates.
 
     A state is skipped when its reference Q values are all equal (nothing to order) or a score is missing, as in
@@ -72,12 +76,13 @@ def per_state_spearman_values(samples: pd.DataFrame) -> np.ndarray:
     """
     from scipy import stats as sps
 
-    values = []
-    for score, ref in _by_state(samples):
+    values = {}
+    for state, group in samples.groupby("sample_id", sort=True):
+        score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
         if len(ref) < 2 or np.all(ref == ref[0]) or np.isnan(score).any():
             continue
-        values.append(0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic))
-    return np.asarray(values, float)
+        values[state] = 0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic)
+    return pd.Series(values, dtype=float)
 
 
 class PerStateSpearman(Metric):

@@ -1,0 +1,117 @@
+"""Compare two suites or two results folders: what changed, and whether the change is significant.
+
+Cells are matched on (track, model, method label, dataset, temperature, seed). For per-state ρ (Q-alignment) and
+per-sample acceptance length (decoding) the verdict comes from a paired sign-flip permutation test over the
+samples both sides share; for other metrics, from whether the two 95% CIs overlap (labelled so).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import results as R
+from .errors import UsageError
+from .qalign.metrics import per_state_spearman_by_state
+from .stats import paired_permutation_test
+
+KEY = ["track", "model", "method", "dataset", "temperature", "seed"]
+ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class Side:
+    results: Path
+    suite: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.results}:{self.suite}"
+
+
+def parse_side(text: str, default_results: Path) -> Side:
+    """``SUITE``, ``DIR:SUITE`` or ``DIR`` (a results folder holding exactly one suite)."""
+    if ":" in text:
+        folder, suite = text.rsplit(":", 1)
+        return Side(Path(folder), suite)
+    if Path(text).is_dir() and (Path(text) / "qval.duckdb").exists():
+        suites = R.suites(text)["suite"].tolist()
+        if len(suites) != 1:
+            raise UsageError(f"{text} holds {len(suites)} suites ({', '.join(suites)}); name one as {text}:SUITE")
+        return Side(Path(text), suites[0])
+    return Side(Path(default_results), text)
+
+
+def _cells(side: Side) -> pd.DataFrame:
+    frames = [R.leaderboard(side.results, side.suite, track).assign(track=track) for track in ("qalign", "decode")]
+    frame = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
+        not f.empty for f in frames) else pd.DataFrame(columns=KEY + ["cell_id"])
+    if frame.empty and side.suite not in set(R.suites(side.results)["suite"]):
+        raise UsageError(f"no suite '{side.suite}' in {side.results}")
+    frame["model"] = frame["model"].fillna("–")
+    return frame
+
+
+def _per_sample(side: Side, cell_id: str, track: str) -> pd.Series:
+    if track == "qalign":
+        samples = R.samples(side.results, "qalign", side.suite)
+        return per_state_spearman_by_state(samples[samples["cell_id"] == cell_id])
+    summary = R.decode_sample_summary(side.results, side.suite)
+    rows = summary[summary["cell_id"] == cell_id]
+    return pd.Series(rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str))
+
+
+PAIRED = {"qalign": "per_state_spearman", "decode": "acceptance_length_per_sample"}
+
+
+def compare(a: Side, b: Side) -> pd.DataFrame:
+    left, right = _cells(a), _cells(b)
+    merged = left.merge(right, on=KEY, how="outer", suffixes=("_a", "_b"), indicator=True)
+    metrics = sorted({c for c in left.columns if f"{c}__lo" in left.columns} |
+                     {c for c in right.columns if f"{c}__lo" in right.columns})
+    rows = []
+    for rec in merged.to_dict("records"):
+        base = {k: rec[k] for k in KEY}
+        if rec["_merge"] != "both":
+            rows.append({**base, "metric": None, "verdict": "only in A" if rec["_merge"] == "left_only" else "only in B"})
+            continue
+        for metric in metrics:
+            va, vb = rec.get(f"{metric}_a"), rec.get(f"{metric}_b")
+            if _undefined(va) and _undefined(vb):
+                continue
+            row = {**base, "metric": metric, "a": va, "a_lo": rec.get(f"{metric}__lo_a"), "a_hi": rec.get(f"{metric}__hi_a"),
+                   "b": vb, "b_lo": rec.get(f"{metric}__lo_b"), "b_hi": rec.get(f"{metric}__hi_b"),
+                   "delta": None if _undefined(va) or _undefined(vb) else vb - va, "p_value": None, "test": None}
+            if metric == PAIRED.get(rec["track"]):
+                sa = _per_sample(a, rec["cell_id_a"], rec["track"])
+                sb = _per_sample(b, rec["cell_id_b"], rec["track"])
+                common = sa.index.intersection(sb.index)
+                if len(common) >= 2:
+                    row["p_value"] = paired_permutation_test(sb[common], sa[common])
+                    row["paired_mean_diff"] = float((sb[common] - sa[common]).mean())
+                    row["test"] = f"paired permutation over {len(common)} shared samples"
+            row["verdict"] = _verdict(row)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _undefined(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
+def _verdict(row: dict) -> str:
+    if row["delta"] is None:
+        return "defined on one side only"
+    if row["test"]:  # direction from the paired differences over the shared samples the test used
+        changed = row["p_value"] is not None and row["p_value"] < ALPHA
+        return ("B higher" if row["paired_mean_diff"] > 0 else "B lower") if changed else "no significant change"
+    bounds = [row["a_lo"], row["a_hi"], row["b_lo"], row["b_hi"]]
+    if any(_undefined(x) for x in bounds):
+        return "no CI: not tested"
+    if row["b_lo"] > row["a_hi"]:
+        return "B higher (CIs disjoint)"
+    if row["b_hi"] < row["a_lo"]:
+        return "B lower (CIs disjoint)"
+    return "no significant change (CIs overlap)"
