@@ -22,6 +22,14 @@ out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 250)
 
 RESULTS_OPT = typer.Option(Path("results"), "--results", help="Results folder (DuckDB file and Parquet parts).")
+JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
+QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress or chatter; errors still go to stderr.")
+
+
+def _emit_json(obj) -> None:
+    import json
+
+    print(json.dumps(obj, indent=1, default=str, allow_nan=False))
 
 
 def _version(value: bool):
@@ -37,9 +45,14 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 @app.command("list")
-def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all.")):
+def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."),
+                 as_json: bool = JSON_OPT):
     """List plugin names by kind. A plugin that fails to import is shown with a warning."""
     entries = REGISTRY.entries(kind)
+    if as_json:
+        _emit_json([{"kind": e.kind, "name": e.name, "distribution": e.distribution, "error": e.check()}
+                    for e in entries])
+        return
     table = Table("kind", "name", "distribution", "status")
     for e in entries:
         problem = e.check()
@@ -50,8 +63,12 @@ def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '
 
 
 @app.command()
-def plugins():
+def plugins(as_json: bool = JSON_OPT):
     """Show every plugin with its kind, distribution and version (without importing them)."""
+    if as_json:
+        _emit_json([{"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version,
+                     "target": e.target} for e in REGISTRY.entries()])
+        return
     table = Table("name", "kind", "distribution", "version", "target")
     for e in REGISTRY.entries():
         table.add_row(e.name, e.kind, e.distribution, e.version, e.target)
@@ -61,17 +78,26 @@ def plugins():
 @app.command()
 def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
          emit_manifest: bool = typer.Option(False, "--emit-manifest",
-                                            help="Write RESULTS/plans/<plan_id>.json for an external scheduler.")):
+                                            help="Write RESULTS/plans/<plan_id>.json for an external scheduler."),
+         as_json: bool = JSON_OPT):
     """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
     --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
 
     p = plan_suite(suite)
+    done = cell_status(p, results)
+    if as_json:
+        path = p.write(results) if emit_manifest else None
+        _emit_json({"suite": p.suite, "plan_id": p.plan_id, "manifest": path, "shards": len(p.shards),
+                    "cells": [{"cell_id": c.cell_id, "shard": s.index, "track": c.track, "model": c.model,
+                               "method": c.method, "dataset": c.dataset_label, "temperature": c.temperature,
+                               "seed": c.seed, "done": done[c.cell_id]}
+                              for s in p.shards for c in (p.cells[i] for i in s.cell_ids)]})
+        return
     if emit_manifest:
         path = p.write(results)
         out.print(f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
                   f"--shard I --results {results}")
-    done = cell_status(p, results)
     table = Table("shard", "cell_id", "track", "model", "method", "dataset", "T", "seed", "status",
                   title=f"suite {p.suite}: {len(p.cells)} cells, {len(p.shards)} shards, plan {p.plan_id}")
     for shard in p.shards:
@@ -87,9 +113,12 @@ def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pa
 @app.command()
 def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
         workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes for untimed shards."),
-        runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`).")):
+        runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`)."),
+        quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
     from .api import run_suite
+
+    quiet = quiet or as_json
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
@@ -97,8 +126,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
 
     def on_start(p, done, shards):
         todo = sum(not d for d in done.values())
-        out.print(f"suite {p.suite}: {len(p.cells)} cells, {todo} to run in {len(shards)} shard(s)")
-        progress.start()
+        if not quiet:
+            out.print(f"suite {p.suite}: {len(p.cells)} cells, {todo} to run in {len(shards)} shard(s)")
+            progress.start()
         tasks["cells"] = progress.add_task("cells", total=todo)
         tasks["samples"] = progress.add_task("samples", total=0)
 
@@ -118,12 +148,20 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start)
     finally:
         progress.stop()
+    ing = summary.ingest
+    if as_json:
+        _emit_json({"suite": summary.plan.suite, "plan_id": summary.plan.plan_id, "run_id": summary.run_id,
+                    "cells": summary.cells_total, "cells_run": summary.cells_todo,
+                    "failed_shards": summary.failed_shards, "failed_cells": summary.failed_cells,
+                    "quarantined": [str(q) for q in summary.quarantined + ing.quarantined],
+                    "ingested_cells": ing.cells_ingested, "ingested_rows": ing.rows})
+        raise typer.Exit(1 if summary.failed_shards else 0)
     for q in summary.quarantined:
         err.print(f"[yellow]quarantined unreadable part[/] {q}; its cell was recomputed")
     if summary.run_id is None:
         out.print(f"nothing to run: all {summary.cells_total} cells of suite {summary.plan.suite} are done")
-    ing = summary.ingest
-    out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows into {results / 'qval.duckdb'}")
+    if not quiet:
+        out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows into {results / 'qval.duckdb'}")
     for q in ing.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
     if summary.failed_shards:
@@ -152,12 +190,18 @@ def worker(plan_id: str = typer.Option(..., "--plan", help="Plan id (or path of 
 
 
 @app.command("ingest")
-def ingest_cmd(results: Path = RESULTS_OPT):
+def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Ingest Parquet parts into RESULTS/qval.duckdb (idempotent; unchanged cells are skipped)."""
+    from dataclasses import asdict
+
     from .api import ingest_results
 
     rep = ingest_results(results)
-    out.print(f"ingested {rep.cells_ingested} cell(s) ({rep.rows} rows), {rep.cells_unchanged} unchanged, "
+    if as_json:
+        _emit_json(asdict(rep))
+        return
+    if not quiet:
+        out.print(f"ingested {rep.cells_ingested} cell(s) ({rep.rows} rows), {rep.cells_unchanged} unchanged, "
               f"{rep.metrics_computed} metric values")
     for q in rep.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}")
@@ -166,12 +210,17 @@ def ingest_cmd(results: Path = RESULTS_OPT):
 @app.command()
 def report(results: Path = RESULTS_OPT,
            out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for the leaderboards."),
-           suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite (default: all).")):
+           suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite (default: all)."),
+           quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Write a Markdown leaderboard and a self-contained HTML page per suite."""
     from .report.build import write_reports
 
-    for path in write_reports(results, out_dir, suite):
-        out.print(f"wrote {path}")
+    written = write_reports(results, out_dir, suite)
+    if as_json:
+        _emit_json([str(p) for p in written])
+    elif not quiet:
+        for path in written:
+            out.print(f"wrote {path}")
 
 
 @app.command()

@@ -125,3 +125,18 @@ def test_external_scheduler_flow(tmp_path):
     assert run_qval("ingest", "--results", results).returncode == 0
     board = R.leaderboard(results, "ext", "qalign").set_index("method")
     assert board.loc["oracle-q", "per_state_spearman"] == pytest.approx(1.0)
+
+
+def test_scriptable_json_and_quiet(tiny_run):
+    root, suite, results, _ = tiny_run
+    plan = json.loads(run_qval("plan", suite, "--results", results, "--json").stdout)
+    assert plan["suite"] == "tiny" and len(plan["cells"]) == 5 and all(c["done"] for c in plan["cells"])
+    rerun = run_qval("run", suite, "--results", results, "--json")
+    summary = json.loads(rerun.stdout)
+    assert rerun.returncode == 0 and summary["run_id"] is None and summary["cells_run"] == 0
+    ingest = json.loads(run_qval("ingest", "--results", results, "--json").stdout)
+    assert ingest["cells_ingested"] == 0 and ingest["cells_unchanged"] == 5
+    quiet = run_qval("report", "--results", results, "--out", root / "q", "--quiet")
+    assert quiet.returncode == 0 and quiet.stdout == ""
+    kinds = {p["kind"] for p in json.loads(run_qval("plugins", "--json").stdout)}
+    assert kinds == {"scorers", "policies", "envs", "datasets", "models", "metrics", "runners"}
