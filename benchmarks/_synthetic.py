@@ -59,6 +59,8 @@ def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -
             "output_sha": [hashlib.md5(str(i).encode()).hexdigest()[:16] for i in range(n)],
             "output_ids": [[1, 2, 3]] * n,
             "error": pa.nulls(n, pa.string()),
+            "prefill_entropy": rng.random(n) * 5,
+            "prefill_top_prob": rng.random(n),
         }, schema=DECODE_SAMPLES)
         directory = cell_dir(results, cell.cell_id)
         directory.mkdir(parents=True, exist_ok=True)

@@ -285,7 +285,15 @@ def compare_cmd(a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or 
     out.print(view)
 
 
+def _exit_on_sigterm(signum, frame):
+    # SystemExit unwinds through `finally` blocks, so the runner stops its worker processes (none are orphaned).
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit: pass it on.
         code = app(standalone_mode=False)

@@ -36,15 +36,16 @@ class Cell:
     settings: dict  # track-level knobs that change outputs
     baseline_cell_id: str | None = None
 
-    @property
-    def dataset_label(self) -> str:
-        """The dataset name plus its params, so two configurations of one env stay apart on the leaderboard."""
-        if not self.dataset_params:
-            return self.dataset
-        def show(v):
-            return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    dataset_label: str = ""  # display only: the name plus its non-default params
 
-        return self.dataset + "(" + ",".join(f"{k}={show(v)}" for k, v in sorted(self.dataset_params.items())) + ")"
+
+def _label(name: str, params: dict, defaults: dict) -> str:
+    """``frozenlake(map=8x8)``: non-default params only, so two configurations stay apart without noise."""
+    def show(v):
+        return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    shown = {k: v for k, v in sorted(params.items()) if defaults.get(k, object()) != v}
+    return name + ("(" + ",".join(f"{k}={show(v)}" for k, v in shown.items()) + ")" if shown else "")
 
 
 @dataclass
@@ -131,6 +132,7 @@ def make_cell(track: str, model: str | None, model_identity: dict | None, method
         temperature=temperature,
         seed=seed,
         settings=settings,
+        dataset_label=_label(dataset_cls.name, dataset_params, dataset_cls.Params().model_dump()),
     )
 
 

@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import qval.results as R
+from qval.store.db import SCHEMA_VERSION
 from conftest import TINY_SUITE, run_qval, write_suite
 
 
@@ -30,7 +31,7 @@ def test_run_fills_every_table(tiny_run):
     assert len(runs) == 1 and runs.iloc[0]["status"] == "done" and runs.iloc[0]["torch"]
     con = duckdb.connect(str(results / "qval.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM cell_metrics WHERE isnan(value)").fetchone()[0] == 0
-    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+    assert con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     con.close()
 
 

@@ -77,3 +77,19 @@ def test_corrupt_part_is_quarantined_and_recomputed(tmp_path):
     assert proc.returncode == 0 and "nothing to run" in proc.stdout
     samples = R.samples(results, "decode")
     assert len(samples) == 2 and samples["sample_id"].nunique() == 2
+
+
+def test_sigterm_to_run_stops_its_workers(tmp_path):
+    suite = write_suite(tmp_path / "term.yaml", SUITE.replace("name: killme", "name: term"))
+    results = tmp_path / "results"
+    proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not _worker_pids(results):
+        time.sleep(0.1)
+    assert _worker_pids(results), "worker did not start"
+    proc.terminate()
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    time.sleep(0.5)
+    assert _worker_pids(results) == [], "an orphan worker survived SIGTERM of qval run"

@@ -55,6 +55,7 @@ def build_report(results, suite: str) -> SuiteReport:
             higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
             labels={m: cls.label for m, cls in metric_classes.items()},
             rows=rows,
+            samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
         ))
     return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
 

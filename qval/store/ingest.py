@@ -147,7 +147,7 @@ def _ingest_plans(con, results: Path) -> None:
             con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
             con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
             rows = [[c.cell_id, plan.to_json()["identity_version"], c.track, c.model, c.method, c.family, c.dataset,
-                     c.dataset_label, c.temperature, c.seed, json.dumps({
+                     c.dataset_label or c.dataset, c.temperature, c.seed, json.dumps({
                          "model": c.model_identity, "method_params": c.method_params,
                          "dataset_params": c.dataset_params, "settings": c.settings}),
                      c.baseline_cell_id] for c in plan.cells.values()]
