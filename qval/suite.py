@@ -53,10 +53,22 @@ class ReferenceConfig(Strict):
     max_steps: int = Field(default=200, ge=1, le=100_000)
 
 
-class QAlignSection(Strict):
+class TrackSection(Strict):
+    """What both tracks share: a temperature axis, the metrics to report and the one to rank by."""
+
+    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    metrics: list[str] = Field(min_length=1)
+    main_metric: str
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temps(cls, value):
+        return _check_temperatures(value)
+
+
+class QAlignSection(TrackSection):
     envs: list[PluginRef] = Field(min_length=1)
     methods: list[PluginRef] = Field(min_length=1)
-    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
@@ -69,16 +81,10 @@ class QAlignSection(Strict):
     def _refs(cls, value):
         return _as_refs(value)
 
-    @field_validator("temperatures")
-    @classmethod
-    def _temps(cls, value):
-        return _check_temperatures(value)
 
-
-class DecodeSection(Strict):
+class DecodeSection(TrackSection):
     datasets: list[PluginRef] = Field(min_length=1)
     policies: list[PluginRef] = Field(min_length=1)
-    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
     warmup: int = Field(default=1, ge=0, le=100)
     hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
@@ -89,11 +95,6 @@ class DecodeSection(Strict):
     @classmethod
     def _refs(cls, value):
         return _as_refs(value)
-
-    @field_validator("temperatures")
-    @classmethod
-    def _temps(cls, value):
-        return _check_temperatures(value)
 
 
 def _check_temperatures(values: list[float]) -> list[float]:
