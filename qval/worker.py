@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +33,7 @@ def load_model(shard):
 
 
 def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
-    from .decode.task import run_decode_cell
+    from .decode.task import run_decode_group
     from .qalign.task import run_qalign_cell
 
     shard = plan.shards[shard_index]
@@ -44,26 +43,50 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
     fp = fingerprint()
     warmup = (plan.config.get("decode") or {}).get("warmup", 1)
     model = load_model(shard)  # once per shard
+    base = {"run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"]}
     errors = 0
-    for cell in todo:
-        writer = PartWriter(results, cell.cell_id, cell.track)
-        started = time.time()
-        manifest = {"cell_id": cell.cell_id, "run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"],
-                    "started_at": datetime.now(timezone.utc).isoformat()}
-        try:
-            if cell.track == "qalign":
-                n, failed = run_qalign_cell(cell, model, writer, emit)
-            else:
-                n, failed = run_decode_cell(cell, model, writer, emit, warmup=warmup)
-        except Exception as exc:  # the cell cannot run at all (plugin failed to load, bad params…)
+
+    def finish(cell, writer, outcome, started):
+        nonlocal errors
+        manifest = {**base, "cell_id": cell.cell_id, "started_at": started}
+        if isinstance(outcome, BaseException):  # the cell cannot run at all (plugin failed to load, bad params…)
             errors += 1
-            writer.fail({**manifest, "error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()})
-            emit("cell_failed", cell=cell.cell_id, error=f"{type(exc).__name__}: {exc}")
-            print(traceback.format_exc(), file=sys.stderr)
-            continue
-        writer.finish({**manifest, "n_samples": n, "n_failed": failed, "seconds": time.time() - started})
+            error = f"{type(outcome).__name__}: {outcome}"
+            trace = "".join(traceback.format_exception(outcome))
+            writer.fail({**manifest, "error": error, "traceback": trace})
+            emit("cell_failed", cell=cell.cell_id, error=error)
+            print(trace, file=sys.stderr)
+            return
+        n, failed = outcome
+        writer.finish({**manifest, "n_samples": n, "n_failed": failed})
         emit("cell_done", cell=cell.cell_id, n=n, failed=failed)
+
+    for cell in [c for c in todo if c.track == "qalign"]:
+        writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
+        try:
+            outcome = run_qalign_cell(cell, model, writer, emit)
+        except Exception as exc:
+            outcome = exc
+        finish(cell, writer, outcome, started)
+
+    # Timed cells run in groups that share an AR baseline, interleaved sample by sample.
+    groups: dict[str, list] = {}
+    for cell in [c for c in todo if c.track == "decode"]:
+        groups.setdefault(cell.baseline_cell_id or cell.cell_id, []).append(cell)
+    for cells in groups.values():
+        writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
+        started = _now()
+        try:
+            outcomes = run_decode_group(cells, model, writers, emit, warmup=warmup)
+        except Exception as exc:  # the group could not start (e.g. the dataset failed to load)
+            outcomes = {c.cell_id: exc for c in cells}
+        for cell in cells:
+            finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
     return 1 if errors else 0
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
 
 
 def main(argv=None) -> int:

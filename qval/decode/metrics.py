@@ -85,6 +85,7 @@ class PerPositionAcceptance(Metric):
 
     name = "per_position_acceptance"
     track = "decode"
+    multi = True
     label = "per draft position i: unconditional acceptance rate (vLLM) and conditional rate given i−1 accepted"
 
     def compute(self, samples, baseline=None, cell=None):

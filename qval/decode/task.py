@@ -45,49 +45,73 @@ def prefill_features(state) -> dict:
     return {"prefill_entropy": float(-(probs * logp).sum()), "prefill_top_prob": float(probs.max())}
 
 
-def run_decode_cell(cell: Cell, model, writer, emit, warmup: int = 1) -> tuple[int, int]:
+def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[list[dict], bool]:
+    """All turns of one prompt for one cell; the model's own answers go between the turns."""
     import torch
 
-    dataset_cls = REGISTRY.get("datasets", cell.dataset)
-    policy_cls = REGISTRY.get("policies", cell.method)
-    samples = dataset_cls(dataset_cls.Params.model_validate(cell.dataset_params)).samples()
-    policy = policy_cls(policy_cls.Params.model_validate(cell.method_params))
-    drafter = policy.drafter(model)
+    rows, messages = [], []
+    for turn, text in enumerate(sample.turns):
+        messages.append({"role": "user", "content": text})
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode()))
+        try:
+            ids = _prompt_ids(model.tokenizer, messages)
+            trace, prefill_s, decode_s, state = generate_timed(engine, drafter, ids, cell.settings["max_new_tokens"],
+                                                               cell.temperature, generator, model.device)
+        except Exception as exc:  # one failing sample is recorded and the cell goes on
+            return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
+                     "error": f"{type(exc).__name__}: {exc}"}], True
+        messages.append({"role": "assistant", "content": model.tokenizer.decode(trace.token_ids, skip_special_tokens=True)})
+        rows.append({
+            "sample_id": sample.sample_id, "turn": turn, "category": sample.category,
+            "prompt_tokens": len(ids), "new_tokens": len(trace.token_ids), "target_steps": trace.target_steps,
+            "drafted": trace.drafted_per_step, "accepted": trace.accepted_per_step,
+            "prefill_s": prefill_s, "decode_s": decode_s, "stopped_on_eos": trace.stopped_on_eos,
+            "output_sha": hashlib.sha256(str(trace.token_ids).encode()).hexdigest()[:16],
+            "output_ids": trace.token_ids, "error": None, **prefill_features(state),
+        })
+    return rows, False
+
+
+def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict[str, tuple[int, int]]:
+    """Run decode cells that share an AR baseline (same model, dataset, temperature, seed) sample by sample.
+
+    For each prompt every cell runs in turn, in an order that rotates from prompt to prompt, so drift or a
+    disturbance on the machine hits the baseline and the policies alike instead of one whole cell. Returns, per
+    cell, (samples, failed samples) or the exception that kept that cell's policy from being built; the other
+    cells go on.
+    """
+    first = cells[0]
+    dataset_cls = REGISTRY.get("datasets", first.dataset)
+    samples = dataset_cls(dataset_cls.Params.model_validate(first.dataset_params)).samples()
     engine = Engine(model.model, model.eos_token_ids)
-    max_new = cell.settings["max_new_tokens"]
-    done = writer.done_sample_ids()
-    todo = [s for s in samples if s.sample_id not in done]
-    emit("cell_start", cell=cell.cell_id, total=len(samples), done=len(samples) - len(todo))
+    drafters, failures = {}, {}
+    for cell in cells:
+        try:
+            policy_cls = REGISTRY.get("policies", cell.method)
+            drafters[cell.cell_id] = policy_cls(policy_cls.Params.model_validate(cell.method_params)).drafter(model)
+        except Exception as exc:  # a policy that cannot be built fails its own cell only
+            failures[cell.cell_id] = exc
+    live = [c for c in cells if c.cell_id not in failures]
+    done = {c.cell_id: writers[c.cell_id].done_sample_ids() for c in live}
+    for cell in live:
+        emit("cell_start", cell=cell.cell_id, total=len(samples), done=len(done[cell.cell_id]))
+    todo = [s for s in samples if any(s.sample_id not in done[c.cell_id] for c in live)]
     if todo:  # warm-up generations are not recorded: the first calls pay for allocation and caching
         ids = _prompt_ids(model.tokenizer, [{"role": "user", "content": todo[0].turns[0]}])
-        for _ in range(warmup):
-            generate_timed(engine, drafter, ids, min(max_new, 32), 0.0, None, model.device)
-    failed = 0
-    for sample in todo:
-        rows, messages = [], []
-        for turn, text in enumerate(sample.turns):
-            messages.append({"role": "user", "content": text})
-            generator = torch.Generator().manual_seed(
-                zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode()))
-            try:
-                ids = _prompt_ids(model.tokenizer, messages)
-                trace, prefill_s, decode_s, state = generate_timed(engine, drafter, ids, max_new, cell.temperature,
-                                                                   generator, model.device)
-            except Exception as exc:  # one failing sample is recorded and the cell goes on
-                rows = [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-                         "error": f"{type(exc).__name__}: {exc}"}]
-                failed += 1
-                break
-            messages.append({"role": "assistant",
-                             "content": model.tokenizer.decode(trace.token_ids, skip_special_tokens=True)})
-            rows.append({
-                "sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-                "prompt_tokens": len(ids), "new_tokens": len(trace.token_ids), "target_steps": trace.target_steps,
-                "drafted": trace.drafted_per_step, "accepted": trace.accepted_per_step,
-                "prefill_s": prefill_s, "decode_s": decode_s, "stopped_on_eos": trace.stopped_on_eos,
-                "output_sha": hashlib.sha256(str(trace.token_ids).encode()).hexdigest()[:16],
-                "output_ids": trace.token_ids, "error": None, **prefill_features(state),
-            })
-        writer.add_sample(rows)
-        emit("sample", cell=cell.cell_id)
-    return len(samples), failed
+        for cell in live:
+            for _ in range(warmup):
+                generate_timed(engine, drafters[cell.cell_id], ids, min(first.settings["max_new_tokens"], 32), 0.0,
+                               None, model.device)
+    failed = {c.cell_id: 0 for c in live}
+    for index, sample in enumerate(todo):
+        order = live[index % len(live):] + live[: index % len(live)]
+        for cell in order:
+            if sample.sample_id in done[cell.cell_id]:
+                continue
+            rows, bad = _run_sample(cell, sample, model, engine, drafters[cell.cell_id])
+            failed[cell.cell_id] += bad
+            writers[cell.cell_id].add_sample(rows)
+            emit("sample", cell=cell.cell_id)
+    result = {c.cell_id: (len(samples), failed[c.cell_id]) for c in live}
+    result.update({cid: exc for cid, exc in failures.items()})
+    return result

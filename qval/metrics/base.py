@@ -14,6 +14,7 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     label: ClassVar[str] = ""  # what the number is, shown once in every report
     needs_baseline: ClassVar[bool] = False  # decode metrics paired with the same-run AR cell
+    multi: ClassVar[bool] = False  # compute() returns {name: value} (a family, e.g. per position): figures, not a column
 
     def compute(self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None,
                 cell: dict | None = None) -> MetricValue:

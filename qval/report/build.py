@@ -45,13 +45,14 @@ def build_report(results, suite: str) -> SuiteReport:
         section = config.get(track)
         if not section:
             continue
-        metric_classes = {m: REGISTRY.get("metrics", m) for m in section["metrics"]}
+        # Families of values (per-position acceptance) feed figures; the tables show single-valued metrics.
+        metric_classes = {m: cls for m in section["metrics"] if not (cls := REGISTRY.get("metrics", m)).multi}
         rows = R.leaderboard(results, suite, track)
         tracks.append(TrackBoard(
             track=track,
             title=TRACK_TITLES[track],
             main_metric=section["main_metric"],
-            metrics=list(section["metrics"]),
+            metrics=list(metric_classes),
             higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
             labels={m: cls.label for m, cls in metric_classes.items()},
             rows=rows,
