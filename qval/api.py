@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .errors import QvalError
+from .errors import UsageError
 from .fingerprint import fingerprint
 from .plan import Plan, build_plan
 from .registry import REGISTRY
@@ -82,5 +82,5 @@ def ingest_results(results: Path) -> IngestReport:
 
 def read_plan_file(path: Path) -> Plan:
     if not Path(path).is_file():
-        raise QvalError(f"no plan manifest at {path}")
+        raise UsageError(f"no plan manifest at {path}")
     return Plan.read(path)

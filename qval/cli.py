@@ -307,9 +307,8 @@ def main() -> None:
         err.print("aborted")
         sys.exit(130)
     except Exception as exc:  # click usage errors and anything unexpected: a message, never a traceback
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+        # Typer may vendor its own copy of click, so usage errors are recognised by class, from either copy.
+        if any(cls.__name__ == "ClickException" for cls in type(exc).__mro__):
             exc.show()
             sys.exit(exc.exit_code)
         if os.environ.get("QVAL_DEBUG"):

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
 
-from .errors import QvalError
+from .errors import UsageError
 from .fingerprint import hardware_class
 from .identity import IDENTITY_VERSION, content_hash
 from .suite import Suite
@@ -85,7 +85,7 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict) -> Plan:
         if data.get("plan_version") != PLAN_VERSION:
-            raise QvalError(f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})")
+            raise UsageError(f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})")
         cells = {c["cell_id"]: Cell(**c) for c in data["cells"]}
         shards = [Shard(**s) for s in data["shards"]]
         return cls(data["plan_id"], data["suite"], data["suite_path"], data["suite_sha"], data["description"],
@@ -104,7 +104,7 @@ class Plan:
         try:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise QvalError(f"cannot read plan manifest {path}: {exc}") from None
+            raise UsageError(f"cannot read plan manifest {path}: {exc}") from None
 
 
 def make_cell(track: str, model: str | None, model_identity: dict | None, method_cls, method_params,

@@ -5,7 +5,6 @@ Every error names the file, the field and the reason (``SuiteError``); nothing i
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any, Literal
 

@@ -1,7 +1,6 @@
 """The HTML leaderboard in a real browser (Debian's chromium driven by Playwright): no console errors, sorting and
 filtering work, hostile strings do not execute. Screenshots land in test-artifacts/ (kept by CI, ignored by git)."""
 import shutil
-from pathlib import Path
 
 import pytest
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from scipy import stats as sps
 
-from qval.decode.engine import Draft, Engine
+from qval.decode.engine import Engine
 from qval.decode.policies import NgramDrafter
 
 PROMPTS = [

@@ -1,10 +1,7 @@
 import base64
 import hashlib
 import re
-import shutil
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import results as R
-from ..errors import QvalError
+from ..errors import UsageError
 from ..registry import REGISTRY
 from .render import SuiteReport, TrackBoard, make_figures, render_html, render_markdown
 
@@ -38,7 +38,7 @@ def build_report(results, suite: str) -> SuiteReport:
     suites = R.suites(results)
     row = suites[suites["suite"] == suite]
     if row.empty:
-        raise QvalError(f"no suite '{suite}' in {results}; known: {', '.join(suites['suite']) or 'none'}")
+        raise UsageError(f"no suite '{suite}' in {results}; known: {', '.join(suites['suite']) or 'none'}")
     config = json.loads(row.iloc[0]["config"])
     tracks = []
     for track in ("qalign", "decode"):

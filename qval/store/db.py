@@ -12,7 +12,7 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import QvalError, ResultsLockedError
+from ..errors import QvalError, UsageError, ResultsLockedError
 
 DB_NAME = "qval.duckdb"
 
@@ -83,7 +83,7 @@ def connect_writer(results: Path) -> duckdb.DuckDBPyConnection:
 def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
     path = db_path(results)
     if not path.exists():
-        raise QvalError(f"no results database at {path}; run `qval run SUITE` or `qval ingest` first")
+        raise UsageError(f"no results database at {path}; run `qval run SUITE` or `qval ingest` first")
     return duckdb.connect(str(path), read_only=True)
 
 
