@@ -37,11 +37,12 @@ class RunSummary:
 
 
 def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local", on_event=None,
-              on_start=None) -> RunSummary:
+              on_start=None, runner_options: dict[str, str] | None = None) -> RunSummary:
     """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing."""
     results = Path(results)
     plan = plan_suite(suite_path)  # validates everything before anything is written
     runner_cls = REGISTRY.get("runners", runner)
+    runner_cls.parse_options(runner_options or {})  # bad options fail before anything is written
     with results_lock(results, f"run {plan.suite}"):
         plan_path = plan.write(results)
         quarantined = verify_done_cells(results, plan.cells)
@@ -65,7 +66,7 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
                 if on_event:
                     on_event(shard, event)
 
-            status = runner_cls(results, workers).run(plan, plan_path, todo_shards, run_id, handle)
+            status = runner_cls(results, workers, runner_options).run(plan, plan_path, todo_shards, run_id, handle)
             summary.failed_shards = sorted(i for i, rc in status.items() if rc != 0)
             summary.failed_cells = failed_cells
             record.update(status="failed" if summary.failed_shards else "done",

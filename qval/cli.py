@@ -114,11 +114,20 @@ def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pa
 def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
         workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes for untimed shards."),
         runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`)."),
+        runner_opt: list[str] = typer.Option([], "--runner-opt", help="KEY=VALUE for the runner, repeatable: "
+                                             "local: gpus=0,1; submitit: cluster=slurm|local, partition=…, "
+                                             "gpus_per_shard=1, cpus_per_shard=8, timeout_min=240, "
+                                             "array_parallelism=16, mem_gb=64."),
         quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
     from .api import run_suite
+    from .errors import UsageError
 
     quiet = quiet or as_json
+    bad = [o for o in runner_opt if "=" not in o]
+    if bad:
+        raise UsageError(f"--runner-opt takes KEY=VALUE, got {bad[0]!r}")
+    options = dict(o.split("=", 1) for o in runner_opt)
 
     progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
@@ -145,7 +154,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
                 progress.console.print(f"[red]cell {event.get('cell')} failed:[/] {event.get('error')}")
 
     try:
-        summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start)
+        summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start,
+                            runner_options=options)
     finally:
         progress.stop()
     ing = summary.ingest
