@@ -9,7 +9,6 @@ import math
 from pydantic import BaseModel
 
 from .metrics.base import Metric
-from .plugin_base import Plugin
 
 
 def _check_common(cls, base) -> None:
@@ -99,13 +98,14 @@ def check_metric(cls) -> None:
 
 def check_plugin(kind: str, cls) -> None:
     """Dispatch on the plugin kind (used by qval's own contract test over every registered plugin)."""
-    checks = {"scorers": check_scorer, "envs": check_env, "datasets": check_dataset, "metrics": check_metric}
+    from .decode.policies import DecodePolicy
+
+    checks = {"scorers": check_scorer, "envs": check_env, "datasets": check_dataset, "metrics": check_metric,
+              "policies": lambda c: _check_common(c, DecodePolicy)}  # check_policy needs a model: see its docstring
     if kind in checks:
         checks[kind](cls)
-    elif kind == "policies":
-        _check_common(cls, __import__("qval.decode.policies", fromlist=["DecodePolicy"]).DecodePolicy)
     else:
         assert isinstance(cls, type) and getattr(cls, "name", ""), f"{cls!r} needs a name"
 
 
-__all__ = ["check_scorer", "check_policy", "check_env", "check_dataset", "check_metric", "check_plugin", "Plugin"]
+__all__ = ["check_scorer", "check_policy", "check_env", "check_dataset", "check_metric", "check_plugin"]
