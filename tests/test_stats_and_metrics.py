@@ -107,3 +107,11 @@ def test_per_position_acceptance_matches_hand_count():
     assert out["accept_cond@4"].value == pytest.approx(1.0)
     # τ = 1 + Σ rates when every step drafts: (3 + 1 + 1 + ... ) → 1 + (3+2+1+1)/4 = 2.75 = 1 + 7/4 accepted/step.
     assert 1 + sum(out[f"accept_rate@{i}"].value for i in range(1, 5)) == pytest.approx(1 + 7 / 4)
+
+
+def test_speedup_is_undefined_across_runs():
+    base = decode_frame([[0]] * 3, [10] * 3, [2.0, 2.0, 2.0], ["a", "b", "c"])
+    pol = decode_frame([[1]] * 3, [5] * 3, [1.0, 1.0, 1.0], ["a", "b", "c"])
+    same = MeasuredSpeedup().compute(pol, base, {"run_id": "r1", "baseline_run_id": "r1", "temperature": 0.0})
+    other = MeasuredSpeedup().compute(pol, base, {"run_id": "r2", "baseline_run_id": "r1", "temperature": 0.0})
+    assert same.value == pytest.approx(2.0) and other.value is None

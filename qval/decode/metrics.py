@@ -43,15 +43,25 @@ def pair_with_baseline(samples: pd.DataFrame, baseline: pd.DataFrame) -> pd.Data
     return samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
 
 
+def _other_run(cell: dict | None) -> bool:
+    """True when the cell and its AR baseline finished in different runs (e.g. a policy added to a suite later):
+    timings from two runs are not comparable, so no speedup is reported."""
+    if not cell:
+        return False
+    own, base = cell.get("run_id"), cell.get("baseline_run_id")
+    return isinstance(own, str) and isinstance(base, str) and own != base
+
+
 class MeasuredSpeedup(Metric):
     name = "speedup"
     track = "decode"
     needs_baseline = True
     label = ("measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the same run: "
-             "(Σ tokens/Σ decode time) ÷ AR's, decode only (prefill excluded); paired bootstrap CI over samples")
+             "(Σ tokens/Σ decode time) ÷ AR's, decode only (prefill excluded); paired bootstrap CI over samples; "
+             "undefined when the AR cell was measured in another run")
 
     def compute(self, samples, baseline=None, cell=None):
-        if baseline is None:
+        if baseline is None or _other_run(cell):
             return MetricValue.undefined()
         pairs = pair_with_baseline(samples, baseline)
         pairs = pairs[(pairs["decode_s"] > 0) & (pairs["decode_s_ar"] > 0)]

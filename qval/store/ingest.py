@@ -188,7 +188,10 @@ def compute_metrics(con, changed: list[str]) -> int:
     dependants = con.execute(
         "SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
     todo = sorted(set(changed) | {r[0] for r in dependants})
-    cells = con.execute("SELECT * FROM cells WHERE cell_id IN (SELECT unnest(?))", [todo]).df()
+    # Each cell with the run its AR baseline was measured in: speedups are only defined within one run.
+    cells = con.execute("SELECT c.*, b.run_id AS baseline_run_id FROM cells c "
+                        "LEFT JOIN cells b ON b.cell_id = c.baseline_cell_id "
+                        "WHERE c.cell_id IN (SELECT unnest(?))", [todo]).df()
     metrics_by_track: dict[str, list] = {}
     for entry in REGISTRY.entries("metrics"):
         metric = entry.load()()
