@@ -25,11 +25,6 @@ PROMPTS = [
 ]
 
 
-def _ids(model, text):
-    return model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                               return_dict=True)["input_ids"]
-
-
 def _timed(fn):
     start = time.perf_counter()
     out = fn()
@@ -40,7 +35,7 @@ def ar_vs_generate(model, engine, max_new=64, repeats=3):
     ours_t = theirs_t = ours_n = theirs_n = 0.0
     for _ in range(repeats):
         for text in PROMPTS:
-            ids = list(_ids(model, text))
+            ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), None, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
             out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), max_new_tokens=max_new,
@@ -62,7 +57,7 @@ def draft_vs_assisted(model, engine, max_new=64, k=4, repeats=2):
     identical = True
     for _ in range(repeats):
         for text in PROMPTS:
-            ids = list(_ids(model, text))
+            ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), drafter, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
             out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), assistant_model=draft,
@@ -82,7 +77,7 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
     engine_t = bare_t = 0.0
     for _ in range(repeats):
         for text in PROMPTS:
-            ids = list(_ids(model, text))
+            ids = model.chat_ids([{"role": "user", "content": text}])
             state = engine.prefill(ids)
             trace, t = _timed(lambda: engine.decode(state, None, max_new))
             engine_t += t
@@ -107,7 +102,8 @@ def main() -> list[dict]:
     torch.manual_seed(0)
     model = SmolLM2Instruct(ModelParams()).load(device="cpu")
     engine = Engine(model.model, model.eos_token_ids)
-    engine.decode(engine.prefill(list(_ids(model, "warm up"))), None, 16)  # warm-up, not recorded
+    warm = model.chat_ids([{"role": "user", "content": "warm up"}])
+    engine.decode(engine.prefill(warm), None, 16)  # warm-up, not recorded
     return [ar_vs_generate(model, engine), draft_vs_assisted(model, engine), engine_overhead(model, engine)]
 
 

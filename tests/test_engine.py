@@ -13,14 +13,9 @@ PROMPTS = [
 ]
 
 
-def _ids(model, text):
-    return list(model.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                   return_dict=True)["input_ids"])
-
-
 @pytest.mark.parametrize("prompt", PROMPTS)
 def test_ar_and_prompt_lookup_match_hf_generate_greedy(smollm, prompt):
-    ids = _ids(smollm, prompt)
+    ids = smollm.chat_ids([{"role": "user", "content": prompt}])
     engine = Engine(smollm.model, smollm.eos_token_ids)
     ar = engine.decode(engine.prefill(ids), None, 40)
     pld = engine.decode(engine.prefill(ids), NgramDrafter(4, 3, 1), 40)
@@ -33,12 +28,11 @@ def test_ar_and_prompt_lookup_match_hf_generate_greedy(smollm, prompt):
 
 
 def test_drafts_never_exceed_the_output_cap(smollm):
-    ids = _ids(smollm, PROMPTS[0])
+    ids = smollm.chat_ids([{"role": "user", "content": PROMPTS[0]}])
     engine = Engine(smollm.model, smollm.eos_token_ids)
     for cap in (1, 2, 5):
         trace = engine.decode(engine.prefill(ids), NgramDrafter(8, 3, 1), cap)
         assert len(trace.token_ids) <= cap
-
 
 
 def test_verification_rule_is_unbiased_at_positive_temperature():

@@ -17,13 +17,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _prompt_ids(tokenizer, messages) -> list[int]:
-    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    return list(encoded)
-
-
 def generate_timed(engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device):
     _sync(device)
     t0 = time.perf_counter()
@@ -54,7 +47,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
         messages.append({"role": "user", "content": text})
         generator = torch.Generator().manual_seed(zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode()))
         try:
-            ids = _prompt_ids(model.tokenizer, messages)
+            ids = model.chat_ids(messages)
             trace, prefill_s, decode_s, state = generate_timed(engine, drafter, ids, cell.settings["max_new_tokens"],
                                                                cell.temperature, generator, model.device)
         except Exception as exc:  # one failing sample is recorded and the cell goes on
@@ -97,7 +90,7 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
         emit("cell_start", cell=cell.cell_id, total=len(samples), done=len(done[cell.cell_id]))
     todo = [s for s in samples if any(s.sample_id not in done[c.cell_id] for c in live)]
     if todo:  # warm-up generations are not recorded: the first calls pay for allocation and caching
-        ids = _prompt_ids(model.tokenizer, [{"role": "user", "content": todo[0].turns[0]}])
+        ids = model.chat_ids([{"role": "user", "content": todo[0].turns[0]}])
         for cell in live:
             for _ in range(warmup):
                 generate_timed(engine, drafters[cell.cell_id], ids, min(first.settings["max_new_tokens"], 32), 0.0,

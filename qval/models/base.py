@@ -33,6 +33,16 @@ class LoadedModel:
                 ids.add(int(tok))
         return ids
 
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """Token ids of a chat ending with the assistant's turn opening (the tokenizer's own chat template).
+
+        ``apply_chat_template`` returns a list in some transformers versions and a BatchEncoding in others.
+        """
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        if hasattr(encoded, "keys") and "input_ids" in encoded:
+            encoded = encoded["input_ids"]
+        return list(encoded)
+
 
 class ModelSource:
     """Knows where a model's HF folder is (materialising it if needed) and loads it with ``from_pretrained``."""

@@ -14,9 +14,9 @@ import pandas as pd
 
 from ..plan import Plan
 from ..registry import REGISTRY
+from ..decode.metrics import MAX_POSITION
 from .db import connect_writer
 from .parts import DONE, FAILED, parts_root, read_valid_parts
-from ..decode.metrics import MAX_POSITION
 from .tables import SAMPLE_TABLES
 
 
@@ -172,13 +172,13 @@ _METRIC_COLUMNS = {
 }
 
 
-def _samples_by_cell(con, track: str, cell_ids: list[str]) -> dict[str, pd.DataFrame]:
-    """The successful rows of many cells in one scan, split by cell."""
-    if not cell_ids:
-        return {}
+def _samples_by_cell(con, track: str, cell_ids: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The successful rows of many cells in one scan, split by cell, plus an empty frame of the same columns
+    for cells with no successful sample."""
     frame = con.execute(f"SELECT {_METRIC_COLUMNS[track]} FROM {SAMPLE_TABLES[track]} "
                         "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL", [cell_ids]).df()
-    return {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
+    by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
+    return by_cell, frame.iloc[0:0]
 
 
 def compute_metrics(con, changed: list[str]) -> int:
@@ -201,8 +201,7 @@ def compute_metrics(con, changed: list[str]) -> int:
         # The AR cell is its own baseline (speedup 1, lossless 1).
         baseline_ids = {cid: (b if isinstance(b, str) else cid)
                         for cid, b in zip(group["cell_id"], group["baseline_cell_id"])}
-        samples = _samples_by_cell(con, track, sorted(set(group["cell_id"]) | set(baseline_ids.values())))
-        empty = pd.DataFrame(columns=[c.strip().split(" AS ")[-1] for c in _METRIC_COLUMNS[track].split(", ")])
+        samples, empty = _samples_by_cell(con, track, sorted(set(group["cell_id"]) | set(baseline_ids.values())))
         for cell in group.to_dict("records"):
             own = samples.get(cell["cell_id"], empty)
             base = samples.get(baseline_ids[cell["cell_id"]], empty)

@@ -30,7 +30,7 @@ class ActionLogProbScorer(Scorer):
         tok, lm = self.model.tokenizer, self.model.model
         user = self.template.format(task=point.task, observation=point.observation,
                                     actions=", ".join(c.action for c in point.candidates))
-        prefix = _ids(tok.apply_chat_template([{"role": "user", "content": user}], add_generation_prompt=True))
+        prefix = self.model.chat_ids([{"role": "user", "content": user}])
         answers = [tok(c.action, add_special_tokens=False)["input_ids"] for c in point.candidates]
         width = len(prefix) + max(len(a) for a in answers)
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
@@ -49,9 +49,3 @@ class ActionLogProbScorer(Scorer):
             scores.append(float(sum(logp[i, p, t] for p, t in zip(positions, ans))))
         return scores
 
-
-def _ids(encoded) -> list[int]:
-    """apply_chat_template returns a list in some transformers versions and a BatchEncoding in others."""
-    if hasattr(encoded, "keys") and "input_ids" in encoded:
-        encoded = encoded["input_ids"]
-    return list(encoded)
