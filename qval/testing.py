@@ -73,11 +73,19 @@ def check_env(cls) -> None:
 
     env = cls(cls.Params())
     q = env.reference_q(0.95)
-    assert q.ndim == 2 and q.shape[1] == len(cls.action_names), "reference_q must be [states, actions]"
-    assert np.isfinite(q).all(), "reference Q must be finite"
     rng = np.random.default_rng(0)
     state = env.reset(rng)
-    assert isinstance(env.describe(state), str) and env.task(), "an env must describe states and its task in text"
+    for _ in range(5):  # a short walk: every visited state has a finite Q row over its legal actions
+        actions = env.actions(state)
+        assert actions and all(isinstance(a, str) for a in actions), "actions(state) must be non-empty text"
+        row = np.asarray(q[state], dtype=float)
+        assert row.shape == (len(actions),), "reference_q[state] must have one value per legal action"
+        assert np.isfinite(row).all(), "reference Q must be finite"
+        assert isinstance(env.describe(state), str) and env.task(state), (
+            "an env must describe states and its task in text")
+        state, reward, done = env.step(state, int(np.argmax(row)), rng)
+        if done:
+            break
 
 
 def check_dataset(cls) -> None:

@@ -36,7 +36,7 @@ def collect_points(env, q: np.ndarray, episodes: int, epsilon: float, max_points
         for t in range(max_steps):
             visited.append((t, state))
             greedy = int(np.argmax(q[state]))
-            action = int(rng.integers(len(env.action_names))) if rng.random() < epsilon else greedy
+            action = int(rng.integers(len(env.actions(state)))) if rng.random() < epsilon else greedy
             state, _, done = env.step(state, action, rng)
             if done:
                 break
@@ -44,6 +44,6 @@ def collect_points(env, q: np.ndarray, episodes: int, epsilon: float, max_points
         for i in sorted(chosen):
             t, s = visited[i]
             values = label(s)
-            cands = tuple(Candidate(a, name, float(values[a])) for a, name in enumerate(env.action_names))
-            points.append(EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(), cands))
+            cands = tuple(Candidate(a, name, float(values[a])) for a, name in enumerate(env.actions(s)))
+            points.append(EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(s), cands))
     return points

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 
-def rollout_return(env, state: int, action: int, policy: np.ndarray, gamma: float, max_steps: int,
+def rollout_return(env, state: int, action: int, q_star, gamma: float, max_steps: int,
                    rng: np.random.Generator) -> float:
     total, discount = 0.0, 1.0
     for _ in range(max_steps):
@@ -18,16 +18,15 @@ def rollout_return(env, state: int, action: int, policy: np.ndarray, gamma: floa
         if done:
             break
         discount *= gamma
-        action = int(policy[state])
+        action = int(np.argmax(q_star[state]))
     return total
 
 
-def monte_carlo_q(env, state: int, q_star: np.ndarray, gamma: float, rollouts: int, agg: str, max_steps: int,
+def monte_carlo_q(env, state: int, q_star, gamma: float, rollouts: int, agg: str, max_steps: int,
                   rng: np.random.Generator) -> np.ndarray:
     """MC estimate of Q(state, ·) under the greedy-in-Q* reference policy."""
-    policy = q_star.argmax(axis=1)
-    out = np.zeros(q_star.shape[1])
-    for a in range(q_star.shape[1]):
-        returns = [rollout_return(env, state, a, policy, gamma, max_steps, rng) for _ in range(rollouts)]
+    out = np.zeros(len(env.actions(state)))
+    for a in range(len(out)):
+        returns = [rollout_return(env, state, a, q_star, gamma, max_steps, rng) for _ in range(rollouts)]
         out[a] = max(returns) if agg == "max" else float(np.mean(returns))
     return out

@@ -116,7 +116,7 @@ class FrozenLakeEnv(ToyTextEnv):
         rows = ["".join("A" if (i, j) == (r, c) else ch for j, ch in enumerate(row)) for i, row in enumerate(self.desc)]
         return "\n".join(rows) + f"\nYou (A) are at row {r + 1}, column {c + 1}."
 
-    def task(self):
+    def task(self, state):
         slip = " The ice is slippery: a move can go sideways." if self.params.slippery else ""
         return ("Walk on the frozen lake from S to the goal G without falling into a hole H. F is safe ice. "
                 "Rows are numbered from the top, columns from the left." + slip)
@@ -141,7 +141,7 @@ class CliffWalkingEnv(ToyTextEnv):
             rows.append(" ".join(row))
         return "\n".join(rows) + f"\nYou (A) are at row {r + 1}, column {c + 1}."
 
-    def task(self):
+    def task(self, state):
         return ("Reach the goal G in the bottom-right corner. Stepping onto the cliff C sends you back to the start "
                 "(bottom-left). '.' is safe ground. Rows are numbered from the top, columns from the left.")
 
@@ -164,6 +164,6 @@ class TaxiEnv(ToyTextEnv):
                 + f"\nThe taxi (T) is at row {row + 1}, column {col + 1}. The passenger is {where}; "
                   f"the destination is {self.LOCATIONS[dest]}.")
 
-    def task(self):
+    def task(self, state):
         return ("Drive the taxi to the passenger, pick them up, drive to the destination and drop them off. "
                 "'|' is a wall; R, G, Y, B are the four stands.")
