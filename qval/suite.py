@@ -43,6 +43,9 @@ class PointsConfig(Strict):
     epsilon: float = Field(default=0.3, ge=0.0, le=1.0)
     max_points_per_episode: int = Field(default=5, ge=1, le=10_000)
     max_steps: int = Field(default=50, ge=1, le=10_000)
+    discard_early: int = Field(default=0, ge=0, le=10_000)  # QVal drops the first and last turns of a trajectory
+    discard_late: int = Field(default=0, ge=0, le=10_000)
+    max_candidates: int | None = Field(default=None, ge=2, le=1_000)  # None: every legal action is a candidate
 
 
 class ReferenceConfig(Strict):
@@ -71,8 +74,8 @@ class QAlignSection(TrackSection):
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pooled_spearman", "pooled_kendall"],
-                               min_length=1)
+    metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pairwise_accuracy", "top1",
+                                                        "pooled_spearman", "pooled_kendall"], min_length=1)
     main_metric: str = "per_state_spearman"
 
     @field_validator("envs", "methods", mode="before")

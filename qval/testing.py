@@ -25,7 +25,7 @@ def check_scorer(cls, model=None, n_points: int = 6) -> None:
     """A scorer returns one finite float per candidate, deterministically for a fixed seed."""
     from .qalign.envs.toy_text import FrozenLakeEnv
     from .qalign.points import collect_points
-    from .qalign.scorers.base import FAMILIES, Scorer
+    from .qalign.scorers.base import FAMILIES, Failed, Scorer
 
     _check_common(cls, Scorer)
     assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
@@ -33,15 +33,25 @@ def check_scorer(cls, model=None, n_points: int = 6) -> None:
     env = FrozenLakeEnv(FrozenLakeEnv.Params())
     points = collect_points(env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2,
                             max_steps=20, seed=0)[:n_points]
-    first = cls(cls.Params(), model, 0, 0.0)
-    second = cls(cls.Params(), model, 0, 0.0)
+    first, second = cls(cls.Params(), model, 0, 0.0), cls(cls.Params(), model, 0, 0.0)
+    first.env = second.env = env
+    first.prepare(points)
+    second.prepare(points)
     for point in points:
-        scores = list(first.score(point))
+        outcome = first.score_batch([point])[0]
+        if isinstance(outcome, BaseException):
+            raise outcome
+        scores = list(outcome)
         assert len(scores) == len(point.candidates), (
             f"{cls.__name__} returned {len(scores)} scores for {len(point.candidates)} candidates")
-        assert all(isinstance(s, (int, float)) and math.isfinite(s) for s in scores), (
-            f"{cls.__name__} returned a non-finite or non-numeric score: {scores}")
-        assert list(second.score(point)) == scores, f"{cls.__name__} is not deterministic for a fixed seed"
+        for s in scores:
+            if isinstance(s, Failed):
+                assert s.reason, f"{cls.__name__}: a Failed score must say why"
+            else:
+                assert isinstance(s, (int, float)) and math.isfinite(s), (
+                    f"{cls.__name__} returned a non-finite or non-numeric score: {scores}")
+        assert list(second.score_batch([point])[0]) == scores, (
+            f"{cls.__name__} is not deterministic for a fixed seed")
 
 
 def check_policy(cls, model, max_new_tokens: int = 24) -> None:

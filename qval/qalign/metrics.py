@@ -63,6 +63,19 @@ class PooledKendall(_Pooled):
         return float(sps.kendalltau(score, ref, variant="b").statistic)
 
 
+class PooledPearson(_Pooled):
+    name = "pooled_pearson"
+    label = ("Pearson r pooled over all (state, action) pairs (QVal reports it; skewed labels make it unreliable); "
+             "n = pairs, CI resamples states")
+
+    def _corr(self, score, ref):
+        from scipy import stats as sps
+
+        if np.all(score == score[0]) or np.all(ref == ref[0]):
+            return float("nan")  # undefined for a constant vector, as scipy warns
+        return float(sps.pearsonr(score, ref).statistic)
+
+
 def per_state_spearman_values(samples: pd.DataFrame) -> np.ndarray:
     return per_state_spearman_by_state(samples).to_numpy(float)
 
@@ -95,3 +108,62 @@ class PerStateSpearman(Metric):
         if values.size == 0:
             return MetricValue.undefined()
         return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
+
+
+def _rankable_states(samples: pd.DataFrame):
+    """(score, ref) per state that has something to order and no missing score."""
+    for _, group in samples.groupby("sample_id", sort=True):
+        score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
+        if len(ref) >= 2 and not np.all(ref == ref[0]) and not np.isnan(score).any():
+            yield score, ref
+
+
+def pairwise_accuracy_values(samples: pd.DataFrame) -> np.ndarray:
+    """Per state: the fraction of candidate pairs with different reference Q that the scores order the same way
+    (a tie in score counts one half: no preference is a coin flip, not a win)."""
+    out = []
+    for score, ref in _rankable_states(samples):
+        i, j = np.triu_indices(len(ref), k=1)
+        keep = ref[i] != ref[j]
+        agree = np.sign(score[i] - score[j])[keep] * np.sign(ref[i] - ref[j])[keep]
+        out.append(float(np.mean(np.where(agree == 0, 0.5, agree > 0))))
+    return np.asarray(out, float)
+
+
+def top1_values(samples: pd.DataFrame) -> np.ndarray:
+    """Per state: the chance that the top-scored candidate (ties broken uniformly) has the best reference Q."""
+    out = []
+    for score, ref in _rankable_states(samples):
+        top = score == score.max()
+        out.append(float(np.mean(ref[top] == ref.max())))
+    return np.asarray(out, float)
+
+
+class _PerStateMean(Metric):
+    track = "qalign"
+
+    def values(self, samples: pd.DataFrame) -> np.ndarray:
+        raise NotImplementedError
+
+    def compute(self, samples, baseline=None, cell=None):
+        values = self.values(samples)
+        if values.size == 0:
+            return MetricValue.undefined()
+        return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
+
+
+class PairwiseAccuracy(_PerStateMean):
+    name = "pairwise_accuracy"
+    label = ("per-state share of candidate pairs (with different reference Q) that the scores order correctly, "
+             "score ties count ½; chance = 0.5; n = states")
+
+    def values(self, samples):
+        return pairwise_accuracy_values(samples)
+
+
+class Top1(_PerStateMean):
+    name = "top1"
+    label = "per-state chance that the top-scored candidate is an optimal one (ties split evenly); n = states"
+
+    def values(self, samples):
+        return top1_values(samples)

@@ -1,22 +1,47 @@
-"""Run one Q-alignment cell: collect the points, score every candidate, write per-point rows."""
+"""Run one Q-alignment cell: get the labelled points (stored once, shared by every method), score every candidate,
+write per-candidate rows.
+
+Points are a pure function of (env, env params, gamma, reference settings, point settings, seed), so they are
+stored under ``RESULTS/points/<key>.json`` the first time and read back by every other cell that needs them — a new
+scorer added later is scored on exactly the same points without re-collecting or re-labelling (Monte-Carlo labels
+are the expensive part).
+"""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 
 from ..plan import Cell
 from ..registry import REGISTRY
-from .points import collect_points
+from .points import EvalPoint, collect_points
 from .reference import monte_carlo_q
+from .scorers.base import Failed
+
+POINTS_FORMAT = 1
 
 
-def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
-    env_cls = REGISTRY.get("envs", cell.dataset)
-    scorer_cls = REGISTRY.get("scorers", cell.method)
-    env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
+def points_key(cell: Cell, env_cls) -> str:
+    spec = {"format": POINTS_FORMAT, "env": cell.dataset, "env_version": env_cls.version,
+            "env_params": cell.dataset_params, "gamma": cell.settings["gamma"],
+            "reference": cell.settings.get("reference", {"method": "exact"}), "points": cell.settings["points"],
+            "seed": cell.seed}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_or_collect_points(cell: Cell, env, env_cls, results: Path) -> tuple[list[EvalPoint], object]:
     gamma = cell.settings["gamma"]
     q = env.reference_q(gamma)
+    path = Path(results) / "points" / f"{points_key(cell, env_cls)}.json"
+    if path.exists():
+        try:
+            return [EvalPoint.from_dict(p) for p in json.loads(path.read_text())["points"]], q
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged file is recomputed below and replaced
     ref = cell.settings.get("reference", {"method": "exact"})
     label = None
     if ref["method"] == "mc":
@@ -25,35 +50,75 @@ def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
         def label(state):
             return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng)
     points = collect_points(env, q, seed=cell.seed, label=label, **cell.settings["points"])
-    scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"env": cell.dataset, "env_params": cell.dataset_params, "settings": cell.settings,
+                               "seed": cell.seed, "points": [p.to_dict() for p in points]}))
+    os.replace(tmp, path)  # atomic: concurrent workers write identical content
+    return points, q
+
+
+def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
+    env_cls = REGISTRY.get("envs", cell.dataset)
+    scorer_cls = REGISTRY.get("scorers", cell.method)
+    env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
+    points, _ = load_or_collect_points(cell, env, env_cls, writer.results)
+    scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature,
+                        cell.settings["gamma"])
+    scorer.env = env
+    scorer.prepare(points)
+    if scorer.artifacts:
+        (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
     done = writer.done_sample_ids()
     todo = [p for p in points if p.point_id not in done]
     emit("cell_start", cell=cell.cell_id, total=len(points), done=len(points) - len(todo))
     failed = 0
-    for point in todo:
-        error, scores = None, [None] * len(point.candidates)
+    step = max(1, scorer_cls.batch_points)
+    for start in range(0, len(todo), step):
+        batch = todo[start: start + step]
         try:
-            error, scores = _checked(scorer.score(point), len(point.candidates))
-        except Exception as exc:  # a crashing plugin fails this point only; the run goes on
-            error = f"{type(exc).__name__}: {exc}"
-        failed += error is not None
-        writer.add_sample([
-            {"sample_id": point.point_id, "state_key": str(point.state), "candidate": c.index, "action": c.action,
-             "score": scores[i], "ref_q": c.ref_q, "error": error}
-            for i, c in enumerate(point.candidates)
-        ])
-        emit("sample", cell=cell.cell_id)
+            outcomes = scorer.score_batch(batch)
+            if len(outcomes) != len(batch):
+                raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
+        except Exception as exc:  # a crashing plugin fails these points only; the run goes on
+            outcomes = [exc] * len(batch)
+        for point, outcome in zip(batch, outcomes):
+            if isinstance(outcome, BaseException):
+                errors = [f"{type(outcome).__name__}: {outcome}"] * len(point.candidates)
+                scores = [None] * len(point.candidates)
+            else:
+                scores, errors = _checked(outcome, len(point.candidates))
+            failed += any(e is not None for e in errors)
+            writer.add_sample([
+                {"sample_id": point.point_id, "state_key": str(point.state), "candidate": c.index,
+                 "action": c.action, "score": scores[i], "ref_q": c.ref_q, "error": errors[i]}
+                for i, c in enumerate(point.candidates)
+            ])
+            emit("sample", cell=cell.cell_id)
     return len(points), failed
 
 
-def _checked(scores, n: int) -> tuple[str | None, list]:
-    """A scorer must return n finite numbers; anything else is a recorded failure, never a silent zero."""
+def _checked(scores, n: int) -> tuple[list, list]:
+    """A scorer must return n finite numbers or Failed(reason)s; anything else fails the point, never a silent 0."""
     try:
-        values = [float(s) for s in scores]
-    except (TypeError, ValueError) as exc:
-        return f"scorer returned non-numeric scores: {exc}", [None] * n
-    if len(values) != n:
-        return f"scorer returned {len(values)} scores for {n} candidates", [None] * n
-    if not all(math.isfinite(v) for v in values):
-        return "scorer returned a non-finite score", [None] * n
-    return None, values
+        scores = list(scores)
+    except TypeError:
+        return [None] * n, [f"scorer returned {type(scores).__name__}, not a list of scores"] * n
+    if len(scores) != n:
+        return [None] * n, [f"scorer returned {len(scores)} scores for {n} candidates"] * n
+    values, errors = [], []
+    for s in scores:
+        if isinstance(s, Failed):
+            values.append(None)
+            errors.append(s.reason)
+            continue
+        try:
+            v = float(s)
+        except (TypeError, ValueError):
+            values.append(None)
+            errors.append(f"scorer returned a non-numeric score {s!r:.60}")
+            continue
+        ok = math.isfinite(v)
+        values.append(v if ok else None)
+        errors.append(None if ok else "scorer returned a non-finite score")
+    return values, errors

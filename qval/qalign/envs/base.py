@@ -42,6 +42,11 @@ class Environment(Plugin):
         """The observation an LLM sees."""
         raise NotImplementedError
 
+    def heuristic(self, state: int) -> float:
+        """A hand-written value of a state for the heuristic baseline (e.g. minus the distance to the goal).
+        Optional: envs without one make the heuristic scorer fail with a clear message."""
+        raise NotImplementedError(f"environment {self.name!r} has no hand-written heuristic")
+
     def task(self, state: int) -> str:
         """The goal, in words (it may depend on the episode, e.g. a BabyAI mission)."""
         raise NotImplementedError

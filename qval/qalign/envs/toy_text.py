@@ -111,6 +111,11 @@ class FrozenLakeEnv(ToyTextEnv):
     def is_success(self, state, next_state, reward, done):
         return reward > 0  # gymnasium pays 1 exactly on reaching G
 
+    def heuristic(self, state):
+        r, c = divmod(state, self.n_cols)
+        goals = [(i, j) for i, row in enumerate(self.desc) for j, ch in enumerate(row) if ch == "G"]
+        return -float(min(abs(r - i) + abs(c - j) for i, j in goals))
+
     def describe(self, state):
         r, c = divmod(state, self.n_cols)
         rows = ["".join("A" if (i, j) == (r, c) else ch for j, ch in enumerate(row)) for i, row in enumerate(self.desc)]
@@ -130,6 +135,10 @@ class CliffWalkingEnv(ToyTextEnv):
 
     def is_success(self, state, next_state, reward, done):
         return next_state == self.GOAL
+
+    def heuristic(self, state):
+        r, c = divmod(state, self.COLS)
+        return -float(abs(r - 3) + abs(c - 11))
 
     def describe(self, state):
         r, c = divmod(state, self.COLS)
@@ -154,6 +163,15 @@ class TaxiEnv(ToyTextEnv):
 
     def is_success(self, state, next_state, reward, done):
         return done and reward > 0  # the only terminal transition is a correct drop-off (+20 in gymnasium)
+
+    def heuristic(self, state):
+        """Minus the Manhattan length of the remaining route (walls ignored), plus pick-up and drop-off."""
+        row, col, passenger, dest = self.unwrapped.decode(state)
+        locs = self.unwrapped.locs
+        to_dest = abs(locs[dest][0] - (row if passenger == 4 else locs[passenger][0])) + abs(
+            locs[dest][1] - (col if passenger == 4 else locs[passenger][1]))
+        to_passenger = 0 if passenger == 4 else abs(row - locs[passenger][0]) + abs(col - locs[passenger][1]) + 1
+        return -float(to_passenger + to_dest + 1)
 
     def describe(self, state):
         row, col, passenger, dest = self.unwrapped.decode(state)

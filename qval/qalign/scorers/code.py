@@ -1,0 +1,69 @@
+"""Code family: the model writes a scoring function once per cell; the harness runs it on every candidate.
+
+The model is asked for ``def score(observation: str, action: str, task: str) -> float`` from the task and one
+example state. ``programs`` functions are sampled (seeded); each runs in the sandbox (``qval.sandbox``: separate
+process, CPU/memory/time limits, no network, no writes outside a temp dir, no inherited environment). The score
+of a candidate is the mean over the programs that returned a number for it (QVal's codegen-avg); ``program: i``
+scores with program i alone (QVal's per-sample codegen). The programs are kept as cell artifacts.
+"""
+from __future__ import annotations
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...prompts import load_prompt
+from ...sandbox import Limits, run_program
+from .base import Failed
+from .llm_base import LLMScorer
+from .parsing import extract_code
+
+
+class CodeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    programs: int = Field(default=4, ge=1, le=64)
+    program: int | None = Field(default=None, ge=0)  # score with this program alone
+    sample_temperature: float = Field(default=0.7, gt=0.0, le=2.0)
+    max_new_tokens: int = Field(default=200, ge=16, le=8192)
+    seconds_per_call: float = Field(default=1.0, gt=0.0, le=60.0)
+    memory_mb: int = Field(default=512, ge=64, le=16384)
+
+
+class CodeScorer(LLMScorer):
+    name = "codegen"
+    family = "code"
+    version = "1-v1"
+    Params = CodeParams
+    batch_points = 32  # one sandbox run scores many points: process start-up is paid per batch, not per call
+
+    def prepare(self, points):
+        if self.params.program is not None and self.params.program >= self.params.programs:
+            raise ValueError(f"program {self.params.program} does not exist: there are {self.params.programs}")
+        example = points[0]
+        user = load_prompt("code").format(task=example.task, observation=example.observation,
+                                          actions=", ".join(repr(c.action) for c in example.candidates))
+        prompt = self.llm.chat(user)
+        temperature = self.temperature if self.temperature > 0 else self.params.sample_temperature
+        self.sources = [extract_code(self.llm.generate(prompt, self.params.max_new_tokens, temperature,
+                                                       self.sample_seed(example, "program", k)))
+                        for k in range(self.params.programs)]
+        self.artifacts["programs"] = self.sources
+
+    def score_batch(self, points):
+        calls = [{"observation": p.observation, "action": c.action, "task": p.task}
+                 for p in points for c in p.candidates]
+        limits = Limits(cpu_seconds=self.params.seconds_per_call * len(calls) + 5,
+                        memory_mb=self.params.memory_mb, wall_seconds_per_call=self.params.seconds_per_call,
+                        total_wall_seconds=self.params.seconds_per_call * len(calls) + 30)
+        chosen = self.sources if self.params.program is None else [self.sources[self.params.program]]
+        per_program = [run_program(source, calls, limits) for source in chosen]
+        out, i = [], 0
+        for p in points:
+            scores = []
+            for _ in p.candidates:
+                results = [runs[i] for runs in per_program]
+                values = [r.value for r in results if r.ok]
+                scores.append(float(np.mean(values)) if values else
+                              Failed("no program scored it: " + "; ".join(sorted({r.error for r in results}))[:300]))
+                i += 1
+            out.append(scores)
+        return out
