@@ -217,6 +217,26 @@ def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bo
         err.print(f"[yellow]quarantined corrupt part[/] {q}")
 
 
+@app.command("import-qval")
+def import_qval_cmd(summary: Path = typer.Argument(..., help="A bethgelab/qval evaluation summary_*.json."),
+                    results: Path = RESULTS_OPT,
+                    model: Optional[str] = typer.Option(None, "--model", help="Backbone name, when the file name "
+                                                        "does not carry QVal's token (e.g. q35-122)."),
+                    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
+    """Import a QVal evaluation summary as cells beside qval's own, after checking that qval's metrics reproduce
+    every correlation stored in it (nothing is written otherwise)."""
+    from .qalign.qval_import import import_qval
+
+    summary_data, check, written, ingested = import_qval(summary, results, model=model)
+    info = {"suite": written.suite, "cells_written": len(written.written), "cells_already_done": len(written.already_done),
+            "stored_numbers_reproduced": check.total(), "cells_ingested": ingested.cells_ingested}
+    if as_json:
+        _emit_json(info)
+    elif not quiet:
+        out.print(f"imported {summary.name} as suite {written.suite}: {len(written.written)} new cell(s), "
+                  f"{len(written.already_done)} already there; {check.total()} stored numbers reproduced")
+
+
 @app.command()
 def report(results: Path = RESULTS_OPT,
            out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for the leaderboards."),

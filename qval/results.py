@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from .store.db import connect_reader
-from .store.tables import SAMPLE_TABLES
+from .store.tables import BOARD_TRACKS, SAMPLE_TABLES
 
 
 def _query(results, sql: str, params=None) -> pd.DataFrame:
@@ -90,7 +90,7 @@ def samples(results="results", track: str = "decode", suite: str | None = None) 
 def leaderboard(results="results", suite: str | None = None, track: str = "qalign") -> pd.DataFrame:
     """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n``."""
     long = metrics(results, suite)
-    long = long[long["track"] == track]
+    long = long[long["track"].isin(BOARD_TRACKS.get(track, (track,)))]
     keys = ["cell_id", "model", "method", "method_label", "family", "dataset_label", "temperature", "seed", "status",
             "n_samples", "n_failed"]
     if long.empty:

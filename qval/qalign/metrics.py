@@ -28,7 +28,7 @@ class _Pooled(Metric):
         raise NotImplementedError
 
     def compute(self, samples, baseline=None, cell=None):
-        samples = samples[samples["score"].notna()]
+        samples = samples[samples["score"].notna() & samples["ref_q"].notna()]  # QVal: drop a null on either side
         if len(samples) < MIN_POOLED_PAIRS:
             return MetricValue.undefined(len(samples))
         groups = _by_state(samples)
@@ -105,6 +105,20 @@ class PerStateSpearman(Metric):
 
     def compute(self, samples, baseline=None, cell=None):
         values = per_state_spearman_values(samples)
+        if values.size == 0:
+            return MetricValue.undefined()
+        return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
+
+
+class StoredPerStateSpearman(Metric):
+    """per_state_spearman of cells that store only per-state ρ (track "qalign_state": imported QVal rankings)."""
+
+    name = "per_state_spearman"
+    track = "qalign_state"
+    label = PerStateSpearman.label
+
+    def compute(self, samples, baseline=None, cell=None):
+        values = samples["value"].dropna().to_numpy(float)
         if values.size == 0:
             return MetricValue.undefined()
         return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))

@@ -43,6 +43,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE decode_samples ADD COLUMN prefill_entropy DOUBLE",
         "ALTER TABLE decode_samples ADD COLUMN prefill_top_prob DOUBLE",
     ]),
+    (3, [
+        """CREATE TABLE qalign_state_values (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR,
+           n_candidates INTEGER, value DOUBLE, error VARCHAR)""",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -43,7 +43,7 @@ def ingest(results: Path, progress=None) -> IngestReport:
         root = parts_root(results)
         cell_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
         known = {cid: (track, sig) for cid, track, sig in con.execute("SELECT cell_id, track, parts_sig FROM cells").fetchall()}
-        changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {"qalign": [], "decode": []}
+        changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {track: [] for track in SAMPLE_TABLES}
         for directory in cell_dirs:
             if directory.name not in known:  # parts of a cell no plan describes: leave them alone
                 continue
@@ -164,6 +164,7 @@ def _ingest_plans(con, results: Path) -> None:
 # What metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
 _METRIC_COLUMNS = {
     "qalign": "cell_id, sample_id, candidate, score, ref_q",
+    "qalign_state": "cell_id, sample_id, value",
     "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, output_sha, "
                "coalesce(list_sum(accepted), 0) AS accepted_total, "
                "len(list_filter(drafted, lambda x: x >= 1)) AS drafts, "

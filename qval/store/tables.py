@@ -35,5 +35,18 @@ DECODE_SAMPLES = pa.schema([
     ("prefill_top_prob", pa.float64()),
 ])
 
-SCHEMAS = {"qalign": QALIGN_SAMPLES, "decode": DECODE_SAMPLES}
-SAMPLE_TABLES = {"qalign": "qalign_samples", "decode": "decode_samples"}
+# Per-state values of cells that have no per-candidate rows: QVal summaries store only the per-state Spearman ρ of
+# ranking-style methods. One row per state; ``value`` NULL when QVal skipped the state (``error`` says why).
+QALIGN_STATE_VALUES = pa.schema([
+    ("cell_id", pa.string()),
+    ("sample_id", pa.string()),
+    ("state_key", pa.string()),
+    ("n_candidates", pa.int32()),
+    ("value", pa.float64()),
+    ("error", pa.string()),
+])
+
+SCHEMAS = {"qalign": QALIGN_SAMPLES, "decode": DECODE_SAMPLES, "qalign_state": QALIGN_STATE_VALUES}
+SAMPLE_TABLES = {"qalign": "qalign_samples", "decode": "decode_samples", "qalign_state": "qalign_state_values"}
+# Tracks shown on one leaderboard: per-state values sit beside the Q-alignment cells.
+BOARD_TRACKS = {"qalign": ("qalign", "qalign_state"), "decode": ("decode",)}
