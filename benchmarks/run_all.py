@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-BENCHMARKS = ["bench_plan", "bench_ingest", "bench_report", "bench_decode"]
+BENCHMARKS = ["bench_plan", "bench_ingest", "bench_report", "bench_decode", "bench_qalign_requests"]
 
 if __name__ == "__main__":
     ok = True

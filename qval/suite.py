@@ -77,6 +77,8 @@ class QAlignSection(TrackSection):
     metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pairwise_accuracy", "top1",
                                                         "pooled_spearman", "pooled_kendall"], min_length=1)
     main_metric: str = "per_state_spearman"
+    # Seconds one point may take to score: a hung plugin fails that point (recorded), the run goes on.
+    timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
 
     @field_validator("envs", "methods", mode="before")
     @classmethod

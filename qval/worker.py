@@ -42,6 +42,7 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
         return 0
     fp = fingerprint()
     warmup = (plan.config.get("decode") or {}).get("warmup", 1)
+    qalign_timeout = (plan.config.get("qalign") or {}).get("timeout_per_point_s")
     model = load_model(shard)  # once per shard
     base = {"run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"]}
     errors = 0
@@ -57,14 +58,14 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
             emit("cell_failed", cell=cell.cell_id, error=error)
             print(trace, file=sys.stderr)
             return
-        n, failed = outcome
-        writer.finish({**manifest, "n_samples": n, "n_failed": failed})
+        n, failed, *extras = outcome
+        writer.finish({**manifest, "n_samples": n, "n_failed": failed, **(extras[0] if extras else {})})
         emit("cell_done", cell=cell.cell_id, n=n, failed=failed)
 
     for cell in [c for c in todo if c.track == "qalign"]:
         writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
         try:
-            outcome = run_qalign_cell(cell, model, writer, emit)
+            outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
         except Exception as exc:
             outcome = exc
         finish(cell, writer, outcome, started)

@@ -53,6 +53,7 @@ def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_p
           envs: [frozenlake]
           methods: [oracle-q, example-goal-distance, example-flaky]
           points: {episodes: 6, max_points_per_episode: 4}
+          timeout_per_point_s: 1
         """)
     proc = run_qval("run", suite, "--results", tmp_path / "r")
     assert proc.returncode == 0, proc.stderr
@@ -64,8 +65,12 @@ def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_p
     assert any("exploded" in e for e in errors)
     assert any("non-finite" in e for e in errors)
     assert any("1 scores for 4 candidates" in e for e in errors)
+    assert any("exceeded its time limit of 1 s" in e for e in errors)  # the hang failed its point, not the run
     proc = run_qval("report", "--results", tmp_path / "r", "--out", tmp_path / "rep")
     assert proc.returncode == 0
+    board_md = (tmp_path / "rep" / "thirdparty" / "leaderboard.md").read_text()
+    flaky_row = next(line for line in board_md.splitlines() if "example-flaky" in line)
+    assert flaky_row.rstrip(" |").endswith(str(int(flaky["n_failed"])))  # the report flags the failed samples
 
 
 def test_contract_checks_accept_good_and_reject_bad_scorers(example_plugin):

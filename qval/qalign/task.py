@@ -18,6 +18,8 @@ import numpy as np
 
 from ..plan import Cell
 from ..registry import REGISTRY
+from ..timeouts import PluginTimeout, time_limit
+from .llm import requests_for
 from .points import EvalPoint, collect_points
 from .reference import monte_carlo_q
 from .scorers.base import Failed
@@ -58,7 +60,9 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path) -> tuple[lis
     return points, q
 
 
-def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
+def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float | None = None
+                    ) -> tuple[int, int, dict]:
+    """Returns (points, failed points, manifest extras: the model tokens this cell forwarded vs a naive loop)."""
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
@@ -66,6 +70,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
     scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature,
                         cell.settings["gamma"])
     scorer.env = env
+    counter = requests_for(model).counter if model is not None else None
+    before = counter.as_dict() if counter else None
     scorer.prepare(points)
     if scorer.artifacts:
         (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
@@ -77,10 +83,11 @@ def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
     for start in range(0, len(todo), step):
         batch = todo[start: start + step]
         try:
-            outcomes = scorer.score_batch(batch)
+            with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
+                outcomes = scorer.score_batch(batch)
             if len(outcomes) != len(batch):
                 raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
-        except Exception as exc:  # a crashing plugin fails these points only; the run goes on
+        except (Exception, PluginTimeout) as exc:  # a crashing or hung plugin fails these points only
             outcomes = [exc] * len(batch)
         for point, outcome in zip(batch, outcomes):
             if isinstance(outcome, BaseException):
@@ -95,7 +102,10 @@ def run_qalign_cell(cell: Cell, model, writer, emit) -> tuple[int, int]:
                 for i, c in enumerate(point.candidates)
             ])
             emit("sample", cell=cell.cell_id)
-    return len(points), failed
+    extras = {}
+    if counter:
+        extras["forward_tokens"] = {k: v - before[k] for k, v in counter.as_dict().items()}
+    return len(points), failed, extras
 
 
 def _checked(scores, n: int) -> tuple[list, list]:

@@ -1,4 +1,6 @@
 """A third-party scorer package, as a user would write one."""
+import time
+
 from qval.qalign.scorers.base import Scorer
 
 MOVES = {"left": (0, -1), "down": (1, 0), "right": (0, 1), "up": (-1, 0)}
@@ -23,13 +25,19 @@ class GoalDistanceScorer(Scorer):
 
 
 class FlakyScorer(Scorer):
-    """Misbehaves on purpose: raises, returns NaN or the wrong shape on some points."""
+    """Misbehaves on purpose: raises, returns NaN or the wrong shape, or hangs on some points."""
 
     name = "example-flaky"
     family = "baseline"
 
     def score(self, point):
-        kind = sum(map(ord, point.point_id)) % 4
+        kind = sum(map(ord, point.point_id)) % 5
+        if kind == 4:
+            while True:  # hangs, and swallows ordinary exceptions on the way
+                try:
+                    time.sleep(0.01)
+                except Exception:
+                    pass
         if kind == 0:
             raise RuntimeError("flaky scorer exploded")
         if kind == 1:
