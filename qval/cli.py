@@ -152,6 +152,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
             progress.advance(tasks["cells"])
             if kind == "cell_failed":
                 progress.console.print(f"[red]cell {event.get('cell')} failed:[/] {event.get('error')}")
+        elif kind == "worker_failed":
+            progress.console.print(f"[red]shard {shard} stopped:[/] {event.get('error')}")
 
     try:
         summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start,

@@ -8,6 +8,7 @@ lines on stdout (the runner's channel); logs go to stderr.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -103,7 +104,17 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(int(threads))
     plan = Plan.read(args.plan)
-    return run_shard(plan, args.shard, args.results, args.run_id)
+    try:
+        return run_shard(plan, args.shard, args.results, args.run_id)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # Every part already on disk is whole (parts are renamed into place), so nothing finished is lost.
+        message = (f"disk full while writing results under {args.results} ({exc.strerror}); finished samples "
+                   "are kept: free space and re-run the same command to resume")
+        emit("worker_failed", error=message)
+        print(message, file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,6 +40,11 @@ def ingest(results: Path, progress=None) -> IngestReport:
     results = Path(results)
     report = IngestReport()
     con = connect_writer(results)
+    # One transaction for everything: rows, cell status and metrics. A kill at any point leaves the database as
+    # it was before (DuckDB rolls back an uncommitted transaction on the next open) and the next ingest redoes it;
+    # committing rows and metrics separately would let a kill in between leave stale metrics behind unchanged
+    # part signatures, which no later ingest would revisit.
+    con.execute("BEGIN TRANSACTION")
     try:
         _ingest_runs(con, results)
         _ingest_plans(con, results)
@@ -63,9 +71,23 @@ def ingest(results: Path, progress=None) -> IngestReport:
                 if progress:
                     progress(len(cells))
         report.metrics_computed = compute_metrics(con, [c[0] for cells in changed.values() for c in cells])
+        _fault_point("before-commit")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
     finally:
         con.close()
     return report
+
+
+def _fault_point(name: str) -> None:
+    """Fault injection for the crash tests: QVAL_FAULT_PAUSE=before-commit:SECONDS holds the open transaction so a
+    test can kill -9 the ingest inside it. Inert unless that variable is set."""
+    spec = os.environ.get("QVAL_FAULT_PAUSE", "")
+    if spec.startswith(name + ":"):
+        print(f"fault point {name}: pausing", file=sys.stderr, flush=True)
+        time.sleep(float(spec.split(":", 1)[1]))
 
 
 def _signature(directory: Path, parts: list[Path]) -> str:
@@ -87,34 +109,28 @@ def _status(directory: Path) -> tuple[str, str | None, str | None]:
 
 
 def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]]) -> int:
-    """Replace the rows of the changed cells in one transaction: each cell is entirely old or entirely new.
+    """Replace the rows of the changed cells (inside the ingest's transaction: each cell entirely old or new).
 
     One DELETE and one INSERT for all cells: per-cell statements would each scan the whole sample table.
     """
     table = SAMPLE_TABLES[track]
     ids = [c[0] for c in cells]
     files = [str(p) for c in cells for p in c[2]]
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
-        if files:
-            # BY NAME: parts written before a column existed still load (the new column is NULL for them).
-            con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
-        counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
-            f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
-            f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
-        now = _now()
-        updates = []
-        for cell_id, directory, _, sig in cells:
-            status, error, run_id = _status(directory)
-            n, failed, _ = counts.get(cell_id, (0, 0, 0))
-            updates.append([status, n, failed, run_id, error, sig, now, cell_id])
-        con.executemany("UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
-                        "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?", updates)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+    con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+    if files:
+        # BY NAME: parts written before a column existed still load (the new column is NULL for them).
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
+    counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
+        f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
+        f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
+    now = _now()
+    updates = []
+    for cell_id, directory, _, sig in cells:
+        status, error, run_id = _status(directory)
+        n, failed, _ = counts.get(cell_id, (0, 0, 0))
+        updates.append([status, n, failed, run_id, error, sig, now, cell_id])
+    con.executemany("UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
+                    "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?", updates)
     return sum(rows for _, _, rows in counts.values())
 
 
@@ -139,26 +155,20 @@ def _ingest_plans(con, results: Path) -> None:
     plans = sorted((results / "plans").glob("*.json"), key=lambda p: p.stat().st_mtime)
     for path in plans:
         plan = Plan.read(path)
-        con.execute("BEGIN TRANSACTION")
-        try:
-            con.execute("INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        [plan.suite, plan.plan_id, plan.suite_path, plan.suite_sha, plan.description,
-                         json.dumps(plan.config), _now()])
-            con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
-            con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
-            rows = [[c.cell_id, plan.to_json()["identity_version"], c.track, c.model, c.method, c.family, c.dataset,
-                     c.dataset_label or c.dataset, c.temperature, c.seed, json.dumps({
-                         "model": c.model_identity, "method_params": c.method_params,
-                         "dataset_params": c.dataset_params, "settings": c.settings}),
-                     c.baseline_cell_id] for c in plan.cells.values()]
-            con.executemany(
-                "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
-                "temperature, seed, identity, baseline_cell_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                "'planned') ON CONFLICT (cell_id) DO NOTHING", rows)
-            con.execute("COMMIT")
-        except Exception:
-            con.execute("ROLLBACK")
-            raise
+        con.execute("INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [plan.suite, plan.plan_id, plan.suite_path, plan.suite_sha, plan.description,
+                     json.dumps(plan.config), _now()])
+        con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
+        con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
+        rows = [[c.cell_id, plan.to_json()["identity_version"], c.track, c.model, c.method, c.family, c.dataset,
+                 c.dataset_label or c.dataset, c.temperature, c.seed, json.dumps({
+                     "model": c.model_identity, "method_params": c.method_params,
+                     "dataset_params": c.dataset_params, "settings": c.settings}),
+                 c.baseline_cell_id] for c in plan.cells.values()]
+        con.executemany(
+            "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
+            "temperature, seed, identity, baseline_cell_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+            "'planned') ON CONFLICT (cell_id) DO NOTHING", rows)
 
 
 # What metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
@@ -213,12 +223,6 @@ def compute_metrics(con, changed: list[str]) -> int:
                 for name, v in values.items():
                     rows.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
                                  metric.higher_is_better, metric.label])
-    con.execute("BEGIN TRANSACTION")
-    try:
-        con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])
-        con.executemany("INSERT INTO cell_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
-        con.execute("COMMIT")
-    except Exception:
-        con.execute("ROLLBACK")
-        raise
+    con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])
+    con.executemany("INSERT INTO cell_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return len(rows)

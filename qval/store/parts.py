@@ -40,8 +40,12 @@ def part_files(directory: Path) -> list[Path]:
 
 def write_json_atomic(path: Path, data: dict) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. disk full: leave no half-written file behind
+        raise
 
 
 def quarantine(results: Path, part: Path, reason: str) -> Path:
@@ -109,8 +113,12 @@ class PartWriter:
         table = pa.Table.from_pylist(self._rows, schema=self.schema)
         name = f"part-{self._seq:05d}-{uuid.uuid4().hex[:8]}.parquet"
         tmp = self.dir / f".{name}.tmp"
-        pq.write_table(table, tmp)
-        os.replace(tmp, self.dir / name)
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, self.dir / name)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # e.g. disk full: the rows stay buffered, no half-written part remains
+            raise
         self._seq += 1
         self._rows = []
         self._last = time.monotonic()
