@@ -12,7 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import QvalError
+from .errors import QvalError, UsageError
 from .registry import KINDS, REGISTRY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -121,7 +121,6 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
     from .api import run_suite
-    from .errors import UsageError
 
     quiet = quiet or as_json
     bad = [o for o in runner_opt if "=" not in o]
@@ -192,11 +191,11 @@ def worker(plan_id: str = typer.Option(..., "--plan", help="Plan id (or path of 
     from .api import read_plan_file
     from .worker import run_shard
 
+    if not plan_id.endswith(".json") and not plan_id.isalnum():  # an id names a file under RESULTS/plans, nothing else
+        raise UsageError(f"--plan {plan_id!r} is neither a plan id (letters and digits) nor a .json manifest path")
     path = Path(plan_id) if plan_id.endswith(".json") else results / "plans" / f"{plan_id}.json"
     p = read_plan_file(path)
     if shard >= len(p.shards):
-        from .errors import UsageError
-
         raise UsageError(f"--shard {shard} is out of range: plan {p.plan_id} has {len(p.shards)} shard(s)")
     raise typer.Exit(run_shard(p, shard, results, run_id))
 
@@ -277,7 +276,6 @@ def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sw
     import json as _json
 
     from .decode import replay as rp
-    from .errors import UsageError
 
     try:
         cands = rp.parse_candidates(candidates) if candidates else None
