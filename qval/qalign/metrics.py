@@ -125,32 +125,37 @@ class StoredPerStateSpearman(Metric):
 
 
 def _rankable_states(samples: pd.DataFrame):
-    """(score, ref) per state that has something to order and no missing score."""
-    for _, group in samples.groupby("sample_id", sort=True):
+    """(state, score, ref) per state that has something to order and no missing score."""
+    for state, group in samples.groupby("sample_id", sort=True):
         score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
         if len(ref) >= 2 and not np.all(ref == ref[0]) and not np.isnan(score).any():
-            yield score, ref
+            yield state, score, ref
 
 
-def pairwise_accuracy_values(samples: pd.DataFrame) -> np.ndarray:
+def pairwise_accuracy_by_state(samples: pd.DataFrame) -> pd.Series:
     """Per state: the fraction of candidate pairs with different reference Q that the scores order the same way
     (a tie in score counts one half: no preference is a coin flip, not a win)."""
-    out = []
-    for score, ref in _rankable_states(samples):
+    out = {}
+    for state, score, ref in _rankable_states(samples):
         i, j = np.triu_indices(len(ref), k=1)
         keep = ref[i] != ref[j]
         agree = np.sign(score[i] - score[j])[keep] * np.sign(ref[i] - ref[j])[keep]
-        out.append(float(np.mean(np.where(agree == 0, 0.5, agree > 0))))
-    return np.asarray(out, float)
+        out[state] = float(np.mean(np.where(agree == 0, 0.5, agree > 0)))
+    return pd.Series(out, dtype=float)
 
 
-def top1_values(samples: pd.DataFrame) -> np.ndarray:
+def top1_by_state(samples: pd.DataFrame) -> pd.Series:
     """Per state: the chance that the top-scored candidate (ties broken uniformly) has the best reference Q."""
-    out = []
-    for score, ref in _rankable_states(samples):
+    out = {}
+    for state, score, ref in _rankable_states(samples):
         top = score == score.max()
-        out.append(float(np.mean(ref[top] == ref.max())))
-    return np.asarray(out, float)
+        out[state] = float(np.mean(ref[top] == ref.max()))
+    return pd.Series(out, dtype=float)
+
+
+# Per-state metrics by name: the report pairs two methods on the states they share.
+BY_STATE = {"per_state_spearman": per_state_spearman_by_state, "pairwise_accuracy": pairwise_accuracy_by_state,
+            "top1": top1_by_state}
 
 
 class _PerStateMean(Metric):
@@ -172,7 +177,7 @@ class PairwiseAccuracy(_PerStateMean):
              "score ties count ½; chance = 0.5; n = states")
 
     def values(self, samples):
-        return pairwise_accuracy_values(samples)
+        return pairwise_accuracy_by_state(samples).to_numpy(float)
 
 
 class Top1(_PerStateMean):
@@ -180,4 +185,4 @@ class Top1(_PerStateMean):
     label = "per-state chance that the top-scored candidate is an optimal one (ties split evenly); n = states"
 
     def values(self, samples):
-        return top1_values(samples)
+        return top1_by_state(samples).to_numpy(float)

@@ -6,6 +6,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import pandas as pd
+
 from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
@@ -48,6 +50,7 @@ def build_report(results, suite: str) -> SuiteReport:
         # Families of values (per-position acceptance) feed figures; the tables show single-valued metrics.
         metric_classes = {m: cls for m in section["metrics"] if not (cls := REGISTRY.get("metrics", m)).multi}
         rows = R.leaderboard(results, suite, track)
+        by_state = _by_state(results, suite, section["main_metric"]) if track == "qalign" else None
         tracks.append(TrackBoard(
             track=track,
             title=TRACK_TITLES[track],
@@ -57,8 +60,46 @@ def build_report(results, suite: str) -> SuiteReport:
             labels={m: cls.label for m, cls in metric_classes.items()},
             rows=rows,
             samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
+            by_state=by_state,
+            families=family_aggregates(rows, by_state, section["main_metric"]) if by_state is not None else None,
         ))
     return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
+
+
+def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | None:
+    """Per cell, the main metric's value in each state, when the main metric is a per-state mean (what the
+    paired test between neighbours and the family aggregates resample)."""
+    from ..qalign.metrics import BY_STATE
+
+    fn = BY_STATE.get(main_metric)
+    if fn is None:
+        return None
+    samples = R.samples(results, "qalign", suite)
+    samples = samples[samples["error"].isna()]  # as the metrics see them
+    return {cell: fn(group) for cell, group in samples.groupby("cell_id", sort=False)}
+
+
+def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_metric: str) -> pd.DataFrame:
+    """Per (dataset, temperature, family): the mean over the family's methods of the main metric, on the states
+    all of them scored, with a 95% bootstrap CI resampling states, and the family's best method."""
+    from ..stats import bootstrap_units
+
+    out = []
+    for (dataset, temperature, family), group in rows.groupby(["dataset", "temperature", "family"], dropna=False):
+        series = [by_state[c] for c in group["cell_id"] if c in by_state and len(by_state[c])]
+        if not series:
+            continue
+        table = pd.concat(series, axis=1, join="inner")  # states every method of the family has a value for
+        best = group.sort_values(main_metric, ascending=False, na_position="last").iloc[0]
+        record = {"dataset": dataset, "temperature": temperature, "family": family, "methods": len(series),
+                  "value": None, "ci_low": None, "ci_high": None, "n": len(table), "best_method": best["method"],
+                  "best_value": best[main_metric]}
+        if len(table):
+            per_state = table.mean(axis=1).to_numpy(float)
+            ci = bootstrap_units(len(per_state), lambda idx: float(per_state[idx].mean()), float(per_state.mean()))
+            record.update(value=ci.value, ci_low=ci.ci_low, ci_high=ci.ci_high)
+        out.append(record)
+    return pd.DataFrame(out)
 
 
 def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:

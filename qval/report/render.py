@@ -84,6 +84,11 @@ class TrackBoard:
     # decode only: one row per sample with columns cell_id, sample_id,
     # tau (float, per-sample acceptance length), decode_s, new_tokens.
     samples: pd.DataFrame | None = None
+    # qalign only, when the main metric is a per-state mean: cell_id -> its value per state. It gives the paired
+    # test between each row and the next one, on the states both scored.
+    by_state: dict[str, pd.Series] | None = None
+    # qalign only: family aggregates (build.family_aggregates).
+    families: pd.DataFrame | None = None
 
 
 @dataclass
@@ -459,16 +464,39 @@ def _md(value: object) -> str:
 def _records(board: TrackBoard, group: _Group) -> list[dict]:
     """The group's rows as dicts, with only the columns tables show (decode rows carry many more)."""
     metrics = list(dict.fromkeys([*board.metrics, board.main_metric]))
-    columns = ["rank", "model", "method", "family", "n_failed"]
+    columns = ["rank", "model", "method", "family", "n_failed", "cell_id"]
     columns += [f"{m}{suffix}" for m in metrics for suffix in _CI_SUFFIXES]
-    return group.rows[columns].to_dict("records")
+    records = group.rows[columns].to_dict("records")
+    for record, following in zip(records, [*records[1:], None]):
+        record["p_next"] = _paired_p(board, record, following)
+    return records
+
+
+def _paired_p(board: TrackBoard, record: dict, following: dict | None) -> float | None:
+    """Sign-flip permutation p-value of this row against the next-ranked one, paired on shared states."""
+    if board.by_state is None or following is None or UNDEFINED in (record["rank"], following["rank"]):
+        return None
+    from ..stats import paired_permutation_test
+
+    a, b = board.by_state.get(record["cell_id"]), board.by_state.get(following["cell_id"])
+    if a is None or b is None:
+        return None
+    shared = a.index.intersection(b.index)
+    return paired_permutation_test(a[shared].to_numpy(), b[shared].to_numpy()) if len(shared) else None
+
+
+def _format_p(value: float | None) -> str:
+    return UNDEFINED if value is None else ("<0.001" if value < 0.001 else f"{value:.3f}")
 
 
 def _md_table(board: TrackBoard, group: _Group) -> list[str]:
     header = ["rank", "model", "method", "family"]
     header += [f"{_md(m)} {_direction(board, m)[0]}" for m in board.metrics]
     header.append("n_failed")
-    align = ["---:", "---", "---", "---", *["---:"] * len(board.metrics), "---:"]
+    paired = board.by_state is not None
+    if paired:
+        header.append("p vs next")
+    align = ["---:", "---", "---", "---", *["---:"] * len(board.metrics), "---:", *(["---:"] if paired else [])]
     lines = [_md_row(header), _md_row(align)]
     for record in _records(board, group):
         cells = [record["rank"], _md(record["model"]), _md(record["method"]), _md(record["family"])]
@@ -476,8 +504,45 @@ def _md_table(board: TrackBoard, group: _Group) -> list[str]:
             value, detail = _format_metric(record, metric)
             cells.append(f"{value} {detail}".rstrip())
         cells.append(_format_count(record["n_failed"]))
+        if paired:
+            cells.append(_format_p(record["p_next"]))
         lines.append(_md_row(cells))
     return lines
+
+
+_PAIRED_NOTE = ("p vs next: two-sided sign-flip permutation test of this row against the next-ranked one, paired on "
+                "the states both scored (main metric per state); a large p means the two ranks are not "
+                "distinguishable on these points.")
+_FAMILY_NOTE = ("Family aggregate: mean over the family's methods of the main metric, on the states all of them "
+                "scored; 95% bootstrap CI resampling states; n = states.")
+
+
+def _family_rows(board: TrackBoard) -> list[dict]:
+    if board.families is None or board.families.empty:
+        return []
+    rows = board.families.sort_values(["dataset", "temperature", "value"], ascending=[True, True, False],
+                                      na_position="last").to_dict("records")
+    for r in rows:  # undefined parts arrive as None; the formatters read NaN
+        for key in ("value", "ci_low", "ci_high", "n", "best_value"):
+            r[key] = float("nan") if r[key] is None else float(r[key])
+    return rows
+
+
+def _md_families(board: TrackBoard) -> list[str]:
+    rows = _family_rows(board)
+    if not rows:
+        return []
+    lines = ["### Families", "", _md(_FAMILY_NOTE), ""]
+    lines.append(_md_row(["dataset", "T", "family", "methods", f"mean {_md(board.main_metric)}", "best method",
+                          "best value"]))
+    lines.append(_md_row(["---", "---:", "---", "---:", "---:", "---", "---:"]))
+    for r in rows:
+        value, detail = _format_metric({"m": r["value"], "m__lo": r["ci_low"], "m__hi": r["ci_high"],
+                                        "m__n": r["n"]}, "m")
+        lines.append(_md_row([_md(r["dataset"]), _format_temperature(r["temperature"]), _md(r["family"]),
+                              str(r["methods"]), f"{value} {detail}".rstrip(), _md(r["best_method"]),
+                              _format_number(r["best_value"])]))
+    return [*lines, ""]
 
 
 def _md_row(cells: list[str]) -> str:
@@ -510,8 +575,11 @@ def _md_track(board: TrackBoard) -> list[str]:
     groups = _ranked_groups(board)
     if not groups:
         return [*lines, "No results.", ""]
+    if board.by_state is not None:
+        lines += [_md(_PAIRED_NOTE), ""]
     for group in groups:
         lines += [f"### {_md(_group_title(group))}", "", *_md_table(board, group), ""]
+    lines += _md_families(board)
     rooms = _headrooms(board)
     if rooms:
         lines += _md_headroom(rooms)
@@ -791,6 +859,9 @@ def _html_table(board: TrackBoard, group: _Group) -> str:
             f'<th class="{css}" data-first="{first}" title="{_e(title)}">{_e(metric)} {arrow}</th>'
         )
     head.append('<th class="num">n_failed</th>')
+    paired = board.by_state is not None
+    if paired:
+        head.append(f'<th class="num" title="{_e(_PAIRED_NOTE)}">p vs next</th>')
     body = []
     for i, record in enumerate(_records(board, group)):
         rank = record["rank"]
@@ -803,6 +874,9 @@ def _html_table(board: TrackBoard, group: _Group) -> str:
             f'<td class="num" data-sort="{_sort_key(record["n_failed"])}">'
             f'{_format_count(record["n_failed"])}</td>'
         )
+        if paired:
+            p = record["p_next"]
+            cells.append(f'<td class="num" data-sort="{"" if p is None else f"{p:.6f}"}">{_e(_format_p(p))}</td>')
         body.append(f'<tr data-i="{i}" data-family="{_e(record["family"])}">' + "".join(cells) + "</tr>")
     return (
         f'<div class="grp" data-dataset="{_e(group.dataset)}" '
@@ -873,6 +947,9 @@ def _html_track(board: TrackBoard) -> str:
     groups = _ranked_groups(board)
     if groups:
         tables = _html_controls(groups) + "\n" + "\n".join(_html_table(board, g) for g in groups)
+        families = _family_rows(board)
+        if families:
+            tables += "\n" + _html_families(board, families)
         rooms = _headrooms(board)
         if rooms:
             tables += "\n" + _html_headroom(rooms)
@@ -883,6 +960,23 @@ def _html_track(board: TrackBoard) -> str:
         f"<p>Ranked by <b>{_e(board.main_metric)}</b> ({words}).</p>\n"
         f"<ul>{legend}</ul>\n<p>{_e(_CI_NOTE)}</p>\n{tables}\n</section>"
     )
+
+
+def _html_families(board: TrackBoard, rows: list[dict]) -> str:
+    body = []
+    for r in rows:
+        value, detail = _format_metric({"m": r["value"], "m__lo": r["ci_low"], "m__hi": r["ci_high"],
+                                        "m__n": r["n"]}, "m")
+        body.append("<tr>" + "".join([
+            f'<td class="name">{_e(r["dataset"])}</td>', f'<td class="num">{_e(_format_temperature(r["temperature"]))}</td>',
+            f'<td class="name">{_e(r["family"])}</td>', f'<td class="num">{r["methods"]}</td>',
+            f'<td class="num">{_e(value)} <span class="ci">{_e(detail)}</span></td>',
+            f'<td class="name">{_e(r["best_method"])}</td>', f'<td class="num">{_e(_format_number(r["best_value"]))}</td>',
+        ]) + "</tr>")
+    return (f"<h3>Families</h3>\n<p>{_e(_FAMILY_NOTE)}</p>\n<table class=\"board\">\n<thead><tr><th>dataset</th>"
+            f"<th class=\"num\">T</th><th>family</th><th class=\"num\">methods</th>"
+            f"<th class=\"num\">mean {_e(board.main_metric)}</th><th>best method</th><th class=\"num\">best value</th>"
+            f"</tr></thead>\n<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>")
 
 
 def _html_figure(caption: str, png: bytes) -> str:
