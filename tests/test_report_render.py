@@ -396,10 +396,10 @@ def decode_board(rows=None, samples=None, title="Decoding"):
     )
 
 
-def test_trackboard_samples_is_optional_and_last():
+def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
-    assert board.samples is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-1] == "samples"
+    assert board.samples is None and board.by_state is None and board.families is None
+    assert list(lr.TrackBoard.__dataclass_fields__)[-3:] == ["samples", "by_state", "families"]
 
 
 def test_headroom_table_exact_numbers():

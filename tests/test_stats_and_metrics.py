@@ -115,3 +115,46 @@ def test_speedup_is_undefined_across_runs():
     same = MeasuredSpeedup().compute(pol, base, {"run_id": "r1", "baseline_run_id": "r1", "temperature": 0.0})
     other = MeasuredSpeedup().compute(pol, base, {"run_id": "r2", "baseline_run_id": "r1", "temperature": 0.0})
     assert same.value == pytest.approx(2.0) and other.value is None
+
+
+def test_pairwise_accuracy_and_top1_against_scipy_and_by_hand():
+    """Without ties, per-state pairwise accuracy is (Kendall τ + 1) / 2 (scipy); top-1 and ties by hand."""
+    import numpy as np
+    import pandas as pd
+    from scipy import stats as sps
+
+    from qval.qalign.metrics import PairwiseAccuracy, Top1, pairwise_accuracy_by_state, top1_by_state
+
+    rng = np.random.default_rng(3)
+    rows, expected = [], {}
+    for s in range(30):
+        ref, score = rng.permutation(5).astype(float), rng.normal(size=5)
+        expected[f"s{s:02d}"] = (sps.kendalltau(score, ref).statistic + 1) / 2
+        rows += [{"sample_id": f"s{s:02d}", "candidate": i, "score": score[i], "ref_q": ref[i]} for i in range(5)]
+    frame = pd.DataFrame(rows)
+    got = pairwise_accuracy_by_state(frame)
+    assert np.allclose(got.to_numpy(), pd.Series(expected).sort_index().to_numpy())
+    assert PairwiseAccuracy().compute(frame).value == pytest.approx(np.mean(list(expected.values())))
+    ties = pd.DataFrame({"sample_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2, "candidate": [0, 1, 2, 0, 1, 2, 0, 1],
+                         "score": [1.0, 1.0, 0.0, 0.2, 0.9, 0.1, 5.0, 5.0],
+                         "ref_q": [0.9, 0.5, 0.5, 0.9, 0.9, 0.5, 0.7, 0.7]})
+    # a: pairs (0,1) tie in score -> 1/2, (0,2) right, (1,2) equal ref: skipped -> 3/4. b: (0,2) right, (1,2) right.
+    # c: all reference values equal: nothing to order, skipped.
+    assert pairwise_accuracy_by_state(ties).to_dict() == {"a": 0.75, "b": 1.0}
+    # a: top score shared by candidates 0 (best) and 1 (not) -> 1/2; b: candidate 1 is among the best -> 1.
+    assert top1_by_state(ties).to_dict() == {"a": 0.5, "b": 1.0}
+    assert Top1().compute(ties).n == 2
+
+
+def test_pooled_pearson_matches_scipy_and_is_undefined_for_constant_scores():
+    import numpy as np
+    import pandas as pd
+    from scipy import stats as sps
+
+    from qval.qalign.metrics import PooledPearson
+
+    rng = np.random.default_rng(4)
+    frame = pd.DataFrame({"sample_id": np.repeat([f"s{i}" for i in range(20)], 4), "candidate": np.tile(range(4), 20),
+                          "score": rng.normal(size=80), "ref_q": rng.random(80)})
+    assert PooledPearson().compute(frame).value == pytest.approx(sps.pearsonr(frame["score"], frame["ref_q"]).statistic)
+    assert PooledPearson().compute(frame.assign(score=1.0)).value is None
