@@ -80,6 +80,18 @@ def decode_sample_summary(results="results", suite: str | None = None) -> pd.Dat
     return _query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
 
 
+def failure_reasons(results="results", suite: str = "", track: str = "qalign", top: int = 3) -> pd.DataFrame:
+    """Per cell with failed samples: its most frequent error messages and how many samples each hit."""
+    table = SAMPLE_TABLES[track]
+    sql = (f"SELECT cell_id, error, count(DISTINCT sample_id) AS samples FROM {table} t "
+           "JOIN suite_cells s USING (cell_id) WHERE s.suite = ? AND t.error IS NOT NULL GROUP BY 1, 2")
+    frame = _query(results, sql, [suite])
+    if frame.empty:
+        return frame
+    frame = frame.sort_values(["cell_id", "samples", "error"], ascending=[True, False, True])
+    return frame.groupby("cell_id", sort=False).head(top).reset_index(drop=True)
+
+
 def samples(results="results", track: str = "decode", suite: str | None = None) -> pd.DataFrame:
     table = SAMPLE_TABLES[track]
     if suite is None:

@@ -1,6 +1,8 @@
 """The HTML leaderboard in a real browser (Debian's chromium driven by Playwright): no console errors, sorting and
 filtering work, hostile strings do not execute. Screenshots land in test-artifacts/ (kept by CI, ignored by git)."""
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -12,19 +14,32 @@ XSS = "<script>alert('xss')</script><img src=x onerror=alert('img')>"
 
 @pytest.fixture(scope="module")
 def report_page(tmp_path_factory):
+    """Payloads in the suite description, in a method label (a plugin param) and in a model reply quoted by a
+    failure reason (the example plugin's echo scorer)."""
     root = tmp_path_factory.mktemp("browser")
-    suite = write_suite(root / "s.yaml", f"""\
-        name: browser
-        description: "{XSS}"
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [frozenlake, taxi]
-          methods: [oracle-q, random]
-          points: {{episodes: 6, max_points_per_episode: 3, max_steps: 60}}
-        """)
-    assert run_qval("run", suite, "--results", root / "r").returncode == 0
-    assert run_qval("report", "--results", root / "r", "--out", root / "rep").returncode == 0
+    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT / "tests" / "plugins" / "qval-example-plugin"))
+    try:
+        suite = write_suite(root / "s.yaml", f"""\
+            name: browser
+            description: "{XSS}"
+            models: [smollm2-135m-instruct]
+            qalign:
+              envs: [frozenlake, taxi]
+              methods: [oracle-q, random, {{name: example-echo, params: {{reply: "{XSS}"}}}},
+                        {{name: example-echo, params: {{reply: plain}}}}]  # two: labels then show the params
+              points: {{episodes: 6, max_points_per_episode: 3, max_steps: 60}}
+            """)
+        assert run_qval("run", suite, "--results", root / "r").returncode == 0
+        assert run_qval("report", "--results", root / "r", "--out", root / "rep").returncode == 0
+    finally:
+        _pip("uninstall", "-y", "qval-example-plugin")
     return root / "rep" / "browser" / "index.html"
+
+
+def _pip(*args):
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +77,16 @@ def test_page_loads_clean_and_hostile_text_is_inert(browser, report_page):
     assert page.locator("script").count() == 1  # the renderer's own, hash-pinned; the payload is text
     assert page.locator("img[src='x']").count() == 0
     assert page.locator(".desc").inner_text() == XSS
+    assert XSS in page.locator("td.reason").first.inner_text()  # the model reply, shown as text
+    assert any(XSS in t for t in page.locator("td.name").all_inner_texts())  # the method label, as text
     assert page.locator(".controls").first.is_visible()  # the inline script ran under the page's CSP
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)
+
+
+def _defined(values):
+    """The numbers of a column; undefined cells (the echo scorer's, all failed) carry no sort key."""
+    return [float(v) for v in values if v not in ("", "–")]
 
 
 def test_sorting_and_filtering(browser, report_page):
@@ -73,9 +95,9 @@ def test_sorting_and_filtering(browser, report_page):
     header = table.locator("th.main")
     index = table.locator("thead th").evaluate_all("ths => ths.findIndex(t => t.classList.contains('main'))")
     header.click()
-    first = [float(v) for v in _column(page, table, index)]
+    first = _defined(_column(page, table, index))
     header.click()
-    second = [float(v) for v in _column(page, table, index)]
+    second = _defined(_column(page, table, index))
     assert first == sorted(first, reverse=True) or first == sorted(first)
     assert second == list(reversed(first))
     page.locator("input.f-text").first.fill("oracle")

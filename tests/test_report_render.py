@@ -398,8 +398,8 @@ def decode_board(rows=None, samples=None, title="Decoding"):
 
 def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
-    assert board.samples is None and board.by_state is None and board.families is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-3:] == ["samples", "by_state", "families"]
+    assert board.samples is None and board.by_state is None and board.families is None and board.failures is None
+    assert list(lr.TrackBoard.__dataclass_fields__)[-4:] == ["samples", "failures", "by_state", "families"]
 
 
 def test_headroom_table_exact_numbers():

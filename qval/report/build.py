@@ -60,6 +60,7 @@ def build_report(results, suite: str) -> SuiteReport:
             labels={m: cls.label for m, cls in metric_classes.items()},
             rows=rows,
             samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
+            failures=R.failure_reasons(results, suite, track),
             by_state=by_state,
             families=family_aggregates(rows, by_state, section["main_metric"]) if by_state is not None else None,
         ))

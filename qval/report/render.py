@@ -84,6 +84,9 @@ class TrackBoard:
     # decode only: one row per sample with columns cell_id, sample_id,
     # tau (float, per-sample acceptance length), decode_s, new_tokens.
     samples: pd.DataFrame | None = None
+    # Per cell with failed samples: columns cell_id, error, samples (the most frequent messages; they may quote
+    # model output, so they are untrusted text).
+    failures: pd.DataFrame | None = None
     # qalign only, when the main metric is a per-state mean: cell_id -> its value per state. It gives the paired
     # test between each row and the next one, on the states both scored.
     by_state: dict[str, pd.Series] | None = None
@@ -528,6 +531,48 @@ def _family_rows(board: TrackBoard) -> list[dict]:
     return rows
 
 
+_FAILURE_NOTE = "Failed samples are left out of every metric; the most frequent reasons per cell:"
+_MAX_REASON = 200
+
+
+def _failure_rows(board: TrackBoard) -> list[tuple[str, str, str, str, int]]:
+    """(model, method, dataset, reason, samples) per listed reason, in leaderboard order."""
+    if board.failures is None or board.failures.empty:
+        return []
+    rows = _prepared_rows(board).set_index("cell_id")
+    out = []
+    for record in board.failures.to_dict("records"):
+        if record["cell_id"] not in rows.index:
+            continue
+        row = rows.loc[record["cell_id"]]
+        reason = " ".join(str(record["error"]).split())
+        reason = reason if len(reason) <= _MAX_REASON else reason[:_MAX_REASON] + "…"
+        out.append((row["model"], row["method"], row["dataset"], reason, int(record["samples"])))
+    return out
+
+
+def _md_failures(board: TrackBoard) -> list[str]:
+    rows = _failure_rows(board)
+    if not rows:
+        return []
+    lines = ["### Failures", "", _md(_FAILURE_NOTE), ""]
+    lines += [_md_row(["model", "method", "dataset", "reason", "samples"]), _md_row(["---", "---", "---", "---", "---:"])]
+    lines += [_md_row([_md(m), _md(meth), _md(d), _md(r), str(n)]) for m, meth, d, r, n in rows]
+    return [*lines, ""]
+
+
+def _html_failures(board: TrackBoard) -> str:
+    rows = _failure_rows(board)
+    if not rows:
+        return ""
+    body = "\n".join(
+        f'<tr><td class="name">{_e(m)}</td><td class="name">{_e(meth)}</td><td class="name">{_e(d)}</td>'
+        f'<td class="reason">{_e(r)}</td><td class="num">{n}</td></tr>' for m, meth, d, r, n in rows)
+    return (f"<h3>Failures</h3>\n<p>{_e(_FAILURE_NOTE)}</p>\n<table class=\"board failures\">\n<thead><tr><th>model</th>"
+            f"<th>method</th><th>dataset</th><th>reason</th><th class=\"num\">samples</th></tr></thead>\n"
+            f"<tbody>\n{body}\n</tbody>\n</table>")
+
+
 def _md_families(board: TrackBoard) -> list[str]:
     rows = _family_rows(board)
     if not rows:
@@ -580,6 +625,7 @@ def _md_track(board: TrackBoard) -> list[str]:
     for group in groups:
         lines += [f"### {_md(_group_title(group))}", "", *_md_table(board, group), ""]
     lines += _md_families(board)
+    lines += _md_failures(board)
     rooms = _headrooms(board)
     if rooms:
         lines += _md_headroom(rooms)
@@ -950,6 +996,9 @@ def _html_track(board: TrackBoard) -> str:
         families = _family_rows(board)
         if families:
             tables += "\n" + _html_families(board, families)
+        failures = _html_failures(board)
+        if failures:
+            tables += "\n" + failures
         rooms = _headrooms(board)
         if rooms:
             tables += "\n" + _html_headroom(rooms)

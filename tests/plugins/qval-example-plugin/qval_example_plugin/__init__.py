@@ -1,7 +1,9 @@
 """A third-party scorer package, as a user would write one."""
 import time
 
-from qval.qalign.scorers.base import Scorer
+from pydantic import BaseModel, ConfigDict
+
+from qval.qalign.scorers.base import Failed, Scorer
 
 MOVES = {"left": (0, -1), "down": (1, 0), "right": (0, 1), "up": (-1, 0)}
 
@@ -45,3 +47,20 @@ class FlakyScorer(Scorer):
         if kind == 2:
             return [1.0]
         return [c.ref_q for c in point.candidates]
+
+
+class EchoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reply: str = ""
+
+
+class EchoScorer(Scorer):
+    """Stands in for a model whose reply cannot be parsed: every candidate fails, quoting the reply (so reports
+    must treat failure reasons, and method labels built from params, as untrusted text)."""
+
+    name = "example-echo"
+    family = "direct"
+    Params = EchoParams
+
+    def score(self, point):
+        return [Failed(f"no number in the reply {self.params.reply!r}")] * len(point.candidates)
