@@ -70,7 +70,9 @@ def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_p
     assert proc.returncode == 0
     board_md = (tmp_path / "rep" / "thirdparty" / "leaderboard.md").read_text()
     flaky_row = next(line for line in board_md.splitlines() if "example-flaky" in line)
-    assert flaky_row.rstrip(" |").endswith(str(int(flaky["n_failed"])))  # the report flags the failed samples
+    assert f"| {int(flaky['n_failed'])} |" in flaky_row  # the report flags the failed samples...
+    reasons = board_md[board_md.index("### Failures"):]
+    assert "flaky scorer exploded" in reasons and "exceeded its time limit" in reasons  # ...and says why
 
 
 def test_contract_checks_accept_good_and_reject_bad_scorers(example_plugin):
