@@ -80,7 +80,7 @@ def decode_sample_summary(results="results", suite: str | None = None) -> pd.Dat
     return _query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
 
 
-def failure_reasons(results="results", suite: str = "", track: str = "qalign", top: int = 3) -> pd.DataFrame:
+def failure_reasons(results="results", suite: str = "", track: str = "qalign", top: int = 5) -> pd.DataFrame:
     """Per cell with failed samples: its most frequent error messages and how many samples each hit."""
     table = SAMPLE_TABLES[track]
     sql = (f"SELECT cell_id, error, count(DISTINCT sample_id) AS samples FROM {table} t "
