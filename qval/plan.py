@@ -144,10 +144,12 @@ def build_plan(suite: Suite) -> Plan:
     if cfg.qalign is not None:
         q = cfg.qalign
         settings = {"gamma": q.gamma, "points": q.points.model_dump(), "reference": q.reference.model_dump()}
+        # With an LLM actor (behaviour or Monte-Carlo reference), the points themselves depend on the model.
+        llm_points = q.points.behaviour == "llm" or q.reference.policy == "llm"
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
             suite.models, suite.resolved["qalign.methods"], suite.resolved["qalign.envs"], q.temperatures, cfg.seeds
         ):
-            uses_model = getattr(scls, "uses_model", False)
+            uses_model = getattr(scls, "uses_model", False) or llm_points
             # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
             cell = make_cell("qalign", mname if uses_model else None, src.identity() if uses_model else None,
                              scls, sparams.model_dump(), ecls, eparams.model_dump(),

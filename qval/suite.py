@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PluginError, SuiteError
 from .registry import REGISTRY
@@ -46,6 +46,7 @@ class PointsConfig(Strict):
     discard_early: int = Field(default=0, ge=0, le=10_000)  # QVal drops the first and last turns of a trajectory
     discard_late: int = Field(default=0, ge=0, le=10_000)
     max_candidates: int | None = Field(default=None, ge=2, le=1_000)  # None: every legal action is a candidate
+    behaviour: Literal["optimal", "llm"] = "optimal"  # llm: the cell's model acts (ε-noisy), as QVal's LLM actors
 
 
 class ReferenceConfig(Strict):
@@ -53,6 +54,13 @@ class ReferenceConfig(Strict):
     rollouts: int = Field(default=16, ge=1, le=100_000)
     agg: Literal["mean", "max"] = "max"  # QVal's headline label is the max over rollouts
     max_steps: int = Field(default=200, ge=1, le=100_000)
+    policy: Literal["optimal", "llm"] = "optimal"  # who plays the Monte-Carlo rollouts: scripted optimal or the LLM
+
+    @model_validator(mode="after")
+    def _llm_needs_mc(self):
+        if self.policy == "llm" and self.method != "mc":
+            raise ValueError("an LLM reference policy needs Monte-Carlo labels: set method: mc")
+        return self
 
 
 class TrackSection(Strict):

@@ -57,3 +57,38 @@ def test_monte_carlo_reference_converges_to_exact_q():
     qd = det.reference_q(0.95)
     one = monte_carlo_q(det, 0, qd, 0.95, rollouts=1, agg="max", max_steps=100, rng=rng)
     assert one == pytest.approx(qd[0])
+
+
+def test_llm_actor_collects_points_and_plays_monte_carlo_rollouts(smollm, tmp_path):
+    """SmolLM2 as the behaviour policy and as the MC reference policy: deterministic, and on a deterministic map
+    its greedy rollouts can never beat exact Q* (so every MC label is <= Q*, with equality where it plays well)."""
+    import numpy as np
+
+    from qval.qalign.actor import LLMActor
+    from qval.qalign.points import collect_points
+    from qval.qalign.reference import monte_carlo_q
+
+    env = FrozenLakeEnv(FrozenLakeEnv.Params())
+    q = env.reference_q(0.95)
+    actor = LLMActor(smollm)
+    first = collect_points(env, q, 2, 0.2, 2, 12, seed=5, actor=actor)
+    again = collect_points(env, q, 2, 0.2, 2, 12, seed=5, actor=actor)
+    assert first == again and first
+    state = first[0].state
+    labels = monte_carlo_q(env, state, q, 0.95, rollouts=2, agg="max", max_steps=12,
+                           rng=np.random.default_rng(0), actor=actor)
+    assert labels.shape == (4,) and np.all(labels <= q[state] + 1e-12)
+
+
+def test_llm_actor_makes_every_cell_per_model(tmp_path):
+    from qval.api import plan_suite
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: actor\nmodels: [smollm2-135m-instruct]\nqalign:\n  envs: [frozenlake]\n"
+                     "  methods: [oracle-q, action-logprob]\n  points: {behaviour: llm}\n")
+    plan = plan_suite(suite)
+    assert all(c.model == "smollm2-135m-instruct" for c in plan.cells.values())  # oracle too: points depend on it
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(suite.read_text().replace("points: {behaviour: llm}", "reference: {policy: llm}"))
+    with pytest.raises(Exception, match="needs Monte-Carlo labels"):
+        plan_suite(bad)

@@ -51,11 +51,13 @@ def outcome_text(env, next_state: int, reward: float, done: bool) -> str:
 
 
 def collect_points(env, q, episodes: int, epsilon: float, max_points_per_episode: int, max_steps: int, seed: int,
-                   label=None, discard_early: int = 0, discard_late: int = 0,
-                   max_candidates: int | None = None) -> list[EvalPoint]:
+                   label=None, discard_early: int = 0, discard_late: int = 0, max_candidates: int | None = None,
+                   behaviour: str = "optimal", actor=None) -> list[EvalPoint]:
+    # ``behaviour`` is the suite's setting (stored with the points); ``actor`` is what carries it out.
     """Deterministic given the seed: the same cell always scores the same points.
 
-    ``label(state) -> Q values`` labels the candidates; by default the reference Q row.
+    ``label(state) -> Q values`` labels the candidates; by default the reference Q row. The behaviour policy is
+    ε-noisy around ``actor(env, state, rng) -> action`` (default: greedy in Q*, i.e. scripted optimal).
     """
     rng = np.random.default_rng(seed)
     outcome_rng = np.random.default_rng([seed, 2])  # its own stream: outcomes do not shift the trajectories
@@ -65,8 +67,10 @@ def collect_points(env, q, episodes: int, epsilon: float, max_points_per_episode
         state, visited = env.reset(rng), []
         for t in range(max_steps):
             n_actions = len(env.actions(state))
-            greedy = int(np.argmax(q[state]))
-            action = int(rng.integers(n_actions)) if rng.random() < epsilon else greedy
+            if rng.random() < epsilon:
+                action = int(rng.integers(n_actions))
+            else:
+                action = actor(env, state, rng) if actor is not None else int(np.argmax(q[state]))
             visited.append((t, state, action))
             state, _, done = env.step(state, action, rng)
             if done:

@@ -19,6 +19,7 @@ import numpy as np
 from ..plan import Cell
 from ..registry import REGISTRY
 from ..timeouts import PluginTimeout, time_limit
+from .actor import LLMActor
 from .llm import requests_for
 from .points import EvalPoint, collect_points
 from .reference import monte_carlo_q
@@ -32,10 +33,17 @@ def points_key(cell: Cell, env_cls) -> str:
             "env_params": cell.dataset_params, "gamma": cell.settings["gamma"],
             "reference": cell.settings.get("reference", {"method": "exact"}), "points": cell.settings["points"],
             "seed": cell.seed}
+    if _uses_llm_actor(cell):
+        spec["actor_model"] = cell.model_identity  # the model's play shapes the points and labels
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def load_or_collect_points(cell: Cell, env, env_cls, results: Path) -> tuple[list[EvalPoint], object]:
+def _uses_llm_actor(cell: Cell) -> bool:
+    return (cell.settings["points"].get("behaviour") == "llm"
+            or cell.settings.get("reference", {}).get("policy") == "llm")
+
+
+def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> tuple[list[EvalPoint], object]:
     gamma = cell.settings["gamma"]
     q = env.reference_q(gamma)
     path = Path(results) / "points" / f"{points_key(cell, env_cls)}.json"
@@ -45,13 +53,17 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path) -> tuple[lis
         except (ValueError, KeyError, TypeError):
             pass  # a damaged file is recomputed below and replaced
     ref = cell.settings.get("reference", {"method": "exact"})
+    llm_actor = LLMActor(model) if _uses_llm_actor(cell) else None
     label = None
     if ref["method"] == "mc":
         label_rng = np.random.default_rng([cell.seed, 1])  # its own stream: labels do not shift the points
+        rollout_actor = llm_actor if ref.get("policy") == "llm" else None
 
         def label(state):
-            return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng)
-    points = collect_points(env, q, seed=cell.seed, label=label, **cell.settings["points"])
+            return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng,
+                                 rollout_actor)
+    behaviour_actor = llm_actor if cell.settings["points"].get("behaviour") == "llm" else None
+    points = collect_points(env, q, seed=cell.seed, label=label, actor=behaviour_actor, **cell.settings["points"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps({"env": cell.dataset, "env_params": cell.dataset_params, "settings": cell.settings,
@@ -66,7 +78,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
-    points, _ = load_or_collect_points(cell, env, env_cls, writer.results)
+    points, _ = load_or_collect_points(cell, env, env_cls, writer.results, model)
     scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature,
                         cell.settings["gamma"])
     scorer.env = env
