@@ -21,8 +21,9 @@ def _check_common(cls, base) -> None:
     cls.Params()  # every param needs a default so a suite can name the plugin alone
 
 
-def check_scorer(cls, model=None, n_points: int = 6) -> None:
-    """A scorer returns one finite float per candidate, deterministically for a fixed seed."""
+def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None) -> None:
+    """A scorer returns one finite float (or a Failed with a reason) per candidate, deterministically for a fixed
+    seed. ``params`` overrides defaults (e.g. fewer tokens to keep a contract check quick)."""
     from .qalign.envs.toy_text import FrozenLakeEnv
     from .qalign.points import collect_points
     from .qalign.scorers.base import FAMILIES, Failed, Scorer
@@ -33,7 +34,8 @@ def check_scorer(cls, model=None, n_points: int = 6) -> None:
     env = FrozenLakeEnv(FrozenLakeEnv.Params())
     points = collect_points(env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2,
                             max_steps=20, seed=0)[:n_points]
-    first, second = cls(cls.Params(), model, 0, 0.0), cls(cls.Params(), model, 0, 0.0)
+    validated = cls.Params.model_validate(params or {})
+    first, second = cls(validated, model, 0, 0.0), cls(validated, model, 0, 0.0)
     first.env = second.env = env
     first.prepare(points)
     second.prepare(points)
