@@ -112,7 +112,9 @@ def check_dataset(cls) -> None:
 
 
 def check_metric(cls) -> None:
-    assert issubclass(cls, Metric) and cls.name and cls.track in ("qalign", "decode"), f"{cls!r} is not a Metric"
+    from .store.tables import SAMPLE_TABLES
+
+    assert issubclass(cls, Metric) and cls.name and cls.track in SAMPLE_TABLES, f"{cls!r} is not a Metric"
     assert cls.label, f"{cls.__name__} needs a label saying what the number is"
 
 
