@@ -20,6 +20,7 @@ from .fingerprint import fingerprint
 from .plan import Plan
 from .registry import REGISTRY
 from .store.parts import PartWriter, is_done
+from .timeouts import PluginTimeout
 
 
 def emit(event: str, **fields) -> None:
@@ -67,7 +68,7 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
         writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
         try:
             outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
-        except Exception as exc:
+        except (Exception, PluginTimeout) as exc:
             outcome = exc
         finish(cell, writer, outcome, started)
 

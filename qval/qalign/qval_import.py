@@ -579,10 +579,10 @@ def check_summary(s: ImportedSummary, tol: float = 1e-9) -> CheckReport:
 
 
 def metric_frame(rows: pd.DataFrame, cell_id: str = "imported") -> pd.DataFrame:
-    """What qval's qalign metrics receive from ingest (``_samples_by_cell``): the rows with ``error IS NULL``,
-    columns ``cell_id, sample_id, candidate, score, ref_q``, index reset."""
-    ok = rows[rows["error"].isna()]
-    frame = ok[["sample_id", "candidate", "score", "ref_q"]].copy()
+    """What qval's qalign metrics receive from ingest (``_samples_by_cell``): every row, with a NULL score where
+    the row has an error; columns ``cell_id, sample_id, candidate, score, ref_q``, index reset."""
+    frame = rows[["sample_id", "candidate", "score", "ref_q"]].copy()
+    frame.loc[rows["error"].notna().to_numpy(), "score"] = float("nan")
     frame.insert(0, "cell_id", cell_id)
     return frame.reset_index(drop=True)
 

@@ -54,14 +54,7 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
             pass  # a damaged file is recomputed below and replaced
     ref = cell.settings.get("reference", {"method": "exact"})
     llm_actor = LLMActor(model) if _uses_llm_actor(cell) else None
-    label = None
-    if ref["method"] == "mc":
-        label_rng = np.random.default_rng([cell.seed, 1])  # its own stream: labels do not shift the points
-        rollout_actor = llm_actor if ref.get("policy") == "llm" else None
-
-        def label(state):
-            return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng,
-                                 rollout_actor)
+    label = _mc_labeller(cell, env, q, llm_actor) if ref["method"] == "mc" else None
     behaviour_actor = llm_actor if cell.settings["points"].get("behaviour") == "llm" else None
     points = collect_points(env, q, seed=cell.seed, label=label, actor=behaviour_actor, **cell.settings["points"])
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +63,19 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
                                "seed": cell.seed, "points": [p.to_dict() for p in points]}))
     os.replace(tmp, path)  # atomic: concurrent workers write identical content
     return points, q
+
+
+def _mc_labeller(cell: Cell, env, q, llm_actor):
+    """Monte-Carlo labels from the scripted optimal policy or the LLM actor, on their own random stream (labels
+    must not shift the points)."""
+    ref, gamma = cell.settings["reference"], cell.settings["gamma"]
+    label_rng = np.random.default_rng([cell.seed, 1])
+    rollout_actor = llm_actor if ref.get("policy") == "llm" else None
+
+    def label(state):
+        return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng,
+                             rollout_actor)
+    return label
 
 
 def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float | None = None
@@ -84,7 +90,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     scorer.env = env
     counter = requests_for(model).counter if model is not None else None
     before = counter.as_dict() if counter else None
-    scorer.prepare(points)
+    with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
+        scorer.prepare(points)  # a failure here fails the cell (FAILED manifest): nothing can be scored without it
     if scorer.artifacts:
         (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
     done = writer.done_sample_ids()

@@ -76,7 +76,7 @@ def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | N
     if fn is None:
         return None
     samples = R.samples(results, "qalign", suite)
-    samples = samples[samples["error"].isna()]  # as the metrics see them
+    samples.loc[samples["error"].notna(), "score"] = float("nan")  # as the metrics see them (ingest.py)
     return {cell: fn(group) for cell, group in samples.groupby("cell_id", sort=False)}
 
 

@@ -173,7 +173,10 @@ def _ingest_plans(con, results: Path) -> None:
 
 # What metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
 _METRIC_COLUMNS = {
-    "qalign": "cell_id, sample_id, candidate, score, ref_q",
+    # A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a state with a failed
+    # candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than silently ranked
+    # over the candidates that happened to succeed.
+    "qalign": "cell_id, sample_id, candidate, CASE WHEN error IS NULL THEN score END AS score, ref_q",
     "qalign_state": "cell_id, sample_id, value",
     "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, output_sha, "
                "coalesce(list_sum(accepted), 0) AS accepted_total, "
@@ -184,10 +187,11 @@ _METRIC_COLUMNS = {
 
 
 def _samples_by_cell(con, track: str, cell_ids: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The successful rows of many cells in one scan, split by cell, plus an empty frame of the same columns
-    for cells with no successful sample."""
+    """The rows metrics read, of many cells in one scan, split by cell, plus an empty frame of the same columns
+    for cells with none. Failed samples are left out, except Q-alignment candidates (NULL score, see above)."""
+    keep = "TRUE" if track == "qalign" else "error IS NULL"
     frame = con.execute(f"SELECT {_METRIC_COLUMNS[track]} FROM {SAMPLE_TABLES[track]} "
-                        "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL", [cell_ids]).df()
+                        f"WHERE cell_id IN (SELECT unnest(?)) AND {keep}", [cell_ids]).df()
     by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
     return by_cell, frame.iloc[0:0]
 
