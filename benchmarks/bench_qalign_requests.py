@@ -16,7 +16,7 @@ from qval.qalign.llm import LLMRequests
 from qval.qalign.points import collect_points
 from qval.suite import load_suite
 
-POINTS_PER_ENV = 3
+POINTS_PER_ENV = 2
 SUITE = Path(__file__).resolve().parent.parent / "suites" / "qval-v1-mini.yaml"
 
 
