@@ -56,7 +56,8 @@ class LLMRequests:
     def continuation_logprobs(self, prefix: list[int], continuations: list[list[int]]) -> list[list[float]]:
         """Per-token log-probs of each continuation after the prefix."""
         self.counter.requests += len(continuations)
-        self.counter.naive += sum(len(prefix) + len(c) for c in continuations)
+        # A full forward of prefix + continuation; its last token is never fed (nothing after it is scored).
+        self.counter.naive += sum(len(prefix) + max(len(c) - 1, 0) for c in continuations)
         key = ("cont", tuple(prefix), tuple(map(tuple, continuations)))
         if self.shared and key in self._memo:
             self.counter.memo_hits += len(continuations)
