@@ -76,8 +76,12 @@ class PooledPearson(_Pooled):
         return float(sps.pearsonr(score, ref).statistic)
 
 
-def per_state_spearman_values(samples: pd.DataFrame) -> np.ndarray:
-    return per_state_spearman_by_state(samples).to_numpy(float)
+def _rankable_states(samples: pd.DataFrame):
+    """(state, score, ref) per state that has something to order and no missing score (QVal skips the others)."""
+    for state, group in samples.groupby("sample_id", sort=True):
+        score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
+        if len(ref) >= 2 and not np.all(ref == ref[0]) and not np.isnan(score).any():
+            yield state, score, ref
 
 
 def per_state_spearman_by_state(samples: pd.DataFrame) -> pd.Series:
@@ -89,47 +93,8 @@ def per_state_spearman_by_state(samples: pd.DataFrame) -> pd.Series:
     """
     from scipy import stats as sps
 
-    values = {}
-    for state, group in samples.groupby("sample_id", sort=True):
-        score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
-        if len(ref) < 2 or np.all(ref == ref[0]) or np.isnan(score).any():
-            continue
-        values[state] = 0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic)
-    return pd.Series(values, dtype=float)
-
-
-class PerStateSpearman(Metric):
-    name = "per_state_spearman"
-    track = "qalign"
-    label = "mean over states of the Spearman ρ between scores and reference Q of that state's candidates; n = states"
-
-    def compute(self, samples, baseline=None, cell=None):
-        values = per_state_spearman_values(samples)
-        if values.size == 0:
-            return MetricValue.undefined()
-        return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
-
-
-class StoredPerStateSpearman(Metric):
-    """per_state_spearman of cells that store only per-state ρ (track "qalign_state": imported QVal rankings)."""
-
-    name = "per_state_spearman"
-    track = "qalign_state"
-    label = PerStateSpearman.label
-
-    def compute(self, samples, baseline=None, cell=None):
-        values = samples["value"].dropna().to_numpy(float)
-        if values.size == 0:
-            return MetricValue.undefined()
-        return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
-
-
-def _rankable_states(samples: pd.DataFrame):
-    """(state, score, ref) per state that has something to order and no missing score."""
-    for state, group in samples.groupby("sample_id", sort=True):
-        score, ref = group["score"].to_numpy(float), group["ref_q"].to_numpy(float)
-        if len(ref) >= 2 and not np.all(ref == ref[0]) and not np.isnan(score).any():
-            yield state, score, ref
+    return pd.Series({state: 0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic)
+                      for state, score, ref in _rankable_states(samples)}, dtype=float)
 
 
 def pairwise_accuracy_by_state(samples: pd.DataFrame) -> pd.Series:
@@ -153,12 +118,9 @@ def top1_by_state(samples: pd.DataFrame) -> pd.Series:
     return pd.Series(out, dtype=float)
 
 
-# Per-state metrics by name: the report pairs two methods on the states they share.
-BY_STATE = {"per_state_spearman": per_state_spearman_by_state, "pairwise_accuracy": pairwise_accuracy_by_state,
-            "top1": top1_by_state}
-
-
 class _PerStateMean(Metric):
+    """The mean over states of a per-state value; the CI resamples states."""
+
     track = "qalign"
 
     def values(self, samples: pd.DataFrame) -> np.ndarray:
@@ -169,6 +131,30 @@ class _PerStateMean(Metric):
         if values.size == 0:
             return MetricValue.undefined()
         return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
+
+
+class PerStateSpearman(_PerStateMean):
+    name = "per_state_spearman"
+    label = "mean over states of the Spearman ρ between scores and reference Q of that state's candidates; n = states"
+
+    def values(self, samples):
+        return per_state_spearman_by_state(samples).to_numpy(float)
+
+
+class StoredPerStateSpearman(_PerStateMean):
+    """per_state_spearman of cells that store only per-state ρ (track "qalign_state": imported QVal rankings)."""
+
+    name = "per_state_spearman"
+    track = "qalign_state"
+    label = PerStateSpearman.label
+
+    def values(self, samples):
+        return samples["value"].dropna().to_numpy(float)
+
+
+# Per-state metrics by name: the report pairs two methods on the states they share.
+BY_STATE = {"per_state_spearman": per_state_spearman_by_state, "pairwise_accuracy": pairwise_accuracy_by_state,
+            "top1": top1_by_state}
 
 
 class PairwiseAccuracy(_PerStateMean):
