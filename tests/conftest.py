@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+PLUGINS = ROOT / "tests" / "plugins"
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +47,14 @@ decode:
   max_new_tokens: 16
   metrics: [speedup, acceptance_length, lossless]
 """
+
+
+def pip(*args) -> None:
+    """pip in the test interpreter's environment (installing the test plugin packages for real)."""
+    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def install_plugin(name: str) -> None:
+    pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / name))

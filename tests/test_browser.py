@@ -1,12 +1,10 @@
 """The HTML leaderboard in a real browser (Debian's chromium driven by Playwright): no console errors, sorting and
 filtering work, hostile strings do not execute. Screenshots land in test-artifacts/ (kept by CI, ignored by git)."""
 import shutil
-import subprocess
-import sys
 
 import pytest
 
-from conftest import ROOT, run_qval, write_suite
+from conftest import ROOT, install_plugin, pip, run_qval, write_suite
 
 ARTIFACTS = ROOT / "test-artifacts"
 XSS = "<script>alert('xss')</script><img src=x onerror=alert('img')>"
@@ -17,7 +15,7 @@ def report_page(tmp_path_factory):
     """Payloads in the suite description, in a method label (a plugin param) and in a model reply quoted by a
     failure reason (the example plugin's echo scorer)."""
     root = tmp_path_factory.mktemp("browser")
-    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(ROOT / "tests" / "plugins" / "qval-example-plugin"))
+    install_plugin("qval-example-plugin")
     try:
         suite = write_suite(root / "s.yaml", f"""\
             name: browser
@@ -32,14 +30,8 @@ def report_page(tmp_path_factory):
         assert run_qval("run", suite, "--results", root / "r").returncode == 0
         assert run_qval("report", "--results", root / "r", "--out", root / "rep").returncode == 0
     finally:
-        _pip("uninstall", "-y", "qval-example-plugin")
+        pip("uninstall", "-y", "qval-example-plugin")
     return root / "rep" / "browser" / "index.html"
-
-
-def _pip(*args):
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,14 @@ import sys
 import pytest
 
 import qval.results as R
-from conftest import ROOT, run_qval, write_suite
-
-PLUGINS = ROOT / "tests" / "plugins"
-
-
-def _pip(*args):
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+from conftest import install_plugin, pip, run_qval, write_suite
 
 
 @pytest.fixture(scope="module")
 def example_plugin():
-    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / "qval-example-plugin"))
+    install_plugin("qval-example-plugin")
     yield
-    _pip("uninstall", "-y", "qval-example-plugin")
+    pip("uninstall", "-y", "qval-example-plugin")
 
 
 def test_plugin_is_listed_with_its_distribution(example_plugin):
@@ -86,11 +78,11 @@ def test_contract_checks_accept_good_and_reject_bad_scorers(example_plugin):
 
 
 def test_name_clash_is_an_error_naming_both_distributions():
-    _pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / "qval-clash-plugin"))
+    install_plugin("qval-clash-plugin")
     try:
         proc = run_qval("list")
         assert proc.returncode == 2
         assert "'random' is declared twice" in proc.stderr
         assert "qval 0.1.0" in proc.stderr and "qval-clash-plugin 0.1.0" in proc.stderr
     finally:
-        _pip("uninstall", "-y", "qval-clash-plugin")
+        pip("uninstall", "-y", "qval-clash-plugin")
