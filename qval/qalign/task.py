@@ -43,15 +43,14 @@ def _uses_llm_actor(cell: Cell) -> bool:
             or cell.settings.get("reference", {}).get("policy") == "llm")
 
 
-def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> tuple[list[EvalPoint], object]:
-    gamma = cell.settings["gamma"]
-    q = env.reference_q(gamma)
+def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> list[EvalPoint]:
     path = Path(results) / "points" / f"{points_key(cell, env_cls)}.json"
     if path.exists():
         try:
-            return [EvalPoint.from_dict(p) for p in json.loads(path.read_text())["points"]], q
+            return [EvalPoint.from_dict(p) for p in json.loads(path.read_text())["points"]]
         except (ValueError, KeyError, TypeError):
             pass  # a damaged file is recomputed below and replaced
+    q = env.reference_q(cell.settings["gamma"])  # only when collecting: stored points carry their labels
     ref = cell.settings.get("reference", {"method": "exact"})
     llm_actor = LLMActor(model) if _uses_llm_actor(cell) else None
     label = _mc_labeller(cell, env, q, llm_actor) if ref["method"] == "mc" else None
@@ -62,7 +61,7 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
     tmp.write_text(json.dumps({"env": cell.dataset, "env_params": cell.dataset_params, "settings": cell.settings,
                                "seed": cell.seed, "points": [p.to_dict() for p in points]}))
     os.replace(tmp, path)  # atomic: concurrent workers write identical content
-    return points, q
+    return points
 
 
 def _mc_labeller(cell: Cell, env, q, llm_actor):
@@ -84,7 +83,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
-    points, _ = load_or_collect_points(cell, env, env_cls, writer.results, model)
+    points = load_or_collect_points(cell, env, env_cls, writer.results, model)
     scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature,
                         cell.settings["gamma"])
     scorer.env = env
