@@ -264,6 +264,22 @@ def export(results: Path = RESULTS_OPT,
         out.print(f"wrote {path}")
 
 
+@app.command("export-sweeps")
+def export_sweeps_cmd(results: Path = RESULTS_OPT,
+                      out_dir: Path = typer.Option(..., "--out", help="Folder to write the sweep folders into."),
+                      suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells.")):
+    """Write qval's own knob sweeps (decode cells differing in one policy parameter) in the BlockPilot replay
+    format: per sweep and metric (tau, speedup) a folder of B{value}.json + features.json + sweep.json."""
+    from .decode.sweeps import export_sweeps
+
+    written = export_sweeps(results, out_dir, suite)
+    if not written:
+        out.print("no knob sweeps found: a sweep needs ≥ 2 finished decode cells that differ in one numeric "
+                  "policy parameter only")
+    for folder in written:
+        out.print(f"wrote {folder}")
+
+
 @app.command()
 def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sweep files (BlockPilot format)."),
            candidates: Optional[str] = typer.Option(None, "--candidates",

@@ -160,6 +160,8 @@ def build_plan(suite: Suite) -> Plan:
         d = cfg.decode
         settings = {"max_new_tokens": d.max_new_tokens,
                     "hardware": hardware_class() if d.hardware == "auto" else d.hardware}
+        if d.sampling != "rejection":  # only when set, so the ids of existing (rejection-sampling) cells stay
+            settings["sampling"] = d.sampling
         from .registry import REGISTRY
 
         policies = list(suite.resolved["decode.policies"])

@@ -98,6 +98,9 @@ class DecodeSection(TrackSection):
     datasets: list[PluginRef] = Field(min_length=1)
     policies: list[PluginRef] = Field(min_length=1)
     max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
+    # At T > 0: "rejection" = the standard min(1, p/q) rule, each cell with its own random stream; "coupled" =
+    # position-seeded Gumbel sampling shared by all cells + exact-match verification (token-exact vs AR).
+    sampling: Literal["rejection", "coupled"] = "rejection"
     warmup: int = Field(default=1, ge=0, le=100)
     hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
     metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)

@@ -67,7 +67,7 @@ def test_gsm8k_json_and_markdown(gsm8k):
     text = json.dumps(replay.to_json(result), allow_nan=False)
     assert "NaN" not in text
     md = replay.to_markdown(result)
-    assert "| policy | kind | τ [CI] (n) | size | gain vs best fixed |" in md
+    assert "| policy | kind | τ [CI] (n) | block_size | gain vs best fixed |" in md
     assert "6.509" in md and "6.735" in md
 
 
@@ -250,7 +250,7 @@ def test_parse_candidates(text, expected):
     assert replay.parse_candidates(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "18-14", "a-b", "14..18", "14,,16", "-3", "1.5"])
+@pytest.mark.parametrize("text", ["", "18-14", "a-b", "14..18", "14,,16", "-3", "1.5-2", ".5"])
 def test_parse_candidates_rejects(text):
     with pytest.raises(ValueError):
         replay.parse_candidates(text)
@@ -267,3 +267,24 @@ def test_cli_replay_json_reproduces_release(tmp_path):
     assert round(data["headroom"]["oracle"], 3) == 6.735
     bad = run_qval("replay", tmp_path)
     assert bad.returncode == 2 and "no B<size>.json files" in bad.stderr
+
+
+def test_parse_candidates_accepts_decimal_knob_values():
+    # stop thresholds are swept too; integral values key as ints so B16.json and 16.0 agree
+    assert replay.parse_candidates("0.3,0.6, 16.0") == [0.3, 0.6, 16]
+
+
+def test_decimal_knob_sweep_round_trips_with_its_metadata(tmp_path):
+    table = pd.DataFrame({0.3: [1.2, 1.5, 1.1, 1.9], 0.6: [1.4, 1.3, 1.6, 1.2]}, index=["a", "b", "c", "d"])
+    feats = pd.DataFrame({"x": [0.1, 0.5, 0.2, 0.9]}, index=table.index)
+    meta = {"knob": "stop_threshold", "metric": "measured speedup vs same-run AR (per sample)", "features": ["x"]}
+    replay.write_sweep(tmp_path, table, feats, meta=meta)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B0.3.json", "B0.6.json", "features.json", "sweep.json"]
+    sweep = replay.load_sweep(tmp_path)
+    assert (sweep.knob, sweep.metric, sweep.sizes, list(sweep.features.columns)) == (
+        "stop_threshold", meta["metric"], [0.3, 0.6], ["x"])
+    result = replay.evaluate(sweep, folds=2)
+    assert result.row("oracle").value.value == pytest.approx(np.mean([1.4, 1.5, 1.6, 1.9]))
+    assert result.best_fixed_size == 0.3  # means 1.425 vs 1.375
+    md = replay.to_markdown(result)
+    assert "| policy | kind | measured speedup vs same-run AR [CI] (n) | stop_threshold |" in md

@@ -8,6 +8,12 @@ code path and their outputs are comparable token for token. The engine never rea
 Verification rule (Leviathan et al. 2023): at T = 0 a draft token is accepted iff it equals the target argmax; at
 T > 0 a draft x from q is accepted with probability min(1, p(x)/q(x)); on rejection the engine samples from the
 normalised residual max(0, p − q). Drafters without a distribution (n-gram lookup) have a one-hot q.
+
+Coupled sampling (``coupled_seed`` given, T > 0): the token at output position j is argmax(logits/T + G_j), where
+G_j is Gumbel noise drawn from a generator seeded by (coupled_seed, j) — an exact sample from softmax(logits/T)
+(the Gumbel-max trick). Drafts are greedy, and verification is exact match against that sample (as DFlash and
+vLLM's ``strict`` rule do). Every policy then emits exactly the tokens plain AR decoding emits with the same
+coupled seed, so losslessness at T > 0 is checked token for token, as at T = 0.
 """
 from __future__ import annotations
 
@@ -77,21 +83,25 @@ class Engine:
         max_new_tokens: int,
         temperature: float = 0.0,
         generator: torch.Generator | None = None,
+        coupled_seed: int | None = None,
     ) -> DecodeTrace:
         trace = DecodeTrace()
+        coupled = _Coupled(coupled_seed, temperature) if coupled_seed is not None and temperature > 0 else None
+        draft_temperature = 0.0 if coupled is not None else temperature
         context = state.context
         cache = state.cache
         observe = getattr(drafter, "observe", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
-        pending = self._sample(state.next_logits, temperature, generator)  # first token: from the prefill logits
+        pending = (coupled.sample(state.next_logits, 0) if coupled is not None
+                   else self._sample(state.next_logits, temperature, generator))  # first token: prefill logits
         trace.token_ids.append(pending)
         if pending in self.eos:
             trace.stopped_on_eos = True
             return trace
         while len(trace.token_ids) < max_new_tokens:
             room = max_new_tokens - len(trace.token_ids)
-            draft = (drafter.propose(context + trace.token_ids, temperature, generator)
+            draft = (drafter.propose(context + trace.token_ids, draft_temperature, generator)
                      if drafter is not None else Draft([]))
             # Never draft past the output cap: extra drafts would be verified for nothing.
             tokens = draft.tokens[: max(room - 1, 0)]
@@ -99,7 +109,10 @@ class Engine:
             ids = torch.tensor([[pending, *tokens]], device=self.device)
             out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
             logits = out.logits[0].float()  # position i predicts the token after input i
-            emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
+            if coupled is not None:
+                emitted, accepted = coupled.verify(logits, tokens, len(trace.token_ids))
+            else:
+                emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
             if observe is not None:
                 observe(logits.argmax(dim=-1).tolist(), accepted)
             trace.accepted_per_step.append(accepted)
@@ -150,6 +163,32 @@ class Engine:
         if temperature <= 0.0:
             return int(logits.argmax())
         return _multinomial(torch.softmax(logits / temperature, dim=-1), generator)
+
+
+class _Coupled:
+    """Position-seeded Gumbel-max sampling: the same (seed, position, logits) always gives the same token."""
+
+    def __init__(self, seed: int, temperature: float):
+        self.seed, self.temperature = int(seed), float(temperature)
+
+    def noise(self, position: int, size: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + position) % (2**63 - 1))
+        u = torch.rand(size, generator=generator, dtype=torch.float64).clamp_(1e-300, 1.0 - 1e-16)
+        return -torch.log(-torch.log(u))
+
+    def sample(self, logits: torch.Tensor, position: int) -> int:
+        scores = logits.detach().to("cpu", torch.float64) / self.temperature
+        return int(torch.argmax(scores + self.noise(position, scores.shape[-1])))
+
+    def verify(self, logits, tokens, first_position: int) -> tuple[list[int], int]:
+        """Exact-match verification: logits[i] predicts output position first_position + i."""
+        emitted: list[int] = []
+        for i in range(len(tokens) + 1):
+            target = self.sample(logits[i], first_position + i)
+            if i == len(tokens) or tokens[i] != target:
+                return emitted + [target], i
+            emitted.append(target)
+        raise AssertionError("unreachable")
 
 
 def _multinomial(probs: torch.Tensor, generator) -> int:

@@ -1,11 +1,13 @@
-"""Decoding metrics: acceptance length (pooled and per-sample), measured speedup vs AR, losslessness."""
+"""Decoding metrics: acceptance length (pooled and per-sample), measured and modelled speedup vs AR, losslessness."""
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
 
 from ..metrics.base import Metric
-from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio
+from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -69,18 +71,138 @@ class MeasuredSpeedup(Metric):
                                num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"])
 
 
+def _settings(cell: dict | None) -> dict:
+    identity = (cell or {}).get("identity")
+    if isinstance(identity, str):
+        identity = json.loads(identity)
+    return (identity or {}).get("settings") or {}
+
+
+def _coupled(cell: dict | None) -> bool:
+    return _settings(cell).get("sampling") == "coupled"
+
+
 class Lossless(Metric):
     name = "lossless"
     track = "decode"
     needs_baseline = True
-    label = ("share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0 only (at T > 0 "
-             "outputs legitimately differ unless seeds are coupled)")
+    label = ("share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0, and at T > 0 "
+             "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens")
 
     def compute(self, samples, baseline=None, cell=None):
-        if baseline is None or len(samples) == 0 or (cell is not None and cell["temperature"] > 0):
+        if baseline is None or len(samples) == 0 or (cell is not None and cell["temperature"] > 0
+                                                     and not _coupled(cell)):
             return MetricValue.undefined()
         pairs = pair_with_baseline(samples, baseline)
         return bootstrap_mean((pairs["output_sha"] == pairs["output_sha_ar"]).to_numpy(float))
+
+
+DIST_TOP_TOKENS = 30  # token bins of the distributional test (the rest pooled into one "other" bin)
+DIST_RESAMPLES = 2000
+
+
+def chi_square_statistic(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarray:
+    """Pearson chi-square homogeneity statistic of 2 × k tables, vectorised over leading axes.
+
+    Equals ``scipy.stats.chi2_contingency(table, correction=False).statistic`` for one table (tested); bins empty
+    in both rows contribute nothing.
+    """
+    total = counts_a + counts_b
+    n_a, n_b = counts_a.sum(-1, keepdims=True), counts_b.sum(-1, keepdims=True)
+    n = n_a + n_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e_a, e_b = total * n_a / n, total * n_b / n
+        terms = np.where(total > 0, (counts_a - e_a) ** 2 / e_a + (counts_b - e_b) ** 2 / e_b, 0.0)
+    return terms.sum(-1)
+
+
+def paired_token_test(ids_a: list, ids_b: list, top: int = DIST_TOP_TOKENS, n_resamples: int = DIST_RESAMPLES,
+                      seed: int = 0) -> tuple[float, float] | None:
+    """(chi-square statistic, p-value) for "outputs a and b come from the same distribution", paired by prompt.
+
+    Each pair is one prompt decoded once by each side with independent randomness. Under the null (a lossless
+    policy), swapping the two outputs of a pair leaves their joint distribution unchanged, so the p-value of a
+    label-swap permutation test is exact, although tokens within one output are dependent (which a plain
+    chi-square p-value would ignore). The statistic bins tokens into the ``top`` most frequent plus "other".
+    """
+    pairs = [(np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)) for a, b in zip(ids_a, ids_b)]
+    pairs = [(a, b) for a, b in pairs if a.size or b.size]
+    if len(pairs) < 2:
+        return None
+    every = np.concatenate([np.concatenate([a, b]) for a, b in pairs])
+    tokens, freq = np.unique(every, return_counts=True)
+    keep = tokens[np.argsort(-freq, kind="stable")[:top]]
+    def counts(x):
+        binned = np.searchsorted(np.sort(keep), x)
+        known = np.isin(x, keep)
+        out = np.bincount(binned[known], minlength=keep.size).astype(float)
+        return np.append(out, float((~known).sum()))
+    A = np.array([counts(a) for a, _ in pairs])  # pairs × bins
+    B = np.array([counts(b) for _, b in pairs])
+    observed = float(chi_square_statistic(A.sum(0), B.sum(0)))
+    rng = np.random.default_rng(seed)
+    swap = rng.integers(0, 2, (n_resamples, len(pairs))).astype(float)
+    diff = A - B
+    perm_a = A.sum(0) - swap @ diff  # swapping pair i moves (a_i − b_i) from side a to side b
+    perm_b = A.sum(0) + B.sum(0) - perm_a
+    stats = chi_square_statistic(perm_a, perm_b)
+    p_value = (1.0 + float((stats >= observed - 1e-9).sum())) / (n_resamples + 1.0)
+    return observed, p_value
+
+
+class DistributionalLossless(Metric):
+    """At T > 0 with the standard rejection rule, outputs differ from AR's by design; what must hold is that they
+    follow the same distribution. This tests exactly that, per cell."""
+
+    name = "lossless_dist_p"
+    track = "decode"
+    needs_baseline = True
+    label = ("T > 0, rejection sampling: p-value of a paired label-swap permutation test (chi-square statistic on "
+             f"the frequencies of output tokens 2–33, top {DIST_TOP_TOKENS} tokens + other) that the policy's outputs "
+             "and AR's come from the same distribution; a small p flags a lossy policy; n = prompt pairs; a p-value "
+             "has no CI")
+
+    def compute(self, samples, baseline=None, cell=None):
+        if baseline is None or len(samples) == 0 or "early_ids" not in samples or cell is None \
+                or cell["temperature"] <= 0 or _coupled(cell) or cell.get("method") == "ar":
+            return MetricValue.undefined()
+        cols = ["sample_id", "turn", "early_ids"]
+        pairs = samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+        ids_a = [list(x) if x is not None else [] for x in pairs["early_ids_ar"]]
+        ids_b = [list(x) if x is not None else [] for x in pairs["early_ids"]]
+        result = paired_token_test(ids_a, ids_b)
+        if result is None:
+            return MetricValue.undefined(len(pairs))
+        return MetricValue(result[1], None, None, len(pairs))
+
+
+class ModelledSpeedup(Metric):
+    name = "modelled_speedup"
+    track = "decode"
+    needs_baseline = True
+    label = ("MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), i.e. assuming a verify "
+             "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); τ, drafting "
+             "time and the AR step time are measured in this run; paired bootstrap CI over samples")
+
+    def compute(self, samples, baseline=None, cell=None):
+        if baseline is None or _other_run(cell) or "draft_s" not in samples:
+            return MetricValue.undefined()
+        cols = ["sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s"]
+        pairs = samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+        pairs = pairs[(pairs["target_steps"] > 0) & (pairs["target_steps_ar"] > 0) & pairs["draft_s"].notna()]
+        if pairs.empty:
+            return MetricValue.undefined()
+        steps, accepted = pairs["target_steps"].to_numpy(float), pairs["accepted_total"].to_numpy(float)
+        draft, ar_time = pairs["draft_s"].to_numpy(float), pairs["decode_s_ar"].to_numpy(float)
+        ar_steps = pairs["target_steps_ar"].to_numpy(float)
+
+        def modelled(idx):
+            tau = (accepted[idx].sum() + steps[idx].sum()) / steps[idx].sum()
+            draft_share = (draft[idx].sum() / steps[idx].sum()) / (ar_time[idx].sum() / ar_steps[idx].sum())
+            return tau / (1.0 + draft_share)
+
+        everyone = np.arange(len(pairs))
+        return bootstrap_units(len(pairs), modelled, modelled(everyone))
 
 
 MAX_POSITION = 8  # per-position acceptance is reported for draft positions 1..8

@@ -32,10 +32,12 @@ from scipy.special import logsumexp
 
 from ..stats import MetricValue, bootstrap_mean, bootstrap_units
 
-SIZE_FILE = re.compile(r"^B(\d+)\.json$")
+SIZE_FILE = re.compile(r"^B(\d+(?:\.\d+)?)\.json$")  # releases use integers; qval also writes B0.6.json
 FEATURES_FILE = "features.json"
 IN_SAMPLE_SELECTOR_FILE = "selector_predicted_block.json"
-KNOWN_AUX_FILES = (FEATURES_FILE, IN_SAMPLE_SELECTOR_FILE)
+META_FILE = "sweep.json"  # qval's own sweeps: knob, metric, feature names and source cells
+KNOWN_AUX_FILES = (FEATURES_FILE, IN_SAMPLE_SELECTOR_FILE, META_FILE)
+DEFAULT_METRIC = "acceptance length τ (per sample)"
 KINDS = ("fixed", "best-fixed", "oracle", "selector", "in-sample-selector")
 
 
@@ -56,6 +58,7 @@ class Sweep:
     knob: str = "block_size"
     in_sample_selector: pd.Series | None = None
     path: str | None = None
+    metric: str = DEFAULT_METRIC
 
 
 @dataclass
@@ -89,6 +92,7 @@ class ReplayResult:
     """All rows of one evaluation plus the per-sample values they were computed from."""
 
     knob: str
+    metric: str
     candidates: list[int]
     sizes: list[int]
     rows: list[ReplayRow]
@@ -132,17 +136,28 @@ def parse_candidates(text: str) -> list[int]:
             if lo > hi:
                 raise ValueError(f"candidate range {part!r} is descending in {text!r}")
             out.update(range(lo, hi + 1))
-        elif re.fullmatch(r"\d+", part):
-            out.add(int(part))
+        elif re.fullmatch(r"\d+(?:\.\d+)?", part):
+            out.add(size_value(part))
         else:
             raise ValueError(f"cannot parse candidate {part!r} in {text!r}; use '14-18' or '14,16,18'")
     return sorted(out)
 
 
+def size_value(x):
+    """A knob value as it keys tables: an int when integral (block sizes, draft lengths), else a float."""
+    x = float(x)
+    return int(x) if x.is_integer() else x
+
+
+def safe_component(text: str) -> str:
+    """A file-name-safe version of a label (model, dataset, policy…) for folders qval writes."""
+    return re.sub(r"[^A-Za-z0-9_.=,-]", "_", str(text)).lstrip(".") or "_"
+
+
 def _format_candidates(cands: Sequence[int]) -> str:
     """Inverse of parse_candidates for labels: contiguous runs print as a range."""
     cands = list(cands)
-    if len(cands) > 1 and cands == list(range(cands[0], cands[-1] + 1)):
+    if len(cands) > 1 and all(isinstance(c, int) for c in cands) and cands == list(range(cands[0], cands[-1] + 1)):
         return f"{cands[0]}-{cands[-1]}"
     return ",".join(str(c) for c in cands)
 
@@ -212,11 +227,11 @@ def load_sweep(path, knob: str = "block_size") -> Sweep:
     if not folder.is_dir():
         raise ValueError(f"{folder}: not a sweep folder")
     columns: dict[int, pd.Series] = {}
-    ignored, features, picks = [], None, None
+    ignored, features, picks, meta = [], None, None, {}
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
         m = SIZE_FILE.match(f.name)
         if m:
-            size = int(m.group(1))
+            size = size_value(m.group(1))
             if size in columns:
                 raise ValueError(f"{f.name}: size {size} appears in more than one file")
             columns[size] = _read_size_file(f)
@@ -224,6 +239,8 @@ def load_sweep(path, knob: str = "block_size") -> Sweep:
             features = _read_features(f)
         elif f.name == IN_SAMPLE_SELECTOR_FILE:
             picks = _read_in_sample_selector(f)
+        elif f.name == META_FILE:
+            meta = _read_mapping(f)
         else:
             ignored.append(f.name)
     if not columns:
@@ -231,29 +248,37 @@ def load_sweep(path, knob: str = "block_size") -> Sweep:
     sizes = sorted(columns)
     table = pd.DataFrame({s: columns[s] for s in sizes})
     table = table.loc[_sorted_ids(table.index), sizes]
-    return Sweep(sizes=sizes, table=table, features=features, ignored=ignored, knob=knob,
-                 in_sample_selector=picks, path=str(folder))
+    names = meta.get("features")
+    if features is not None and isinstance(names, list) and len(names) == features.shape[1]:
+        features.columns = [str(n) for n in names]
+    return Sweep(sizes=sizes, table=table, features=features, ignored=ignored,
+                 knob=str(meta.get("knob") or knob), in_sample_selector=picks, path=str(folder),
+                 metric=str(meta.get("metric") or DEFAULT_METRIC))
 
 
-def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None) -> None:
+def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None, meta: dict | None = None) -> None:
     """Write qval's own per-sample results in the release format so they replay through ``load_sweep``.
 
     NaN cells are omitted (the sample is simply missing at that size), mirroring how releases encode gaps.
-    Feature column names are not part of the format; they come back as f0, f1, ...
+    Feature column names are not part of the release format; they come back as f0, f1, ... unless ``meta`` (written
+    to sweep.json: knob, metric, feature names, where the numbers came from) names them.
     """
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     for size in table.columns:
-        if isinstance(size, bool) or not float(size).is_integer():
-            raise ValueError(f"table column {size!r} is not an integer size")
+        if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)) or size < 0 \
+                or not math.isfinite(size):
+            raise ValueError(f"table column {size!r} is not a non-negative number")
         col = table[size].dropna()
         payload = {str(k): float(v) for k, v in col.items()}
-        _write_json(folder / f"B{int(size)}.json", payload)
+        _write_json(folder / f"B{size_value(size)}.json", payload)
     if features is not None:
         if features.isna().any().any():
             raise ValueError(f"{FEATURES_FILE}: features contain NaN, which the format cannot hold")
         payload = {str(k): [float(v) for v in row] for k, row in zip(features.index, features.to_numpy())}
         _write_json(folder / FEATURES_FILE, payload)
+    if meta is not None:
+        _write_json(folder / META_FILE, meta)
 
 
 def _write_json(path: Path, payload) -> None:
@@ -343,7 +368,7 @@ def cross_validated_selector(cand_table: pd.DataFrame, features: pd.DataFrame, f
         model = _fit_logreg(X[train], y[train], len(cands), l2)
         pred[test] = model.predict(X[test])
         train_ids[f] = [ids[i] for i in np.flatnonzero(train)]
-    return SelectorRun(predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=int),
+    return SelectorRun(predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=object),
                        fold=pd.Series(fold, index=ids, dtype=int), train_ids=train_ids,
                        n_folds=k, seed=seed, l2=l2)
 
@@ -353,7 +378,7 @@ def cross_validated_selector(cand_table: pd.DataFrame, features: pd.DataFrame, f
 def _resolve_candidates(sweep: Sweep, candidates: Sequence[int] | None) -> list[int]:
     if candidates is None:
         return list(sweep.sizes)
-    cands = sorted(set(int(c) for c in candidates))
+    cands = sorted(set(size_value(c) for c in candidates))
     missing = [c for c in cands if c not in sweep.sizes]
     if not cands or missing:
         raise ValueError(f"candidates {missing or cands} not among swept sizes {sweep.sizes}")
@@ -405,11 +430,11 @@ def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, 
     notes = _base_notes(sweep, cands, dropped)
 
     means = table[cands].mean()
-    best = int(means.index[int(np.argmax(means.to_numpy()))])  # ties → smaller size (first max)
+    best = size_value(means.index[int(np.argmax(means.to_numpy()))])  # ties → smaller size (first max)
     baseline = table[best]
     cand_vals = table[cands].to_numpy(float)
     choice_idx = _argmax_smaller(cand_vals)
-    oracle_choice = pd.Series([cands[i] for i in choice_idx], index=table.index, dtype=int)
+    oracle_choice = pd.Series([cands[i] for i in choice_idx], index=table.index, dtype=object)
     oracle = pd.Series(cand_vals[np.arange(len(table)), choice_idx], index=table.index)
 
     per_sample, rows = {}, []
@@ -446,7 +471,7 @@ def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, 
 
     gap = (oracle - baseline).to_numpy(float)
     abs_gain = bootstrap_units(gap.size, lambda idx: gap[idx].mean(), gap.mean(), seed=seed)
-    return ReplayResult(knob=sweep.knob, candidates=cands, sizes=list(sweep.sizes), rows=rows,
+    return ReplayResult(knob=sweep.knob, metric=sweep.metric, candidates=cands, sizes=list(sweep.sizes), rows=rows,
                         per_sample=pd.DataFrame(per_sample), oracle_choice=oracle_choice, best_fixed_size=best,
                         oracle_minus_best_fixed=abs_gain, n_samples=len(table), dropped=dropped,
                         ignored=list(sweep.ignored), notes=notes, selector=selector, seed=seed)
@@ -513,7 +538,7 @@ def to_json(result: ReplayResult) -> dict:
     """JSON-serialisable summary (undefined → None, never NaN), including the fold map for auditing."""
     sel = result.selector
     out = {
-        "knob": result.knob, "sizes": result.sizes, "candidates": result.candidates,
+        "knob": result.knob, "metric": result.metric, "sizes": result.sizes, "candidates": result.candidates,
         "n_samples": result.n_samples, "n_dropped": len(result.dropped), "dropped": result.dropped,
         "ignored_files": result.ignored, "notes": result.notes, "seed": result.seed,
         "rows": [_row_json(r) for r in result.rows],
@@ -542,14 +567,19 @@ def _md_gain(r: ReplayRow) -> str:
     return f"{r.gain_vs_best_fixed:+.1%}{ci}"
 
 
+def _metric_symbol(metric: str) -> str:
+    return "τ" if metric == DEFAULT_METRIC else metric.split(" (")[0]
+
+
 def to_markdown(result: ReplayResult) -> str:
-    """A table: policy | kind | τ [CI] (n) | size | gain vs best fixed, then the caveats that go with it."""
+    """A table: policy | kind | metric [CI] (n) | size | gain vs best fixed, then the caveats that go with it."""
     lines = [f"Replay of {result.knob}: candidates {_format_candidates(result.candidates)}, "
-             f"{result.n_samples} samples", "",
-             "| policy | kind | τ [CI] (n) | size | gain vs best fixed |", "|---|---|---|---|---|"]
+             f"{result.n_samples} samples; metric: {result.metric}", "",
+             f"| policy | kind | {_metric_symbol(result.metric)} [CI] (n) | {result.knob} | gain vs best fixed |",
+             "|---|---|---|---|---|"]
     for r in result.rows:
         name = r.policy + (" †" if r.kind == "fixed" and not r.in_candidates else "")
-        lines.append(f"| {name} | {r.kind} | {_md_value(r.value)} | {_fmt(r.size, 'd')} | {_md_gain(r)} |")
+        lines.append(f"| {name} | {r.kind} | {_md_value(r.value)} | {'—' if r.size is None else r.size} | {_md_gain(r)} |")
     dagger = ["† not a candidate size"] if any(r.in_candidates is False for r in result.rows) else []
     notes = dagger + [f"{r.policy}: {r.note}" for r in result.rows if r.note] + result.notes
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"

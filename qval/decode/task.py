@@ -17,16 +17,48 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def generate_timed(engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device):
+class TimedDrafter:
+    """Wraps a policy's drafter so the harness clocks the time spent drafting (propose + observe) inside decode.
+
+    The engine already synchronises once per verify step (it reads the target's tokens), so the extra
+    synchronisation here on CUDA costs next to nothing; on the CPU it is a no-op.
+    """
+
+    def __init__(self, drafter, device: str):
+        self.inner, self.device, self.seconds = drafter, device, 0.0
+        if hasattr(drafter, "observe"):
+            self.observe = self._observe
+        if hasattr(drafter, "reset"):
+            self.reset = drafter.reset
+
+    def _clocked(self, fn, *args):
+        _sync(self.device)
+        start = time.perf_counter()
+        out = fn(*args)
+        _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+    def propose(self, context, temperature=0.0, generator=None):
+        return self._clocked(self.inner.propose, context, temperature, generator)
+
+    def _observe(self, target_tokens, accepted):
+        return self._clocked(self.inner.observe, target_tokens, accepted)
+
+
+def generate_timed(engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device,
+                   coupled_seed: int | None = None):
+    """(trace, prefill seconds, decode seconds, prefill state, seconds of the decode spent drafting)."""
+    timed = TimedDrafter(drafter, device) if drafter is not None else None
     _sync(device)
     t0 = time.perf_counter()
     state = engine.prefill(prompt_ids)
     _sync(device)
     t1 = time.perf_counter()
-    trace = engine.decode(state, drafter, max_new_tokens, temperature, generator)
+    trace = engine.decode(state, timed, max_new_tokens, temperature, generator, coupled_seed)
     _sync(device)
     t2 = time.perf_counter()
-    return trace, t1 - t0, t2 - t1, state
+    return trace, t1 - t0, t2 - t1, state, (timed.seconds if timed is not None else 0.0)
 
 
 def prefill_features(state) -> dict:
@@ -45,11 +77,17 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
     rows, messages = [], []
     for turn, text in enumerate(sample.turns):
         messages.append({"role": "user", "content": text})
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode()))
+        # Rejection sampling draws from a stream of the cell's own, so AR and a policy sample independently (the
+        # distributional test needs that); coupled sampling shares one noise seed per (seed, sample, turn) across
+        # the cells, so every lossless policy reproduces AR's tokens.
+        shared = zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
+        coupled = shared if cell.settings.get("sampling") == "coupled" else None
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode()))
         try:
             ids = model.chat_ids(messages)
-            trace, prefill_s, decode_s, state = generate_timed(engine, drafter, ids, cell.settings["max_new_tokens"],
-                                                               cell.temperature, generator, model.device)
+            trace, prefill_s, decode_s, state, draft_s = generate_timed(
+                engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator, model.device,
+                coupled)
         except Exception as exc:  # one failing sample is recorded and the cell goes on
             return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
                      "error": f"{type(exc).__name__}: {exc}"}], True
@@ -58,7 +96,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
             "sample_id": sample.sample_id, "turn": turn, "category": sample.category,
             "prompt_tokens": len(ids), "new_tokens": len(trace.token_ids), "target_steps": trace.target_steps,
             "drafted": trace.drafted_per_step, "accepted": trace.accepted_per_step,
-            "prefill_s": prefill_s, "decode_s": decode_s, "stopped_on_eos": trace.stopped_on_eos,
+            "prefill_s": prefill_s, "decode_s": decode_s, "draft_s": draft_s, "stopped_on_eos": trace.stopped_on_eos,
             "output_sha": hashlib.sha256(str(trace.token_ids).encode()).hexdigest()[:16],
             "output_ids": trace.token_ids, "error": None, **prefill_features(state),
         })

@@ -63,8 +63,15 @@ def build_report(results, suite: str) -> SuiteReport:
             failures=R.failure_reasons(results, suite, track),
             by_state=by_state,
             families=family_aggregates(rows, by_state, section["main_metric"]) if by_state is not None else None,
+            knob_headroom=_knob_headroom(results, suite) if track == "decode" else None,
         ))
     return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
+
+
+def _knob_headroom(results, suite: str) -> pd.DataFrame:
+    from ..decode.sweeps import headroom_rows, own_sweeps
+
+    return headroom_rows(own_sweeps(results, suite))
 
 
 def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | None:

@@ -92,6 +92,8 @@ class TrackBoard:
     by_state: dict[str, pd.Series] | None = None
     # qalign only: family aggregates (build.family_aggregates).
     families: pd.DataFrame | None = None
+    # decode only: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
+    knob_headroom: pd.DataFrame | None = None
 
 
 @dataclass
@@ -596,8 +598,8 @@ def _md_row(cells: list[str]) -> str:
 
 def _md_headroom(rooms: list[_Headroom]) -> list[str]:
     lines = ["### Headroom: per-sample oracle vs best fixed policy", "", _md(_HEADROOM_NOTE), ""]
-    lines.append(_md_row(["dataset", "T", "best fixed policy", "best fixed tau", "oracle tau", "gain"]))
-    lines.append(_md_row(["---", "---:", "---", "---:", "---:", "---:"]))
+    lines.append(_md_row(["dataset", "T", "best fixed policy", "best fixed tau", "oracle tau", "gain", "n"]))
+    lines.append(_md_row(["---", "---:", "---", "---:", "---:", "---:", "---:"]))
     for room in rooms:
         lines.append(_md_row([
             _md(room.group.dataset) or UNDEFINED,
@@ -606,8 +608,62 @@ def _md_headroom(rooms: list[_Headroom]) -> list[str]:
             _format_number(room.best_fixed_tau),
             _format_number(room.oracle_tau),
             _format_number(room.gain),
+            str(room.n_samples),
         ]))
     return [*lines, ""]
+
+
+_KNOB_NOTE = (
+    "Per knob swept with everything else fixed (qval export-sweeps writes these sweeps in the replay format). "
+    "Per-sample values; best fixed = the setting with the highest mean, chosen on these samples; oracle = "
+    "per-sample best setting, an upper bound; selector = logistic regression on prefill features, 5-fold "
+    "cross-validated, every sample scored by a model that never saw it. Gains are relative to the best fixed "
+    "setting, paired over samples; 95% bootstrap CIs in brackets."
+)
+
+
+def _knob_cells(record: dict) -> list[str]:
+    def value(v, ci):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return UNDEFINED
+        lo, hi = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        return _format_number(v) + (f" [{_format_number(lo)}, {_format_number(hi)}]" if lo is not None else "")
+
+    def gain(v, ci):
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return UNDEFINED
+        lo, hi = ci if isinstance(ci, (list, tuple)) and len(ci) == 2 else (None, None)
+        return f"{v:+.1%}" + (f" [{lo:+.1%}, {hi:+.1%}]" if lo is not None and hi is not None else "")
+
+    return [str(record["model"]), str(record["dataset"]), _format_temperature(record["temperature"]),
+            f"{record['policy']}.{record['knob']}", str(record["values"]), str(record["metric"]),
+            f"{record['best_fixed_value']}: {value(record['best_fixed'], record['best_fixed_ci'])}",
+            value(record["oracle"], record["oracle_ci"]), gain(record["oracle_gain"], record["oracle_gain_ci"]),
+            gain(record["selector_gain"], record["selector_gain_ci"]), str(record["n"])]
+
+
+_KNOB_HEADER = ["model", "dataset", "T", "knob", "values", "metric", "best fixed", "oracle", "oracle gain",
+                "held-out selector gain", "n"]
+
+
+def _md_knob_headroom(board: TrackBoard) -> list[str]:
+    if board.knob_headroom is None or board.knob_headroom.empty:
+        return []
+    lines = ["### Headroom per knob", "", _md(_KNOB_NOTE), "", _md_row(_KNOB_HEADER),
+             _md_row(["---"] * 3 + ["---"] * 3 + ["---:"] * 5)]
+    for record in board.knob_headroom.to_dict("records"):
+        lines.append(_md_row([_md(c) for c in _knob_cells(record)]))
+    return [*lines, ""]
+
+
+def _html_knob_headroom(board: TrackBoard) -> str:
+    if board.knob_headroom is None or board.knob_headroom.empty:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in _KNOB_HEADER)
+    body = "\n".join("<tr>" + "".join(f"<td>{_e(c)}</td>" for c in _knob_cells(r)) + "</tr>"
+                     for r in board.knob_headroom.to_dict("records"))
+    return (f"<h3>Headroom per knob</h3>\n<p class=\"note\">{_e(_KNOB_NOTE)}</p>\n"
+            f"<table class=\"board knobs\">\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>")
 
 
 def _md_track(board: TrackBoard) -> list[str]:
@@ -629,6 +685,7 @@ def _md_track(board: TrackBoard) -> list[str]:
     rooms = _headrooms(board)
     if rooms:
         lines += _md_headroom(rooms)
+    lines += _md_knob_headroom(board)
     return lines
 
 
@@ -964,6 +1021,7 @@ def _html_headroom(rooms: list[_Headroom]) -> str:
         '<th class="num" data-first="desc">best fixed tau</th>',
         '<th class="num" data-first="desc">oracle tau</th>',
         '<th class="num" data-first="desc">gain</th>',
+        '<th class="num">n</th>',
     ])
     body = []
     for i, room in enumerate(rooms):
@@ -974,6 +1032,7 @@ def _html_headroom(rooms: list[_Headroom]) -> str:
             f"{_format_temperature(room.group.temperature)}</td>",
             f'<td class="name">{_e(room.best_fixed_method)}</td>',
             *(f'<td class="num" data-sort="{_sort_key(v)}">{_format_number(v)}</td>' for v in numbers),
+            f'<td class="num">{room.n_samples}</td>',
         ]
         body.append(f'<tr data-i="{i}">' + "".join(cells) + "</tr>")
     return (
@@ -1002,6 +1061,9 @@ def _html_track(board: TrackBoard) -> str:
         rooms = _headrooms(board)
         if rooms:
             tables += "\n" + _html_headroom(rooms)
+        knobs = _html_knob_headroom(board)
+        if knobs:
+            tables += "\n" + knobs
     else:
         tables = "<p>No results.</p>"
     return (

@@ -47,6 +47,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         """CREATE TABLE qalign_state_values (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR,
            n_candidates INTEGER, value DOUBLE, error VARCHAR)""",
     ]),
+    (4, [
+        "ALTER TABLE decode_samples ADD COLUMN draft_s DOUBLE",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

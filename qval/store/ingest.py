@@ -178,7 +178,8 @@ _METRIC_COLUMNS = {
     # over the candidates that happened to succeed.
     "qalign": "cell_id, sample_id, candidate, CASE WHEN error IS NULL THEN score END AS score, ref_q",
     "qalign_state": "cell_id, sample_id, value",
-    "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, output_sha, "
+    "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, draft_s, "
+               "output_sha, output_ids[2:33] AS early_ids, "
                "coalesce(list_sum(accepted), 0) AS accepted_total, "
                "len(list_filter(drafted, lambda x: x >= 1)) AS drafts, "
                + ", ".join(f"len(list_filter(accepted, lambda x: x >= {i})) AS accepted_ge_{i}"

@@ -33,6 +33,8 @@ DECODE_SAMPLES = pa.schema([
     # Prefill features of the first generated position (inputs to instance-adaptive policies such as BlockPilot's).
     ("prefill_entropy", pa.float64()),
     ("prefill_top_prob", pa.float64()),
+    # Seconds of decode_s the harness clocked inside the policy's drafter (input to the modelled speedup).
+    ("draft_s", pa.float64()),
 ])
 
 # Per-state values of cells that have no per-candidate rows: QVal summaries store only the per-state Spearman ρ of

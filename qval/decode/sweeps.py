@@ -1,0 +1,220 @@
+"""qval's own knob sweeps, read from the results database: per-sample tables in the release (BlockPilot) format.
+
+A *sweep* is a set of decoding cells that differ in exactly one numeric policy parameter (the *knob*: draft
+length, block size, stop threshold, layers…) and agree on everything else (model, dataset, temperature, seed,
+policy, the other parameters). Each sample then has a value at every setting of the knob, which is what replay
+needs: best fixed setting, per-instance oracle, a held-out selector, and the headroom between them.
+
+Two per-sample tables per sweep:
+
+* ``tau``: acceptance length of the sample (1 + Σ accepted / Σ target steps over its turns), BlockPilot's unit;
+* ``speedup``: the sample's decode throughput ÷ the same-run AR cell's on that sample. τ alone rewards ever
+  longer drafts; the serving question (which setting is fastest) needs the timed ratio.
+
+Selector features come from the prefill of the sample's first turn (computed after the timed region): next-token
+entropy and top probability, log prompt length, and the category one-hot. They are known before decoding starts,
+as a deployed selector would need.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import results as R
+from ..store.db import connect_reader
+from . import replay
+
+METRICS = ("tau", "speedup")
+METRIC_LABELS = {"tau": "acceptance length τ (per sample)",
+                 "speedup": "measured speedup vs same-run AR (per sample)"}
+
+
+@dataclass
+class OwnSweep:
+    """One knob swept with everything else fixed; ``tables[metric]`` is sample id × knob value."""
+
+    model: str
+    dataset: str
+    temperature: float
+    seed: int
+    policy: str
+    knob: str
+    fixed_params: dict
+    cells: dict  # knob value -> cell id
+    tables: dict[str, pd.DataFrame]
+    features: pd.DataFrame | None
+    feature_names: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.policy}.{self.knob}"
+
+    def as_replay(self, metric: str) -> replay.Sweep:
+        table = self.tables[metric]
+        return replay.Sweep(sizes=list(table.columns), table=table, features=self.features, knob=self.knob,
+                            metric=METRIC_LABELS[metric])
+
+    def meta(self, metric: str) -> dict:
+        return {"knob": self.knob, "metric": METRIC_LABELS[metric], "model": self.model, "dataset": self.dataset,
+                "temperature": self.temperature, "seed": self.seed, "policy": self.policy,
+                "fixed_params": self.fixed_params, "cells": {str(k): v for k, v in self.cells.items()},
+                "features": self.feature_names}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _knob_groups(cells: pd.DataFrame) -> list[tuple[tuple, str, dict, dict]]:
+    """(group key, knob, fixed params, {value: cell id}) for every knob with ≥ 2 values among otherwise equal cells.
+
+    A parameter left at its default is not in the stored params, so a cell that omits the knob cannot join that
+    knob's sweep (its value is unknown here); suites that sweep a knob name it on every entry.
+    """
+    out = []
+    for key, group in cells.groupby(["model", "dataset_label", "temperature", "seed", "method"], sort=True):
+        params = {row.cell_id: (json.loads(row.identity) or {}).get("method_params") or {}
+                  for row in group.itertuples()}
+        knobs = sorted({k for p in params.values() for k, v in p.items() if _is_number(v)})
+        for knob in knobs:
+            by_rest: dict[str, dict] = {}
+            for cell_id, p in params.items():
+                if knob not in p or not _is_number(p[knob]):
+                    continue
+                rest = json.dumps({k: v for k, v in p.items() if k != knob}, sort_keys=True)
+                by_rest.setdefault(rest, {})[_value(p[knob])] = cell_id
+            for rest, values in sorted(by_rest.items()):
+                if len(values) >= 2:
+                    out.append((key, knob, json.loads(rest), dict(sorted(values.items()))))
+    return out
+
+
+def _value(x):
+    return int(x) if float(x).is_integer() else float(x)
+
+
+def _per_sample(con, cell_ids: list[str]) -> pd.DataFrame:
+    """Per (cell, sample): τ, tokens and decode time summed over turns (successful rows only)."""
+    return con.execute(
+        "SELECT cell_id, sample_id, 1 + sum(coalesce(list_sum(accepted), 0)) / sum(target_steps) AS tau, "
+        "sum(new_tokens) AS tokens, sum(decode_s) AS decode_s FROM decode_samples "
+        "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL GROUP BY cell_id, sample_id "
+        "HAVING sum(target_steps) > 0", [cell_ids]).df()
+
+
+def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+    frame = con.execute(
+        "SELECT sample_id, any_value(category) AS category, avg(prefill_entropy) AS entropy, "
+        "avg(prefill_top_prob) AS top_prob, avg(prompt_tokens) AS prompt_tokens FROM decode_samples "
+        "WHERE cell_id IN (SELECT unnest(?)) AND turn = 0 AND error IS NULL GROUP BY sample_id",
+        [cell_ids]).df()
+    frame = frame.dropna(subset=["entropy", "top_prob", "prompt_tokens"])
+    if frame.empty:
+        return None, []
+    features = pd.DataFrame({"prefill_entropy": frame["entropy"].to_numpy(float),
+                             "prefill_top_prob": frame["top_prob"].to_numpy(float),
+                             "log_prompt_tokens": np.log(frame["prompt_tokens"].to_numpy(float))},
+                            index=frame["sample_id"].astype(str))
+    categories = sorted(frame["category"].dropna().astype(str).unique())
+    if len(categories) > 1:
+        for cat in categories:
+            features[f"category={cat}"] = (frame["category"].astype(str) == cat).to_numpy(float)
+    return features, list(features.columns)
+
+
+def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
+    """Every knob sweep among the finished decode cells (of one suite, or all)."""
+    cells = R.cells(results, suite)
+    cells = cells[(cells["track"] == "decode") & (cells["status"] == "done")]
+    if cells.empty:
+        return []
+    groups = _knob_groups(cells)
+    if not groups:
+        return []
+    info = cells.set_index("cell_id")
+    con = connect_reader(Path(results))
+    try:
+        sweeps = []
+        for (model, dataset, temperature, seed, method), knob, fixed, values in groups:
+            ids = list(values.values())
+            baselines = {c: info.at[c, "baseline_cell_id"] for c in ids}
+            per = _per_sample(con, ids + [b for b in set(baselines.values()) if isinstance(b, str)])
+            per["sample_id"] = per["sample_id"].astype(str)
+            tables = {metric: pd.DataFrame({v: _column(per, c, baselines[c], info, metric)
+                                            for v, c in values.items()}) for metric in METRICS}
+            tables = {m: t.loc[replay._sorted_ids(t.index)] for m, t in tables.items()
+                      if not t.empty and t.notna().any().any()}
+            if not tables:
+                continue
+            features, names = _features(con, ids)
+            sweeps.append(OwnSweep(model, dataset, float(temperature), int(seed), method, knob, fixed, values,
+                                   tables, features, names))
+        return sweeps
+    finally:
+        con.close()
+
+
+def _column(per: pd.DataFrame, cell_id: str, baseline_id, info: pd.DataFrame, metric: str) -> pd.Series:
+    own = per[per["cell_id"] == cell_id].set_index("sample_id")
+    if metric == "tau":
+        return own["tau"].astype(float)
+    # Speedups compare timings of one run only (see MeasuredSpeedup): another run's baseline gives no column.
+    if not isinstance(baseline_id, str) or baseline_id not in info.index \
+            or info.at[baseline_id, "run_id"] != info.at[cell_id, "run_id"]:
+        return pd.Series(dtype=float)
+    base = per[per["cell_id"] == baseline_id].set_index("sample_id")
+    joined = own.merge(base, left_index=True, right_index=True, suffixes=("", "_ar"))
+    joined = joined[(joined["decode_s"] > 0) & (joined["decode_s_ar"] > 0)]
+    return (joined["tokens"] / joined["decode_s"]) / (joined["tokens_ar"] / joined["decode_s_ar"])
+
+
+def _folder_name(sweep: OwnSweep) -> Path:
+    temp = f"T{sweep.temperature:g}"
+    rest = "-".join(f"{k}={v}" for k, v in sorted(sweep.fixed_params.items()))
+    parts = [sweep.model, sweep.dataset, f"{temp}-seed{sweep.seed}", sweep.name + (f"-{rest}" if rest else "")]
+    return Path(*[replay.safe_component(p) for p in parts])
+
+
+def export_sweeps(results, out_dir, suite: str | None = None) -> list[Path]:
+    """Write every sweep as ``OUT/<model>/<dataset>/<T-seed>/<policy.knob…>/<metric>/B{value}.json`` plus
+    ``features.json`` and ``sweep.json``: ``qval replay`` reads each metric folder like a released sweep."""
+    written = []
+    for sweep in own_sweeps(results, suite):
+        for metric, table in sweep.tables.items():
+            folder = Path(out_dir) / _folder_name(sweep) / metric
+            replay.write_sweep(folder, table, sweep.features, meta=sweep.meta(metric))
+            written.append(folder)
+    return written
+
+
+def headroom_rows(sweeps: list[OwnSweep], folds: int = 5, seed: int = 0) -> pd.DataFrame:
+    """One row per (sweep, metric): best fixed value, per-sample oracle, held-out selector, gains with CIs, n."""
+    rows = []
+    for sweep in sweeps:
+        for metric in sweep.tables:
+            try:
+                result = replay.evaluate(sweep.as_replay(metric), folds=folds, seed=seed)
+            except ValueError:  # e.g. no sample has a value at every setting
+                continue
+            room = replay.headroom(result)
+            selector = next((r for r in result.rows if r.kind == "selector"), None)
+            rows.append({
+                "model": sweep.model, "dataset": sweep.dataset, "temperature": sweep.temperature,
+                "policy": sweep.policy, "knob": sweep.knob, "metric": metric,
+                "values": ",".join(str(v) for v in result.candidates),
+                "best_fixed_value": room["best_fixed_size"], "best_fixed": room["best_fixed"],
+                "best_fixed_ci": [result.row("best-fixed").value.ci_low, result.row("best-fixed").value.ci_high],
+                "oracle": room["oracle"],
+                "oracle_ci": [result.row("oracle").value.ci_low, result.row("oracle").value.ci_high],
+                "oracle_gain": room["relative_gain"], "oracle_gain_ci": room["relative_gain_ci"],
+                "selector": selector.value.value if selector else None,
+                "selector_gain": selector.gain_vs_best_fixed if selector else None,
+                "selector_gain_ci": [selector.gain_ci.ci_low, selector.gain_ci.ci_high] if selector else [None, None],
+                "n": room["n"],
+            })
+    return pd.DataFrame(rows)
