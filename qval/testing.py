@@ -63,6 +63,16 @@ def check_policy(cls, model, max_new_tokens: int = 24) -> None:
     from .decode.policies import DecodePolicy
 
     _check_common(cls, DecodePolicy)
+    if cls.served_only:  # it configures a server: it must say what the server needs, and refuse to draft itself
+        from .backends.served import PolicyNotServable
+
+        policy = cls(cls.Params.model_validate(cls.example_params))
+        assert isinstance(policy.served_config("openai"), dict), "a served-only policy configures the openai backend"
+        try:
+            policy.drafter(model)
+        except (ValueError, PolicyNotServable):
+            return
+        raise AssertionError(f"{cls.__name__} is served-only but built a drafter")
     policy = cls(cls.Params())
     drafter = policy.drafter(model)
     engine = Engine(model.model, model.eos_token_ids)

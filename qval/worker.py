@@ -35,17 +35,25 @@ def load_model(shard):
 
 
 def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
-    from .decode.task import run_decode_group
-    from .qalign.task import run_qalign_cell
-
     shard = plan.shards[shard_index]
     todo = [plan.cells[c] for c in shard.cell_ids if not is_done(results, c)]
     if not todo:
         return 0
-    fp = fingerprint()
     warmup = (plan.config.get("decode") or {}).get("warmup", 1)
     qalign_timeout = (plan.config.get("qalign") or {}).get("timeout_per_point_s")
     model = load_model(shard)  # once per shard
+    try:
+        return _run_cells(plan, todo, model, results, run_id, qalign_timeout, warmup)
+    finally:
+        if hasattr(model, "close"):  # a served model stops the engine process it started
+            model.close()
+
+
+def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, warmup) -> int:
+    from .decode.task import run_decode_group
+    from .qalign.task import run_qalign_cell
+
+    fp = fingerprint()
     base = {"run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"]}
     errors = 0
 

@@ -39,7 +39,7 @@ def test_a_knob_sweep_is_found_and_its_tables_match_the_samples(knob_run):
     sweeps = own_sweeps(results, "knobs")
     assert [(s.policy, s.knob) for s in sweeps] == [("prompt-lookup", "num_draft")]  # jacobi has one value
     sweep = sweeps[0]
-    assert sweep.fixed_params == {"max_ngram": 3, "min_ngram": 1} and sorted(sweep.cells) == [1, 4]
+    assert sweep.fixed_params == {"max_ngram": 3, "min_ngram": 1, "match": "latest"} and sorted(sweep.cells) == [1, 4]
     samples = R.samples(results, "decode", "knobs")
     for value, cell_id in sweep.cells.items():
         rows = samples[samples["cell_id"] == cell_id].set_index("sample_id")

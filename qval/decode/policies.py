@@ -14,6 +14,10 @@ from .engine import Draft, Drafter
 
 class DecodePolicy(Plugin):
     family: ClassVar[str] = "policy"
+    # True for policies that only describe a serving engine's configuration (no drafter of their own);
+    # ``example_params`` then gives the contract test valid params.
+    served_only: ClassVar[bool] = False
+    example_params: ClassVar[dict] = {}
 
     def __init__(self, params):
         self.params = params
@@ -21,6 +25,13 @@ class DecodePolicy(Plugin):
     def drafter(self, model) -> Drafter | None:
         """Build the drafter for a loaded target model; None means plain autoregressive decoding."""
         raise NotImplementedError
+
+    def served_config(self, backend: str):
+        """What a serving engine needs to decode with this policy (vLLM: its ``speculative_config``; None means
+        plain decoding). Policies without an equivalent raise PolicyNotServable, which fails their cell only."""
+        from ..backends.served import PolicyNotServable
+
+        raise PolicyNotServable(f"policy {self.name!r} cannot run on the {backend} backend")
 
 
 class AutoregressivePolicy(DecodePolicy):
@@ -32,12 +43,18 @@ class AutoregressivePolicy(DecodePolicy):
     def drafter(self, model):
         return None
 
+    def served_config(self, backend: str):
+        return None
+
 
 class PromptLookupParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_draft: int = Field(default=4, ge=1, le=64)
     max_ngram: int = Field(default=3, ge=1, le=16)
     min_ngram: int = Field(default=1, ge=1, le=16)
+    # Which earlier occurrence of the trailing n-gram to copy from: the most recent (transformers'
+    # prompt_lookup_num_tokens) or the earliest (vLLM's n-gram proposer; the vLLM backend uses this rule).
+    match: Literal["latest", "earliest"] = "latest"
 
     @model_validator(mode="after")
     def _order(self):
@@ -49,19 +66,21 @@ class PromptLookupParams(BaseModel):
 class NgramDrafter:
     """Prompt lookup (Saxena 2023): find the latest earlier occurrence of the trailing n-gram, draft what followed.
 
-    Longest n first; the most recent match wins, as in transformers' prompt_lookup_num_tokens.
+    Longest n first; then the most recent match (transformers' prompt_lookup_num_tokens) or the earliest one
+    (vLLM 0.32's NgramProposer, ``_find_longest_matched_ngram_and_propose_tokens``), as ``match`` says.
     """
 
-    def __init__(self, num_draft: int, max_ngram: int, min_ngram: int):
-        self.k, self.max_n, self.min_n = num_draft, max_ngram, min_ngram
+    def __init__(self, num_draft: int, max_ngram: int, min_ngram: int, match: str = "latest"):
+        self.k, self.max_n, self.min_n, self.match = num_draft, max_ngram, min_ngram, match
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft:
         length = len(context)
         for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
             tail = context[length - n:]
             first = tail[0]
-            # Scan right to left; start positions end before the tail itself.
-            for start in range(length - n - 1, -1, -1):
+            # Start positions end before the tail itself, so at least one token follows a match.
+            starts = range(length - n - 1, -1, -1) if self.match == "latest" else range(0, length - n)
+            for start in starts:
                 if context[start] == first and context[start:start + n] == tail:
                     follow = context[start + n:start + n + self.k]
                     if follow:
@@ -75,7 +94,18 @@ class PromptLookupPolicy(DecodePolicy):
     Params = PromptLookupParams
 
     def drafter(self, model):
-        return NgramDrafter(self.params.num_draft, self.params.max_ngram, self.params.min_ngram)
+        return NgramDrafter(self.params.num_draft, self.params.max_ngram, self.params.min_ngram, self.params.match)
+
+    def served_config(self, backend: str):
+        from ..backends.served import PolicyNotServable
+
+        if backend != "vllm":
+            return super().served_config(backend)
+        if self.params.match != "earliest":
+            raise PolicyNotServable("vLLM's n-gram proposer copies the EARLIEST earlier occurrence of the n-gram; "
+                                    "set `match: earliest` so the policy means the same on both backends")
+        return {"method": "ngram", "num_speculative_tokens": self.params.num_draft,
+                "prompt_lookup_max": self.params.max_ngram, "prompt_lookup_min": self.params.min_ngram}
 
 
 class DraftModelParams(BaseModel):
@@ -110,6 +140,16 @@ class DraftModelPolicy(DecodePolicy):
             draft = AutoModelForCausalLM.from_pretrained(self.params.path, dtype=model.model.dtype)
             draft = draft.to(model.device).eval()
         return ModelDrafter(draft, self.params.num_draft, self.params.stop_threshold)
+
+    def served_config(self, backend: str):
+        from ..backends.served import PolicyNotServable
+
+        if backend != "vllm":
+            return super().served_config(backend)
+        if self.params.draft != "path" or self.params.stop_threshold > 0:
+            raise PolicyNotServable("vLLM runs a draft model given by path, with a fixed draft length "
+                                    "(draft: path, stop_threshold: 0)")
+        return {"method": "draft_model", "model": self.params.path, "num_speculative_tokens": self.params.num_draft}
 
 
 class AdaptiveDraftParams(DraftModelParams):
@@ -162,3 +202,32 @@ class JacobiPolicy(DecodePolicy):
         from .drafters import JacobiDrafter
 
         return JacobiDrafter(self.params.num_draft)
+
+
+class ServedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_url: str = Field(pattern=r"^https?://")  # an OpenAI-compatible server that decodes speculatively
+    label: str = Field(min_length=1, max_length=200)  # what it runs, e.g. "vllm ngram k=4" (part of the cell id)
+
+
+class ServedPolicy(DecodePolicy):
+    """Whatever a running server does, measured against the model's own (plain) server as the AR baseline.
+
+    For ``source: openai`` models only: qval cannot see inside the server, so the label says what it runs and the
+    server's per-request speculative-decoding counters (vLLM: ``--per-request-spec-decode-metrics detailed``) give
+    the acceptance numbers.
+    """
+
+    name = "served"
+    family = "served"
+    Params = ServedParams
+    served_only = True
+    example_params = {"base_url": "http://127.0.0.1:8000/v1", "label": "vllm ngram k=4"}
+
+    def drafter(self, model):
+        raise ValueError("the 'served' policy measures a running server; use it with a `source: openai` model")
+
+    def served_config(self, backend: str):
+        if backend != "openai":
+            return super().served_config(backend)
+        return {"base_url": self.params.base_url}

