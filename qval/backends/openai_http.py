@@ -123,6 +123,7 @@ class OpenAIServedModel(ServedModel):
         return Generation(
             token_ids=list(ids), finish_reason=choice.get("finish_reason"), wall_s=wall,
             prefill_s=ttft / 1000 if ttft is not None and gen_ms is not None else None,
-            decode_s=(gen_ms - ttft) / 1000 if ttft is not None and gen_ms is not None else None,
+            # vLLM: time_to_first_token_ms = scheduled → first token; generation_time_ms = first → last token
+            decode_s=gen_ms / 1000 if ttft is not None and gen_ms is not None else None,
             per_step_accepted=spec.get("per_step_accepted"), per_step_drafted=spec.get("per_step_drafted"),
             info={"token_ids_from_server": choice.get("token_ids") is not None})
