@@ -18,7 +18,9 @@ def _check_common(cls, base) -> None:
     assert issubclass(cls.Params, BaseModel), f"{cls.__name__}.Params must be a pydantic model"
     assert cls.Params.model_config.get("extra") == "forbid", (
         f"{cls.__name__}.Params must forbid unknown keys (model_config = ConfigDict(extra='forbid'))")
-    cls.Params()  # every param needs a default so a suite can name the plugin alone
+    # Every param needs a default so a suite can name the plugin alone; a plugin that cannot have defaults (a
+    # served-only policy needs a server URL) gives valid example params instead.
+    cls.Params.model_validate(getattr(cls, "example_params", None) or {})
 
 
 def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None) -> None:

@@ -399,7 +399,8 @@ def decode_board(rows=None, samples=None, title="Decoding"):
 def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
     assert board.samples is None and board.by_state is None and board.families is None and board.failures is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-4:] == ["samples", "failures", "by_state", "families"]
+    assert list(lr.TrackBoard.__dataclass_fields__)[-5:] == ["samples", "failures", "by_state", "families", "knob_headroom"]
+    assert board.knob_headroom is None
 
 
 def test_headroom_table_exact_numbers():

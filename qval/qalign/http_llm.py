@@ -10,22 +10,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import QvalError
-from .llm import ForwardCounter
+from .llm import ForwardCounter, PromptBuilder
 
 
-class HTTPRequests:
+class HTTPRequests(PromptBuilder):
     def __init__(self, model, shared: bool = True):
         self.model, self.shared = model, shared
         self.counter = ForwardCounter()
         self._memo: dict = {}
-
-    def chat(self, user: str, system: str | None = None, assistant_start: str = "") -> list[int]:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        ids = self.model.chat_ids(messages)
-        return ids + self.encode(assistant_start) if assistant_start else ids
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def _memoised(self, key, compute):
         self.counter.requests += 1

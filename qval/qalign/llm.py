@@ -33,16 +33,11 @@ class ForwardCounter:
                 "memo_hits": self.memo_hits}
 
 
-class LLMRequests:
-    """Memoised, prefix-sharing access to one loaded model. ``shared=False`` gives the naive loop (benchmarks)."""
+class PromptBuilder:
+    """Chat prompts as token ids, from the model's own tokenizer and chat template (shared by every request layer)."""
 
-    def __init__(self, model, shared: bool = True):
-        self.model, self.shared = model, shared
-        self.counter = ForwardCounter()
-        self._memo: dict = {}
-        self._prefixes: OrderedDict = OrderedDict()
+    model: object
 
-    # -- prompts -----------------------------------------------------------------------------------------------
     def chat(self, user: str, system: str | None = None, assistant_start: str = "") -> list[int]:
         """Token ids of a chat prompt that ends inside the assistant's turn (after ``assistant_start``)."""
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
@@ -51,6 +46,16 @@ class LLMRequests:
 
     def encode(self, text: str) -> list[int]:
         return list(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class LLMRequests(PromptBuilder):
+    """Memoised, prefix-sharing access to one loaded model. ``shared=False`` gives the naive loop (benchmarks)."""
+
+    def __init__(self, model, shared: bool = True):
+        self.model, self.shared = model, shared
+        self.counter = ForwardCounter()
+        self._memo: dict = {}
+        self._prefixes: OrderedDict = OrderedDict()
 
     # -- requests ----------------------------------------------------------------------------------------------
     def continuation_logprobs(self, prefix: list[int], continuations: list[list[int]]) -> list[list[float]]:
