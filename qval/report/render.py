@@ -637,9 +637,14 @@ def _knob_cells(record: dict) -> list[str]:
 
     return [str(record["model"]), str(record["dataset"]), _format_temperature(record["temperature"]),
             f"{record['policy']}.{record['knob']}", str(record["values"]), str(record["metric"]),
-            f"{record['best_fixed_value']}: {value(record['best_fixed'], record['best_fixed_ci'])}",
+            f"{_knob_value(record['best_fixed_value'])}: {value(record['best_fixed'], record['best_fixed_ci'])}",
             value(record["oracle"], record["oracle_ci"]), gain(record["oracle_gain"], record["oracle_gain_ci"]),
             gain(record["selector_gain"], record["selector_gain_ci"]), str(record["n"])]
+
+
+def _knob_value(v) -> str:
+    # knob values share a float column with decimal knobs (stop thresholds); draft lengths print as integers
+    return str(int(v)) if isinstance(v, (int, float)) and float(v).is_integer() else str(v)
 
 
 _KNOB_HEADER = ["model", "dataset", "T", "knob", "values", "metric", "best fixed", "oracle", "oracle gain",
