@@ -21,7 +21,7 @@ from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
 from ..models.base import ModelParams, ModelSource
-from .served import Generation, ServedModel, eos_ids_of
+from .served import Generation, ServedModel, registered_model_folder, tokenizer_and_eos
 
 
 class OpenAIParams(ModelParams):
@@ -75,18 +75,13 @@ class OpenAIModel(ModelSource):
                 "dtype": self.params.dtype}
 
     def tokenizer_path(self) -> Path:
-        from ..registry import REGISTRY
-
         if Path(self.params.tokenizer).expanduser().exists():
             return Path(self.params.tokenizer).expanduser()
-        cls = REGISTRY.get("models", self.params.tokenizer)
-        return cls(cls.Params(dtype=self.params.dtype)).local_path()
+        return registered_model_folder(self.params.tokenizer, self.params.dtype)
 
     def load(self, device: str | None = None) -> "OpenAIServedModel":
-        from transformers import AutoTokenizer
-
         path = self.tokenizer_path()
-        return OpenAIServedModel(self, str(path), AutoTokenizer.from_pretrained(path), eos_ids_of(path))
+        return OpenAIServedModel(self, str(path), *tokenizer_and_eos(path))
 
 
 class OpenAIServedModel(ServedModel):

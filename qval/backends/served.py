@@ -9,6 +9,7 @@ around the call, and where the engine reports first- and last-token timestamps t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..errors import QvalError
 from ..models.base import LoadedModel
@@ -66,6 +67,21 @@ class ServedModel(LoadedModel):
 
     def close(self) -> None:
         """Stop whatever this model started (engine processes); idempotent."""
+
+
+def registered_model_folder(name: str, dtype: str) -> Path:
+    """The HF folder a registered model source materialises (e.g. ``smollm2-135m-instruct``)."""
+    from ..registry import REGISTRY
+
+    cls = REGISTRY.get("models", name)
+    return cls(cls.Params(dtype=dtype)).local_path()
+
+
+def tokenizer_and_eos(path) -> tuple:
+    """What a served model keeps in this process: its tokenizer and EOS ids, read from the model folder."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path), eos_ids_of(path)
 
 
 def eos_ids_of(path) -> set[int]:

@@ -16,7 +16,7 @@ from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
 from ..models.base import ModelParams, ModelSource
-from .served import Generation, ServedModel, eos_ids_of
+from .served import Generation, ServedModel, registered_model_folder, tokenizer_and_eos
 from .vllm_client import VLLMProcess, VLLMProcessError
 
 PROC_SCRIPT = Path(__file__).with_name("vllm_proc.py")
@@ -49,19 +49,14 @@ class VLLMModel(ModelSource):
     def local_path(self) -> Path:
         if self.params.path is not None:
             return Path(self.params.path).expanduser()
-        from ..registry import REGISTRY
-
-        cls = REGISTRY.get("models", self.params.model)
-        return cls(cls.Params(dtype=self.params.dtype)).local_path()
+        return registered_model_folder(self.params.model, self.params.dtype)
 
     def python(self) -> str:
         return self.params.python or os.environ.get("QVAL_VLLM_PYTHON") or sys.executable
 
     def load(self, device: str | None = None) -> "VLLMServedModel":
-        from transformers import AutoTokenizer
-
         path = self.local_path()
-        return VLLMServedModel(self, str(path), AutoTokenizer.from_pretrained(path), eos_ids_of(path))
+        return VLLMServedModel(self, str(path), *tokenizer_and_eos(path))
 
 
 class VLLMServedModel(ServedModel):

@@ -183,12 +183,12 @@ class _Coupled:
     def verify(self, logits, tokens, first_position: int) -> tuple[list[int], int]:
         """Exact-match verification: logits[i] predicts output position first_position + i."""
         emitted: list[int] = []
-        for i in range(len(tokens) + 1):
+        for i, tok in enumerate(tokens):
             target = self.sample(logits[i], first_position + i)
-            if i == len(tokens) or tokens[i] != target:
+            if tok != target:
                 return emitted + [target], i
-            emitted.append(target)
-        raise AssertionError("unreachable")
+            emitted.append(tok)
+        return emitted + [self.sample(logits[len(tokens)], first_position + len(tokens))], len(tokens)
 
 
 def _multinomial(probs: torch.Tensor, generator) -> int:

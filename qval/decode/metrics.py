@@ -39,9 +39,10 @@ class PerSampleAcceptanceLength(Metric):
         return bootstrap_mean(1.0 + accepted[keep] / steps[keep])
 
 
-def pair_with_baseline(samples: pd.DataFrame, baseline: pd.DataFrame) -> pd.DataFrame:
-    """Rows of this cell and the AR cell for the same (sample, turn), both successful."""
-    cols = ["sample_id", "turn", "new_tokens", "decode_s", "output_sha"]
+def pair_with_baseline(samples: pd.DataFrame, baseline: pd.DataFrame,
+                       columns=("new_tokens", "decode_s", "output_sha")) -> pd.DataFrame:
+    """Rows of this cell and the AR cell for the same (sample, turn), both successful; AR's columns end in _ar."""
+    cols = ["sample_id", "turn", *columns]
     return samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
 
 
@@ -131,9 +132,10 @@ def paired_token_test(ids_a: list, ids_b: list, top: int = DIST_TOP_TOKENS, n_re
         return None
     every = np.concatenate([np.concatenate([a, b]) for a, b in pairs])
     tokens, freq = np.unique(every, return_counts=True)
-    keep = tokens[np.argsort(-freq, kind="stable")[:top]]
+    keep = np.sort(tokens[np.argsort(-freq, kind="stable")[:top]])
+
     def counts(x):
-        binned = np.searchsorted(np.sort(keep), x)
+        binned = np.searchsorted(keep, x)
         known = np.isin(x, keep)
         out = np.bincount(binned[known], minlength=keep.size).astype(float)
         return np.append(out, float((~known).sum()))
@@ -166,8 +168,7 @@ class DistributionalLossless(Metric):
         if baseline is None or len(samples) == 0 or "early_ids" not in samples or cell is None \
                 or cell["temperature"] <= 0 or _coupled(cell) or cell.get("method") == "ar":
             return MetricValue.undefined()
-        cols = ["sample_id", "turn", "early_ids"]
-        pairs = samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+        pairs = pair_with_baseline(samples, baseline, ["early_ids"])
         ids_a = [list(x) if x is not None else [] for x in pairs["early_ids_ar"]]
         ids_b = [list(x) if x is not None else [] for x in pairs["early_ids"]]
         result = paired_token_test(ids_a, ids_b)
@@ -187,8 +188,7 @@ class ModelledSpeedup(Metric):
     def compute(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell) or "draft_s" not in samples:
             return MetricValue.undefined()
-        cols = ["sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s"]
-        pairs = samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+        pairs = pair_with_baseline(samples, baseline, ["accepted_total", "target_steps", "draft_s", "decode_s"])
         pairs = pairs[(pairs["target_steps"] > 0) & (pairs["target_steps_ar"] > 0) & pairs["draft_s"].notna()]
         if pairs.empty:
             return MetricValue.undefined()

@@ -70,68 +70,78 @@ def prefill_features(state) -> dict:
     return {"prefill_entropy": float(-(probs * logp).sum()), "prefill_top_prob": float(probs.max())}
 
 
-def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[list[dict], bool]:
-    """All turns of one prompt for one cell; the model's own answers go between the turns."""
-    import torch
+def _turn_seed(cell: Cell, sample, turn: int) -> int:
+    """The random stream of one (cell, sample, turn): a cell's own, so AR and a policy sample independently under
+    rejection sampling (the distributional test needs that)."""
+    return zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode())
 
+
+def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
+    """All turns of one prompt for one cell; the model's own answers go between the turns.
+
+    ``decode_turn(ids, turn)`` returns (row fields, generated token ids). One failing turn records the sample as
+    failed and the cell goes on.
+    """
     rows, messages = [], []
     for turn, text in enumerate(sample.turns):
         messages.append({"role": "user", "content": text})
-        # Rejection sampling draws from a stream of the cell's own, so AR and a policy sample independently (the
-        # distributional test needs that); coupled sampling shares one noise seed per (seed, sample, turn) across
-        # the cells, so every lossless policy reproduces AR's tokens.
-        shared = zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
-        coupled = shared if cell.settings.get("sampling") == "coupled" else None
-        generator = torch.Generator().manual_seed(zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode()))
         try:
             ids = model.chat_ids(messages)
-            trace, prefill_s, decode_s, state, draft_s = generate_timed(
-                engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator, model.device,
-                coupled)
+            fields, token_ids = decode_turn(ids, turn)
         except Exception as exc:  # one failing sample is recorded and the cell goes on
             return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
                      "error": f"{type(exc).__name__}: {exc}"}], True
-        messages.append({"role": "assistant", "content": model.tokenizer.decode(trace.token_ids, skip_special_tokens=True)})
-        rows.append({
-            "sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-            "prompt_tokens": len(ids), "new_tokens": len(trace.token_ids), "target_steps": trace.target_steps,
-            "drafted": trace.drafted_per_step, "accepted": trace.accepted_per_step,
-            "prefill_s": prefill_s, "decode_s": decode_s, "draft_s": draft_s, "stopped_on_eos": trace.stopped_on_eos,
-            "output_sha": hashlib.sha256(str(trace.token_ids).encode()).hexdigest()[:16],
-            "output_ids": trace.token_ids, "error": None, **prefill_features(state),
-        })
+        messages.append({"role": "assistant", "content": model.tokenizer.decode(token_ids, skip_special_tokens=True)})
+        rows.append({"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
+                     "prompt_tokens": len(ids), "new_tokens": len(token_ids),
+                     "output_sha": hashlib.sha256(str(token_ids).encode()).hexdigest()[:16],
+                     "output_ids": token_ids, "error": None, **fields})
     return rows, False
 
 
-def _served_row(cell: Cell, sample, turn: int, ids: list[int], gen) -> dict:
-    drafted, accepted = gen.steps()
-    timed = gen.decode_s is not None
-    return {
-        "sample_id": sample.sample_id, "turn": turn, "category": sample.category, "prompt_tokens": len(ids),
-        "new_tokens": len(gen.token_ids), "target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
-        # With engine timestamps: prefill = request start → first token, decode = first → last token. Without
-        # them the whole request counts as decode (prefill NULL), for the baseline and the policy alike.
-        "prefill_s": gen.prefill_s if timed else None, "decode_s": gen.decode_s if timed else gen.wall_s,
-        "draft_s": None, "stopped_on_eos": gen.finish_reason == "stop",
-        "output_sha": hashlib.sha256(str(gen.token_ids).encode()).hexdigest()[:16],
-        "output_ids": gen.token_ids, "error": None, "prefill_entropy": None, "prefill_top_prob": None,
-    }
+def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[list[dict], bool]:
+    import torch
+
+    def decode_turn(ids, turn):
+        # Coupled sampling shares one noise seed per (seed, sample, turn) across the cells, so every lossless
+        # policy reproduces AR's tokens.
+        coupled = (zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
+                   if cell.settings.get("sampling") == "coupled" else None)
+        generator = torch.Generator().manual_seed(_turn_seed(cell, sample, turn))
+        trace, prefill_s, decode_s, state, draft_s = generate_timed(
+            engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator, model.device, coupled)
+        return {"target_steps": trace.target_steps, "drafted": trace.drafted_per_step,
+                "accepted": trace.accepted_per_step, "prefill_s": prefill_s, "decode_s": decode_s,
+                "draft_s": draft_s, "stopped_on_eos": trace.stopped_on_eos, **prefill_features(state)}, trace.token_ids
+
+    return _run_turns(sample, model, decode_turn)
 
 
 def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
-    rows, messages = [], []
-    for turn, text in enumerate(sample.turns):
-        messages.append({"role": "user", "content": text})
-        seed = zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode())
-        try:
-            ids = model.chat_ids(messages)
-            gen = model.generate(ids, cell.settings["max_new_tokens"], cell.temperature, seed)
-        except Exception as exc:  # one failing sample is recorded and the cell goes on
-            return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-                     "error": f"{type(exc).__name__}: {exc}"}], True
-        messages.append({"role": "assistant", "content": model.tokenizer.decode(gen.token_ids, skip_special_tokens=True)})
-        rows.append(_served_row(cell, sample, turn, ids, gen))
-    return rows, False
+    def decode_turn(ids, turn):
+        gen = model.generate(ids, cell.settings["max_new_tokens"], cell.temperature, _turn_seed(cell, sample, turn))
+        drafted, accepted = gen.steps()
+        timed = gen.decode_s is not None
+        return {"target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
+                # With engine timestamps: prefill = request start → first token, decode = first → last token.
+                # Without them the whole request counts as decode (prefill NULL), for the baseline and the policy
+                # alike.
+                "prefill_s": gen.prefill_s if timed else None, "decode_s": gen.decode_s if timed else gen.wall_s,
+                "draft_s": None, "stopped_on_eos": gen.finish_reason == "stop",
+                "prefill_entropy": None, "prefill_top_prob": None}, gen.token_ids
+
+    return _run_turns(sample, model, decode_turn)
+
+
+def _group_samples(cells: list[Cell]) -> list:
+    """The prompts of a group's dataset (all cells of a group share it)."""
+    dataset_cls = REGISTRY.get("datasets", cells[0].dataset)
+    return dataset_cls(dataset_cls.Params.model_validate(cells[0].dataset_params)).samples()
+
+
+def _policy(cell: Cell):
+    policy_cls = REGISTRY.get("policies", cell.method)
+    return policy_cls(policy_cls.Params.model_validate(cell.method_params))
 
 
 def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict:
@@ -140,13 +150,11 @@ def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     from ..backends.served import PolicyNotServable
 
     first = cells[0]
-    dataset_cls = REGISTRY.get("datasets", first.dataset)
-    samples = dataset_cls(dataset_cls.Params.model_validate(first.dataset_params)).samples()
+    samples = _group_samples(cells)
     result: dict = {}
     for cell in cells:
         try:
-            policy_cls = REGISTRY.get("policies", cell.method)
-            policy = policy_cls(policy_cls.Params.model_validate(cell.method_params))
+            policy = _policy(cell)
             if cell.settings.get("sampling") == "coupled" and cell.temperature > 0:
                 raise PolicyNotServable("coupled sampling is implemented by qval's own engine only")
             model.configure(policy)
@@ -181,14 +189,12 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     if getattr(model, "device", None) == "served":
         return run_served_group(cells, model, writers, emit, warmup)
     first = cells[0]
-    dataset_cls = REGISTRY.get("datasets", first.dataset)
-    samples = dataset_cls(dataset_cls.Params.model_validate(first.dataset_params)).samples()
+    samples = _group_samples(cells)
     engine = Engine(model.model, model.eos_token_ids)
     drafters, failures = {}, {}
     for cell in cells:
         try:
-            policy_cls = REGISTRY.get("policies", cell.method)
-            drafters[cell.cell_id] = policy_cls(policy_cls.Params.model_validate(cell.method_params)).drafter(model)
+            drafters[cell.cell_id] = _policy(cell).drafter(model)
         except Exception as exc:  # a policy that cannot be built fails its own cell only
             failures[cell.cell_id] = exc
     live = [c for c in cells if c.cell_id not in failures]
