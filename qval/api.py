@@ -1,11 +1,13 @@
 """The Python API behind the CLI: plan, run, ingest. The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from . import loadwatch
 from .errors import UsageError
 from .fingerprint import fingerprint
 from .plan import Plan, build_plan
@@ -37,8 +39,13 @@ class RunSummary:
 
 
 def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local", on_event=None,
-              on_start=None, runner_options: dict[str, str] | None = None) -> RunSummary:
-    """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing."""
+              on_start=None, runner_options: dict[str, str] | None = None,
+              require_idle: float | None = None) -> RunSummary:
+    """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing.
+
+    ``require_idle`` (seconds): wait up to that long for an idle machine before starting, and have decode workers
+    re-time any turn timed under load after waiting again (``loadwatch``); a machine that stays busy fails the
+    affected samples with the reason instead of recording a timing taken under load."""
     results = Path(results)
     plan = plan_suite(suite_path)  # validates everything before anything is written
     runner_cls = REGISTRY.get("runners", runner)
@@ -51,8 +58,18 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
         summary = RunSummary(plan, None, len(plan.cells), sum(not d for d in done.values()), quarantined=quarantined)
         if todo_shards:
             summary.run_id = run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            load_at_start = None
+            if require_idle is not None:
+                load_at_start = loadwatch.wait_until_idle(require_idle)  # MachineBusy: a usage error, exit 2
+                os.environ[loadwatch.REQUIRE_IDLE_ENV] = str(require_idle)  # workers inherit it
+            else:
+                os.environ.pop(loadwatch.REQUIRE_IDLE_ENV, None)
+                load_at_start = loadwatch.measure(0.5)
+            fp = fingerprint()
+            fp["load_at_start"] = {**load_at_start.as_row(), "busy": load_at_start.busy}
+            fp["require_idle_s"] = require_idle
             record = {"run_id": run_id, "suite": plan.suite, "plan_id": plan.plan_id, "status": "running",
-                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fingerprint()}
+                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fp}
             run_file = results / "runs" / f"{run_id}.json"
             run_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(run_file, record)

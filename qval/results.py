@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .store.db import connect_reader
@@ -100,7 +101,8 @@ def samples(results="results", track: str = "decode", suite: str | None = None) 
 
 
 def leaderboard(results="results", suite: str | None = None, track: str = "qalign") -> pd.DataFrame:
-    """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n``."""
+    """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and
+    ``<metric>__n_states`` (distinct states behind a count of evaluation points; NaN where not applicable)."""
     long = metrics(results, suite)
     long = long[long["track"].isin(BOARD_TRACKS.get(track, (track,)))]
     keys = ["cell_id", "model", "method", "method_label", "family", "dataset_label", "temperature", "seed", "status",
@@ -109,12 +111,17 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
         return pd.DataFrame(columns=keys)
     info = long[keys].drop_duplicates("cell_id").set_index("cell_id")
     info["model"] = info["model"].fillna("–")
-    wide = long.pivot(index="cell_id", columns="metric", values=["value", "ci_low", "ci_high", "n"])
-    out = info.copy()
+    if "n_states" not in long:
+        long = long.assign(n_states=np.nan)
+    wide = long.pivot(index="cell_id", columns="metric", values=["value", "ci_low", "ci_high", "n", "n_states"])
+    columns = {}
     for metric in sorted(long["metric"].unique()):
-        out[metric] = wide[("value", metric)]
-        out[f"{metric}__lo"] = wide[("ci_low", metric)]
-        out[f"{metric}__hi"] = wide[("ci_high", metric)]
-        out[f"{metric}__n"] = wide[("n", metric)]
+        columns[metric] = wide[("value", metric)]
+        columns[f"{metric}__lo"] = wide[("ci_low", metric)]
+        columns[f"{metric}__hi"] = wide[("ci_high", metric)]
+        columns[f"{metric}__n"] = wide[("n", metric)]
+        columns[f"{metric}__n_states"] = wide[("n_states", metric)]
+    # One concat, not a column at a time: pandas warns (PerformanceWarning) on a frame built column by column.
+    out = pd.concat([info, pd.DataFrame(columns, index=wide.index)], axis=1)
     return out.reset_index().rename(columns={"dataset_label": "dataset", "method": "method_name",
                                              "method_label": "method"})

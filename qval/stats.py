@@ -1,4 +1,4 @@
-"""Statistics shared by all metrics: percentile bootstrap CIs over resampled units."""
+"""Statistics shared by all metrics: bootstrap CIs over resampled units, and a small-n interval for bounded means."""
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -19,10 +19,13 @@ class MetricValue:
     ci_low: float | None
     ci_high: float | None
     n: int
+    # Distinct states behind n, for Q-alignment metrics counted in evaluation points (a state visited by several
+    # points counts once here); None where n already counts independent units.
+    n_states: int | None = None
 
     @classmethod
-    def undefined(cls, n: int = 0) -> MetricValue:
-        return cls(None, None, None, n)
+    def undefined(cls, n: int = 0, n_states: int | None = None) -> MetricValue:
+        return cls(None, None, None, n, n_states)
 
 
 def _finite_or_none(x) -> float | None:
@@ -126,3 +129,52 @@ def paired_permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0) -> f
     signs = rng.choice([-1.0, 1.0], size=(n_resamples, d.size))
     extreme = np.sum(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12)
     return float((extreme + 1) / (n_resamples + 1))
+
+
+LOW_N = 20  # below this many independent units a CI is marked "low n" in reports
+
+
+def bounded_mean(values, low: float, high: float, clusters=None) -> MetricValue:
+    """Mean of values bounded in [low, high] with a 95% interval that holds its level at small n.
+
+    A t-interval (or a percentile bootstrap) collapses when a small sample happens to have little spread: a scorer
+    with per-state ρ near 1 gives nine values of 1.0 and an interval [1, 1] that misses a true mean of 0.92 a third
+    of the time (measured coverage 0.71–0.75 at n = 9). This interval adds one pseudo-observation of the largest
+    variance a value in [low, high] with mean μ can have, (μ − low)(high − μ), to the sample variance, and keeps
+    every μ with |mean − μ| ≤ t_{G−1} · sd(μ) / √G: a Wilson-type score interval, solved as a quadratic. It
+    tends to the t-interval as n grows. ``tests/test_ci_coverage.py`` checks its coverage by simulation at the
+    suites' sizes.
+
+    ``clusters`` (one label per value): values sharing a label (a state visited by several evaluation points) are
+    not independent; the variance is then the cluster-robust one and G is the number of clusters. Without labels,
+    G = n and the variance is the sample variance.
+    """
+    from scipy import stats as sps
+
+    x = np.asarray(values, float)
+    n = x.size
+    if n == 0:
+        return MetricValue.undefined()
+    mean = float(x.mean())
+    if clusters is None:
+        groups = n
+        var = float(x.var(ddof=1)) if n > 1 else 0.0
+    else:
+        labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+        groups = labels.size
+        resid = np.bincount(inverse, weights=x - mean, minlength=groups)  # Σ over a cluster of (x − mean)
+        # Cluster-robust variance of the mean, scaled so that var / G is it (equals s² when clusters are single).
+        var = float(groups / max(groups - 1, 1) * (resid ** 2).sum() / n ** 2 * groups) if groups > 1 else 0.0
+    if groups < 2:
+        return MetricValue(mean, None, None, n)
+    k = 1.0  # pseudo-observations of the bound-maximal variance
+    c = float(sps.t.ppf(0.5 + CONFIDENCE / 2, groups - 1)) ** 2 / groups
+    w = c * k / (groups + k)
+    # (mean − μ)² ≤ c · (G·var + k(μ − low)(high − μ)) / (G + k), as a μ² + b μ + d ≤ 0
+    a2 = 1.0 + w
+    b1 = -(2.0 * mean + w * (low + high))
+    d0 = mean ** 2 - c * groups * var / (groups + k) + w * low * high
+    disc = max(b1 * b1 - 4.0 * a2 * d0, 0.0)
+    lo = (-b1 - np.sqrt(disc)) / (2.0 * a2)
+    hi = (-b1 + np.sqrt(disc)) / (2.0 * a2)
+    return MetricValue(mean, float(max(low, min(lo, mean))), float(min(high, max(hi, mean))), n)

@@ -79,7 +79,7 @@ def test_report_and_export(tiny_run):
     assert proc.returncode == 0, proc.stderr
     md = (root / "reports" / "tiny" / "leaderboard.md").read_text()
     html = (root / "reports" / "tiny" / "index.html").read_text()
-    assert "oracle-q" in md and "prompt-lookup" in md and "95% bootstrap CI" in md and "(n=" in md
+    assert "oracle-q" in md and "prompt-lookup" in md and "95% CI" in md and "(n=" in md
     assert "data:image/png;base64," in html and "hardware" in html
     proc = run_qval("export", "--results", results, "--out", root / "export")
     assert proc.returncode == 0

@@ -96,7 +96,8 @@ def test_qval_metrics_reproduce_the_pooled_numbers(summary, fast_bootstrap):
     compared = 0
     for e in summary.pointwise:
         frame = qi.metric_frame(e.rows)
-        assert list(frame.columns) == ["cell_id", "sample_id", "candidate", "score", "ref_q"]
+        assert list(frame.columns) == ["cell_id", "sample_id", "state_key", "candidate", "score", "ref_q",
+                                       "is_behaviour"]
         for key, metric in metrics.items():
             value = metric.compute(frame)
             expected = qi.recompute_pointwise(e.rows)[key] if e.stored is None else e.stored[key]

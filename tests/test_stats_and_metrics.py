@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from qval.decode.metrics import Lossless, MeasuredSpeedup, PerSampleAcceptanceLength, PooledAcceptanceLength
-from qval.qalign.metrics import MIN_POOLED_PAIRS, PerStateSpearman, PooledKendall, PooledSpearman
+from qval.decode.metrics import Lossless, MeanAcceptedTokens, MeasuredSpeedup, PerSampleAcceptanceLength
+from qval.qalign.metrics import MIN_POOLED_PAIRS, PerStateSpearman, PooledKendallAll, PooledSpearmanAll
 from qval.stats import bootstrap_mean, bootstrap_ratio
 
 
@@ -22,8 +22,8 @@ def qalign_frame(n_states=30, n_cand=4, noise=0.5, seed=0):
 
 def test_pooled_correlations_match_scipy():
     df = qalign_frame()
-    sp = PooledSpearman().compute(df)
-    kt = PooledKendall().compute(df)
+    sp = PooledSpearmanAll().compute(df)
+    kt = PooledKendallAll().compute(df)
     assert sp.value == pytest.approx(sps.spearmanr(df["score"], df["ref_q"]).statistic, abs=1e-12)
     assert kt.value == pytest.approx(sps.kendalltau(df["score"], df["ref_q"]).statistic, abs=1e-12)
     assert sp.n == len(df) and sp.ci_low < sp.value < sp.ci_high
@@ -31,7 +31,7 @@ def test_pooled_correlations_match_scipy():
 
 def test_pooled_needs_min_pairs():
     df = qalign_frame(n_states=(MIN_POOLED_PAIRS // 4) - 1)
-    assert PooledSpearman().compute(df).value is None
+    assert PooledSpearmanAll().compute(df).value is None
 
 
 def test_per_state_spearman_matches_scipy_and_skips_tied_reference():
@@ -78,7 +78,7 @@ def decode_frame(accepted, steps, decode_s, shas, tokens=None):
 
 def test_acceptance_lengths_pooled_vs_per_sample():
     df = decode_frame([[3, 3], [0, 0, 0, 0, 0, 0, 0, 0]], [2, 8], [1.0, 1.0], ["a", "b"])
-    pooled = PooledAcceptanceLength().compute(df)
+    pooled = MeanAcceptedTokens().compute(df)
     per_sample = PerSampleAcceptanceLength().compute(df)
     assert pooled.value == pytest.approx(1 + 6 / 10)
     assert per_sample.value == pytest.approx(((1 + 3) + 1) / 2)
@@ -88,6 +88,7 @@ def test_speedup_is_ratio_of_sums_against_paired_baseline():
     base = decode_frame([[0]] * 3, [10] * 3, [2.0, 2.0, 2.0], ["a", "b", "c"])
     pol = decode_frame([[1]] * 3, [5] * 3, [1.0, 1.0, 4.0], ["a", "b", "x"])
     s = MeasuredSpeedup().compute(pol, base)
+    assert s.n == 3
     assert s.value == pytest.approx(6.0 / 6.0)
     lossless = Lossless().compute(pol, base, {"temperature": 0.0})
     assert lossless.value == pytest.approx(2 / 3)
@@ -156,5 +157,6 @@ def test_pooled_pearson_matches_scipy_and_is_undefined_for_constant_scores():
     rng = np.random.default_rng(4)
     frame = pd.DataFrame({"sample_id": np.repeat([f"s{i}" for i in range(20)], 4), "candidate": np.tile(range(4), 20),
                           "score": rng.normal(size=80), "ref_q": rng.random(80)})
+    frame["is_behaviour"] = True  # one row per point here: QVal's statistic and the all-candidates one agree
     assert PooledPearson().compute(frame).value == pytest.approx(sps.pearsonr(frame["score"], frame["ref_q"]).statistic)
     assert PooledPearson().compute(frame.assign(score=1.0)).value is None

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.base import Metric
-from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units
+from ..loadwatch import BUSY_OTHER_CORES, BUSY_STEAL
+from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units, bounded_mean
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -15,23 +16,54 @@ def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return samples["accepted_total"].to_numpy(float), samples["target_steps"].to_numpy(float)
 
 
-class PooledAcceptanceLength(Metric):
+class VllmAcceptanceLength(Metric):
+    """vLLM's mean acceptance length (``vllm/v1/spec_decode/metrics.py``): ``1 + num_accepted_tokens /
+    num_drafts``, where ``num_drafts`` counts only the verify steps that carried at least one draft token
+    (``observe_draft`` returns early on a step with none). A cell that never drafted (AR) has no value."""
+
     name = "acceptance_length"
     track = "decode"
-    label = ("pooled acceptance length τ = 1 + Σ accepted / Σ target steps (tokens per verify step, bonus token "
-             "included; vLLM's definition); CI resamples samples")
+    label = ("acceptance length as vLLM defines it: 1 + Σ accepted draft tokens / number of verify steps that "
+             "carried ≥ 1 draft token (steps without a draft are not counted); undefined when nothing was drafted; "
+             "n = samples (prompt turns), CI resamples them")
+
+    def compute(self, samples, baseline=None, cell=None):
+        accepted, drafts = samples["accepted_total"].to_numpy(float), samples["drafts"].to_numpy(float)
+        keep = drafts > 0
+        if not keep.any():
+            return MetricValue.undefined(0)
+        ratio = bootstrap_ratio(accepted[keep], drafts[keep])
+        return _shifted(ratio, 1.0)
+
+
+class MeanAcceptedTokens(Metric):
+    """Spec-Bench's "#Mean accepted tokens" (``evaluation/speed.py``): the mean over every verify step of all
+    samples of (accepted + 1), i.e. (Σ accepted + Σ steps) / Σ steps. Steps without a draft count as 1."""
+
+    name = "mean_accepted_tokens"
+    track = "decode"
+    label = ("Spec-Bench's #Mean accepted tokens: mean over all verify steps (pooled over samples) of accepted "
+             "draft tokens + 1, steps without a draft included (AR = 1); n = samples (prompt turns) with ≥ 1 "
+             "verify step, CI resamples them")
 
     def compute(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
         keep = steps > 0
-        result = bootstrap_ratio(accepted[keep] + steps[keep], steps[keep])
-        return result
+        return bootstrap_ratio(accepted[keep] + steps[keep], steps[keep])
+
+
+def _shifted(value: MetricValue, by: float) -> MetricValue:
+    if value.value is None:
+        return value
+    return MetricValue(value.value + by, None if value.ci_low is None else value.ci_low + by,
+                       None if value.ci_high is None else value.ci_high + by, value.n)
 
 
 class PerSampleAcceptanceLength(Metric):
     name = "acceptance_length_per_sample"
     track = "decode"
-    label = "per-sample (macro) acceptance length: mean over samples of each sample's τ (DFlash/BlockPilot's definition)"
+    label = ("per-sample (macro) acceptance length, DFlash's and BlockPilot's definition: mean over samples of each "
+             "sample's (accepted + 1) per verify step; n = samples (prompt turns) with ≥ 1 verify step")
 
     def compute(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
@@ -55,21 +87,65 @@ def _other_run(cell: dict | None) -> bool:
     return isinstance(own, str) and isinstance(base, str) and own != base
 
 
+def _decoded(pairs: pd.DataFrame) -> pd.DataFrame:
+    """Pairs where both sides ran at least one verify step. A turn that ended at its first (prefill) token has no
+    decode step, so its decode time measures nothing; a cell with none left has no speedup (not 0, not 1)."""
+    return pairs[(pairs["target_steps"] > 0) & (pairs["target_steps_ar"] > 0)
+                 & (pairs["decode_s"] > 0) & (pairs["decode_s_ar"] > 0)]
+
+
 class MeasuredSpeedup(Metric):
     name = "speedup"
     track = "decode"
     needs_baseline = True
-    label = ("measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the same run: "
-             "(Σ tokens/Σ decode time) ÷ AR's, decode only (prefill excluded); paired bootstrap CI over samples; "
-             "undefined when the AR cell was measured in another run")
+    label = ("qval's measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the "
+             "same run: ratio of sums (Σ tokens / Σ decode time) ÷ AR's, decode only (prefill excluded), over the "
+             "(sample, turn) pairs where both ran ≥ 1 verify step; n = those pairs, paired bootstrap CI; undefined "
+             "when the AR cell was measured in another run or no pair decoded. Not Spec-Bench's estimator: see "
+             "speedup_specbench")
 
     def compute(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell):
             return MetricValue.undefined()
-        pairs = pair_with_baseline(samples, baseline)
-        pairs = pairs[(pairs["decode_s"] > 0) & (pairs["decode_s_ar"] > 0)]
+        pairs = _decoded(pair_with_baseline(samples, baseline, ["new_tokens", "decode_s", "target_steps"]))
         return bootstrap_ratio(pairs["new_tokens"], pairs["decode_s"],
                                num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"])
+
+
+def specbench_question_rates(frame: pd.DataFrame) -> pd.Series:
+    """Spec-Bench's per-question throughput: Σ new tokens over the question's turns ÷ Σ wall time over its turns,
+    wall time being the whole generation (prefill + decode). Indexed by sample_id."""
+    wall = frame["prefill_s"].fillna(0.0) + frame["decode_s"]
+    grouped = pd.DataFrame({"sample_id": frame["sample_id"], "tokens": frame["new_tokens"], "wall": wall}) \
+        .groupby("sample_id", sort=True).sum()
+    return grouped["tokens"] / grouped["wall"]
+
+
+class SpecBenchSpeedup(Metric):
+    """Spec-Bench's speedup estimator (``evaluation/speed.py``): the mean over questions of the policy's tokens/s
+    divided by the mean over questions of the baseline's tokens/s, where a question's tokens/s is its generated
+    tokens summed over turns ÷ its wall time summed over turns, prefill included. qval applies it to its own token
+    counts (Spec-Bench re-tokenises the baseline's text instead) on the questions both cells completed."""
+
+    name = "speedup_specbench"
+    track = "decode"
+    needs_baseline = True
+    label = ("Spec-Bench's speedup: mean over questions of tokens/s (Σ tokens ÷ Σ wall time over the question's "
+             "turns, prefill included) ÷ the same mean for the same-run AR cell; n = questions both completed, "
+             "paired bootstrap CI; undefined when the AR cell ran in another run or nothing was decoded")
+
+    def compute(self, samples, baseline=None, cell=None):
+        if baseline is None or _other_run(cell) or len(samples) == 0 or len(baseline) == 0:
+            return MetricValue.undefined()
+        if samples["target_steps"].sum() == 0 or baseline["target_steps"].sum() == 0:
+            return MetricValue.undefined()
+        own, ar = specbench_question_rates(samples), specbench_question_rates(baseline)
+        both = own.index.intersection(ar.index)
+        own, ar = own.loc[both].to_numpy(float), ar.loc[both].to_numpy(float)
+        ok = np.isfinite(own) & np.isfinite(ar)
+        own, ar = own[ok], ar[ok]
+        ones = np.ones_like(own)
+        return bootstrap_ratio(own, ones, num_b=ar, den_b=ones)
 
 
 def _settings(cell: dict | None) -> dict:
@@ -244,3 +320,26 @@ class TokensPerSecond(Metric):
     def compute(self, samples, baseline=None, cell=None):
         keep = samples["decode_s"] > 0
         return bootstrap_ratio(samples.loc[keep, "new_tokens"], samples.loc[keep, "decode_s"])
+
+
+class TimedUnderLoad(Metric):
+    """Share of a cell's timed turns during which the machine was busy with other work (``qval/loadwatch.py``).
+
+    Computed for every decode cell, whatever the suite lists: reports flag a cell whose share is above
+    ``loadwatch.FLAG_SHARE``, since its timings (and every speedup that uses them) measured the competition."""
+
+    name = "timed_under_load"
+    track = "decode"
+    higher_is_better = False
+    label = (f"share of timed turns during which other processes used > {BUSY_OTHER_CORES} cores on average or the "
+             f"hypervisor stole > {BUSY_STEAL:.0%} of CPU time; n = turns with a load record (served backends "
+             "record none)")
+
+    def compute(self, samples, baseline=None, cell=None):
+        if "load_other_cores" not in samples:
+            return MetricValue.undefined()
+        rows = samples[samples["load_other_cores"].notna()]
+        if rows.empty:
+            return MetricValue.undefined()
+        busy = (rows["load_other_cores"] > BUSY_OTHER_CORES) | (rows["load_steal"].fillna(0.0) > BUSY_STEAL)
+        return bounded_mean(busy.to_numpy(float), 0.0, 1.0)

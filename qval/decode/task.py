@@ -5,6 +5,7 @@ import hashlib
 import time
 import zlib
 
+from .. import loadwatch
 from ..plan import Cell
 from ..registry import REGISTRY
 from .engine import Engine
@@ -99,6 +100,25 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
     return rows, False
 
 
+def under_watch(timed_call):
+    """Run ``timed_call()`` with the machine's load recorded over exactly its window: (result, load row).
+
+    Under ``qval run --require-idle`` a call timed under load is thrown away and made again once the machine is
+    idle (the call must be repeatable: the turns re-seed their generators), at most ``loadwatch.RETIMES`` times;
+    a machine that stays busy raises ``MachineBusy``, which fails the sample with that reason."""
+    patience = loadwatch.require_idle_s()
+    for attempt in range(loadwatch.RETIMES + 1):
+        start = loadwatch.snapshot()
+        result = timed_call()
+        load = loadwatch.between(start, loadwatch.snapshot())
+        if patience is None or not load.busy:
+            break
+        if attempt == loadwatch.RETIMES:
+            raise loadwatch.MachineBusy(load, patience)
+        loadwatch.wait_until_idle(patience)
+    return result, load.as_row()
+
+
 def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[list[dict], bool]:
     import torch
 
@@ -107,10 +127,14 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
         # policy reproduces AR's tokens.
         coupled = (zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
                    if cell.settings.get("sampling") == "coupled" else None)
-        generator = torch.Generator().manual_seed(_turn_seed(cell, sample, turn))
-        trace, prefill_s, decode_s, state, draft_s = generate_timed(
-            engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator, model.device, coupled)
-        return {"target_steps": trace.target_steps, "drafted": trace.drafted_per_step,
+
+        def timed():
+            generator = torch.Generator().manual_seed(_turn_seed(cell, sample, turn))
+            return generate_timed(engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator,
+                                  model.device, coupled)
+
+        (trace, prefill_s, decode_s, state, draft_s), load = under_watch(timed)
+        return {**load, "target_steps": trace.target_steps, "drafted": trace.drafted_per_step,
                 "accepted": trace.accepted_per_step, "prefill_s": prefill_s, "decode_s": decode_s,
                 "draft_s": draft_s, "stopped_on_eos": trace.stopped_on_eos, **prefill_features(state)}, trace.token_ids
 
@@ -119,6 +143,8 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
 
 def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
     def decode_turn(ids, turn):
+        # No load is recorded here: the server times itself, often on another machine, and on this one its own
+        # CPU would count as "other processes".
         gen = model.generate(ids, cell.settings["max_new_tokens"], cell.temperature, _turn_seed(cell, sample, turn))
         drafted, accepted = gen.steps()
         timed = gen.decode_s is not None

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.base import Metric
-from ..stats import MetricValue, bootstrap_units
+from ..stats import MetricValue, bootstrap_units, bounded_mean
 
-MIN_POOLED_PAIRS = 50  # QVal's rule: fewer pairs give no pooled correlation
+MIN_POOLED_PAIRS = 50  # QVal's rule (evaluate.py): fewer than 50 usable pairs give no pooled correlation
 
 
 def _by_state(samples: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -21,16 +21,31 @@ def _by_state(samples: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
     return groups
 
 
+def _n_states(samples: pd.DataFrame) -> int | None:
+    return int(samples["state_key"].nunique()) if "state_key" in samples else None
+
+
 class _Pooled(Metric):
+    """One correlation over (score, reference Q) pairs pooled across evaluation points; CI resamples points."""
+
     track = "qalign"
+    behaviour_only = True  # QVal's rows: the action the behaviour policy took at each point, one per point
 
     def _corr(self, score: np.ndarray, ref: np.ndarray) -> float:
         raise NotImplementedError
 
+    def rows(self, samples: pd.DataFrame) -> pd.DataFrame:
+        if self.behaviour_only:
+            if "is_behaviour" not in samples:
+                return samples.iloc[0:0]
+            # NULL is_behaviour: rows written before qval stored it; they cannot be told apart, so none are used.
+            samples = samples[samples["is_behaviour"].fillna(False).astype(bool)]
+        return samples[samples["score"].notna() & samples["ref_q"].notna()]  # QVal: drop a null on either side
+
     def compute(self, samples, baseline=None, cell=None):
-        samples = samples[samples["score"].notna() & samples["ref_q"].notna()]  # QVal: drop a null on either side
+        samples = self.rows(samples)
         if len(samples) < MIN_POOLED_PAIRS:
-            return MetricValue.undefined(len(samples))
+            return MetricValue.undefined(len(samples), _n_states(samples))
         groups = _by_state(samples)
 
         def stat(idx):
@@ -40,40 +55,72 @@ class _Pooled(Metric):
 
         value = stat(np.arange(len(groups)))
         result = bootstrap_units(len(groups), stat, value)
-        return MetricValue(result.value, result.ci_low, result.ci_high, len(samples))
+        return MetricValue(result.value, result.ci_low, result.ci_high, len(samples), _n_states(samples))
+
+
+def _spearman(score, ref):
+    from scipy import stats as sps  # imported on use: decode-only ingests never pay for scipy
+
+    return float(sps.spearmanr(score, ref).statistic)
+
+
+def _kendall(score, ref):
+    from scipy import stats as sps
+
+    return float(sps.kendalltau(score, ref, variant="b").statistic)
+
+
+def _pearson(score, ref):
+    from scipy import stats as sps
+
+    if np.all(score == score[0]) or np.all(ref == ref[0]):
+        return float("nan")  # undefined for a constant vector, as scipy warns
+    return float(sps.pearsonr(score, ref).statistic)
+
+
+_QVAL_ROWS = ("over the behaviour policy's own action at each evaluation point (one pair per point, QVal's pooled "
+              "statistic for pointwise methods; null below 50 pairs as in QVal); n = points, CI resamples points")
+_ALL_ROWS = ("over every candidate action of every evaluation point (qval's own statistic, not QVal's: it also "
+             "ranks the alternatives); null below 50 pairs; n = (point, candidate) pairs, CI resamples points")
 
 
 class PooledSpearman(_Pooled):
     name = "pooled_spearman"
-    label = "Spearman ρ pooled over all (state, action) pairs; n = pairs, CI resamples states"
-
-    def _corr(self, score, ref):
-        from scipy import stats as sps  # imported on use: decode-only ingests never pay for scipy
-
-        return float(sps.spearmanr(score, ref).statistic)
+    label = f"Spearman ρ pooled {_QVAL_ROWS}"
+    _corr = staticmethod(_spearman)
 
 
 class PooledKendall(_Pooled):
     name = "pooled_kendall"
-    label = "Kendall τ-b pooled over all (state, action) pairs; n = pairs, CI resamples states"
-
-    def _corr(self, score, ref):
-        from scipy import stats as sps
-
-        return float(sps.kendalltau(score, ref, variant="b").statistic)
+    label = f"Kendall τ-b pooled {_QVAL_ROWS}"
+    _corr = staticmethod(_kendall)
 
 
 class PooledPearson(_Pooled):
     name = "pooled_pearson"
-    label = ("Pearson r pooled over all (state, action) pairs (QVal reports it; skewed labels make it unreliable); "
-             "n = pairs, CI resamples states")
+    label = f"Pearson r pooled {_QVAL_ROWS} (skewed labels make Pearson unreliable)"
+    _corr = staticmethod(_pearson)
 
-    def _corr(self, score, ref):
-        from scipy import stats as sps
 
-        if np.all(score == score[0]) or np.all(ref == ref[0]):
-            return float("nan")  # undefined for a constant vector, as scipy warns
-        return float(sps.pearsonr(score, ref).statistic)
+class PooledSpearmanAll(_Pooled):
+    name = "pooled_spearman_all"
+    behaviour_only = False
+    label = f"Spearman ρ pooled {_ALL_ROWS}"
+    _corr = staticmethod(_spearman)
+
+
+class PooledKendallAll(_Pooled):
+    name = "pooled_kendall_all"
+    behaviour_only = False
+    label = f"Kendall τ-b pooled {_ALL_ROWS}"
+    _corr = staticmethod(_kendall)
+
+
+class PooledPearsonAll(_Pooled):
+    name = "pooled_pearson_all"
+    behaviour_only = False
+    label = f"Pearson r pooled {_ALL_ROWS}"
+    _corr = staticmethod(_pearson)
 
 
 def _rankable_states(samples: pd.DataFrame):
@@ -119,26 +166,47 @@ def top1_by_state(samples: pd.DataFrame) -> pd.Series:
 
 
 class _PerStateMean(Metric):
-    """The mean over states of a per-state value; the CI resamples states."""
+    """The mean over evaluation points of a per-point value (each point ranks its state's candidates).
+
+    n counts evaluation points; n_states the distinct states behind them (a state the behaviour policy visited
+    several times is one state). Points of one state are not independent, so the interval treats each distinct
+    state as one cluster: ``stats.bounded_mean``, a small-n interval whose coverage is checked by simulation.
+    """
 
     track = "qalign"
+    bounds: tuple[float, float] = (-1.0, 1.0)
 
-    def values(self, samples: pd.DataFrame) -> np.ndarray:
+    def by_point(self, samples: pd.DataFrame) -> pd.Series:
         raise NotImplementedError
 
     def compute(self, samples, baseline=None, cell=None):
-        values = self.values(samples)
-        if values.size == 0:
-            return MetricValue.undefined()
-        return bootstrap_units(values.size, lambda idx: float(values[idx].mean()), float(values.mean()))
+        per_point = self.by_point(samples)
+        if per_point.empty:
+            return MetricValue.undefined(0, 0)
+        keys = _state_keys(samples, per_point.index)
+        value = bounded_mean(per_point.to_numpy(float), *self.bounds, clusters=keys)
+        return MetricValue(value.value, value.ci_low, value.ci_high, value.n, int(pd.Series(keys).nunique()))
+
+
+def _state_keys(samples: pd.DataFrame, points: pd.Index) -> np.ndarray:
+    """The state of each evaluation point (its sample id where no state key is stored)."""
+    if "state_key" not in samples:
+        return points.to_numpy()
+    keys = samples.drop_duplicates("sample_id").set_index("sample_id")["state_key"]
+    return keys.reindex(points).fillna(pd.Series(points, index=points)).to_numpy()
+
+
+_PER_POINT_N = ("n = evaluation points, n_states = distinct states among them; 95% interval clustered by state "
+                "(small-n Wilson-type t-interval, coverage checked by simulation)")
 
 
 class PerStateSpearman(_PerStateMean):
     name = "per_state_spearman"
-    label = "mean over states of the Spearman ρ between scores and reference Q of that state's candidates; n = states"
+    label = ("mean over evaluation points of the Spearman ρ between scores and reference Q of the point's candidate "
+             f"actions (QVal's per-state ρ for ranking-style methods); {_PER_POINT_N}")
 
-    def values(self, samples):
-        return per_state_spearman_by_state(samples).to_numpy(float)
+    def by_point(self, samples):
+        return per_state_spearman_by_state(samples)
 
 
 class StoredPerStateSpearman(_PerStateMean):
@@ -148,8 +216,9 @@ class StoredPerStateSpearman(_PerStateMean):
     track = "qalign_state"
     label = PerStateSpearman.label
 
-    def values(self, samples):
-        return samples["value"].dropna().to_numpy(float)
+    def by_point(self, samples):
+        kept = samples[samples["value"].notna()]
+        return pd.Series(kept["value"].to_numpy(float), index=kept["sample_id"].to_numpy())
 
 
 # Per-state metrics by name: the report pairs two methods on the states they share.
@@ -159,16 +228,19 @@ BY_STATE = {"per_state_spearman": per_state_spearman_by_state, "pairwise_accurac
 
 class PairwiseAccuracy(_PerStateMean):
     name = "pairwise_accuracy"
-    label = ("per-state share of candidate pairs (with different reference Q) that the scores order correctly, "
-             "score ties count ½; chance = 0.5; n = states")
+    bounds = (0.0, 1.0)
+    label = ("mean over evaluation points of the share of candidate pairs (with different reference Q) that the "
+             f"scores order correctly, score ties count ½; chance = 0.5; qval's own; {_PER_POINT_N}")
 
-    def values(self, samples):
-        return pairwise_accuracy_by_state(samples).to_numpy(float)
+    def by_point(self, samples):
+        return pairwise_accuracy_by_state(samples)
 
 
 class Top1(_PerStateMean):
     name = "top1"
-    label = "per-state chance that the top-scored candidate is an optimal one (ties split evenly); n = states"
+    bounds = (0.0, 1.0)
+    label = ("mean over evaluation points of the chance that the top-scored candidate is an optimal one (ties split "
+             f"evenly); qval's own; {_PER_POINT_N}")
 
-    def values(self, samples):
-        return top1_by_state(samples).to_numpy(float)
+    def by_point(self, samples):
+        return top1_by_state(samples)

@@ -41,6 +41,7 @@ import pandas as pd
 
 from qval.errors import UsageError
 from qval.identity import IDENTITY_VERSION, content_hash
+from qval.plan import QALIGN_ROW_FORMAT
 
 IMPORT_MARKER = "qval-import"
 TRACK = "qalign"
@@ -49,7 +50,7 @@ MIN_USABLE_POINTS = 50
 POINT_METRICS = ("pearson", "spearman", "kendall_tau", "sign_agreement")
 AGGREGATE_STATS = ("mean", "std", "min", "max", "median", "num_samples", "num_nan")
 RANKING_STATS = ("mean", "std", "num_valid", "num_skipped", "num_points")
-SAMPLE_COLUMNS = ["sample_id", "state_key", "candidate", "action", "score", "ref_q", "error"]
+SAMPLE_COLUMNS = ["sample_id", "state_key", "candidate", "action", "score", "ref_q", "error", "is_behaviour"]
 STATE_COLUMNS = ["sample_id", "state_key", "n_candidates", "value", "error"]
 
 # The row errors. Rows with an error are kept (they are points QVal had) but never reach a metric.
@@ -428,6 +429,8 @@ def pointwise_rows(gt: list[float | None], pred: list[float | None], s: Imported
         "score": np.array([np.nan if v is None else v for v in scores], dtype=float),
         "ref_q": np.array([np.nan if v is None else v for v in gt], dtype=float),
         "error": [_row_error(i, scores[i], gt[i], s, len(pred)) for i in range(len(gt))],
+        # QVal's pointwise rows are the actor's own action at each point: the rows qval's pooled metrics use.
+        "is_behaviour": np.ones(len(gt), dtype=bool),
     })
 
 
@@ -580,8 +583,9 @@ def check_summary(s: ImportedSummary, tol: float = 1e-9) -> CheckReport:
 
 def metric_frame(rows: pd.DataFrame, cell_id: str = "imported") -> pd.DataFrame:
     """What qval's qalign metrics receive from ingest (``_samples_by_cell``): every row, with a NULL score where
-    the row has an error; columns ``cell_id, sample_id, candidate, score, ref_q``, index reset."""
-    frame = rows[["sample_id", "candidate", "score", "ref_q"]].copy()
+    the row has an error; columns ``cell_id, sample_id, state_key, candidate, score, ref_q, is_behaviour``, index
+    reset."""
+    frame = rows[["sample_id", "state_key", "candidate", "score", "ref_q", "is_behaviour"]].copy()
     frame.loc[rows["error"].notna().to_numpy(), "score"] = float("nan")
     frame.insert(0, "cell_id", cell_id)
     return frame.reset_index(drop=True)
@@ -615,6 +619,8 @@ def import_cells(s: ImportedSummary, model: str | None = None, temperature: floa
     for entry, track in [(e, TRACK) for e in s.pointwise] + [(e, STATE_TRACK) for e in s.ranking]:
         identity = {"v": IDENTITY_VERSION, "source": IMPORT_MARKER, "source_sha256": s.sha256,
                     "estimator": entry.estimator, "method": entry.method}
+        if track == TRACK:
+            identity["rows"] = QALIGN_ROW_FORMAT  # rows carry is_behaviour: imports from before are redone
         method_params = {"qval_method": entry.method, "estimator": entry.estimator}
         if isinstance(entry, PointwiseEntry) and entry.group is not None:
             method_params.update(group=entry.group, sample_index=entry.sample_index, alias=entry.alias)

@@ -116,7 +116,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
             failed += any(e is not None for e in errors)
             writer.add_sample([
                 {"sample_id": point.point_id, "state_key": str(point.state), "candidate": c.index,
-                 "action": c.action, "score": scores[i], "ref_q": c.ref_q, "error": errors[i]}
+                 "action": c.action, "score": scores[i], "ref_q": c.ref_q, "error": errors[i],
+                 "is_behaviour": c.index == point.behaviour_action}
                 for i, c in enumerate(point.candidates)
             ])
             emit("sample", cell=cell.cell_id)

@@ -38,6 +38,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from ..loadwatch import BUSY_OTHER_CORES, FLAG_SHARE
+from ..stats import LOW_N
+
 UNDEFINED = "\u2013"  # en dash, shown for any undefined number
 MAX_BARS = 30  # bars per figure; keeps figure rendering cheap and readable
 MAX_SERIES = 30  # lines, histograms or heatmap rows/columns per figure
@@ -61,9 +64,10 @@ HEADROOM_COLUMNS = (
 
 _TEXT_COLUMNS = ("cell_id", "model", "method", "family", "dataset")
 _NUMBER_COLUMNS = ("temperature", "seed", "n_samples", "n_failed")
-_CI_SUFFIXES = ("", "__lo", "__hi", "__n")
+_CI_SUFFIXES = ("", "__lo", "__hi", "__n", "__n_states")
 _ACCEPT_RATE = re.compile(r"accept_rate@(\d+)")
 _TEMPERATURE_METRICS = ("speedup", "acceptance_length")  # decode figure (a)
+_LOAD_METRIC = "timed_under_load"  # every decode cell has it; rows above loadwatch.FLAG_SHARE are flagged
 # Families that are not a "fixed policy" when picking the best fixed one.
 _NOT_FIXED = ("baseline", "adaptive")
 # Q-alignment families in their usual reading order; any other follows, sorted.
@@ -176,7 +180,7 @@ def _metric_columns(board: TrackBoard) -> list[str]:
     """Every numeric column the renderer reads for this board's metrics."""
     metrics = [*board.metrics, board.main_metric]
     if board.track == "decode":
-        metrics += [*_TEMPERATURE_METRICS, *(f"accept_rate@{i}" for i in _accept_positions(board))]
+        metrics += [*_TEMPERATURE_METRICS, _LOAD_METRIC, *(f"accept_rate@{i}" for i in _accept_positions(board))]
     metrics = list(dict.fromkeys(metrics))
     return [f"{m}{suffix}" for m in metrics for suffix in _CI_SUFFIXES]
 
@@ -406,16 +410,27 @@ _HEADROOM_NOTE = (
 
 
 def _format_metric(record: dict, metric: str) -> tuple[str, str]:
-    """(value, detail) for one cell; detail is '[lo, hi] (n=N)', undefined parts left out."""
+    """(value, detail) for one cell; detail is '[lo, hi] (n=N, S states, low n)', undefined parts left out.
+
+    "low n" marks an interval over fewer than LOW_N independent units (distinct states where n counts evaluation
+    points): its coverage is checked by simulation, but it is wide and rests on few units."""
     value = record[metric]
     if math.isnan(value):
         return UNDEFINED, ""
     lo, hi, n = (record[f"{metric}{suffix}"] for suffix in ("__lo", "__hi", "__n"))
+    states = record.get(f"{metric}__n_states", math.nan)
     detail = []
     if not (math.isnan(lo) or math.isnan(hi)):
         detail.append(f"[{lo:.3f}, {hi:.3f}]")
     if not math.isnan(n):
-        detail.append(f"(n={int(n)})")
+        counts = [f"n={int(n)}"]
+        units = n
+        if states is not None and not math.isnan(states):
+            counts.append(f"{int(states)} states")
+            units = states
+        if units < LOW_N:
+            counts.append("low n")
+        detail.append(f"({', '.join(counts)})")
     return f"{value:.3f}", " ".join(detail)
 
 
@@ -447,8 +462,15 @@ def _group_title(group: _Group) -> str:
 
 
 _CI_NOTE = (
-    "Cells: value [95% bootstrap CI] (n = samples); "
+    "Cells: value [95% CI] (n = the unit each metric's definition names; 'S states' = distinct states behind a "
+    f"count of evaluation points; 'low n' = fewer than {LOW_N} independent units); "
     f"{UNDEFINED} = undefined; n_failed = samples that failed."
+)
+_LOAD_FLAG = "\u26a0 timed under load"
+_LOAD_NOTE = (
+    "\u26a0 timed under load: in more than {share:.0%} of this cell's timed turns other processes kept more than "
+    "{cores} cores busy (or the hypervisor stole CPU time), so its timings, and the speedups computed from them, "
+    "measured the competition as much as the policy. Re-run it alone, ideally with `qval run --require-idle`."
 )
 
 
@@ -471,10 +493,21 @@ def _records(board: TrackBoard, group: _Group) -> list[dict]:
     metrics = list(dict.fromkeys([*board.metrics, board.main_metric]))
     columns = ["rank", "model", "method", "family", "n_failed", "cell_id"]
     columns += [f"{m}{suffix}" for m in metrics for suffix in _CI_SUFFIXES]
+    load = group.rows[_LOAD_METRIC] if _LOAD_METRIC in group.rows else pd.Series(math.nan, index=group.rows.index)
     records = group.rows[columns].to_dict("records")
-    for record, following in zip(records, [*records[1:], None]):
+    for record, following, share in zip(records, [*records[1:], None], load.tolist()):
         record["p_next"] = _paired_p(board, record, following)
+        record["under_load"] = bool(share == share and share > FLAG_SHARE)  # share == share: not NaN
     return records
+
+
+def _flagged_under_load(board: TrackBoard) -> int:
+    rows = _prepared_rows(board)
+    return int((rows[_LOAD_METRIC] > FLAG_SHARE).sum()) if _LOAD_METRIC in rows else 0
+
+
+def _load_note() -> str:
+    return _LOAD_NOTE.format(share=FLAG_SHARE, cores=BUSY_OTHER_CORES)
 
 
 def _paired_p(board: TrackBoard, record: dict, following: dict | None) -> float | None:
@@ -504,7 +537,8 @@ def _md_table(board: TrackBoard, group: _Group) -> list[str]:
     align = ["---:", "---", "---", "---", *["---:"] * len(board.metrics), "---:", *(["---:"] if paired else [])]
     lines = [_md_row(header), _md_row(align)]
     for record in _records(board, group):
-        cells = [record["rank"], _md(record["model"]), _md(record["method"]), _md(record["family"])]
+        method = _md(record["method"]) + (f" {_LOAD_FLAG}" if record["under_load"] else "")
+        cells = [record["rank"], _md(record["model"]), method, _md(record["family"])]
         for metric in board.metrics:
             value, detail = _format_metric(record, metric)
             cells.append(f"{value} {detail}".rstrip())
@@ -678,6 +712,9 @@ def _md_track(board: TrackBoard) -> list[str]:
         f"- **{_md(m)}** {_direction(board, m)[0]}: {_md(_label(board, m))}" for m in board.metrics
     ]
     lines += ["", _CI_NOTE, ""]
+    flagged = _flagged_under_load(board)
+    if flagged:
+        lines += [f"**{flagged} cell(s) {_LOAD_FLAG}.** {_md(_load_note())}", ""]
     groups = _ranked_groups(board)
     if not groups:
         return [*lines, "No results.", ""]
@@ -734,6 +771,7 @@ th.main{background:#e3ebf6}
 .undef{color:#999}
 svg.wh{display:block;margin-left:auto}
 .note{font-size:.9em;color:#444}
+.warn{color:#8a4b00;font-weight:600}
 figure{margin:1em 0 2em}figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.9em;color:#444}
 """
@@ -974,7 +1012,10 @@ def _html_table(board: TrackBoard, group: _Group) -> str:
     for i, record in enumerate(_records(board, group)):
         rank = record["rank"]
         cells = [f'<td class="num" data-sort="{"" if rank == UNDEFINED else rank}">{rank}</td>']
-        cells += [f'<td class="name">{_e(record[c])}</td>' for c in ("model", "method", "family")]
+        flag = (f' <span class="warn" title="{_e(_load_note())}">{_e(_LOAD_FLAG)}</span>'
+                if record["under_load"] else "")
+        cells += [f'<td class="name">{_e(record["model"])}</td>', f'<td class="name">{_e(record["method"])}{flag}</td>',
+                  f'<td class="name">{_e(record["family"])}</td>']
         cells += [
             _html_metric_cell(record, m, axis if m == main else None) for m in board.metrics
         ]
@@ -1074,8 +1115,16 @@ def _html_track(board: TrackBoard) -> str:
     return (
         f'<section class="track" data-track="{_e(board.track)}">\n<h2>{_e(board.title)}</h2>\n'
         f"<p>Ranked by <b>{_e(board.main_metric)}</b> ({words}).</p>\n"
-        f"<ul>{legend}</ul>\n<p>{_e(_CI_NOTE)}</p>\n{tables}\n</section>"
+        f"<ul>{legend}</ul>\n<p>{_e(_CI_NOTE)}</p>\n{_html_load_warning(board)}{tables}\n</section>"
     )
+
+
+def _html_load_warning(board: TrackBoard) -> str:
+    flagged = _flagged_under_load(board)
+    if not flagged:
+        return ""
+    return f'<p class="warn"><b>{flagged} cell(s) {_e(_LOAD_FLAG)}.</b> {_e(_load_note())}</p>\n'
+
 
 
 def _html_families(board: TrackBoard, rows: list[dict]) -> str:

@@ -50,6 +50,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (4, [
         "ALTER TABLE decode_samples ADD COLUMN draft_s DOUBLE",
     ]),
+    (5, [
+        "ALTER TABLE qalign_samples ADD COLUMN is_behaviour BOOLEAN",
+        "ALTER TABLE cell_metrics ADD COLUMN n_states INTEGER",
+        "ALTER TABLE decode_samples ADD COLUMN load_other_cores DOUBLE",
+        "ALTER TABLE decode_samples ADD COLUMN load_steal DOUBLE",
+        "ALTER TABLE decode_samples ADD COLUMN load_avg1 DOUBLE",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

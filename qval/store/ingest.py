@@ -176,9 +176,11 @@ _METRIC_COLUMNS = {
     # A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a state with a failed
     # candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than silently ranked
     # over the candidates that happened to succeed.
-    "qalign": "cell_id, sample_id, candidate, CASE WHEN error IS NULL THEN score END AS score, ref_q",
-    "qalign_state": "cell_id, sample_id, value",
+    "qalign": ("cell_id, sample_id, state_key, candidate, CASE WHEN error IS NULL THEN score END AS score, ref_q, "
+               "is_behaviour"),
+    "qalign_state": "cell_id, sample_id, state_key, value",
     "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, draft_s, "
+               "load_other_cores, load_steal, "
                "output_sha, output_ids[2:33] AS early_ids, "
                "coalesce(list_sum(accepted), 0) AS accepted_total, "
                "len(list_filter(drafted, lambda x: x >= 1)) AS drafts, "
@@ -227,7 +229,8 @@ def compute_metrics(con, changed: list[str]) -> int:
                 values = value if isinstance(value, dict) else {metric.name: value}
                 for name, v in values.items():
                     rows.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
-                                 metric.higher_is_better, metric.label])
+                                 metric.higher_is_better, metric.label, v.n_states])
     con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])
-    con.executemany("INSERT INTO cell_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.executemany("INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, label, "
+                    "n_states) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
     return len(rows)

@@ -12,6 +12,8 @@ QALIGN_SAMPLES = pa.schema([
     ("score", pa.float64()),  # NULL when the method failed on this point
     ("ref_q", pa.float64()),
     ("error", pa.string()),
+    # The action the behaviour policy took at this point: QVal's pooled statistics use these rows only.
+    ("is_behaviour", pa.bool_()),
 ])
 
 DECODE_SAMPLES = pa.schema([
@@ -35,6 +37,11 @@ DECODE_SAMPLES = pa.schema([
     ("prefill_top_prob", pa.float64()),
     # Seconds of decode_s the harness clocked inside the policy's drafter (input to the modelled speedup).
     ("draft_s", pa.float64()),
+    # Machine load while this turn was timed (qval/loadwatch.py): other processes' CPU in cores, the steal share of
+    # all CPU time, and the 1-minute load average at the end. Timings taken under load are flagged in reports.
+    ("load_other_cores", pa.float64()),
+    ("load_steal", pa.float64()),
+    ("load_avg1", pa.float64()),
 ])
 
 # Per-state values of cells that have no per-candidate rows: QVal summaries store only the per-state Spearman ρ of

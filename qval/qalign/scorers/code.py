@@ -5,6 +5,10 @@ example state. ``programs`` functions are sampled (seeded); each runs in the san
 process, CPU/memory/time limits, no network, no writes outside a temp dir, no inherited environment). The score
 of a candidate is the mean over the programs that returned a number for it (QVal's codegen-avg); ``program: i``
 scores with program i alone (QVal's per-sample codegen). The programs are kept as cell artifacts.
+
+Differs from QVal's codegen (label it so when comparing): QVal asks for ``signal_function(state, action,
+next_state)``, runs it on the actor's action only, and shows no example state; qval's program sees no next state,
+scores every candidate, and is shown one example state and the action list.
 """
 from __future__ import annotations
 

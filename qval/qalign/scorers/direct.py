@@ -65,6 +65,10 @@ class DirectScorer(_NumericScorer):
 
 
 class DirectBatchedScorer(_NumericScorer):
+    """qval's own packing, not QVal's direct-batched: all candidates of *one* state in one prompt, one lettered
+    value each. QVal's direct-batched packs 4 separate evaluation points (each with its own state, actor action and
+    next state) into one prompt and reads a comma-separated list; that variant is not implemented here."""
+
     name = "direct-batched"
     version = "1-v1"
 

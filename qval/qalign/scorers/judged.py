@@ -23,6 +23,11 @@ GRADES = LETTERS[:20]
 
 
 class VerifierScorer(LLMScorer):
+    """Expected grade over the 20 letters A (1.0) … T (0.0) from the next-token distribution right after the
+    prompt, renormalised over all 20 letter tokens (qval's reading). QVal instead samples a reply (with thinking),
+    finds the token after ``<score_1>`` and renormalises over the letters present in its top-20 log-probs (case
+    and spaces merged), falling back to the hard letter; that reading is not implemented here."""
+
     name = "verifier"
     family = "intrinsic"
     version = "1-v1"
@@ -41,6 +46,11 @@ class VerifierScorer(LLMScorer):
 
 
 class DeltaBeliefScorer(LLMScorer):
+    """log P(Yes) of eventual success, normalised over Yes+No, after minus before seeing the action and its
+    outcome (QVal's formula). Differs from QVal: qval reads the first token of "Yes" and "No" where QVal scores
+    each verbaliser as a whole continuation (equal when each is one token, as for SmolLM2), and the question's
+    wording is qval's own (shorter)."""
+
     name = "delta-belief"
     family = "intrinsic"
     version = "1-v1"
