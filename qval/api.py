@@ -1,7 +1,9 @@
 """The Python API behind the CLI: plan, run, ingest. The CLI is a thin layer over these functions."""
 from __future__ import annotations
 
+import json
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,6 +38,9 @@ class RunSummary:
     failed_cells: list[str] = field(default_factory=list)
     quarantined: list[Path] = field(default_factory=list)
     ingest: IngestReport | None = None
+    # Cells this run ran that did not finish, or whose plugin raised / timed out on some samples (a reply the
+    # method could not parse is a measured outcome, not a problem): {cell, method, problem, reasons}.
+    problems: list[dict] = field(default_factory=list)
 
 
 def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local", on_event=None,
@@ -51,6 +56,7 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
     runner_cls = REGISTRY.get("runners", runner)
     runner_cls.parse_options(runner_options or {})  # bad options fail before anything is written
     with results_lock(results, f"run {plan.suite}"):
+        mark_interrupted_runs(results)
         plan_path = plan.write(results)
         quarantined = verify_done_cells(results, plan.cells)
         done = cell_status(plan, results)
@@ -69,7 +75,8 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
             fp["load_at_start"] = {**load_at_start.as_row(), "busy": load_at_start.busy}
             fp["require_idle_s"] = require_idle
             record = {"run_id": run_id, "suite": plan.suite, "plan_id": plan.plan_id, "status": "running",
-                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fp}
+                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fp,
+                      "pid": os.getpid(), "host": socket.gethostname()}
             run_file = results / "runs" / f"{run_id}.json"
             run_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(run_file, record)
@@ -84,18 +91,101 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
                     on_event(shard, event)
 
             status = runner_cls(results, workers, runner_options).run(plan, plan_path, todo_shards, run_id, handle)
+            ran = [c for s in todo_shards for c in plan.shards[s].cell_ids if not done[c]]
             summary.failed_shards = sorted(i for i, rc in status.items() if rc != 0)
             summary.failed_cells = failed_cells
             record.update(status="failed" if summary.failed_shards else "done",
                           finished_at=datetime.now(timezone.utc).isoformat())
             write_json_atomic(run_file, record)
         summary.ingest = ingest(results)
+        if summary.run_id is not None:
+            summary.problems = problem_cells(results, plan, ran)
     return summary
+
+
+def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
+    """What went wrong in the cells a run ran, from their manifests and stored rows (see RunSummary.problems)."""
+    from .store.parts import DONE, FAILED, cell_dir
+    from .store.tables import SAMPLE_TABLES
+
+    out = []
+    for cell_id in cell_ids:
+        cell, directory = plan.cells[cell_id], cell_dir(results, cell_id)
+        problem = None
+        if (directory / DONE).is_file():
+            try:
+                manifest = json.loads((directory / DONE).read_text())
+                errored = int(manifest.get("n_errored", manifest.get("n_failed", 0)) or 0)
+            except (OSError, ValueError, TypeError, AttributeError):
+                errored, problem = 0, "its DONE manifest is unreadable"
+            if errored:
+                problem = f"{errored} of {manifest.get('n_samples', '?')} samples errored (exception or timeout)"
+        elif (directory / FAILED).is_file():
+            try:
+                problem = "failed: " + str(json.loads((directory / FAILED).read_text()).get("error"))
+            except (OSError, ValueError, AttributeError):
+                problem = "failed (unreadable FAILED manifest)"
+        else:
+            problem = "not finished: its worker ended before completing it (see the shard log)"
+        if problem:
+            out.append({"cell": cell_id, "method": cell.method, "dataset": cell.dataset_label or cell.dataset,
+                        "problem": problem, "reasons": _top_reasons(results, SAMPLE_TABLES[cell.track], cell_id)})
+    return out
+
+
+def _top_reasons(results: Path, table: str, cell_id: str, top: int = 3) -> list[str]:
+    from .store.db import connect_reader
+
+    try:
+        con = connect_reader(results)
+    except Exception:  # noqa: BLE001 - reasons are a courtesy; the problem itself is already known
+        return []
+    try:
+        rows = con.execute(f"SELECT error, count(DISTINCT sample_id) AS n FROM {table} WHERE cell_id = ? AND error "
+                           "IS NOT NULL GROUP BY error ORDER BY n DESC, error LIMIT ?", [cell_id, top]).fetchall()
+    finally:
+        con.close()
+    return [f"{n} × {error[:200]}" for error, n in rows]
 
 
 def ingest_results(results: Path) -> IngestReport:
     with results_lock(results, "ingest"):
+        mark_interrupted_runs(results)
         return ingest(Path(results))
+
+
+def mark_interrupted_runs(results: Path) -> list[str]:
+    """Run records still "running" whose process is gone (a killed `qval run`) become "interrupted".
+
+    Called with the results folder's lock held: a live run on this folder would hold that lock, so a "running"
+    record from this host whose process no longer exists cannot be a live run."""
+    host, changed = socket.gethostname(), []
+    for path in sorted((Path(results) / "runs").glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if not isinstance(record, dict) or record.get("status") != "running":
+            continue
+        pid = record.get("pid")
+        alive = isinstance(pid, int) and record.get("host") == host and _alive(pid) and pid != os.getpid()
+        if record.get("host") not in (None, host) or alive:
+            continue  # another host's run, or still alive
+        record.update(status="interrupted", finished_at=None,
+                      note="the `qval run` process ended without finishing (killed); its finished samples are kept")
+        write_json_atomic(path, record)
+        changed.append(record.get("run_id", path.stem))
+    return changed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def read_plan_file(path: Path) -> Plan:

@@ -122,6 +122,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
                                           "idle machine before starting, and re-time any decode turn timed while "
                                           "other processes used the cores (they include other workers: use "
                                           "--workers 1 for timed suites)."),
+        allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when cells errored "
+                                            "(a plugin raised or timed out) or did not finish; by default exit 4."),
         idle_timeout: float = typer.Option(300.0, "--idle-timeout", min=0, help="Seconds --require-idle waits for "
                                            "an idle machine before it gives up (exit 2 at the start; a failed "
                                            "sample, with the reason, during the run)."),
@@ -172,8 +174,9 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
                     "cells": summary.cells_total, "cells_run": summary.cells_todo,
                     "failed_shards": summary.failed_shards, "failed_cells": summary.failed_cells,
                     "quarantined": [str(q) for q in summary.quarantined + ing.quarantined],
-                    "ingested_cells": ing.cells_ingested, "ingested_rows": ing.rows})
-        raise typer.Exit(1 if summary.failed_shards else 0)
+                    "ingested_cells": ing.cells_ingested, "ingested_rows": ing.rows,
+                    "problem_cells": summary.problems})
+        raise typer.Exit(1 if summary.failed_shards else (4 if summary.problems and not allow_failures else 0))
     for q in summary.quarantined:
         err.print(f"[yellow]quarantined unreadable part[/] {q}; its cell was recomputed")
     if summary.run_id is None:
@@ -182,10 +185,21 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows into {results / 'qval.duckdb'}")
     for q in ing.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
+    for problem in summary.problems:
+        from rich.markup import escape
+
+        err.print(f"[red]cell {problem['cell']}[/] " + escape(f"({problem['method']} on {problem['dataset']}): "
+                                                             f"{problem['problem']}"), highlight=False)
+        for reason in problem["reasons"]:
+            err.print(f"    {reason}", markup=False, highlight=False)
     if summary.failed_shards:
         err.print(f"[red]{len(summary.failed_shards)} shard(s) failed[/]; logs in {results / 'logs' / summary.run_id}; "
                   "re-run the same command to resume")
         raise typer.Exit(1)
+    if summary.problems and not allow_failures:
+        err.print(f"{len(summary.problems)} cell(s) with errors: exit 4 (--allow-failures keeps 0). Finished samples "
+                  "are kept; re-running retries unfinished cells only")
+        raise typer.Exit(4)
 
 
 @app.command()

@@ -24,8 +24,6 @@ from .errors import UsageError
 # machine (a few hundredths of a core) and far below one competing busy process.
 BUSY_OTHER_CORES = 0.5
 BUSY_STEAL = 0.05
-# A cell is flagged when more than this share of its timed turns ran under load.
-FLAG_SHARE = 0.10
 # Set by `qval run --require-idle` for its workers: seconds a worker may wait for an idle machine.
 REQUIRE_IDLE_ENV = "QVAL_REQUIRE_IDLE_S"
 RETIMES = 3  # times a worker re-times a turn that ran under load before it gives up on that sample
@@ -40,14 +38,22 @@ class Snapshot:
     own: float  # CPU seconds of this process and its children (threads included)
 
 
+# CPU counters tick every 10 ms: over a shorter window than this, one reading can be off by more than the busy
+# threshold. Shorter windows are recorded (a cell's load is their time-weighted mean) but never judged alone.
+MIN_JUDGED_WINDOW_S = 0.25
+
+
 @dataclass(frozen=True)
 class Load:
     other_cores: float  # cores other processes kept busy on average during the window
     steal: float  # share of all CPU time stolen by the hypervisor during the window
     load_avg1: float  # 1-minute load average at the end of the window
+    window_s: float = 1.0
 
     @property
     def busy(self) -> bool:
+        if self.window_s < MIN_JUDGED_WINDOW_S:
+            return False  # too short to tell: the cell-level mean judges it
         return self.other_cores > BUSY_OTHER_CORES or self.steal > BUSY_STEAL
 
     def as_row(self) -> dict:
@@ -55,14 +61,25 @@ class Load:
 
 
 def _own_cpu(proc: psutil.Process) -> float:
+    """CPU seconds of this process tree, waited-for children included (a child that exits inside a window would
+    otherwise take its lifetime CPU out of "ours" and into "other")."""
     total = 0.0
     for p in [proc, *_children(proc)]:
         try:
             t = p.cpu_times()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        total += t.user + t.system
+        total += t.user + t.system + getattr(t, "children_user", 0.0) + getattr(t, "children_system", 0.0)
     return total
+
+
+def _our_cpus() -> list[int] | None:
+    """The CPUs this process may run on (a SLURM job or taskset gets a subset): other jobs on other cores do not
+    disturb our timings and are not counted."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
 
 
 def _children(proc: psutil.Process) -> list[psutil.Process]:
@@ -73,12 +90,18 @@ def _children(proc: psutil.Process) -> list[psutil.Process]:
 
 
 def snapshot(proc: psutil.Process | None = None) -> Snapshot:
-    times = psutil.cpu_times()
-    steal = getattr(times, "steal", 0.0)
-    idle = times.idle + getattr(times, "iowait", 0.0)
-    # guest time is already counted in user on Linux; summing the named fields would count it twice.
-    total = sum(getattr(times, f) for f in times._fields if f not in ("guest", "guest_nice"))
-    return Snapshot(time.monotonic(), total - idle - steal, steal, total, _own_cpu(proc or psutil.Process()))
+    per_cpu = psutil.cpu_times(percpu=True)
+    cpus = _our_cpus()
+    if cpus is not None and all(i < len(per_cpu) for i in cpus):
+        per_cpu = [per_cpu[i] for i in cpus]
+    busy = steal = total = 0.0
+    for times in per_cpu:
+        s = getattr(times, "steal", 0.0)
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already counted in user on Linux; summing the named fields would count it twice.
+        t = sum(getattr(times, f) for f in times._fields if f not in ("guest", "guest_nice"))
+        busy, steal, total = busy + t - idle - s, steal + s, total + t
+    return Snapshot(time.monotonic(), busy, steal, total, _own_cpu(proc or psutil.Process()))
 
 
 def between(start: Snapshot, end: Snapshot) -> Load:
@@ -86,7 +109,7 @@ def between(start: Snapshot, end: Snapshot) -> Load:
     other = max(0.0, (end.busy - start.busy) - (end.own - start.own)) / wall
     total = end.total - start.total
     steal = (end.steal - start.steal) / total if total > 0 else 0.0
-    return Load(round(other, 4), round(max(0.0, steal), 4), round(os.getloadavg()[0], 3))
+    return Load(round(other, 4), round(max(0.0, steal), 4), round(os.getloadavg()[0], 3), wall)
 
 
 def measure(seconds: float = 1.0) -> Load:

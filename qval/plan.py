@@ -94,11 +94,22 @@ class Plan:
                    data["config"], cells, shards)
 
     def write(self, results: Path) -> Path:
-        path = results / "plans" / f"{self.plan_id}.json"
+        """Write the manifest durably (fsync, then rename) with the next sequence number of the folder: the plan
+        written last defines a suite's cells, whatever the files' clocks say."""
+        path = Path(results) / "plans" / f"{self.plan_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**self.to_json(), "sequence": 1 + max((plan_sequence(p) for p in path.parent.glob("*.json")),
+                                                       default=0)}
         tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as f:
+                f.write(json.dumps(data, indent=1))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -107,6 +118,16 @@ class Plan:
             return cls.from_json(json.loads(Path(path).read_text()))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"cannot read plan manifest {path}: {exc}") from None
+
+
+def plan_sequence(path: Path) -> int:
+    """The sequence number a plan manifest was written with (0 for unreadable manifests and those from before
+    sequences were recorded)."""
+    try:
+        value = json.loads(Path(path).read_text()).get("sequence", 0)
+        return int(value) if isinstance(value, int) else 0
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def make_cell(track: str, model: str | None, model_identity: dict | None, method_cls, method_params,

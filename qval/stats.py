@@ -152,6 +152,10 @@ def bounded_mean(values, low: float, high: float, clusters=None) -> MetricValue:
     from scipy import stats as sps
 
     x = np.asarray(values, float)
+    finite = np.isfinite(x)
+    if not finite.all():  # a NaN would make the mean NaN and the interval the whole range
+        x = x[finite]
+        clusters = None if clusters is None else np.asarray(clusters)[finite]
     n = x.size
     if n == 0:
         return MetricValue.undefined()

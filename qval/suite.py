@@ -141,6 +141,8 @@ class SuiteConfig(Strict):
     def _seeds(cls, values):
         if any(s < 0 for s in values):
             raise ValueError("seeds must be >= 0")
+        if any(s > MAX_SEED for s in values):  # the results database stores seeds as INTEGER
+            raise ValueError(f"seeds must be <= {MAX_SEED} (a 32-bit integer)")
         if len(set(values)) != len(values):
             raise ValueError("seeds repeat")
         return values
@@ -160,15 +162,95 @@ class Suite:
         return self.config.name
 
 
+MAX_SEED = 2**31 - 1
+MAX_SUITE_BYTES = 1_000_000  # a suite is a page of YAML, not a data file
+MAX_YAML_NODES = 100_000  # nodes after alias expansion: a "billion laughs" document stops here
+MAX_CELLS = 100_000  # cells one suite may expand to (QVAL_MAX_CELLS overrides): a typo in a grid is refused
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses duplicate keys (YAML says they are an error; PyYAML keeps the last one) and
+    documents whose alias expansion would exceed MAX_YAML_NODES."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0
+
+    def construct_object(self, node, deep=False):
+        self._nodes += 1
+        if self._nodes > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES} values (aliases?)", node.start_mark)
+        return super().construct_object(node, deep)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # the base constructor reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _count_nodes(node, seen=None, budget=MAX_YAML_NODES) -> int:
+    """Nodes of the composed document counted with aliases expanded, stopping at the budget (an alias bomb is a
+    small tree of shared nodes that expands exponentially)."""
+    memo: dict[int, int] = {} if seen is None else seen
+
+    def count(n) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            for child in n.value:
+                total += count(child)
+                if total > budget:
+                    break
+        elif isinstance(n, yaml.MappingNode):
+            for k, v in n.value:
+                total += count(k) + count(v)
+                if total > budget:
+                    break
+        memo[id(n)] = total
+        return total
+    return count(node)
+
+
+def _parse_yaml(text: str):
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _count_nodes(node) > MAX_YAML_NODES:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"the document expands to more than {MAX_YAML_NODES} values (aliases?)", node.start_mark)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_suite(path: str | Path) -> Suite:
     path = Path(path)
     if not path.is_file():
         raise SuiteError(path, "<file>", "no such file")
+    if path.stat().st_size > MAX_SUITE_BYTES:
+        raise SuiteError(path, "<file>", f"larger than {MAX_SUITE_BYTES} bytes; a suite is a short YAML file")
     try:
         text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except UnicodeDecodeError:
         raise SuiteError(path, "<file>", "not UTF-8 text") from None
+    except RecursionError:
+        raise SuiteError(path, "<file>", "invalid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -183,7 +265,26 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
     suite = Suite(path, config, text)
     _resolve(suite)
+    _check_grid_size(suite)
     return suite
+
+
+def _check_grid_size(suite: Suite) -> None:
+    """Refuse a grid too large to plan before expanding it (the product of the axes is cheap to compute)."""
+    import os
+
+    limit = int(os.environ.get("QVAL_MAX_CELLS", MAX_CELLS))
+    cfg = suite.config
+    models, seeds = len(cfg.models), len(cfg.seeds)
+    total = 0
+    if cfg.qalign is not None:
+        total += (models * len(cfg.qalign.methods) * len(cfg.qalign.envs) * len(cfg.qalign.temperatures) * seeds)
+    if cfg.decode is not None:
+        total += (models * (len(cfg.decode.policies) + 1) * len(cfg.decode.datasets) * len(cfg.decode.temperatures)
+                  * seeds)
+    if total > limit:
+        raise SuiteError(suite.path, "<grid>", f"expands to about {total:,} cells, above the limit of {limit:,}; "
+                         "shrink the grid or set QVAL_MAX_CELLS to allow it")
 
 
 def _suite_error(path: Path, exc: ValidationError, prefix: str = "") -> SuiteError:

@@ -13,18 +13,29 @@ import json
 import os
 import sys
 import traceback
+from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .fingerprint import fingerprint
 from .plan import Plan
 from .registry import REGISTRY
-from .store.parts import PartWriter, is_done
+from .store.parts import CellBusy, CellLease, PartWriter, is_done
 from .timeouts import PluginTimeout
 
 
+_EVENTS = None
+
+
 def emit(event: str, **fields) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """One progress event for the runner. With QVAL_EVENT_FD (the local runner) events go to a pipe of their own,
+    which plugins cannot write to by printing, and stdout is just log; elsewhere they go to stdout."""
+    global _EVENTS
+    if _EVENTS is None:
+        fd = os.environ.get("QVAL_EVENT_FD")
+        _EVENTS = os.fdopen(int(fd), "w", buffering=1) if fd and fd.isdigit() else sys.stdout
+    _EVENTS.write(json.dumps({"event": event, **fields}) + "\n")
+    _EVENTS.flush()
 
 
 def load_model(shard):
@@ -69,30 +80,53 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
             print(trace, file=sys.stderr)
             return
         n, failed, *extras = outcome
-        writer.finish({**manifest, "n_samples": n, "n_failed": failed, **(extras[0] if extras else {})})
+        extra = extras[0] if extras else {"n_errored": failed}  # a failed decode sample is always an exception
+        writer.finish({**manifest, "n_samples": n, "n_failed": failed, **extra})
         emit("cell_done", cell=cell.cell_id, n=n, failed=failed)
 
+    def say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     for cell in [c for c in todo if c.track == "qalign"]:
-        writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
         try:
-            outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
-        except (Exception, PluginTimeout) as exc:
-            outcome = exc
-        finish(cell, writer, outcome, started)
+            with CellLease(results, cell.cell_id, say=say):
+                if is_done(results, cell.cell_id):
+                    continue  # the worker that held the lease finished it
+                writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
+                try:
+                    outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
+                except (Exception, PluginTimeout) as exc:
+                    outcome = exc
+                finish(cell, writer, outcome, started)
+        except CellBusy as exc:
+            errors += 1
+            emit("cell_failed", cell=cell.cell_id, error=str(exc))
 
     # Timed cells run in groups that share an AR baseline, interleaved sample by sample.
     groups: dict[str, list] = {}
     for cell in [c for c in todo if c.track == "decode"]:
         groups.setdefault(cell.baseline_cell_id or cell.cell_id, []).append(cell)
     for cells in groups.values():
-        writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
-        started = _now()
-        try:
-            outcomes = run_decode_group(cells, model, writers, emit, warmup=warmup)
-        except Exception as exc:  # the group could not start (e.g. the dataset failed to load)
-            outcomes = {c.cell_id: exc for c in cells}
-        for cell in cells:
-            finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
+        with ExitStack() as leases:
+            try:
+                for cell in sorted(cells, key=lambda c: c.cell_id):  # one order everywhere: no deadlock
+                    leases.enter_context(CellLease(results, cell.cell_id, say=say))
+            except CellBusy as exc:
+                errors += 1
+                for cell in cells:
+                    emit("cell_failed", cell=cell.cell_id, error=str(exc))
+                continue
+            cells = [c for c in cells if not is_done(results, c.cell_id)]
+            if not cells:
+                continue
+            writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
+            started = _now()
+            try:
+                outcomes = run_decode_group(cells, model, writers, emit, warmup=warmup)
+            except Exception as exc:  # the group could not start (e.g. the dataset failed to load)
+                outcomes = {c.cell_id: exc for c in cells}
+            for cell in cells:
+                finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
     return 1 if errors else 0
 
 
@@ -107,6 +141,8 @@ def main(argv=None) -> int:
     ap.add_argument("--results", required=True, type=Path)
     ap.add_argument("--run-id", required=True)
     args = ap.parse_args(argv)
+    # Inherited by every process the worker (or a plugin) starts, so the runner can find and end them afterwards.
+    os.environ["QVAL_WORKER_PID"] = str(os.getpid())
     threads = os.environ.get("QVAL_TORCH_THREADS")
     if threads:
         import torch

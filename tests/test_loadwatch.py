@@ -84,7 +84,7 @@ def test_cells_timed_under_load_are_flagged_in_both_reports():
     rows = pd.DataFrame({"cell_id": ["a", "b"], "model": "m", "method": ["ar", "pl"], "family": "policy",
                          "dataset": "d", "temperature": 0.0, "seed": 0, "n_samples": 4, "n_failed": 0,
                          "speedup": [1.0, 0.52], "speedup__lo": [1.0, 0.40], "speedup__hi": [1.0, 0.67],
-                         "speedup__n": [4, 4], "timed_under_load": [0.0, 0.75], "timed_under_load__n": [8, 8]})
+                         "speedup__n": [4, 4], "load_other_cores": [0.02, 1.1], "load_other_cores__n": [8, 8]})
     board = lr.TrackBoard(track="decode", title="Decoding", main_metric="speedup", metrics=["speedup"],
                           higher_is_better={"speedup": True}, labels={"speedup": "speedup"}, rows=rows)
     report = lr.SuiteReport(suite="s", description="", environment={}, tracks=[board])

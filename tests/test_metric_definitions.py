@@ -13,8 +13,8 @@ import pytest
 from scipy import stats as sps
 
 from conftest import run_qval, write_suite
-from qval.decode.metrics import (MeanAcceptedTokens, MeasuredSpeedup, PerSampleAcceptanceLength, SpecBenchSpeedup,
-                                 TimedUnderLoad, VllmAcceptanceLength)
+from qval.decode.metrics import (LoadWhileTimed, MeanAcceptedTokens, MeasuredSpeedup, PerSampleAcceptanceLength,
+                                 SpecBenchSpeedup, VllmAcceptanceLength)
 from qval.qalign.metrics import (MIN_POOLED_PAIRS, PerStateSpearman, PooledKendall, PooledPearson, PooledSpearman,
                                  PooledSpearmanAll)
 
@@ -107,11 +107,12 @@ def test_per_state_metrics_count_points_and_distinct_states():
     assert v.ci_low <= v.value <= v.ci_high
 
 
-def test_timed_under_load_share():
-    frame = pd.DataFrame({"load_other_cores": [0.0, 0.1, 1.2, np.nan], "load_steal": [0.0, 0.2, 0.0, np.nan]})
-    v = TimedUnderLoad().compute(frame)
-    assert v.value == pytest.approx(2 / 3) and v.n == 3
-    assert TimedUnderLoad().compute(frame.iloc[3:]).value is None
+def test_load_while_timed_is_the_time_weighted_mean_of_other_cores():
+    frame = pd.DataFrame({"load_other_cores": [0.0, 0.1, 1.2, np.nan], "prefill_s": [0.5, 0.0, np.nan, 1.0],
+                          "decode_s": [1.5, 1.0, 2.0, 1.0]})
+    v = LoadWhileTimed().compute(frame)
+    assert v.value == pytest.approx((0.0 * 2.0 + 0.1 * 1.0 + 1.2 * 2.0) / 5.0) and v.n == 3
+    assert LoadWhileTimed().compute(frame.iloc[3:]).value is None
 
 
 QALIGN_SUITE = """\

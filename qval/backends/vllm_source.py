@@ -60,6 +60,8 @@ class VLLMModel(ModelSource):
 
 
 class VLLMServedModel(ServedModel):
+    local_engine = True  # the engine is a child process of the worker: its CPU is ours when load is measured
+
     backend = "vllm"
 
     def __init__(self, source: VLLMModel, path: str, tokenizer, eos_ids):

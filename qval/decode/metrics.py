@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.base import Metric
-from ..loadwatch import BUSY_OTHER_CORES, BUSY_STEAL
+from ..loadwatch import BUSY_OTHER_CORES
 from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units, bounded_mean
 
 
@@ -18,8 +18,9 @@ def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
 
 class VllmAcceptanceLength(Metric):
     """vLLM's mean acceptance length (``vllm/v1/spec_decode/metrics.py``): ``1 + num_accepted_tokens /
-    num_drafts``, where ``num_drafts`` counts only the verify steps that carried at least one draft token
-    (``observe_draft`` returns early on a step with none). A cell that never drafted (AR) has no value."""
+    num_drafts``, where ``num_drafts`` counts only the verify steps that carried at least one draft token (the
+    scheduler's ``make_spec_decoding_stats`` returns early for a step with none, so ``observe_draft`` never sees
+    it). A cell that never drafted (AR) has no value."""
 
     name = "acceptance_length"
     track = "decode"
@@ -116,8 +117,10 @@ def specbench_question_rates(frame: pd.DataFrame) -> pd.Series:
     """Spec-Bench's per-question throughput: Σ new tokens over the question's turns ÷ Σ wall time over its turns,
     wall time being the whole generation (prefill + decode). Indexed by sample_id."""
     wall = frame["prefill_s"].fillna(0.0) + frame["decode_s"]
-    grouped = pd.DataFrame({"sample_id": frame["sample_id"], "tokens": frame["new_tokens"], "wall": wall}) \
-        .groupby("sample_id", sort=True).sum()
+    per_turn = pd.DataFrame({"sample_id": frame["sample_id"], "tokens": frame["new_tokens"], "wall": wall})
+    # A question with a turn whose time is missing has no rate (its tokens without their time would inflate it).
+    untimed = per_turn.loc[per_turn["wall"].isna(), "sample_id"].unique()
+    grouped = per_turn[~per_turn["sample_id"].isin(untimed)].groupby("sample_id", sort=True).sum()
     return grouped["tokens"] / grouped["wall"]
 
 
@@ -257,7 +260,8 @@ class ModelledSpeedup(Metric):
     name = "modelled_speedup"
     track = "decode"
     needs_baseline = True
-    label = ("MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), i.e. assuming a verify "
+    label = ("MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), τ = mean_accepted_tokens "
+             "(tokens per verify step), i.e. assuming a verify "
              "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); τ, drafting "
              "time and the AR step time are measured in this run; paired bootstrap CI over samples")
 
@@ -322,24 +326,25 @@ class TokensPerSecond(Metric):
         return bootstrap_ratio(samples.loc[keep, "new_tokens"], samples.loc[keep, "decode_s"])
 
 
-class TimedUnderLoad(Metric):
-    """Share of a cell's timed turns during which the machine was busy with other work (``qval/loadwatch.py``).
+class LoadWhileTimed(Metric):
+    """How busy the machine was with other work while this cell was timed (``qval/loadwatch.py``): the cores other
+    processes used, averaged over all of the cell's timed turns weighted by their duration (one short turn's
+    reading is too coarse to judge alone: CPU counters tick every 10 ms). Computed for every decode cell whatever
+    the suite lists; reports flag a cell above ``loadwatch.BUSY_OTHER_CORES``, since its timings (and every
+    speedup that uses them) measured the competition as much as the policy."""
 
-    Computed for every decode cell, whatever the suite lists: reports flag a cell whose share is above
-    ``loadwatch.FLAG_SHARE``, since its timings (and every speedup that uses them) measured the competition."""
-
-    name = "timed_under_load"
+    name = "load_other_cores"
     track = "decode"
     higher_is_better = False
-    label = (f"share of timed turns during which other processes used > {BUSY_OTHER_CORES} cores on average or the "
-             f"hypervisor stole > {BUSY_STEAL:.0%} of CPU time; n = turns with a load record (served backends "
-             "record none)")
+    label = ("cores other processes kept busy on average while this cell's turns were timed (time-weighted; "
+             f"flagged above {BUSY_OTHER_CORES}); n = turns with a load record (the openai backend records none)")
 
     def compute(self, samples, baseline=None, cell=None):
         if "load_other_cores" not in samples:
             return MetricValue.undefined()
-        rows = samples[samples["load_other_cores"].notna()]
-        if rows.empty:
+        wall = samples["prefill_s"].fillna(0.0) + samples["decode_s"]
+        keep = samples["load_other_cores"].notna() & wall.notna() & (wall > 0)
+        if not keep.any():
             return MetricValue.undefined()
-        busy = (rows["load_other_cores"] > BUSY_OTHER_CORES) | (rows["load_steal"].fillna(0.0) > BUSY_STEAL)
-        return bounded_mean(busy.to_numpy(float), 0.0, 1.0)
+        cores = samples.loc[keep, "load_other_cores"].to_numpy(float)
+        return bootstrap_ratio(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float))

@@ -143,12 +143,19 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
 
 def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
     def decode_turn(ids, turn):
-        # No load is recorded here: the server times itself, often on another machine, and on this one its own
-        # CPU would count as "other processes".
-        gen = model.generate(ids, cell.settings["max_new_tokens"], cell.temperature, _turn_seed(cell, sample, turn))
+        # The vLLM engine runs in a child of this worker, so its CPU is ours and the load is recorded; an
+        # OpenAI-compatible server is another process (often another machine): no load is recorded for it.
+        def generate():
+            return model.generate(ids, cell.settings["max_new_tokens"], cell.temperature,
+                                  _turn_seed(cell, sample, turn))
+
+        if getattr(model, "local_engine", False):
+            gen, load = under_watch(generate)
+        else:
+            gen, load = generate(), {}
         drafted, accepted = gen.steps()
         timed = gen.decode_s is not None
-        return {"target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
+        return {**load, "target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
                 # With engine timestamps: prefill = request start → first token, decode = first → last token.
                 # Without them the whole request counts as decode (prefill NULL), for the baseline and the policy
                 # alike.

@@ -43,6 +43,9 @@ class _Pooled(Metric):
         return samples[samples["score"].notna() & samples["ref_q"].notna()]  # QVal: drop a null on either side
 
     def compute(self, samples, baseline=None, cell=None):
+        if not self.behaviour_only and len(samples) and samples.groupby("sample_id").size().max() == 1:
+            # One row per point (e.g. imported QVal cells): "every candidate" would silently be QVal's statistic.
+            return MetricValue.undefined(len(samples), _n_states(samples))
         samples = self.rows(samples)
         if len(samples) < MIN_POOLED_PAIRS:
             return MetricValue.undefined(len(samples), _n_states(samples))

@@ -8,6 +8,7 @@ are the expensive part).
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -90,29 +91,37 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     counter = requests_for(model).counter if model is not None else None
     before = counter.as_dict() if counter else None
     with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
-        scorer.prepare(points)  # a failure here fails the cell (FAILED manifest): nothing can be scored without it
+        scorer.prepare(copy.deepcopy(points))  # a failure here fails the cell (FAILED manifest): nothing can be scored without it
     if scorer.artifacts:
         (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
     done = writer.done_sample_ids()
     todo = [p for p in points if p.point_id not in done]
-    emit("cell_start", cell=cell.cell_id, total=len(points), done=len(points) - len(todo))
-    failed = 0
     step = max(1, scorer_cls.batch_points)
+    # limit_s: the runner's watchdog kills the worker if a batch makes no progress this long (plus a grace).
+    emit("cell_start", cell=cell.cell_id, total=len(points), done=len(points) - len(todo),
+         limit_s=timeout_per_point_s * step if timeout_per_point_s else None)
+    failed = errored = 0  # failed: any candidate without a score; errored: the plugin raised or timed out
     for start in range(0, len(todo), step):
         batch = todo[start: start + step]
         try:
             with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
-                outcomes = scorer.score_batch(batch)
-            if len(outcomes) != len(batch):
-                raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
+                # The scorer gets copies: the stored action, reference Q and behaviour flag come from the points
+                # as collected, never from objects a plugin held (and might have changed).
+                outcomes = list(scorer.score_batch(copy.deepcopy(batch)))
+                if len(outcomes) != len(batch):
+                    raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
+                # Converted inside the limit: a score object's own __float__ is plugin code too.
+                checked = [o if isinstance(o, BaseException) else _checked(o, len(p.candidates))
+                           for p, o in zip(batch, outcomes)]
         except (Exception, PluginTimeout) as exc:  # a crashing or hung plugin fails these points only
-            outcomes = [exc] * len(batch)
-        for point, outcome in zip(batch, outcomes):
+            checked = [exc] * len(batch)
+        for point, outcome in zip(batch, checked):
             if isinstance(outcome, BaseException):
-                errors = [f"{type(outcome).__name__}: {outcome}"] * len(point.candidates)
+                errors = [f"{type(outcome).__name__}: {_safe_text(outcome)}"] * len(point.candidates)
                 scores = [None] * len(point.candidates)
+                errored += 1
             else:
-                scores, errors = _checked(outcome, len(point.candidates))
+                scores, errors = outcome
             failed += any(e is not None for e in errors)
             writer.add_sample([
                 {"sample_id": point.point_id, "state_key": str(point.state), "candidate": c.index,
@@ -121,10 +130,25 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                 for i, c in enumerate(point.candidates)
             ])
             emit("sample", cell=cell.cell_id)
-    extras = {}
+    extras: dict = {"n_errored": errored}
     if counter:
         extras["forward_tokens"] = {k: v - before[k] for k, v in counter.as_dict().items()}
     return len(points), failed, extras
+
+
+def _safe_repr(value, limit: int = 60) -> str:
+    """repr of a plugin's object without trusting it: its __repr__ may raise or never end (the time limit holds)."""
+    try:
+        return repr(value)[:limit]
+    except Exception:  # noqa: BLE001
+        return f"<{type(value).__name__} whose repr raised>"
+
+
+def _safe_text(exc: BaseException, limit: int = 500) -> str:
+    try:
+        return str(exc)[:limit]
+    except Exception:  # noqa: BLE001
+        return "<an exception whose message raised>"
 
 
 def _checked(scores, n: int) -> tuple[list, list]:
@@ -143,9 +167,9 @@ def _checked(scores, n: int) -> tuple[list, list]:
             continue
         try:
             v = float(s)
-        except (TypeError, ValueError):
+        except Exception as exc:  # noqa: BLE001 - TypeError, ValueError, OverflowError (10**400), or a plugin's own
             values.append(None)
-            errors.append(f"scorer returned a non-numeric score {s!r:.60}")
+            errors.append(f"scorer returned a score that is not a float ({type(exc).__name__}): {_safe_repr(s)}")
             continue
         ok = math.isfinite(v)
         values.append(v if ok else None)

@@ -1,6 +1,7 @@
 """Build per-suite leaderboards from the results database and write them as Markdown and HTML."""
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from datetime import datetime, timezone
@@ -117,7 +118,9 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
     for name in names:
         report = build_report(results, name)
         # Suite names are validated at load time; this guards files written by older or foreign versions.
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "suite"
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80] or "suite"
+        if safe != name:  # a changed name gets a hash of the original: "a/b" and "a_b" never share a folder
+            safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
         target = out_dir / safe
         target.mkdir(parents=True, exist_ok=True)
         md, html = target / "leaderboard.md", target / "index.html"

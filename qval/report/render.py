@@ -38,7 +38,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from ..loadwatch import BUSY_OTHER_CORES, FLAG_SHARE
+from ..loadwatch import BUSY_OTHER_CORES
 from ..stats import LOW_N
 
 UNDEFINED = "\u2013"  # en dash, shown for any undefined number
@@ -67,7 +67,7 @@ _NUMBER_COLUMNS = ("temperature", "seed", "n_samples", "n_failed")
 _CI_SUFFIXES = ("", "__lo", "__hi", "__n", "__n_states")
 _ACCEPT_RATE = re.compile(r"accept_rate@(\d+)")
 _TEMPERATURE_METRICS = ("speedup", "acceptance_length")  # decode figure (a)
-_LOAD_METRIC = "timed_under_load"  # every decode cell has it; rows above loadwatch.FLAG_SHARE are flagged
+_LOAD_METRIC = "load_other_cores"  # every decode cell has it; rows above loadwatch.BUSY_OTHER_CORES are flagged
 # Families that are not a "fixed policy" when picking the best fixed one.
 _NOT_FIXED = ("baseline", "adaptive")
 # Q-alignment families in their usual reading order; any other follows, sorted.
@@ -138,13 +138,19 @@ class _Headroom:
 # ---------------------------------------------------------------- normalising
 
 
+# Control characters (NUL, escape sequences) and bidirectional overrides in untrusted text (suite names, model
+# replies, plugin labels) could hide or reorder what a report shows: each becomes U+FFFD.
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def _text(value: object) -> str:
-    """str() of a name, with None/NaN/NA shown as empty rather than 'None'/'nan'."""
+    """str() of a name, with None/NaN/NA shown as empty rather than 'None'/'nan' and control or bidi-override
+    characters replaced."""
     if value is None or value is pd.NA:
         return ""
     if isinstance(value, float) and math.isnan(value):
         return ""
-    return str(value)
+    return _INVISIBLE.sub("\ufffd", str(value))
 
 
 def _numbers(rows: pd.DataFrame, column: str) -> np.ndarray:
@@ -468,9 +474,9 @@ _CI_NOTE = (
 )
 _LOAD_FLAG = "\u26a0 timed under load"
 _LOAD_NOTE = (
-    "\u26a0 timed under load: in more than {share:.0%} of this cell's timed turns other processes kept more than "
-    "{cores} cores busy (or the hypervisor stole CPU time), so its timings, and the speedups computed from them, "
-    "measured the competition as much as the policy. Re-run it alone, ideally with `qval run --require-idle`."
+    "\u26a0 timed under load: while this cell was timed, other processes kept more than {cores} cores busy on "
+    "average, so its timings, and the speedups computed from them, measured the competition as much as the "
+    "policy. Re-run it alone, ideally with `qval run --require-idle`."
 )
 
 
@@ -497,17 +503,17 @@ def _records(board: TrackBoard, group: _Group) -> list[dict]:
     records = group.rows[columns].to_dict("records")
     for record, following, share in zip(records, [*records[1:], None], load.tolist()):
         record["p_next"] = _paired_p(board, record, following)
-        record["under_load"] = bool(share == share and share > FLAG_SHARE)  # share == share: not NaN
+        record["under_load"] = bool(share == share and share > BUSY_OTHER_CORES)  # share == share: not NaN
     return records
 
 
 def _flagged_under_load(board: TrackBoard) -> int:
     rows = _prepared_rows(board)
-    return int((rows[_LOAD_METRIC] > FLAG_SHARE).sum()) if _LOAD_METRIC in rows else 0
+    return int((rows[_LOAD_METRIC] > BUSY_OTHER_CORES).sum()) if _LOAD_METRIC in rows else 0
 
 
 def _load_note() -> str:
-    return _LOAD_NOTE.format(share=FLAG_SHARE, cores=BUSY_OTHER_CORES)
+    return _LOAD_NOTE.format(cores=BUSY_OTHER_CORES)
 
 
 def _paired_p(board: TrackBoard, record: dict, following: dict | None) -> float | None:

@@ -2,16 +2,31 @@
 
 Untimed shards run up to ``workers`` at a time and share the cores; shards with timed (decode) cells then run
 one at a time with every core, so no other work distorts their clock.
+
+Each worker is supervised: its progress events travel on a pipe of their own (a plugin that prints cannot forge
+or block them), its output is pumped into a size-capped, rotated log, it dies with this process (PR_SET_PDEATHSIG),
+a watchdog kills it when a Q-alignment point runs past its time limit without progress (a C call that SIGALRM
+cannot interrupt, a plugin that disabled SIGALRM), and whatever processes it started are ended with it.
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import psutil
+
+from ..store.parts import FAILED, cell_dir, write_json_atomic
 from .base import Runner
+
+LOG_CAP_BYTES = int(os.environ.get("QVAL_LOG_CAP_BYTES", str(16 * 2**20)))  # per shard log; one rotation kept
+# Seconds past a point's own time limit before the watchdog acts (the in-process SIGALRM limit goes first).
+WATCHDOG_GRACE_S = float(os.environ.get("QVAL_WATCHDOG_GRACE_S", "60"))
 
 
 class LocalRunner(Runner):
@@ -39,37 +54,198 @@ class LocalRunner(Runner):
         return status
 
     def _run_batch(self, batch, plan_path, run_id, log_dir: Path, threads, on_event, status) -> None:
-        procs, readers = {}, []
-        env = {**os.environ, "QVAL_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+        workers: dict[int, _Supervised] = {}
+        env = {**os.environ, "QVAL_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "QVAL_RUN_ID": run_id}
         try:
             for slot, index in enumerate(batch):
-                log = open(log_dir / f"shard-{index}.log", "ab")
-                proc = subprocess.Popen(self.worker_command(plan_path, index, self.results, run_id),
-                                        stdout=subprocess.PIPE, stderr=log, env={**env, **self._gpu_env(slot)})
-                log.close()  # the child holds its own descriptor
-                procs[index] = proc
-                reader = threading.Thread(target=_read_events, args=(proc, index, on_event), daemon=True)
-                reader.start()
-                readers.append(reader)
-            for index, proc in procs.items():
-                status[index] = proc.wait()
+                workers[index] = _Supervised(self.worker_command(plan_path, index, self.results, run_id),
+                                             {**env, **self._gpu_env(slot)}, log_dir / f"shard-{index}.log", index,
+                                             on_event)
+            while workers.keys() - status.keys():
+                for index, worker in workers.items():
+                    if index in status:
+                        continue
+                    code = worker.poll()
+                    if code is None and worker.overdue():
+                        self._watchdog_kill(worker, on_event)
+                        code = worker.poll(wait=10)
+                    if code is not None:
+                        worker.finish()
+                        status[index] = code
+                time.sleep(0.2)
         finally:
-            for proc in procs.values():  # Ctrl-C or an error here: never leave orphan workers behind
-                if proc.poll() is None:
-                    proc.terminate()
-                    try:
-                        proc.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-            for reader in readers:
-                reader.join(timeout=5)
+            for worker in workers.values():  # Ctrl-C or an error here: never leave orphan workers behind
+                worker.stop()
+
+    def _watchdog_kill(self, worker: _Supervised, on_event) -> None:
+        cell, limit = worker.current_cell, worker.limit_s
+        reason = (f"killed by the watchdog: no progress for {limit + WATCHDOG_GRACE_S:.0f} s on cell {cell} (its "
+                  f"per-point time limit is {limit:g} s; a plugin stuck in a C call or one that disabled SIGALRM)")
+        worker.kill_tree()
+        if cell:
+            try:  # the cell fails with the reason; a re-run retries it, its finished samples kept
+                write_json_atomic(cell_dir(self.results, cell) / FAILED, {"cell_id": cell, "error": reason})
+            except (OSError, ValueError):
+                pass
+            on_event(worker.index, {"event": "cell_failed", "cell": cell, "error": reason})
+        on_event(worker.index, {"event": "worker_failed", "error": reason})
 
 
-def _read_events(proc, index, on_event) -> None:
-    for line in proc.stdout:
+class _Supervised:
+    """One worker process with its event pipe, its log pump and its watchdog clock."""
+
+    def __init__(self, command: list[str], env: dict, log_path: Path, index: int, on_event):
+        self.index, self.on_event = index, on_event
+        self.current_cell: str | None = None
+        self.limit_s: float | None = None  # the running Q-alignment cell's time per batch of points
+        self.last_progress = time.monotonic()
+        read_events, write_events = os.pipe()
+        read_log, write_log = os.pipe()
         try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # stray output from a library: not an event
-        if isinstance(event, dict):
-            on_event(index, event)
+            self.proc = subprocess.Popen(command, stdout=write_log, stderr=write_log, stdin=subprocess.DEVNULL,
+                                         pass_fds=(write_events,), env={**env, "QVAL_EVENT_FD": str(write_events)},
+                                         preexec_fn=die_with_parent)
+        finally:
+            os.close(write_events)  # the child holds its own copies; EOF when it (and its children) exit
+            os.close(write_log)
+        self.ps = _process(self.proc.pid)
+        self.threads = [
+            threading.Thread(target=self._read_events, args=(os.fdopen(read_events, "r", encoding="utf-8",
+                                                                         errors="replace"),), daemon=True),
+            threading.Thread(target=_pump_log, args=(os.fdopen(read_log, "rb", buffering=0), log_path), daemon=True),
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _read_events(self, stream) -> None:
+        """Drain the event pipe to its end whatever arrives: a malformed event is dropped, never the reader."""
+        with stream:
+            for line in stream:
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                self._progress(event)
+                try:
+                    self.on_event(self.index, event)
+                except Exception as exc:  # noqa: BLE001 - a bad event must not stop the draining
+                    print(f"qval: ignored a malformed worker event ({type(exc).__name__}: {exc})", file=sys.stderr)
+
+    def _progress(self, event: dict) -> None:
+        self.last_progress = time.monotonic()
+        kind = event.get("event")
+        if kind == "cell_start":
+            self.current_cell = event.get("cell") if isinstance(event.get("cell"), str) else None
+            limit = event.get("limit_s")
+            self.limit_s = float(limit) if isinstance(limit, (int, float)) and limit > 0 else None
+        elif kind in ("cell_done", "cell_failed"):
+            self.current_cell, self.limit_s = None, None
+
+    def overdue(self) -> bool:
+        return (self.limit_s is not None
+                and time.monotonic() - self.last_progress > self.limit_s + WATCHDOG_GRACE_S)
+
+    def poll(self, wait: float = 0.0) -> int | None:
+        try:
+            return self.proc.wait(timeout=wait) if wait else self.proc.poll()
+        except subprocess.TimeoutExpired:
+            return None
+
+    def descendants(self) -> list[psutil.Process]:
+        if self.ps is None:
+            return []
+        try:
+            return self.ps.children(recursive=True)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return []
+
+    def kill_tree(self) -> None:
+        for p in [*self.descendants(), *([self.ps] if self.ps else [])]:
+            try:
+                p.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+
+    def finish(self) -> None:
+        """After the worker exits: end what it left running (a child it started with setsid keeps the event and log
+        pipes open otherwise), then let the readers drain."""
+        for p in _orphans_of_run(self.proc.pid):
+            try:
+                p.kill()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        for thread in self.threads:
+            thread.join(timeout=5)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            for p in self.descendants():
+                try:
+                    p.terminate()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill_tree()
+                self.proc.wait(timeout=10)
+        self.finish()
+
+
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def _orphans_of_run(worker_pid: int) -> list[psutil.Process]:
+    """Processes a finished worker left behind: they carry the environment marker the worker sets for what it starts
+    (``QVAL_WORKER_PID``, see ``qval.worker.main``) although their parent is gone (reparented to init)."""
+    out = []
+    marker = str(worker_pid)
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if p.pid != worker_pid and p.environ().get("QVAL_WORKER_PID") == marker:
+                out.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess, OSError):
+            continue
+    return out
+
+
+def _pump_log(stream, path: Path) -> None:
+    """Copy the worker's output into its shard log, capped at LOG_CAP_BYTES: past the cap the log is rotated once
+    (``.1`` keeps the previous part), so a plugin that floods stderr never fills the disk."""
+    out = open(path, "ab")
+    try:
+        with stream:
+            while True:
+                chunk = stream.read(65536)
+                if not chunk:
+                    break
+                if out.tell() + len(chunk) > LOG_CAP_BYTES:
+                    out.close()
+                    os.replace(path, path.with_name(path.name + ".1"))
+                    out = open(path, "ab")
+                    out.write(b"[qval: log rotated: the earlier part is in " + path.name.encode() + b".1]\n")
+                out.write(chunk)
+                out.flush()
+    finally:
+        out.close()
+
+
+def die_with_parent() -> None:
+    """In the worker, before exec: the kernel kills it when the `qval run` that started it dies (kill -9, SIGHUP),
+    so no orphaned worker goes on writing samples that a re-run also writes (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before prctl: nobody will collect this worker's work
+        os._exit(1)

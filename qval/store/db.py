@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -56,6 +58,9 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         "ALTER TABLE decode_samples ADD COLUMN load_other_cores DOUBLE",
         "ALTER TABLE decode_samples ADD COLUMN load_steal DOUBLE",
         "ALTER TABLE decode_samples ADD COLUMN load_avg1 DOUBLE",
+        # Metric definitions changed with this step (vLLM's acceptance length, QVal's pooled rows, small-n
+        # intervals): forget every cell's part signature so the next ingest re-reads and recomputes all of them.
+        "UPDATE cells SET parts_sig = NULL",
     ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -87,9 +92,41 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
     return found
 
 
-def connect_writer(results: Path) -> duckdb.DuckDBPyConnection:
+# DuckDB lets one process open a file read-write, or any number read-only, not both: a reader during an ingest (or
+# an ingest while a reader is open) gets "Conflicting lock". Both sides wait for the other, then say what to do.
+READ_WAIT_S = float(os.environ.get("QVAL_DB_WAIT_S", "60"))
+
+
+def _is_lock_conflict(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "lock" in text and ("conflicting" in text or "could not set lock" in text)
+
+
+def _connect_waiting(path: Path, read_only: bool, wait_s: float) -> duckdb.DuckDBPyConnection:
+    deadline, told = time.monotonic() + wait_s, False
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() >= deadline:
+                raise
+            if not told:
+                other = "an ingest is writing it" if read_only else "another process has it open"
+                print(f"qval: {path} is busy ({other}); waiting up to {wait_s:.0f} s", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.25)
+
+
+def connect_writer(results: Path, wait_s: float | None = None) -> duckdb.DuckDBPyConnection:
     Path(results).mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(db_path(results)))
+    try:
+        con = _connect_waiting(db_path(results), False, READ_WAIT_S if wait_s is None else wait_s)
+    except duckdb.IOException as exc:
+        if not _is_lock_conflict(exc):
+            raise
+        raise ResultsLockedError(
+            f"cannot write {db_path(results)}: another process keeps it open ({exc}). Nothing is lost: the parts "
+            f"are on disk; close the other process and run `qval ingest --results {results}`") from None
     migrate(con)
     return con
 
@@ -98,7 +135,13 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
     path = db_path(results)
     if not path.exists():
         raise UsageError(f"no results database at {path}; run `qval run SUITE` or `qval ingest` first")
-    return duckdb.connect(str(path), read_only=True)
+    try:
+        return _connect_waiting(path, True, READ_WAIT_S)
+    except duckdb.IOException as exc:
+        if not _is_lock_conflict(exc):
+            raise
+        raise ResultsLockedError(f"{path} is being written (an ingest is running) for more than {READ_WAIT_S:.0f} s; "
+                                 "try again when it finishes") from None
 
 
 @contextmanager

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..plan import Plan
+from ..errors import UsageError
+from ..plan import Plan, plan_sequence
 from ..registry import REGISTRY
 from ..decode.metrics import MAX_POSITION
 from .db import connect_writer
-from .parts import DONE, FAILED, parts_root, read_valid_parts
+from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_valid_parts
 from .tables import SAMPLE_TABLES
 
 
@@ -103,8 +104,11 @@ def _signature(directory: Path, parts: list[Path]) -> str:
 def _status(directory: Path) -> tuple[str, str | None, str | None]:
     for marker, state in ((DONE, "done"), (FAILED, "failed")):
         if (directory / marker).exists():
-            manifest = json.loads((directory / marker).read_text())
-            return state, manifest.get("error"), manifest.get("run_id")
+            try:
+                manifest = json.loads((directory / marker).read_text())
+                return state, manifest.get("error"), manifest.get("run_id")
+            except (OSError, ValueError, AttributeError):  # e.g. zero-length after a crash: not done, resumable
+                return "partial", f"unreadable {marker}; re-run `qval run` to complete the cell", None
     return "partial", None, None  # parts of an unfinished cell (a killed worker): ingested, marked partial
 
 
@@ -119,7 +123,12 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
     if files:
         # BY NAME: parts written before a column existed still load (the new column is NULL for them).
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [files])
+        # One copy per sample: a sample that two workers both wrote (an orphaned worker finishing its point while
+        # a re-run scores it again) is taken from the first part that holds it, so a duplicate never reaches a
+        # metric. Workers hold a lease per cell, so this is the second line of defence.
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (filename) FROM read_parquet(?, union_by_name = "
+                    "true, filename = true) QUALIFY filename = min(filename) OVER (PARTITION BY cell_id, sample_id)",
+                    [files])
     counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
         f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
         f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
@@ -128,6 +137,9 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     for cell_id, directory, _, sig in cells:
         status, error, run_id = _status(directory)
         n, failed, _ = counts.get(cell_id, (0, 0, 0))
+        shortfall = manifest_shortfall(directory, held=n) if status == "done" else None
+        if shortfall:  # never a finished cell with lost samples: `qval run` sets the manifest aside and resumes it
+            status, error = "partial", f"not done: {shortfall}; re-run `qval run` to complete it"
         updates.append([status, n, failed, run_id, error, sig, now, cell_id])
     con.executemany("UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
                     "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?", updates)
@@ -151,10 +163,16 @@ def _ingest_runs(con, results: Path) -> None:
 
 
 def _ingest_plans(con, results: Path) -> None:
-    """Suites and their cells come from plan manifests; the newest plan of a suite defines its membership."""
-    plans = sorted((results / "plans").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    """Suites and their cells come from plan manifests; the plan written last (by recorded sequence, not by file
+    time: a clock can be wrong) defines a suite's membership. An unreadable manifest is skipped with a warning: one
+    damaged file must not block the whole folder."""
+    plans = sorted((results / "plans").glob("*.json"), key=lambda p: (plan_sequence(p), p.stat().st_mtime))
     for path in plans:
-        plan = Plan.read(path)
+        try:
+            plan = Plan.read(path)
+        except UsageError as exc:
+            print(f"warning: skipped {exc}", file=sys.stderr)
+            continue
         con.execute("INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)",
                     [plan.suite, plan.plan_id, plan.suite_path, plan.suite_sha, plan.description,
                      json.dumps(plan.config), _now()])

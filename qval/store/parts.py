@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import QvalError
 from .tables import SCHEMAS
 
 DONE, FAILED = "DONE.json", "FAILED.json"
@@ -50,35 +51,89 @@ def write_json_atomic(path: Path, data: dict) -> None:
 
 def quarantine(results: Path, part: Path, reason: str) -> Path:
     """Move an unreadable part aside (never delete evidence) and drop the cell's DONE so it is recomputed."""
-    qdir = Path(results) / "quarantine" / part.parent.name
+    root = Path(results) / "quarantine"
+    if root.is_symlink():  # a planted link would move evidence out of the results folder
+        raise QvalError(f"{root} is a symbolic link; qval refuses to quarantine through it (remove the link)")
+    qdir = root / part.parent.name
     qdir.mkdir(parents=True, exist_ok=True)
-    dest = qdir / part.name
+    dest = qdir / f"{part.name}.{uuid.uuid4().hex[:6]}" if (qdir / part.name).exists() else qdir / part.name
     shutil.move(str(part), dest)
-    (qdir / (part.name + ".reason.txt")).write_text(reason)
+    (qdir / (dest.name + ".reason.txt")).write_text(reason)
     (part.parent / DONE).unlink(missing_ok=True)
     return dest
 
 
+def _foreign_cell(part: Path, cell_id: str) -> str | None:
+    """The reason a readable part does not belong in its cell's folder, or None. Ingest would otherwise trust the
+    cell id inside the part and add its rows to another cell."""
+    metadata = pq.read_metadata(part)
+    names = metadata.schema.names
+    if "cell_id" not in names:
+        return "part has no cell_id column"
+    column = names.index("cell_id")
+    ids: set = set()
+    for g in range(metadata.num_row_groups):
+        stats = metadata.row_group(g).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            ids = set(pq.read_table(part, columns=["cell_id"]).column("cell_id").to_pylist())
+            break
+        ids.update({stats.min, stats.max})
+    ids = {i.decode() if isinstance(i, bytes) else i for i in ids}
+    if ids and ids != {cell_id}:
+        return f"part holds rows of cell(s) {sorted(ids)[:3]} but lies in the folder of cell {cell_id}"
+    return None
+
+
 def read_valid_parts(results: Path, directory: Path) -> list[Path]:
-    """The parts that read back whole; corrupt or truncated ones are quarantined."""
+    """The parts that read back whole and belong to this folder's cell; the others are quarantined."""
     good = []
     for part in part_files(directory):
         try:
-            pq.read_metadata(part)
-            good.append(part)
+            reason = _foreign_cell(part, directory.name)
         except Exception as exc:  # pyarrow raises several types for truncated/corrupt files
-            quarantine(results, part, f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            good.append(part)
+        else:
+            quarantine(results, part, reason)
     return good
 
 
+def sample_ids(parts: list[Path]) -> set[str]:
+    ids: set[str] = set()
+    for part in parts:
+        ids.update(pq.read_table(part, columns=["sample_id"]).column("sample_id").to_pylist())
+    return ids
+
+
+def manifest_shortfall(directory: Path, parts: list[Path] | None = None, held: int | None = None) -> str | None:
+    """Why a DONE manifest cannot be trusted: it promises more samples than the cell's parts hold (e.g. the parts
+    were lost or deleted after the cell finished). None when it agrees. ``held``: the distinct samples already
+    counted (ingest has them); else they are read from ``parts``."""
+    try:
+        promised = int(json.loads((directory / DONE).read_text()).get("n_samples", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return "its DONE manifest is unreadable"
+    if held is None:
+        held = len(sample_ids(parts or []))
+    if held < promised:
+        return f"its DONE manifest promises {promised} samples but its parts hold {held}"
+    return None
+
+
 def verify_done_cells(results: Path, cell_ids) -> list[Path]:
-    """Before planning work: quarantine unreadable parts of finished cells, which un-finishes them (recompute)."""
+    """Before planning work: quarantine unreadable or misplaced parts of finished cells, and set aside a DONE
+    manifest its parts do not back; either un-finishes the cell, so it is resumed and completed, never emptied."""
     quarantined = []
     for cell_id in cell_ids:
         directory = cell_dir(results, cell_id)
         if (directory / DONE).exists():
             before = set(part_files(directory))
-            quarantined += sorted(before - set(read_valid_parts(results, directory)))
+            parts = read_valid_parts(results, directory)
+            quarantined += sorted(before - set(parts))
+            shortfall = manifest_shortfall(directory, parts) if (directory / DONE).exists() else None
+            if shortfall:
+                quarantined.append(quarantine(results, directory / DONE, f"cell {cell_id}: {shortfall}"))
     return quarantined
 
 
@@ -96,10 +151,7 @@ class PartWriter:
 
     def done_sample_ids(self) -> set[str]:
         """Samples already written by an earlier (possibly killed) attempt: the resume point."""
-        ids: set[str] = set()
-        for part in read_valid_parts(self.results, self.dir):
-            ids.update(pq.read_table(part, columns=["sample_id"]).column("sample_id").to_pylist())
-        return ids
+        return sample_ids(read_valid_parts(self.results, self.dir))
 
     def add_sample(self, rows: list[dict]) -> None:
         """Add all rows of one sample; a sample is never split across parts, so resume is per sample."""
@@ -132,3 +184,53 @@ class PartWriter:
         """The cell could not finish (e.g. the plugin failed to load): FAILED, so a re-run retries it."""
         self.flush()
         write_json_atomic(self.dir / FAILED, manifest)
+
+
+LEASE = ".lease"
+LEASE_WAIT_S = float(os.environ.get("QVAL_LEASE_WAIT_S", "600"))
+
+
+class CellBusy(RuntimeError):
+    """Another live worker holds the cell's lease for longer than this worker may wait."""
+
+
+class CellLease:
+    """An exclusive lease on one cell for the worker that runs it: a second worker (two `qval worker` on one
+    shard, or a re-run while an orphaned worker finishes its point) waits for it instead of writing the same
+    samples again. It is an flock, so the kernel releases it when its holder dies, however it dies."""
+
+    def __init__(self, results: Path, cell_id: str, wait_s: float | None = None, say=None):
+        self.path = cell_dir(results, cell_id) / LEASE
+        self.wait_s = LEASE_WAIT_S if wait_s is None else wait_s
+        self.say = say
+        self.fd: int | None = None
+
+    def __enter__(self) -> CellLease:
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline, told = time.monotonic() + self.wait_s, False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another worker"
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise CellBusy(f"cell {self.path.parent.name} is held by {holder} for more than "
+                                   f"{self.wait_s:.0f} s; nothing was written twice") from None
+                if not told and self.say:
+                    self.say(f"cell {self.path.parent.name} is held by {holder}; waiting for it")
+                    told = True
+                time.sleep(0.2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"worker pid {os.getpid()}".encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None

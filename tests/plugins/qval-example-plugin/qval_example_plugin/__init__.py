@@ -64,3 +64,71 @@ class EchoScorer(Scorer):
 
     def score(self, point):
         return [Failed(f"no number in the reply {self.params.reply!r}")] * len(point.candidates)
+
+
+class HostileParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mode: str = "fine"
+
+
+class _NeverFloat:
+    def __float__(self):
+        while True:
+            pass
+
+
+class _RaisingFloat:
+    def __float__(self):
+        raise RuntimeError("my __float__ raised")
+
+    def __repr__(self):
+        raise RuntimeError("my __repr__ raised")
+
+
+class HostileScorer(Scorer):
+    """One misbehaviour per ``mode``, for the reliability tests: each must fail only what it touches (a point, a
+    cell), never hang the run, crash the runner or leave a process behind."""
+
+    name = "example-hostile"
+    family = "baseline"
+    Params = HostileParams
+
+    def score(self, point):
+        import json
+        import os
+        import signal
+        import subprocess
+        import sys
+
+        mode, n = self.params.mode, len(point.candidates)
+        first = point.point_id == getattr(self, "_first", point.point_id)
+        self._first = getattr(self, "_first", point.point_id)
+        if mode == "print-event":  # forged progress events on stdout, then a flood of lines
+            for _ in range(2000):
+                print(json.dumps({"event": "cell_start", "cell": None, "total": "many", "done": []}), flush=True)
+        elif mode == "c-call":  # one long C call: SIGALRM cannot interrupt it
+            sum(range(10**14))
+        elif mode == "no-alarm":  # a plugin that disables the time limit, then hangs
+            signal.signal(signal.SIGALRM, signal.SIG_IGN)
+            while True:
+                pass
+        elif mode == "never-float":
+            return [_NeverFloat()] * n
+        elif mode == "raising-float":
+            return [_RaisingFloat()] * n
+        elif mode == "huge":
+            return [10**400] * n
+        elif mode == "setsid-child" and first:  # a child in its own session that would outlive the run
+            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        elif mode == "spam":  # floods the shard log
+            chunk = "x" * 1023 + "\n"
+            for _ in range(4096):
+                sys.stderr.write(chunk)
+        elif mode == "mutate":  # changes the reference Q it was given, then scores with it
+            for c in point.candidates:
+                object.__setattr__(c, "ref_q", float(c.index))
+            return [float(c.index) for c in point.candidates]
+        elif mode == "exit" and not first:  # the worker process ends mid-cell, reporting success
+            os._exit(0)
+        return [c.ref_q for c in point.candidates]
