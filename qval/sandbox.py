@@ -875,12 +875,15 @@ class _ChildRun:
                         if len(line) > line_cap:
                             self.stop_reason = "output"
                             return
+                        # Everything the child sends is hostile input: a nesting bomb ('[' * 60000) raises
+                        # RecursionError, a 500-digit number OverflowError in isfinite(). Either is a protocol
+                        # violation of this program only, never an exception in the parent.
                         try:
                             msg = json.loads(line)
-                        except ValueError:
+                            status = self._handle(msg, expect, start + n)
+                        except (ValueError, RecursionError, OverflowError, TypeError):
                             self.stop_reason = "protocol"
                             return
-                        status = self._handle(msg, expect, start + n)
                         if status == "bad":
                             self.stop_reason = "protocol"
                             return

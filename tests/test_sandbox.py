@@ -714,3 +714,48 @@ def test_segfault_crash_is_contained():
     res = run_program(code, calls, Limits(wall_seconds_per_call=5))
     assert res[0].ok and res[2].ok
     assert res[1].kind == "crash" and "SIGSEGV" in res[1].error, res[1]
+
+
+@pytest.mark.parametrize("payload", ["'{\"i\": %d, \"v\": %s}' % (obj['i'], '9' * 500)", "'[' * 60000"])
+def test_a_program_that_forges_the_result_channel_fails_alone(payload):
+    """Found from outside: a program replacing json.dumps in the child made the parent's run_program raise
+    (OverflowError on a 500-digit number, RecursionError on a nesting bomb). Now it is that program's failure."""
+    code = src(f"""
+        import json
+        _real = json.dumps
+        def _forged(obj, **kw):
+            if isinstance(obj, dict) and "i" in obj:
+                return {payload}
+            return _real(obj, **kw)
+        json.dumps = _forged
+        def score(observation, action, task):
+            return 1.0
+    """)
+    results = run_program(code, ONE * 2, FAST)
+    assert len(results) == 2 and not any(r.ok for r in results)
+    assert "invalid message" in results[0].error
+
+
+def test_one_hostile_program_does_not_wipe_the_other_programs_scores():
+    from qval.qalign.scorers.code import CodeScorer
+
+    good = src("""
+        def score(observation, action, task):
+            return 2.0
+    """)
+    bad = src("""
+        import json
+        json.dumps = lambda obj, **kw: "[" * 60000
+        def score(observation, action, task):
+            return 1.0
+    """)
+    scorer = CodeScorer.__new__(CodeScorer)
+    scorer.params = CodeScorer.Params(programs=2)
+    scorer.sources = [good, bad]
+
+    class Point:
+        observation, task = "o", "t"
+        candidates = [type("C", (), {"action": "a"})(), type("C", (), {"action": "b"})()]
+
+    scores = scorer.score_batch([Point()])
+    assert scores == [[2.0, 2.0]]  # the good program's scores survive; the bad one failed alone

@@ -52,6 +52,18 @@ class CodeScorer(LLMScorer):
                         for k in range(self.params.programs)]
         self.artifacts["programs"] = self.sources
 
+    @staticmethod
+    def _run_one(source, calls, limits):
+        """One program's results; should the sandbox's parent side ever raise on what a program sent, that
+        program fails alone and the batch's other programs still score."""
+        from ...sandbox import Result
+
+        try:
+            return run_program(source, calls, limits)
+        except Exception as exc:  # noqa: BLE001 - a hostile program must not wipe the other programs' scores
+            error = f"crashed: the sandbox could not read this program's results ({type(exc).__name__})"
+            return [Result(None, error, "crash")] * len(calls)
+
     def score_batch(self, points):
         calls = [{"observation": p.observation, "action": c.action, "task": p.task}
                  for p in points for c in p.candidates]
@@ -59,7 +71,7 @@ class CodeScorer(LLMScorer):
                         memory_mb=self.params.memory_mb, wall_seconds_per_call=self.params.seconds_per_call,
                         total_wall_seconds=self.params.seconds_per_call * len(calls) + 30)
         chosen = self.sources if self.params.program is None else [self.sources[self.params.program]]
-        per_program = [run_program(source, calls, limits) for source in chosen]
+        per_program = [self._run_one(source, calls, limits) for source in chosen]
         out, i = [], 0
         for p in points:
             scores = []

@@ -131,4 +131,9 @@ class HostileScorer(Scorer):
             return [float(c.index) for c in point.candidates]
         elif mode == "exit" and not first:  # the worker process ends mid-cell, reporting success
             os._exit(0)
+        elif mode == "slow":  # deterministic and slow: the chaos test kills runs while it scores
+            import time
+
+            time.sleep(0.04)
+            return [c.ref_q * 0.5 + 0.01 * c.index for c in point.candidates]
         return [c.ref_q for c in point.candidates]
