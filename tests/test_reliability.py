@@ -327,3 +327,51 @@ def test_readers_wait_for_an_ingest_instead_of_failing(tmp_path):
     holder.wait()
     assert report.returncode == 0, report.stderr
     assert "busy" in report.stderr and "Traceback" not in report.stderr
+
+
+def test_report_folders_never_collide_and_hostile_characters_are_neutralised(tmp_path):
+    from qval.errors import QvalError
+    from qval.report.build import report_folder
+    from qval.report.render import _md, _text
+    from qval.store.parts import quarantine
+
+    assert report_folder("a/b") != report_folder("a_b") and report_folder("a_b") == "a_b"
+    assert len(report_folder("x" * 300)) < 100 and "/" not in report_folder("../../etc")
+    assert "\x00" not in _md("bad\x00name\u202eevil") and "\u202e" not in _text("a\u202eb")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    results = tmp_path / "r"
+    (results / "parts" / "abc").mkdir(parents=True)
+    part = results / "parts" / "abc" / "part-00000-x.parquet"
+    part.write_bytes(b"junk")
+    (results / "quarantine").symlink_to(outside)
+    with pytest.raises(QvalError, match="symbolic link"):
+        quarantine(results, part, "corrupt")
+    assert part.exists() and not any(outside.iterdir())
+
+
+def test_a_final_ingest_that_cannot_write_keeps_the_parts_and_says_how(tmp_path):
+    suite = write_suite(tmp_path / "s.yaml", """\
+        name: locked
+        seeds: [0]
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [{name: frozenlake, params: {map: 4x4}}]
+          methods: [oracle-q]
+          points: {episodes: 2, max_points_per_episode: 2}
+        """)
+    results = tmp_path / "r"
+    assert run_qval("run", suite, "--results", results).returncode == 0
+    second = write_suite(tmp_path / "t.yaml", suite.read_text().replace("[oracle-q]", "[oracle-q, random]"))
+    reader = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1], "
+                               "read_only=True); print('open', flush=True); time.sleep(30)",
+                               str(results / "qval.duckdb")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "open"
+        proc = run_qval("run", second, "--results", results, env={"QVAL_DB_WAIT_S": "2"})
+    finally:
+        reader.kill()
+    assert proc.returncode == 3 and "Nothing is lost" in proc.stderr and "qval ingest" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert run_qval("ingest", "--results", results).returncode == 0
+    assert len(db_rows(results)["cell_id"].unique()) == 2

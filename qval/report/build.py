@@ -111,17 +111,21 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
     return pd.DataFrame(out)
 
 
+def report_folder(name: str) -> str:
+    """A suite's report folder name. Suite names are validated at load time; imported or foreign results may hold
+    any name, so a name that had to change gets a hash of the original: "a/b" and "a_b" never share a folder, and
+    an over-long name is cut."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80] or "suite"
+    return safe if safe == name else f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
 def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
     results, out_dir = Path(results), Path(out_dir)
     names = [suite] if suite else R.suites(results)["suite"].tolist()
     written = []
     for name in names:
         report = build_report(results, name)
-        # Suite names are validated at load time; this guards files written by older or foreign versions.
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".")[:80] or "suite"
-        if safe != name:  # a changed name gets a hash of the original: "a/b" and "a_b" never share a folder
-            safe = f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-        target = out_dir / safe
+        target = out_dir / report_folder(name)
         target.mkdir(parents=True, exist_ok=True)
         md, html = target / "leaderboard.md", target / "index.html"
         md.write_text(render_markdown(report), encoding="utf-8")
