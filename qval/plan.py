@@ -14,10 +14,9 @@ from pathlib import Path
 from .errors import UsageError
 from .fingerprint import hardware_class
 from .identity import IDENTITY_VERSION, content_hash
-
-QALIGN_ROW_FORMAT = 2  # part of every Q-alignment cell's identity: bump when its rows gain what a metric needs
 from .suite import Suite
 
+QALIGN_ROW_FORMAT = 2  # part of every Q-alignment cell's identity: bump when its rows gain what a metric needs
 PLAN_VERSION = 1
 BASELINE_POLICY = "ar"
 

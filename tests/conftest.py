@@ -49,6 +49,20 @@ decode:
 """
 
 
+def model_free_suite(tmp_path: Path, name: str, methods: str = "[oracle-q]", episodes: int = 2, points: int = 2,
+                     lake: str = "4x4", file: str = "s.yaml") -> Path:
+    """A Q-alignment suite whose methods need no model (none is loaded): seconds to run, for harness tests."""
+    return write_suite(tmp_path / file, f"""\
+        name: {name}
+        seeds: [0]
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [{{name: frozenlake, params: {{map: {lake}}}}}]
+          methods: {methods}
+          points: {{episodes: {episodes}, max_points_per_episode: {points}}}
+        """)
+
+
 def pip(*args) -> None:
     """pip in the test interpreter's environment (installing the test plugin packages for real)."""
     proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],

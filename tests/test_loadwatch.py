@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_qval, write_suite
+from conftest import model_free_suite, run_qval
 from qval import loadwatch
 from qval.report import render as lr
 
@@ -46,15 +46,7 @@ def test_other_processes_make_the_machine_busy(busy_machine):
 
 
 def test_require_idle_refuses_a_busy_machine(tmp_path, busy_machine):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: idle
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 2, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "idle", "[oracle-q]", episodes=2, points=2)
     proc = run_qval("run", suite, "--results", tmp_path / "results", "--require-idle", "--idle-timeout", "2")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "busy" in proc.stderr and "--require-idle" in proc.stderr and "Traceback" not in proc.stderr
@@ -62,15 +54,7 @@ def test_require_idle_refuses_a_busy_machine(tmp_path, busy_machine):
 
 
 def test_require_idle_runs_on_an_idle_machine_and_records_the_load(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: idle-ok
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 2, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "idle-ok", "[oracle-q]", episodes=2, points=2)
     proc = run_qval("run", suite, "--results", tmp_path / "results", "--require-idle", "--idle-timeout", "60")
     assert proc.returncode == 0, proc.stderr
     import json

@@ -238,8 +238,8 @@ def test_specbench_own_scripts_agree(specbench_export):
     tok = AutoTokenizer.from_pretrained(pl["tokenizer"])
     ar_lines = [json.loads(line) for line in (out / ar["file"]).read_text().splitlines()]
     pl_lines = [json.loads(line) for line in (out / pl["file"]).read_text().splitlines()]
-    retok = np.mean([sum(len(tok(t).input_ids) - 1 for t in q["choices"][0]["turns"]) / sum(q["choices"][0]["wall_time"])
-                     for q in ar_lines])
+    retok = np.mean([sum(len(tok(t).input_ids) - 1 for t in q["choices"][0]["turns"])
+                     / sum(q["choices"][0]["wall_time"]) for q in ar_lines])
     assert value("Speedup ratio:") == pytest.approx(_specbench_rate(pl_lines) / retok, rel=1e-9)
     equal = subprocess.run([sys.executable, "equal.py", "--file-path", f"{out}/", "--jsonfile1", ar["file"],
                             "--jsonfile2", pl["file"]], cwd=repo / "evaluation", capture_output=True, text=True,

@@ -12,7 +12,7 @@ import psutil
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import install_plugin, pip, run_qval, write_suite
+from conftest import install_plugin, model_free_suite, pip, run_qval, write_suite
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +146,8 @@ def test_failed_work_fails_the_run(hostile, tmp_path):
 
 
 def test_two_workers_on_one_shard_write_each_sample_once(hostile, tmp_path):
-    suite = write_suite(tmp_path / "two.yaml", """\
-        name: two
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 8x8}}]
-          methods: [oracle-q, random, heuristic]
-          points: {episodes: 8, max_points_per_episode: 4}
-        """)
+    suite = model_free_suite(tmp_path, "two", "[oracle-q, random, heuristic]", episodes=8, points=4, lake="8x8",
+                             file="two.yaml")
     results = tmp_path / "r"
     plan = json.loads(run_qval("plan", suite, "--results", results, "--emit-manifest", "--json").stdout)
     command = [sys.executable, "-m", "qval", "worker", "--plan", plan["plan_id"], "--shard", "0", "--results",
@@ -169,15 +162,7 @@ def test_two_workers_on_one_shard_write_each_sample_once(hostile, tmp_path):
 
 
 def test_ingest_keeps_one_copy_of_a_sample_written_twice(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: twice
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 3, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "twice", "[oracle-q]", episodes=3, points=2)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     before = db_rows(results)
@@ -189,15 +174,7 @@ def test_ingest_keeps_one_copy_of_a_sample_written_twice(tmp_path):
 
 
 def test_a_done_manifest_without_parts_is_recomputed_not_emptied(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: lost
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 3, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "lost", "[oracle-q]", episodes=3, points=2)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     before = db_rows(results)
@@ -216,15 +193,7 @@ def test_a_done_manifest_without_parts_is_recomputed_not_emptied(tmp_path):
 
 
 def test_a_part_in_another_cells_folder_is_quarantined(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: moved
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q, random]
-          points: {episodes: 3, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "moved", "[oracle-q, random]", episodes=3, points=2)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     before = db_rows(results)
@@ -272,15 +241,7 @@ def test_a_huge_grid_is_refused_before_expanding(tmp_path):
 
 
 def test_plan_order_is_by_sequence_not_clock_and_bad_manifests_are_skipped(tmp_path):
-    first = write_suite(tmp_path / "a.yaml", """\
-        name: seq
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 2, max_points_per_episode: 2}
-        """)
+    first = model_free_suite(tmp_path, "seq", "[oracle-q]", episodes=2, points=2, file="a.yaml")
     results = tmp_path / "r"
     assert run_qval("run", first, "--results", results).returncode == 0
     old_plan = next((results / "plans").glob("*.json"))
@@ -307,15 +268,7 @@ def test_a_killed_run_is_marked_interrupted(tmp_path):
 
 
 def test_readers_wait_for_an_ingest_instead_of_failing(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: readers
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 2, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "readers", "[oracle-q]", episodes=2, points=2)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     (results / "parts" / next(p.name for p in (results / "parts").iterdir() if p.is_dir()) / "DONE.json").touch()
@@ -351,15 +304,7 @@ def test_report_folders_never_collide_and_hostile_characters_are_neutralised(tmp
 
 
 def test_a_final_ingest_that_cannot_write_keeps_the_parts_and_says_how(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
-        name: locked
-        seeds: [0]
-        models: [smollm2-135m-instruct]
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [oracle-q]
-          points: {episodes: 2, max_points_per_episode: 2}
-        """)
+    suite = model_free_suite(tmp_path, "locked", "[oracle-q]", episodes=2, points=2)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     second = write_suite(tmp_path / "t.yaml", suite.read_text().replace("[oracle-q]", "[oracle-q, random]"))

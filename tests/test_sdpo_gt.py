@@ -26,7 +26,8 @@ def test_expert_continuation_from_each_candidates_result():
             if c.done:
                 continue
             # The expert's first move is the argmax of Q* at the candidate's resulting state.
-            assert f"Best next expert move after candidate result: {env.actions(c.next_state)[int(np.argmax(q[c.next_state]))]}" in hint
+            expert = env.actions(c.next_state)[int(np.argmax(q[c.next_state]))]
+            assert f"Best next expert move after candidate result: {expert}" in hint
             if q[c.next_state].max() > 0:
                 # Deterministic lake: the optimal rollout reaches the goal in k moves, and Q*(s') = 0.95^(k-1).
                 k = round(np.log(q[c.next_state].max()) / np.log(0.95)) + 1

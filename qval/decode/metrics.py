@@ -8,7 +8,7 @@ import pandas as pd
 
 from ..metrics.base import Metric
 from ..loadwatch import BUSY_OTHER_CORES
-from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units, bounded_mean
+from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:

@@ -91,7 +91,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     counter = requests_for(model).counter if model is not None else None
     before = counter.as_dict() if counter else None
     with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
-        scorer.prepare(copy.deepcopy(points))  # a failure here fails the cell (FAILED manifest): nothing can be scored without it
+        # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
+        scorer.prepare(copy.deepcopy(points))
     if scorer.artifacts:
         (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
     done = writer.done_sample_ids()

@@ -27,6 +27,7 @@ from .base import Runner
 LOG_CAP_BYTES = int(os.environ.get("QVAL_LOG_CAP_BYTES", str(16 * 2**20)))  # per shard log; one rotation kept
 # Seconds past a point's own time limit before the watchdog acts (the in-process SIGALRM limit goes first).
 WATCHDOG_GRACE_S = float(os.environ.get("QVAL_WATCHDOG_GRACE_S", "60"))
+WATCHDOG_EXIT = 1  # the exit status reported for a worker the watchdog killed
 
 
 class LocalRunner(Runner):
@@ -45,7 +46,8 @@ class LocalRunner(Runner):
         status: dict[int, int] = {}
         cores = os.cpu_count() or 1
         # With GPUs, never run more workers at once than there are devices: each owns one.
-        per_batch = min(self.workers, len([g for g in self.opts.get("gpus", "").split(",") if g.strip()]) or self.workers)
+        gpus = [g for g in self.opts.get("gpus", "").split(",") if g.strip()]
+        per_batch = min(self.workers, len(gpus) or self.workers)
         for batch_start in range(0, len(shared), per_batch):
             batch = shared[batch_start:batch_start + per_batch]
             self._run_batch(batch, plan_path, run_id, log_dir, max(1, cores // len(batch)), on_event, status)
@@ -63,32 +65,27 @@ class LocalRunner(Runner):
                                              on_event)
             while workers.keys() - status.keys():
                 for index, worker in workers.items():
-                    if index in status:
-                        continue
-                    code = worker.poll()
-                    if code is None and worker.overdue():
-                        self._watchdog_kill(worker, on_event)
-                        code = worker.poll(wait=10)
-                    if code is not None:
-                        worker.finish()
-                        status[index] = code
+                    if index not in status:
+                        code = worker.step(self.results)
+                        if code is not None:
+                            status[index] = code
                 time.sleep(0.2)
         finally:
             for worker in workers.values():  # Ctrl-C or an error here: never leave orphan workers behind
                 worker.stop()
 
-    def _watchdog_kill(self, worker: _Supervised, on_event) -> None:
-        cell, limit = worker.current_cell, worker.limit_s
-        reason = (f"killed by the watchdog: no progress for {limit + WATCHDOG_GRACE_S:.0f} s on cell {cell} (its "
-                  f"per-point time limit is {limit:g} s; a plugin stuck in a C call or one that disabled SIGALRM)")
-        worker.kill_tree()
-        if cell:
-            try:  # the cell fails with the reason; a re-run retries it, its finished samples kept
-                write_json_atomic(cell_dir(self.results, cell) / FAILED, {"cell_id": cell, "error": reason})
-            except (OSError, ValueError):
-                pass
-            on_event(worker.index, {"event": "cell_failed", "cell": cell, "error": reason})
-        on_event(worker.index, {"event": "worker_failed", "error": reason})
+
+def supervise(command: list[str], env: dict, log_path: Path, index: int, on_event, results: Path) -> int:
+    """Run one worker under supervision until it exits (the Ray runner's task body uses this)."""
+    worker = _Supervised(command, env, log_path, index, on_event)
+    try:
+        while True:
+            code = worker.step(results)
+            if code is not None:
+                return code
+            time.sleep(0.2)
+    finally:
+        worker.stop()
 
 
 class _Supervised:
@@ -142,6 +139,32 @@ class _Supervised:
             self.limit_s = float(limit) if isinstance(limit, (int, float)) and limit > 0 else None
         elif kind in ("cell_done", "cell_failed"):
             self.current_cell, self.limit_s = None, None
+
+    def step(self, results: Path) -> int | None:
+        """One supervision step: the exit status once the worker has ended (its leftovers ended too), else None;
+        a worker past its watchdog limit is killed here and its cell failed with the reason."""
+        code = self.poll()
+        if code is None and self.overdue():
+            self.watchdog_kill(results)
+            code = self.poll(wait=10)
+            if code is not None:
+                code = WATCHDOG_EXIT  # a failure, not a crash to retry: a retry would hang on the same point
+        if code is not None:
+            self.finish()
+        return code
+
+    def watchdog_kill(self, results: Path) -> None:
+        cell, limit = self.current_cell, self.limit_s or 0.0
+        reason = (f"killed by the watchdog: no progress for {limit + WATCHDOG_GRACE_S:.0f} s on cell {cell} (its "
+                  f"per-point time limit is {limit:g} s; a plugin stuck in a C call or one that disabled SIGALRM)")
+        self.kill_tree()
+        if cell:
+            try:  # the cell fails with the reason; a re-run retries it, its finished samples kept
+                write_json_atomic(cell_dir(results, cell) / FAILED, {"cell_id": cell, "error": reason})
+            except (OSError, ValueError):
+                pass
+            self.on_event(self.index, {"event": "cell_failed", "cell": cell, "error": reason})
+        self.on_event(self.index, {"event": "worker_failed", "error": reason})
 
     def overdue(self) -> bool:
         return (self.limit_s is not None

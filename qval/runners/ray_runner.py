@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from qval.errors import UsageError
 from qval.runners.base import Runner
+from qval.runners.local import supervise
 
 TAIL_BYTES = 4000
 ATTEMPT_MARK = b"=== qval-ray attempt"
@@ -67,18 +67,17 @@ def run_shard_task(plan_path: str, shard: int, results: str, run_id: str, thread
     log_path, events_path = log_dir / f"shard-{shard}.log", log_dir / f"shard-{shard}.events.jsonl"
     gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
     env = worker_env(dict(os.environ), threads, gpu_ids)
-    with open(log_path, "ab") as log, open(events_path, "ab") as events:
+    with open(log_path, "ab") as log:
         log.write(f"{ATTEMPT_MARK.decode()} on {node} pid {os.getpid()} gpus [{','.join(gpu_ids)}] ===\n".encode())
-        log.flush()
-        # Same process group as this Ray worker: if Ray kills the worker (cancel, node drain), it kills this too.
-        proc = subprocess.Popen(Runner.worker_command(Path(plan_path), shard, Path(results), run_id),
-                                stdout=events, stderr=log, env=env, stdin=subprocess.DEVNULL)
-    try:
-        rc = proc.wait()
-    finally:
-        if proc.poll() is None:  # the task was cancelled or interrupted: never leave the worker behind
-            proc.kill()
-            proc.wait()
+    # The same supervision as the local runner: events on their own pipe (appended to the events file the driver
+    # reads), a capped log, the watchdog, and a worker that dies with this Ray worker (cancel, node drain).
+    with open(events_path, "a", encoding="utf-8") as events:
+        def record(_index, event):
+            events.write(json.dumps(event) + "\n")
+            events.flush()
+
+        rc = supervise(Runner.worker_command(Path(plan_path), shard, Path(results), run_id), env, log_path, shard,
+                       record, Path(results))
     raw = log_path.read_bytes()
     tail = raw[-TAIL_BYTES:].decode(errors="replace")
     if rc < 0:

@@ -207,12 +207,19 @@ _METRIC_COLUMNS = {
 }
 
 
+_ROW_ORDER = {"qalign": "cell_id, sample_id, candidate", "qalign_state": "cell_id, sample_id",
+              "decode": "cell_id, sample_id, turn"}
+
+
 def _samples_by_cell(con, track: str, cell_ids: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The rows metrics read, of many cells in one scan, split by cell, plus an empty frame of the same columns
     for cells with none. Failed samples are left out, except Q-alignment candidates (NULL score, see above)."""
     keep = "TRUE" if track == "qalign" else "error IS NULL"
+    # A fixed row order: bootstrap CIs resample row positions, so the same rows must give the same interval
+    # however the table was written (ingest order is not preserved by its deduplication).
     frame = con.execute(f"SELECT {_METRIC_COLUMNS[track]} FROM {SAMPLE_TABLES[track]} "
-                        f"WHERE cell_id IN (SELECT unnest(?)) AND {keep}", [cell_ids]).df()
+                        f"WHERE cell_id IN (SELECT unnest(?)) AND {keep} ORDER BY {_ROW_ORDER[track]}",
+                        [cell_ids]).df()
     by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
     return by_cell, frame.iloc[0:0]
 
