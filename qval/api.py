@@ -133,7 +133,7 @@ def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
     return out
 
 
-def _top_reasons(results: Path, table: str, cell_id: str, top: int = 3) -> list[str]:
+def _top_reasons(results: Path, table: str, cell_id: str, top: int = 5) -> list[str]:
     from .store.db import connect_reader
 
     try:

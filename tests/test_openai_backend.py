@@ -135,8 +135,10 @@ def test_qalign_scorers_over_http_match_transformers(servers):
     for name, model in (("q-http", _model(urls["plain"])), ("q-hf", "smollm2-135m-instruct")):
         suite = write_suite(root / f"{name}.yaml", f"name: {name}\nmodels: [{model}]\n" + textwrap.dedent(body))
         proc = run_qval("run", suite, "--results", results, timeout=1200)
-        # next-state-entropy cannot run over HTTP, so the http suite exits non-zero with that cell failed
-        assert proc.returncode in (0, 1) and "ingested" in proc.stdout, proc.stdout + proc.stderr
+        # next-state-entropy cannot run over HTTP: the http suite exits non-zero (1: the cell failed to start, 4: its
+        # points errored) naming that cell; the local suite exits 0
+        expected = (1, 4) if name == "q-http" else (0,)
+        assert proc.returncode in expected and "ingested" in proc.stdout, proc.stdout + proc.stderr
     samples = R.samples(results, "qalign")
     cells = R.cells(results)
     label = dict(zip(cells["cell_id"], cells["model"] + "/" + cells["method"]))
