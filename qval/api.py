@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
+
 from . import loadwatch
 from .errors import UsageError
 from .fingerprint import fingerprint
@@ -105,7 +107,7 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
 
 def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
     """What went wrong in the cells a run ran, from their manifests and stored rows (see RunSummary.problems)."""
-    from .store.parts import DONE, FAILED, cell_dir
+    from .store.parts import DONE, FAILED, cell_dir, read_manifest
     from .store.tables import SAMPLE_TABLES
 
     out = []
@@ -113,18 +115,19 @@ def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
         cell, directory = plan.cells[cell_id], cell_dir(results, cell_id)
         problem = None
         if (directory / DONE).is_file():
+            manifest = read_manifest(directory / DONE)
             try:
-                manifest = json.loads((directory / DONE).read_text())
-                errored = int(manifest.get("n_errored", manifest.get("n_failed", 0)) or 0)
-            except (OSError, ValueError, TypeError, AttributeError):
-                errored, problem = 0, "its DONE manifest is unreadable"
-            if errored:
+                errored = int(manifest.get("n_errored", manifest.get("n_failed", 0)) or 0) if manifest else None
+            except (TypeError, ValueError):
+                errored = None
+            if errored is None:
+                problem = "its DONE manifest is unreadable"
+            elif errored:
                 problem = f"{errored} of {manifest.get('n_samples', '?')} samples errored (exception or timeout)"
         elif (directory / FAILED).is_file():
-            try:
-                problem = "failed: " + str(json.loads((directory / FAILED).read_text()).get("error"))
-            except (OSError, ValueError, AttributeError):
-                problem = "failed (unreadable FAILED manifest)"
+            manifest = read_manifest(directory / FAILED)
+            problem = ("failed: " + str(manifest.get("error")) if manifest is not None
+                       else "failed (unreadable FAILED manifest)")
         else:
             problem = "not finished: its worker ended before completing it (see the shard log)"
         if problem:
@@ -168,7 +171,8 @@ def mark_interrupted_runs(results: Path) -> list[str]:
         if not isinstance(record, dict) or record.get("status") != "running":
             continue
         pid = record.get("pid")
-        alive = isinstance(pid, int) and record.get("host") == host and _alive(pid) and pid != os.getpid()
+        alive = (isinstance(pid, int) and record.get("host") == host and psutil.pid_exists(pid)
+                 and pid != os.getpid())
         if record.get("host") not in (None, host) or alive:
             continue  # another host's run, or still alive
         record.update(status="interrupted", finished_at=None,
@@ -177,15 +181,6 @@ def mark_interrupted_runs(results: Path) -> list[str]:
         changed.append(record.get("run_id", path.stem))
     return changed
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def read_plan_file(path: Path) -> Plan:

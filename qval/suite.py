@@ -5,6 +5,7 @@ Every error names the file, the field and the reason (``SuiteError``); nothing i
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,19 +170,8 @@ MAX_CELLS = 100_000  # cells one suite may expand to (QVAL_MAX_CELLS overrides):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """A safe loader that refuses duplicate keys (YAML says they are an error; PyYAML keeps the last one) and
-    documents whose alias expansion would exceed MAX_YAML_NODES."""
-
-    def __init__(self, stream):
-        super().__init__(stream)
-        self._nodes = 0
-
-    def construct_object(self, node, deep=False):
-        self._nodes += 1
-        if self._nodes > MAX_YAML_NODES:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"the document expands to more than {MAX_YAML_NODES} values (aliases?)", node.start_mark)
-        return super().construct_object(node, deep)
+    """A safe loader that refuses duplicate keys (YAML says they are an error; PyYAML keeps the last one). The size
+    after alias expansion is bounded before construction, by ``_count_nodes``."""
 
     def construct_mapping(self, node, deep=False):
         seen: dict = {}
@@ -200,10 +190,10 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def _count_nodes(node, seen=None, budget=MAX_YAML_NODES) -> int:
+def _count_nodes(node, budget=MAX_YAML_NODES) -> int:
     """Nodes of the composed document counted with aliases expanded, stopping at the budget (an alias bomb is a
     small tree of shared nodes that expands exponentially)."""
-    memo: dict[int, int] = {} if seen is None else seen
+    memo: dict[int, int] = {}
 
     def count(n) -> int:
         if id(n) in memo:
@@ -271,8 +261,6 @@ def load_suite(path: str | Path) -> Suite:
 
 def _check_grid_size(suite: Suite) -> None:
     """Refuse a grid too large to plan before expanding it (the product of the axes is cheap to compute)."""
-    import os
-
     limit = int(os.environ.get("QVAL_MAX_CELLS", MAX_CELLS))
     cfg = suite.config
     models, seeds = len(cfg.models), len(cfg.seeds)

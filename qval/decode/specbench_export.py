@@ -33,7 +33,7 @@ _ROWS = ("SELECT sample_id, turn, category, new_tokens, target_steps, accepted, 
 
 def _cells(con, suite: str | None):
     sql = ("SELECT c.cell_id, c.model, c.method, c.temperature, c.dataset_label, c.identity, c.baseline_cell_id, "
-           "c.status, c.run_id FROM cells c {join} WHERE c.track = 'decode' AND c.status = 'done' {where} "
+           "c.run_id FROM cells c {join} WHERE c.track = 'decode' AND c.status = 'done' {where} "
            "ORDER BY c.cell_id")
     if suite is None:
         return con.execute(sql.format(join="", where="")).fetchall()
@@ -76,7 +76,7 @@ def export_specbench(results: Path, out: Path, suite: str | None = None) -> list
         rows = {c[0]: _turn_rows(con, c[0]) for c in cells}
     finally:
         con.close()
-    runs = {c[0]: c[8] for c in cells}
+    runs = {c[0]: c[7] for c in cells}
     groups: dict[str, list] = {}
     for c in cells:
         groups.setdefault(c[6] if isinstance(c[6], str) else c[0], []).append(c)
@@ -87,7 +87,7 @@ def export_specbench(results: Path, out: Path, suite: str | None = None) -> list
         complete = [_complete_questions(rows[c[0]]) for c in group]
         common = set.intersection(*complete)
         for c in group:
-            cell_id, model, method, temperature, dataset, identity, baseline, _, run_id = c
+            cell_id, model, method, temperature, dataset, identity, baseline, run_id = c
             identity = json.loads(identity) if isinstance(identity, str) else identity
             key = json.dumps(identity["model"], sort_keys=True)
             if key not in tokenizers:

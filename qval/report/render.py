@@ -508,8 +508,8 @@ def _records(board: TrackBoard, group: _Group) -> list[dict]:
 
 
 def _flagged_under_load(board: TrackBoard) -> int:
-    rows = _prepared_rows(board)
-    return int((rows[_LOAD_METRIC] > BUSY_OTHER_CORES).sum()) if _LOAD_METRIC in rows else 0
+    # Only the one column: the whole board need not be normalised again for a count.
+    return int((_numbers(_source(board), _LOAD_METRIC) > BUSY_OTHER_CORES).sum())
 
 
 def _load_note() -> str:

@@ -185,30 +185,18 @@ class _Supervised:
             return []
 
     def kill_tree(self) -> None:
-        for p in [*self.descendants(), *([self.ps] if self.ps else [])]:
-            try:
-                p.kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+        _signal([*self.descendants(), *([self.ps] if self.ps else [])], "kill")
 
     def finish(self) -> None:
         """After the worker exits: end what it left running (a child it started with setsid keeps the event and log
         pipes open otherwise), then let the readers drain."""
-        for p in _orphans_of_run(self.proc.pid):
-            try:
-                p.kill()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
+        _signal(_orphans_of_run(self.proc.pid), "kill")
         for thread in self.threads:
             thread.join(timeout=5)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            for p in self.descendants():
-                try:
-                    p.terminate()
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
-                    pass
+            _signal(self.descendants(), "terminate")
             self.proc.terminate()
             try:
                 self.proc.wait(timeout=10)
@@ -216,6 +204,15 @@ class _Supervised:
                 self.kill_tree()
                 self.proc.wait(timeout=10)
         self.finish()
+
+
+def _signal(processes: list[psutil.Process], how: str) -> None:
+    """kill() or terminate() each process; one that is already gone (or not ours) is skipped."""
+    for p in processes:
+        try:
+            getattr(p, how)()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
 
 
 def _process(pid: int) -> psutil.Process | None:

@@ -20,7 +20,7 @@ from ..plan import Plan, plan_sequence
 from ..registry import REGISTRY
 from ..decode.metrics import MAX_POSITION
 from .db import connect_writer
-from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_valid_parts
+from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 from .tables import SAMPLE_TABLES
 
 
@@ -101,15 +101,15 @@ def _signature(directory: Path, parts: list[Path]) -> str:
     return h.hexdigest()[:16]
 
 
-def _status(directory: Path) -> tuple[str, str | None, str | None]:
+def _status(directory: Path) -> tuple[str, str | None, str | None, dict | None]:
+    """(status, error, run id, manifest) of a cell folder."""
     for marker, state in ((DONE, "done"), (FAILED, "failed")):
         if (directory / marker).exists():
-            try:
-                manifest = json.loads((directory / marker).read_text())
-                return state, manifest.get("error"), manifest.get("run_id")
-            except (OSError, ValueError, AttributeError):  # e.g. zero-length after a crash: not done, resumable
-                return "partial", f"unreadable {marker}; re-run `qval run` to complete the cell", None
-    return "partial", None, None  # parts of an unfinished cell (a killed worker): ingested, marked partial
+            manifest = read_manifest(directory / marker)
+            if manifest is None:  # e.g. zero-length after a crash: not done, resumable
+                return "partial", f"unreadable {marker}; re-run `qval run` to complete the cell", None, None
+            return state, manifest.get("error"), manifest.get("run_id"), manifest
+    return "partial", None, None, None  # parts of an unfinished cell (a killed worker): ingested, marked partial
 
 
 def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]]) -> int:
@@ -135,9 +135,9 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     now = _now()
     updates = []
     for cell_id, directory, _, sig in cells:
-        status, error, run_id = _status(directory)
+        status, error, run_id, manifest = _status(directory)
         n, failed, _ = counts.get(cell_id, (0, 0, 0))
-        shortfall = manifest_shortfall(directory, held=n) if status == "done" else None
+        shortfall = manifest_shortfall(manifest, n) if status == "done" else None
         if shortfall:  # never a finished cell with lost samples: `qval run` sets the manifest aside and resumes it
             status, error = "partial", f"not done: {shortfall}; re-run `qval run` to complete it"
         updates.append([status, n, failed, run_id, error, sig, now, cell_id])

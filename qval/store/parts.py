@@ -106,16 +106,24 @@ def sample_ids(parts: list[Path]) -> set[str]:
     return ids
 
 
-def manifest_shortfall(directory: Path, parts: list[Path] | None = None, held: int | None = None) -> str | None:
-    """Why a DONE manifest cannot be trusted: it promises more samples than the cell's parts hold (e.g. the parts
-    were lost or deleted after the cell finished). None when it agrees. ``held``: the distinct samples already
-    counted (ingest has them); else they are read from ``parts``."""
+def read_manifest(path: Path) -> dict | None:
+    """A DONE/FAILED manifest, or None when it is missing or unreadable (e.g. zero-length after a crash)."""
     try:
-        promised = int(json.loads((directory / DONE).read_text()).get("n_samples", 0))
-    except (OSError, ValueError, TypeError, AttributeError):
+        manifest = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def manifest_shortfall(manifest: dict | None, held: int) -> str | None:
+    """Why a DONE manifest cannot be trusted: it is unreadable, or it promises more samples than the cell's parts
+    hold (``held`` distinct samples; e.g. the parts were lost after the cell finished). None when it agrees."""
+    try:
+        promised = int(manifest.get("n_samples", 0)) if manifest is not None else None
+    except (TypeError, ValueError):
+        promised = None
+    if promised is None:
         return "its DONE manifest is unreadable"
-    if held is None:
-        held = len(sample_ids(parts or []))
     if held < promised:
         return f"its DONE manifest promises {promised} samples but its parts hold {held}"
     return None
@@ -131,7 +139,8 @@ def verify_done_cells(results: Path, cell_ids) -> list[Path]:
             before = set(part_files(directory))
             parts = read_valid_parts(results, directory)
             quarantined += sorted(before - set(parts))
-            shortfall = manifest_shortfall(directory, parts) if (directory / DONE).exists() else None
+            shortfall = (manifest_shortfall(read_manifest(directory / DONE), len(sample_ids(parts)))
+                         if (directory / DONE).exists() else None)
             if shortfall:
                 quarantined.append(quarantine(results, directory / DONE, f"cell {cell_id}: {shortfall}"))
     return quarantined
