@@ -43,7 +43,7 @@ def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -
         n = rows_per_cell
         steps = rng.integers(8, 64, n)
         accepted = [rng.integers(0, 4, s).tolist() for s in steps]
-        table = pa.table({
+        columns = {
             "cell_id": [cell.cell_id] * n,
             "sample_id": [str(i) for i in range(n)],
             "turn": np.zeros(n, np.int32),
@@ -61,7 +61,17 @@ def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -
             "error": pa.nulls(n, pa.string()),
             "prefill_entropy": rng.random(n) * 5,
             "prefill_top_prob": rng.random(n),
-        }, schema=DECODE_SAMPLES)
+            "draft_s": rng.random(n) * 0.1,
+            "load_other_cores": rng.random(n) * 0.2,
+            "load_steal": np.zeros(n),
+            "load_avg1": rng.random(n),
+        }
+        # Fail loudly, naming the columns, when the schema grows: a benchmark that crashes on a KeyError deep in
+        # pyarrow (as this one once did, unnoticed) says nothing about what to add here.
+        missing = set(DECODE_SAMPLES.names) ^ set(columns)
+        if missing:
+            raise RuntimeError(f"_synthetic.py is out of date with DECODE_SAMPLES: {sorted(missing)}")
+        table = pa.table(columns, schema=DECODE_SAMPLES)
         directory = cell_dir(results, cell.cell_id)
         directory.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, directory / "part-00000-bench.parquet")

@@ -52,6 +52,21 @@ def bootstrap_units(n_units: int, statistic: Callable[[np.ndarray], float], valu
     return MetricValue(float(value), lo, hi, n_units)
 
 
+def bootstrap_batched(n_units: int, statistic: Callable[[np.ndarray], np.ndarray], value: float | None,
+                      n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
+    """``bootstrap_units`` for a statistic that takes a block of resamples at once (rows of unit indices) and
+    returns one value per row: the same draws, in the same order, hence the same interval, as one array operation
+    instead of a Python call per resample."""
+    if value is None or not np.isfinite(value) or n_units < 2:
+        return MetricValue(_finite_or_none(value), None, None, n_units)
+    rng = np.random.default_rng(seed)
+    per_block = max(1, _CHUNK // n_units)
+    stats = [np.asarray(statistic(rng.integers(0, n_units, (min(per_block, n_boot - start), n_units))), float)
+             for start in range(0, n_boot, per_block)]
+    lo, hi = _interval(np.concatenate(stats))
+    return MetricValue(float(value), lo, hi, n_units)
+
+
 _CACHE_LIMIT = 20_000_000  # B×n resample counts kept in memory for reuse (float32: 80 MB at most)
 _counts_cache: dict[tuple[int, int, int], np.ndarray] = {}
 
@@ -105,6 +120,34 @@ def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, d
         stats = [ratio(list((block @ stacked).T)) for block in _resample_counts(n, n_boot, seed)]
     lo, hi = _interval(np.concatenate(stats))
     return MetricValue(float(value), lo, hi, n)
+
+
+def bootstrap_ratios(columns: np.ndarray, ratios: list[tuple[int, int]], n_boot: int = N_BOOT,
+                     seed: int = 0) -> list[MetricValue]:
+    """Several ratios of sums Σcolumns[:, i] / Σcolumns[:, j] over the same units, from one resampling: each
+    equals ``bootstrap_ratio(columns[:, i], columns[:, j])`` (same draws), at the cost of one matrix product."""
+    columns = np.asarray(columns, float)
+    n = columns.shape[0]
+    if n == 0:
+        return [MetricValue.undefined() for _ in ratios]
+    num, den = [i for i, _ in ratios], [j for _, j in ratios]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sums = columns.sum(axis=0)
+        values = sums[num] / sums[den]
+        if n < 2:
+            return [MetricValue(_finite_or_none(v), None, None, n) for v in values]
+        stacked = columns.astype(np.float32)
+        blocks = [block @ stacked for block in _resample_counts(n, n_boot, seed)]
+        resampled = np.concatenate(blocks)  # n_boot × columns
+        stats = resampled[:, num] / resampled[:, den]
+    out = []
+    for k, value in enumerate(values):
+        if not np.isfinite(value):
+            out.append(MetricValue(_finite_or_none(value), None, None, n))
+            continue
+        lo, hi = _interval(stats[:, k])
+        out.append(MetricValue(float(value), lo, hi, n))
+    return out
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:

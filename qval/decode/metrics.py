@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from ..metrics.base import Metric
+from ..metrics.base import Metric, MetricView
 from ..loadwatch import BUSY_OTHER_CORES
-from ..stats import MetricValue, bootstrap_mean, bootstrap_ratio, bootstrap_units
+from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_ratio, bootstrap_ratios
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -24,6 +24,7 @@ class VllmAcceptanceLength(Metric):
 
     name = "acceptance_length"
     track = "decode"
+    reads = ("accepted_total", "drafts")
     label = ("acceptance length as vLLM defines it: 1 + Σ accepted draft tokens / number of verify steps that "
              "carried ≥ 1 draft token (steps without a draft are not counted); undefined when nothing was drafted; "
              "n = samples (prompt turns), CI resamples them")
@@ -43,6 +44,7 @@ class MeanAcceptedTokens(Metric):
 
     name = "mean_accepted_tokens"
     track = "decode"
+    reads = ("accepted_total", "target_steps")
     label = ("Spec-Bench's #Mean accepted tokens: mean over all verify steps (pooled over samples) of accepted "
              "draft tokens + 1, steps without a draft included (AR = 1); n = samples (prompt turns) with ≥ 1 "
              "verify step, CI resamples them")
@@ -63,6 +65,7 @@ def _shifted(value: MetricValue, by: float) -> MetricValue:
 class PerSampleAcceptanceLength(Metric):
     name = "acceptance_length_per_sample"
     track = "decode"
+    reads = ("accepted_total", "target_steps")
     label = ("per-sample (macro) acceptance length, DFlash's and BlockPilot's definition: mean over samples of each "
              "sample's (accepted + 1) per verify step; n = samples (prompt turns) with ≥ 1 verify step")
 
@@ -98,6 +101,7 @@ def _decoded(pairs: pd.DataFrame) -> pd.DataFrame:
 class MeasuredSpeedup(Metric):
     name = "speedup"
     track = "decode"
+    reads = ("sample_id", "turn", "new_tokens", "decode_s", "target_steps")
     needs_baseline = True
     label = ("qval's measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the "
              "same run: ratio of sums (Σ tokens / Σ decode time) ÷ AR's, decode only (prefill excluded), over the "
@@ -132,6 +136,7 @@ class SpecBenchSpeedup(Metric):
 
     name = "speedup_specbench"
     track = "decode"
+    reads = ("sample_id", "turn", "new_tokens", "decode_s", "prefill_s", "target_steps")
     needs_baseline = True
     label = ("Spec-Bench's speedup: mean over questions of tokens/s (Σ tokens ÷ Σ wall time over the question's "
              "turns, prefill included) ÷ the same mean for the same-run AR cell; n = questions both completed, "
@@ -165,6 +170,7 @@ def _coupled(cell: dict | None) -> bool:
 class Lossless(Metric):
     name = "lossless"
     track = "decode"
+    reads = ("sample_id", "turn", "new_tokens", "decode_s", "output_sha")
     needs_baseline = True
     label = ("share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0, and at T > 0 "
              "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens")
@@ -237,6 +243,7 @@ class DistributionalLossless(Metric):
 
     name = "lossless_dist_p"
     track = "decode"
+    reads = ("sample_id", "turn", "early_ids")
     needs_baseline = True
     label = ("T > 0, rejection sampling: p-value of a paired label-swap permutation test (chi-square statistic on "
              f"the frequencies of output tokens 2–33, top {DIST_TOP_TOKENS} tokens + other) that the policy's outputs "
@@ -259,6 +266,7 @@ class DistributionalLossless(Metric):
 class ModelledSpeedup(Metric):
     name = "modelled_speedup"
     track = "decode"
+    reads = ("sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s")
     needs_baseline = True
     label = ("MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), τ = mean_accepted_tokens "
              "(tokens per verify step), i.e. assuming a verify "
@@ -276,13 +284,13 @@ class ModelledSpeedup(Metric):
         draft, ar_time = pairs["draft_s"].to_numpy(float), pairs["decode_s_ar"].to_numpy(float)
         ar_steps = pairs["target_steps_ar"].to_numpy(float)
 
-        def modelled(idx):
-            tau = (accepted[idx].sum() + steps[idx].sum()) / steps[idx].sum()
-            draft_share = (draft[idx].sum() / steps[idx].sum()) / (ar_time[idx].sum() / ar_steps[idx].sum())
+        def modelled(idx):  # idx: rows of resampled pair indices
+            tau = (accepted[idx].sum(-1) + steps[idx].sum(-1)) / steps[idx].sum(-1)
+            draft_share = (draft[idx].sum(-1) / steps[idx].sum(-1)) / (ar_time[idx].sum(-1) / ar_steps[idx].sum(-1))
             return tau / (1.0 + draft_share)
 
         everyone = np.arange(len(pairs))
-        return bootstrap_units(len(pairs), modelled, modelled(everyone))
+        return bootstrap_batched(len(pairs), modelled, float(modelled(everyone)))
 
 
 MAX_POSITION = 8  # per-position acceptance is reported for draft positions 1..8
@@ -297,6 +305,8 @@ class PerPositionAcceptance(Metric):
 
     name = "per_position_acceptance"
     track = "decode"
+    reads = ("drafts", *(f"accepted_ge_{i}" for i in range(1, MAX_POSITION + 1)))
+    always = True  # reports read it for every decode cell (the load flag, the per-position figure)
     multi = True
     label = "per draft position i: unconditional acceptance rate (vLLM) and conditional rate given i−1 accepted"
 
@@ -305,20 +315,23 @@ class PerPositionAcceptance(Metric):
         if len(samples) == 0 or "drafts" not in samples or samples["drafts"].sum() == 0:
             return out
         drafts = samples["drafts"].to_numpy(float)
-        previous = drafts
-        for i in range(1, MAX_POSITION + 1):
-            accepted = samples[f"accepted_ge_{i}"].to_numpy(float)
-            out[f"accept_rate@{i}"] = bootstrap_ratio(accepted, drafts)
-            out[f"accept_cond@{i}"] = bootstrap_ratio(accepted, previous)
-            if accepted.sum() == 0:
-                break
-            previous = accepted
+        accepted = [samples[f"accepted_ge_{i}"].to_numpy(float) for i in range(1, MAX_POSITION + 1)]
+        # Positions up to the first that nothing reached (its rates are 0; later ones would only repeat that).
+        last = next((i for i, a in enumerate(accepted, 1) if a.sum() == 0), MAX_POSITION)
+        columns = [drafts, *accepted[:last]]
+        # One resampling for the whole family (column 0 = drafts, column i = accepted at position ≥ i).
+        ratios = [(i, 0) for i in range(1, last + 1)] + [(i, i - 1) for i in range(1, last + 1)]
+        values = bootstrap_ratios(np.stack(columns, axis=1), ratios)
+        for i in range(1, last + 1):
+            out[f"accept_rate@{i}"] = values[i - 1]
+            out[f"accept_cond@{i}"] = values[last + i - 1]
         return out
 
 
 class TokensPerSecond(Metric):
     name = "tokens_per_s"
     track = "decode"
+    reads = ("new_tokens", "decode_s")
     label = "decode throughput Σ generated tokens / Σ decode time (hardware-specific; compare within one run only)"
 
     def compute(self, samples, baseline=None, cell=None):
@@ -335,6 +348,8 @@ class LoadWhileTimed(Metric):
 
     name = "load_other_cores"
     track = "decode"
+    reads = ("load_other_cores", "prefill_s", "decode_s")
+    always = True  # reports read it for every decode cell (the load flag, the per-position figure)
     higher_is_better = False
     label = ("cores other processes kept busy on average while this cell's turns were timed (time-weighted; "
              f"flagged above {BUSY_OTHER_CORES}); n = turns with a load record (the openai backend records none)")
@@ -348,3 +363,22 @@ class LoadWhileTimed(Metric):
             return MetricValue.undefined()
         cores = samples.loc[keep, "load_other_cores"].to_numpy(float)
         return bootstrap_ratio(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float))
+
+
+def _list_count(column: str, at_least: int) -> str:
+    return f"len(list_filter({column}, lambda x: x >= {at_least}))"
+
+
+# What decoding metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
+VIEW = MetricView(
+    columns={
+        **{c: c for c in ("cell_id", "sample_id", "turn", "category", "new_tokens", "target_steps", "prefill_s",
+                          "decode_s", "draft_s", "load_other_cores", "load_steal", "output_sha")},
+        "early_ids": "output_ids[2:33]",
+        "accepted_total": "coalesce(list_sum(accepted), 0)",
+        "drafts": _list_count("drafted", 1),
+        **{f"accepted_ge_{i}": _list_count("accepted", i) for i in range(1, MAX_POSITION + 1)},
+    },
+    keep="error IS NULL",
+    order="cell_id, sample_id, turn",
+)

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from ..stats import MetricValue, bootstrap_mean, bootstrap_units
+from ..stats import MetricValue, bootstrap_batched, bootstrap_mean
 
 SIZE_FILE = re.compile(r"^B(\d+(?:\.\d+)?)\.json$")  # releases use integers; qval also writes B0.6.json
 FEATURES_FILE = "features.json"
@@ -387,11 +387,12 @@ def _resolve_candidates(sweep: Sweep, candidates: Sequence[int] | None) -> list[
 
 def _lookup(table: pd.DataFrame, picks: pd.Series) -> pd.Series:
     """τ each sample gets at its picked size; NaN where the sample or size is not in the table."""
-    out = pd.Series(np.nan, index=table.index, dtype=float)
-    for sid, size in picks.items():
-        if sid in table.index and size in table.columns:
-            out[sid] = table.at[sid, size]
-    return out
+    out = np.full(len(table), np.nan)
+    rows = table.index.get_indexer(picks.index)
+    cols = pd.Index(table.columns).get_indexer(pd.Index(picks.to_numpy(), dtype=object))
+    found = (rows >= 0) & (cols >= 0)
+    out[rows[found]] = table.to_numpy(float)[rows[found], cols[found]]
+    return pd.Series(out, index=table.index, dtype=float)
 
 
 def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricValue:
@@ -400,8 +401,8 @@ def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricVal
     a, b = values[mask].to_numpy(float), baseline[mask].to_numpy(float)
     if a.size == 0 or b.mean() == 0:
         return MetricValue.undefined(int(a.size))
-    return bootstrap_units(a.size, lambda idx: a[idx].mean() / b[idx].mean() - 1, a.mean() / b.mean() - 1,
-                           seed=seed)
+    return bootstrap_batched(a.size, lambda idx: a[idx].mean(axis=1) / b[idx].mean(axis=1) - 1,
+                             a.mean() / b.mean() - 1, seed=seed)
 
 
 def _make_row(policy: str, kind: str, values: pd.Series, baseline: pd.Series, seed: int, size=None,
@@ -470,7 +471,7 @@ def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, 
                       seed, note="IN-SAMPLE: fit on these same samples, not held-out evidence"), vals)
 
     gap = (oracle - baseline).to_numpy(float)
-    abs_gain = bootstrap_units(gap.size, lambda idx: gap[idx].mean(), gap.mean(), seed=seed)
+    abs_gain = bootstrap_batched(gap.size, lambda idx: gap[idx].mean(axis=1), gap.mean(), seed=seed)
     return ReplayResult(knob=sweep.knob, metric=sweep.metric, candidates=cands, sizes=list(sweep.sizes), rows=rows,
                         per_sample=pd.DataFrame(per_sample), oracle_choice=oracle_choice, best_fixed_size=best,
                         oracle_minus_best_fixed=abs_gain, n_samples=len(table), dropped=dropped,

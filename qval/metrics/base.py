@@ -1,6 +1,9 @@
-"""Base class of metrics: each declares its track, direction and label together with how it is computed."""
+"""Base class of metrics: one declaration per metric (track, direction, label, what it reads, what n counts,
+version) together with how it is computed. The metric stage (``qval/metrics/stage.py``) reads these declarations to
+decide what to compute for which cell, and what to recompute when a definition changes."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import pandas as pd
@@ -8,16 +11,44 @@ import pandas as pd
 from ..stats import MetricValue
 
 
+@dataclass(frozen=True)
+class MetricView:
+    """What a track's metrics read from its sample table: named column expressions (DuckDB SQL over the table), a
+    row filter and a fixed row order (bootstrap CIs resample row positions, so the same rows must come in the same
+    order however the table was written)."""
+
+    columns: dict[str, str]
+    keep: str
+    order: str
+
+
 class Metric:
     name: ClassVar[str] = ""
-    track: ClassVar[str] = ""  # "qalign" | "decode"
+    track: ClassVar[str] = ""  # "qalign" | "decode" | "qalign_state"
     higher_is_better: ClassVar[bool] = True
     label: ClassVar[str] = ""  # what the number is, shown once in every report
     needs_baseline: ClassVar[bool] = False  # decode metrics paired with the same-run AR cell
     multi: ClassVar[bool] = False  # compute() returns {name: value} (a family, e.g. per position): figures, not a column
+    # Bump when the definition changes: the next ingest recomputes this metric for every finished cell from its
+    # stored rows (no sample is recomputed), and leaves every other metric alone.
+    version: ClassVar[int] = 1
+    # Columns of the track's metric view (``COLUMNS`` in the track's metrics module) this metric reads: the stage
+    # loads only the union over the metrics it computes. Empty = every column.
+    reads: ClassVar[tuple[str, ...]] = ()
+    # Computed for every cell of the track whatever a suite lists, because reports read it (the load flag, the
+    # per-position figure).
+    always: ClassVar[bool] = False
+    # The metric's per-unit values (per evaluation point, clustered by state) are stored in ``metric_units`` so
+    # that reports and comparisons pair methods on shared units without recomputing them.
+    stores_units: ClassVar[bool] = False
 
     def compute(self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None,
-                cell: dict | None = None) -> MetricValue:
+                cell: dict | None = None) -> MetricValue | dict[str, MetricValue]:
         """``samples``: the cell's successful per-sample rows; ``baseline``: the AR cell's, when needed;
         ``cell``: the cell's row (temperature, method, …)."""
         raise NotImplementedError
+
+    def compute_with_units(self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None,
+                           cell: dict | None = None) -> tuple[MetricValue | dict[str, MetricValue], pd.DataFrame | None]:
+        """The value and, when ``stores_units``, the per-unit values behind it (columns unit, cluster, value)."""
+        return self.compute(samples, baseline, cell), None

@@ -8,8 +8,24 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..metrics.base import Metric
+from ..metrics.base import Metric, MetricView
 from ..stats import MetricValue, bootstrap_units, bounded_mean
+
+# What Q-alignment metrics read. A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a
+# state with a failed candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than
+# silently ranked over the candidates that happened to succeed.
+VIEW = MetricView(
+    columns={"cell_id": "cell_id", "sample_id": "sample_id", "state_key": "state_key", "candidate": "candidate",
+             "score": "CASE WHEN error IS NULL THEN score END", "ref_q": "ref_q", "is_behaviour": "is_behaviour"},
+    keep="TRUE",
+    order="cell_id, sample_id, candidate",
+)
+# Cells that store only per-state values (imported QVal rankings).
+STATE_VIEW = MetricView(
+    columns={"cell_id": "cell_id", "sample_id": "sample_id", "state_key": "state_key", "value": "value"},
+    keep="error IS NULL",
+    order="cell_id, sample_id",
+)
 
 MIN_POOLED_PAIRS = 50  # QVal's rule (evaluate.py): fewer than 50 usable pairs give no pooled correlation
 
@@ -178,17 +194,23 @@ class _PerStateMean(Metric):
 
     track = "qalign"
     bounds: tuple[float, float] = (-1.0, 1.0)
+    stores_units = True
 
     def by_point(self, samples: pd.DataFrame) -> pd.Series:
         raise NotImplementedError
 
     def compute(self, samples, baseline=None, cell=None):
+        return self.compute_with_units(samples, baseline, cell)[0]
+
+    def compute_with_units(self, samples, baseline=None, cell=None):
         per_point = self.by_point(samples)
         if per_point.empty:
-            return MetricValue.undefined(0, 0)
+            return MetricValue.undefined(0, 0), None
         keys = _state_keys(samples, per_point.index)
         value = bounded_mean(per_point.to_numpy(float), *self.bounds, clusters=keys)
-        return MetricValue(value.value, value.ci_low, value.ci_high, value.n, int(pd.Series(keys).nunique()))
+        units = pd.DataFrame({"unit": per_point.index.astype(str), "cluster": pd.Series(keys).astype(str).to_numpy(),
+                              "value": per_point.to_numpy(float)})
+        return MetricValue(value.value, value.ci_low, value.ci_high, value.n, int(pd.Series(keys).nunique())), units
 
 
 def _state_keys(samples: pd.DataFrame, points: pd.Index) -> np.ndarray:

@@ -62,6 +62,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # intervals): forget every cell's part signature so the next ingest re-reads and recomputes all of them.
         "UPDATE cells SET parts_sig = NULL",
     ]),
+    (6, [
+        # The metric stage (qval/metrics/stage.py): which metric (family) wrote each value, at which version, and
+        # the per-unit values behind per-state metrics. Values written before carry no family; the next ingest
+        # recomputes them from the stored rows.
+        "ALTER TABLE cell_metrics ADD COLUMN family VARCHAR",
+        """CREATE TABLE metric_versions (cell_id VARCHAR, metric VARCHAR, version INTEGER, computed_at TIMESTAMP,
+           PRIMARY KEY (cell_id, metric))""",
+        "CREATE TABLE metric_units (cell_id VARCHAR, metric VARCHAR, unit VARCHAR, cluster VARCHAR, value DOUBLE)",
+    ]),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

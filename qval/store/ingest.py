@@ -13,12 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-import pandas as pd
-
 from ..errors import UsageError
 from ..plan import Plan, plan_sequence
-from ..registry import REGISTRY
-from ..decode.metrics import MAX_POSITION
+from ..metrics.stage import compute_metrics
 from .db import connect_writer
 from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 from .tables import SAMPLE_TABLES
@@ -71,6 +68,7 @@ def ingest(results: Path, progress=None) -> IngestReport:
                 report.cells_ingested += len(cells)
                 if progress:
                     progress(len(cells))
+        # Also back-fills finished cells: a metric added to a suite, or a definition whose version changed.
         report.metrics_computed = compute_metrics(con, [c[0] for cells in changed.values() for c in cells])
         _fault_point("before-commit")
         con.execute("COMMIT")
@@ -119,16 +117,19 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     """
     table = SAMPLE_TABLES[track]
     ids = [c[0] for c in cells]
-    files = [str(p) for c in cells for p in c[2]]
+    # A sample that two workers both wrote (an orphaned worker finishing its point while a re-run scores it again)
+    # is taken from the first part that holds it, so a duplicate never reaches a metric. Workers hold a lease per
+    # cell, so this is the second line of defence; it needs a window over the rows only for cells with several parts.
+    single = [str(c[2][0]) for c in cells if len(c[2]) == 1]
+    several = [str(p) for c in cells if len(c[2]) > 1 for p in c[2]]
     con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
-    if files:
-        # BY NAME: parts written before a column existed still load (the new column is NULL for them).
-        # One copy per sample: a sample that two workers both wrote (an orphaned worker finishing its point while
-        # a re-run scores it again) is taken from the first part that holds it, so a duplicate never reaches a
-        # metric. Workers hold a lease per cell, so this is the second line of defence.
+    # BY NAME: parts written before a column existed still load (the new column is NULL for them).
+    if single:
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [single])
+    if several:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (filename) FROM read_parquet(?, union_by_name = "
                     "true, filename = true) QUALIFY filename = min(filename) OVER (PARTITION BY cell_id, sample_id)",
-                    [files])
+                    [several])
     counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
         f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
         f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
@@ -178,7 +179,8 @@ def _ingest_plans(con, results: Path) -> None:
                      json.dumps(plan.config), _now()])
         con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
         con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
-        rows = [[c.cell_id, plan.to_json()["identity_version"], c.track, c.model, c.method, c.family, c.dataset,
+        identity_version = plan.to_json()["identity_version"]  # serialises the whole plan: once, not per cell
+        rows = [[c.cell_id, identity_version, c.track, c.model, c.method, c.family, c.dataset,
                  c.dataset_label or c.dataset, c.temperature, c.seed, json.dumps({
                      "model": c.model_identity, "method_params": c.method_params,
                      "dataset_params": c.dataset_params, "settings": c.settings}),
@@ -187,75 +189,3 @@ def _ingest_plans(con, results: Path) -> None:
             "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
             "temperature, seed, identity, baseline_cell_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
             "'planned') ON CONFLICT (cell_id) DO NOTHING", rows)
-
-
-# What metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
-_METRIC_COLUMNS = {
-    # A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a state with a failed
-    # candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than silently ranked
-    # over the candidates that happened to succeed.
-    "qalign": ("cell_id, sample_id, state_key, candidate, CASE WHEN error IS NULL THEN score END AS score, ref_q, "
-               "is_behaviour"),
-    "qalign_state": "cell_id, sample_id, state_key, value",
-    "decode": ("cell_id, sample_id, turn, category, new_tokens, target_steps, prefill_s, decode_s, draft_s, "
-               "load_other_cores, load_steal, "
-               "output_sha, output_ids[2:33] AS early_ids, "
-               "coalesce(list_sum(accepted), 0) AS accepted_total, "
-               "len(list_filter(drafted, lambda x: x >= 1)) AS drafts, "
-               + ", ".join(f"len(list_filter(accepted, lambda x: x >= {i})) AS accepted_ge_{i}"
-                           for i in range(1, MAX_POSITION + 1))),
-}
-
-
-_ROW_ORDER = {"qalign": "cell_id, sample_id, candidate", "qalign_state": "cell_id, sample_id",
-              "decode": "cell_id, sample_id, turn"}
-
-
-def _samples_by_cell(con, track: str, cell_ids: list[str]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
-    """The rows metrics read, of many cells in one scan, split by cell, plus an empty frame of the same columns
-    for cells with none. Failed samples are left out, except Q-alignment candidates (NULL score, see above)."""
-    keep = "TRUE" if track == "qalign" else "error IS NULL"
-    # A fixed row order: bootstrap CIs resample row positions, so the same rows must give the same interval
-    # however the table was written (ingest order is not preserved by its deduplication).
-    frame = con.execute(f"SELECT {_METRIC_COLUMNS[track]} FROM {SAMPLE_TABLES[track]} "
-                        f"WHERE cell_id IN (SELECT unnest(?)) AND {keep} ORDER BY {_ROW_ORDER[track]}",
-                        [cell_ids]).df()
-    by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
-    return by_cell, frame.iloc[0:0]
-
-
-def compute_metrics(con, changed: list[str]) -> int:
-    """(Re)compute every metric of the changed cells, and of decode cells whose AR baseline changed."""
-    if not changed:
-        return 0
-    dependants = con.execute(
-        "SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
-    todo = sorted(set(changed) | {r[0] for r in dependants})
-    # Each cell with the run its AR baseline was measured in: speedups are only defined within one run.
-    cells = con.execute("SELECT c.*, b.run_id AS baseline_run_id FROM cells c "
-                        "LEFT JOIN cells b ON b.cell_id = c.baseline_cell_id "
-                        "WHERE c.cell_id IN (SELECT unnest(?))", [todo]).df()
-    metrics_by_track: dict[str, list] = {}
-    for entry in REGISTRY.entries("metrics"):
-        metric = entry.load()()
-        metrics_by_track.setdefault(metric.track, []).append(metric)
-    rows = []
-    for track, group in cells.groupby("track"):
-        # The AR cell is its own baseline (speedup 1, lossless 1).
-        baseline_ids = {cid: (b if isinstance(b, str) else cid)
-                        for cid, b in zip(group["cell_id"], group["baseline_cell_id"])}
-        samples, empty = _samples_by_cell(con, track, sorted(set(group["cell_id"]) | set(baseline_ids.values())))
-        for cell in group.to_dict("records"):
-            own = samples.get(cell["cell_id"], empty)
-            base = samples.get(baseline_ids[cell["cell_id"]], empty)
-            for metric in metrics_by_track.get(track, []):
-                value = metric.compute(own, base if metric.needs_baseline else None, cell)
-                # A metric family (e.g. per-position acceptance) returns {name: value}.
-                values = value if isinstance(value, dict) else {metric.name: value}
-                for name, v in values.items():
-                    rows.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
-                                 metric.higher_is_better, metric.label, v.n_states])
-    con.execute("DELETE FROM cell_metrics WHERE cell_id IN (SELECT unnest(?))", [todo])
-    con.executemany("INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, label, "
-                    "n_states) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
-    return len(rows)

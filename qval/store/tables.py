@@ -55,6 +55,10 @@ QALIGN_STATE_VALUES = pa.schema([
     ("error", pa.string()),
 ])
 
+# Per track, where its metric view lives ("module:attribute", a ``qval.metrics.base.MetricView``): the columns
+# its metrics may read, which rows they see and in what order. Imported on use: the store never imports a track.
+METRIC_VIEWS = {"qalign": "qval.qalign.metrics:VIEW", "qalign_state": "qval.qalign.metrics:STATE_VIEW",
+                "decode": "qval.decode.metrics:VIEW"}
 SCHEMAS = {"qalign": QALIGN_SAMPLES, "decode": DECODE_SAMPLES, "qalign_state": QALIGN_STATE_VALUES}
 SAMPLE_TABLES = {"qalign": "qalign_samples", "decode": "decode_samples", "qalign_state": "qalign_state_values"}
 # Tracks shown on one leaderboard: per-state values sit beside the Q-alignment cells.

@@ -1,0 +1,161 @@
+"""The metric stage: which (cell, metric) values are missing or outdated, and computing exactly those.
+
+Runs inside ingest's transaction, after the rows. A cell's metrics are the metrics its suites list (plus those a
+track's reports always read, ``Metric.always``), each at its declared ``version``. A cell whose rows changed gets
+all of them recomputed; a finished cell whose rows did not change gets only what is missing or outdated (a metric
+added to the suite, a definition whose version was bumped), from its stored rows: no sample is recomputed.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import pandas as pd
+
+from ..registry import REGISTRY
+from ..store.tables import BOARD_TRACKS, METRIC_VIEWS, SAMPLE_TABLES
+from .base import Metric, MetricView
+
+
+def _view(track: str) -> MetricView:
+    module, _, attr = METRIC_VIEWS[track].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _catalogue() -> dict[tuple[str, str], Metric]:
+    """Every registered metric by (track, name): suites name metrics, and one name may have a definition per track
+    (per_state_spearman over candidates, or over stored per-state values)."""
+    out = {}
+    for entry in REGISTRY.entries("metrics"):
+        metric = entry.load()()
+        out[(metric.track, metric.name)] = metric
+    return out
+
+
+def _section_of(track: str) -> str:
+    """The suite section a track's cells come from (per-state cells sit in the qalign section)."""
+    return next((board for board, tracks in BOARD_TRACKS.items() if track in tracks), track)
+
+
+def wanted(con, catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
+    """Per ingested cell (one with rows read at least once), the metrics it should have, by name."""
+    suites = {s: json.loads(c) if c else {} for s, c in con.execute("SELECT suite, config FROM suites").fetchall()}
+    cells = con.execute("SELECT c.cell_id, c.track, list(sc.suite) FROM cells c LEFT JOIN suite_cells sc "
+                        "ON sc.cell_id = c.cell_id WHERE c.parts_sig IS NOT NULL GROUP BY c.cell_id, c.track").fetchall()
+    always = defaultdict(dict)
+    for (track, name), metric in catalogue.items():
+        if metric.always:
+            always[track][name] = metric
+    out: dict[str, dict[str, Metric]] = {}
+    for cell_id, track, member_of in cells:
+        chosen = dict(always[track])
+        for suite in member_of or []:
+            section = (suites.get(suite) or {}).get(_section_of(track)) or {}
+            for name in section.get("metrics", []):
+                if (track, name) in catalogue:
+                    chosen[name] = catalogue[(track, name)]
+        out[cell_id] = chosen
+    return out
+
+
+def compute_metrics(con, changed: list[str]) -> int:
+    """Compute what is missing or outdated; everything for the changed cells and for decode cells whose AR baseline
+    changed. Returns the number of metric values written."""
+    catalogue = _catalogue()
+    want = wanted(con, catalogue)
+    dependants = con.execute(
+        "SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall() \
+        if changed else []
+    redo = (set(changed) | {r[0] for r in dependants}) & set(want)
+    # Cells whose values predate the metric stage (no family recorded) are redone whole, once.
+    redo |= {r[0] for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE family IS NULL").fetchall()
+             if r[0] in want}
+    stored = defaultdict(dict)
+    for cell_id, metric, version in con.execute("SELECT cell_id, metric, version FROM metric_versions").fetchall():
+        stored[cell_id][metric] = version
+    todo: dict[str, list[Metric]] = {}
+    for cell_id, metrics in want.items():
+        if cell_id in redo:
+            todo[cell_id] = list(metrics.values())
+        else:
+            missing = [m for name, m in metrics.items() if stored[cell_id].get(name) != m.version]
+            if missing:
+                todo[cell_id] = missing
+    if redo:
+        ids = sorted(redo)
+        for table in ("cell_metrics", "metric_versions", "metric_units"):
+            con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+    if not todo:
+        return 0
+    pairs = pd.DataFrame([(c, m.name) for c, ms in todo.items() for m in ms], columns=["cell_id", "metric"])
+    con.register("qval_metric_todo", pairs)
+    try:
+        for table, column in (("cell_metrics", "family"), ("metric_versions", "metric"), ("metric_units", "metric")):
+            con.execute(f"DELETE FROM {table} USING qval_metric_todo t WHERE {table}.cell_id = t.cell_id "
+                        f"AND {table}.{column} = t.metric")
+    finally:
+        con.unregister("qval_metric_todo")
+    values, units = _compute(con, todo)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    if values:
+        con.executemany("INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
+                        "label, n_states, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+    con.executemany("INSERT INTO metric_versions VALUES (?, ?, ?, ?)",
+                    [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms])
+    if units:
+        frame = pd.concat(units, ignore_index=True)
+        con.register("qval_metric_units", frame)
+        try:
+            con.execute("INSERT INTO metric_units SELECT cell_id, metric, unit, cluster, value FROM qval_metric_units")
+        finally:
+            con.unregister("qval_metric_units")
+    return len(values)
+
+
+def _compute(con, todo: dict[str, list[Metric]]) -> tuple[list[list], list[pd.DataFrame]]:
+    # Each cell with the run its AR baseline was measured in: speedups are only defined within one run.
+    cells = con.execute("SELECT c.*, b.run_id AS baseline_run_id FROM cells c "
+                        "LEFT JOIN cells b ON b.cell_id = c.baseline_cell_id "
+                        "WHERE c.cell_id IN (SELECT unnest(?))", [sorted(todo)]).df()
+    values: list[list] = []
+    units: list[pd.DataFrame] = []
+    for track, group in cells.groupby("track"):
+        # The AR cell is its own baseline (speedup 1, lossless 1).
+        baseline_ids = {cid: (b if isinstance(b, str) else cid)
+                        for cid, b in zip(group["cell_id"], group["baseline_cell_id"])}
+        needed = set(group["cell_id"])
+        needed |= {baseline_ids[c] for c in group["cell_id"] if any(m.needs_baseline for m in todo[c])}
+        metrics = [m for c in group["cell_id"] for m in todo[c]]
+        samples, empty = _samples_by_cell(con, str(track), sorted(needed), metrics)
+        for cell in group.to_dict("records"):
+            own = samples.get(cell["cell_id"], empty)
+            base = samples.get(baseline_ids[cell["cell_id"]], empty)
+            for metric in todo[cell["cell_id"]]:
+                value, per_unit = metric.compute_with_units(own, base if metric.needs_baseline else None, cell)
+                # A metric family (e.g. per-position acceptance) returns {name: value}.
+                named = value if isinstance(value, dict) else {metric.name: value}
+                for name, v in named.items():
+                    values.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
+                                   metric.higher_is_better, metric.label, v.n_states, metric.name])
+                if per_unit is not None and len(per_unit):
+                    units.append(per_unit.assign(cell_id=cell["cell_id"], metric=metric.name))
+    return values, units
+
+
+def _samples_by_cell(con, track: str, cell_ids: list[str],
+                     metrics: list[Metric]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+    """The rows the metrics read, of many cells in one scan, split by cell, plus an empty frame of the same columns
+    for cells with none. Only the columns the metrics declare are read (all, if one declares none)."""
+    view = _view(track)
+    if any(not m.reads for m in metrics):
+        names = list(view.columns)
+    else:
+        reads = {c for m in metrics for c in m.reads}
+        names = [c for c in view.columns if c in reads or c in ("cell_id", "sample_id")]
+    select = ", ".join(f"{view.columns[c]} AS {c}" for c in names)
+    frame = con.execute(f"SELECT {select} FROM {SAMPLE_TABLES[track]} WHERE cell_id IN (SELECT unnest(?)) "
+                        f"AND {view.keep} ORDER BY {view.order}", [cell_ids]).df()
+    by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
+    return by_cell, frame.iloc[0:0]
