@@ -569,7 +569,8 @@ def test_monkeypatching_builtins_does_not_weaken_hook(open_dir):
 
 def test_hook_uses_no_globals():
     """The audit hook must only use closure-bound names (builtins can be patched)."""
-    top = compile(S._BOOTSTRAP, "<bootstrap>", "exec")
+    with open(S.CHILD_PATH, encoding="utf-8") as f:  # the exact source the child runs
+        top = compile(f.read(), S.CHILD_PATH, "exec")
 
     def find(code, name):
         for c in code.co_consts:
@@ -645,7 +646,8 @@ def test_non_root_parent(open_dir):
     d = tempfile.mkdtemp(prefix="qval-test-nonroot-")
     try:
         os.chmod(d, 0o755)
-        shutil.copy(S.__file__, os.path.join(d, "sandbox.py"))
+        shutil.copytree(os.path.dirname(S.__file__), os.path.join(d, "sandbox"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
         target = os.path.join(open_dir, "pwned.txt")
         script = src(f"""
             import json, sys
@@ -755,7 +757,7 @@ def test_one_hostile_program_does_not_wipe_the_other_programs_scores():
 
     class Point:
         observation, task = "o", "t"
-        candidates = [type("C", (), {"action": "a"})(), type("C", (), {"action": "b"})()]
+        candidates = (type("C", (), {"action": "a"})(), type("C", (), {"action": "b"})())
 
     scores = scorer.score_batch([Point()])
     assert scores == [[2.0, 2.0]]  # the good program's scores survive; the bad one failed alone
