@@ -308,7 +308,7 @@ MALFORMED = [
      "estimations.qv_mc_max.methods.verifier_qv: expected 'predicted_values' (pointwise entry) or 'per_sample'"),
     ("sample without preds", lambda d: d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"][
         "per_sample"][2].pop("predicted_values") and d,
-     "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.per_sample[2]: missing key 'predicted_values'"),
+     "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.per_sample[2].predicted_values: missing key"),
     ("aggregate missing stat", lambda d: d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"][
         "aggregate_correlations"]["kendall_tau"].pop("median") and d,
      "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.aggregate_correlations.kendall_tau.median: missing key"),
@@ -320,6 +320,13 @@ MALFORMED = [
      "estimations.ranking_gt_qv_mc_max.methods.sdpo_qv.per_point_correlations: 101 states but candidate_counts"),
     ("negative count", lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["candidate_counts"].__setitem__(0, -4) or d,
      "estimations.ranking_gt_qv_mc_mean.candidate_counts[0]: expected a non-negative integer, got -4"),
+    # Values that used to escape as a bare ValueError/OverflowError from int()/float().
+    ("count NaN", lambda d: d["estimations"]["qv_mc_max"]["methods"]["direct_qv"].update(num_dropped_zero=math.nan)
+     or d, "estimations.qv_mc_max.methods.direct_qv.num_dropped_zero: expected a non-negative integer, got nan"),
+    ("count infinite", lambda d: d["estimations"]["ranking_gt_qv_mc_max"]["candidate_counts"].__setitem__(
+        1, math.inf) or d, "estimations.ranking_gt_qv_mc_max.candidate_counts[1]: expected a non-negative integer"),
+    ("huge integer", lambda d: d["estimations"]["qv_mc_mean"]["ground_truth_values"].__setitem__(2, 10**400) or d,
+     "estimations.qv_mc_mean.ground_truth_values[2]: infinite value"),
     ("no ranking_spearman", lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["methods"]["delta-belief_qv"][
         "correlations"].clear() or d,
      "estimations.ranking_gt_qv_mc_mean.methods.delta-belief_qv.correlations.ranking_spearman: missing key"),
@@ -344,6 +351,21 @@ def test_unreadable_files(tmp_path):
     bad.write_text('{"experiment_info": {')
     with pytest.raises(ValueError, match=r"trunc.json: <root>: not valid JSON"):
         qi.read_summary(bad)
+
+
+def test_deeply_nested_json_is_a_clean_error(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match=r"deep.json: <root>: not valid JSON: nested too deeply"):
+        qi.read_summary(deep)
+
+
+def test_every_problem_is_counted(raw):
+    data = copy.deepcopy(raw)
+    data["experiment_info"]["env_name"] = ""
+    data["estimations"]["qv_mc_max"]["ground_truth_values"][0] = "x"
+    with pytest.raises(qi.SummaryError, match=r"experiment_info.env_name: empty string \(1 more problem\(s\)\)"):
+        qi.parse_summary(data, source="t.json")
 
 
 def test_summary_error_is_also_a_qval_usage_error(tmp_path):
