@@ -182,7 +182,8 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
     if summary.run_id is None:
         out.print(f"nothing to run: all {summary.cells_total} cells of suite {summary.plan.suite} are done")
     if not quiet:
-        out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows into {results / 'qval.duckdb'}")
+        out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows, {ing.metrics_computed} metric value(s) "
+                  f"into {results / 'qval.duckdb'}")
     for q in ing.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
     for problem in summary.problems:

@@ -14,7 +14,6 @@ import pandas as pd
 
 from . import results as R
 from .errors import UsageError
-from .qalign.metrics import per_state_spearman_by_state
 from .stats import paired_permutation_test
 
 KEY = ["track", "model", "method", "dataset", "temperature", "seed"]
@@ -55,9 +54,10 @@ def _cells(side: Side) -> pd.DataFrame:
 
 
 def _per_sample(side: Side, cell_id: str, track: str) -> pd.Series:
-    if track == "qalign":
-        samples = R.samples(side.results, "qalign", side.suite)
-        return per_state_spearman_by_state(samples[samples["cell_id"] == cell_id])
+    if track == "qalign":  # the per-state values the metric stage stored (failed candidates' states left out)
+        units = R.units(side.results, side.suite, PAIRED["qalign"])
+        rows = units[units["cell_id"] == cell_id]
+        return pd.Series(rows["value"].to_numpy(float), index=rows["unit"].to_numpy(), dtype=float)
     summary = R.decode_sample_summary(side.results, side.suite)
     rows = summary[summary["cell_id"] == cell_id]
     return pd.Series(rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str))

@@ -93,6 +93,17 @@ def failure_reasons(results="results", suite: str = "", track: str = "qalign", t
     return frame.groupby("cell_id", sort=False).head(top).reset_index(drop=True)
 
 
+def units(results="results", suite: str | None = None, metric: str = "per_state_spearman") -> pd.DataFrame:
+    """The per-unit values behind a metric (per evaluation point, with its state as ``cluster``), as the metric
+    stage stored them: what paired tests and family aggregates resample. Columns cell_id, unit, cluster, value."""
+    if suite is None:
+        return _query(results, "SELECT cell_id, unit, cluster, value FROM metric_units WHERE metric = ? "
+                               "ORDER BY cell_id, unit", [metric])
+    return _query(results, "SELECT u.cell_id, u.unit, u.cluster, u.value FROM metric_units u JOIN suite_cells s "
+                           "USING (cell_id) WHERE s.suite = ? AND u.metric = ? ORDER BY u.cell_id, u.unit",
+                  [suite, metric])
+
+
 def samples(results="results", track: str = "decode", suite: str | None = None) -> pd.DataFrame:
     table = SAMPLE_TABLES[track]
     if suite is None:

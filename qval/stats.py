@@ -52,6 +52,26 @@ def bootstrap_units(n_units: int, statistic: Callable[[np.ndarray], float], valu
     return MetricValue(float(value), lo, hi, n_units)
 
 
+_counts64: list = [None, None]
+
+
+def bootstrap_mean_ratio(a: np.ndarray, b: np.ndarray, value: float | None, n_boot: int = N_BOOT,
+                         seed: int = 0) -> MetricValue:
+    """CI of mean(a)/mean(b) over paired units: the same draws as ``bootstrap_units`` with that statistic (so the
+    same interval up to float64 rounding), computed from cached resample counts as one float64 matrix product."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    n = a.size
+    if value is None or not np.isfinite(value) or n < 2:
+        return MetricValue(_finite_or_none(value), None, None, n)
+    key = (n, n_boot, seed)
+    if _counts64[0] != key:  # the float64 counts of the last (n, B, seed): one sweep's rows all share them
+        _counts64[:] = [key, np.concatenate([block.astype(np.float64) for block in _resample_counts(n, n_boot, seed)])]
+    sums = _counts64[1] @ np.stack([a, b], axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lo, hi = _interval(sums[:, 0] / sums[:, 1])
+    return MetricValue(float(value), lo, hi, n)
+
+
 def bootstrap_batched(n_units: int, statistic: Callable[[np.ndarray], np.ndarray], value: float | None,
                       n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
     """``bootstrap_units`` for a statistic that takes a block of resamples at once (rows of unit indices) and

@@ -30,7 +30,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import logsumexp
 
-from ..stats import MetricValue, bootstrap_batched, bootstrap_mean
+from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_mean_ratio
 
 SIZE_FILE = re.compile(r"^B(\d+(?:\.\d+)?)\.json$")  # releases use integers; qval also writes B0.6.json
 FEATURES_FILE = "features.json"
@@ -401,8 +401,9 @@ def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricVal
     a, b = values[mask].to_numpy(float), baseline[mask].to_numpy(float)
     if a.size == 0 or b.mean() == 0:
         return MetricValue.undefined(int(a.size))
-    return bootstrap_batched(a.size, lambda idx: a[idx].mean(axis=1) / b[idx].mean(axis=1) - 1,
-                             a.mean() / b.mean() - 1, seed=seed)
+    ratio = bootstrap_mean_ratio(a, b, a.mean() / b.mean(), seed=seed)  # mean(a)/mean(b) = Σa/Σb on a resample
+    return MetricValue(ratio.value - 1, None if ratio.ci_low is None else ratio.ci_low - 1,
+                       None if ratio.ci_high is None else ratio.ci_high - 1, ratio.n)
 
 
 def _make_row(policy: str, kind: str, values: pd.Series, baseline: pd.Series, seed: int, size=None,

@@ -139,13 +139,16 @@ def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
     info = cells.set_index("cell_id")
     con = connect_reader(Path(results))
     try:
+        # Per-sample values of every cell in any sweep (and of their AR baselines), read in one query.
+        members = {c for _, _, _, values in groups for c in values.values()}
+        baselines = {c: info.at[c, "baseline_cell_id"] for c in members}
+        per = _per_sample(con, sorted(members | {b for b in baselines.values() if isinstance(b, str)}))
+        per["sample_id"] = per["sample_id"].astype(str)
+        by_cell = {cid: g.set_index("sample_id") for cid, g in per.groupby("cell_id", sort=False)}
         sweeps = []
         for (model, dataset, temperature, seed, method), knob, fixed, values in groups:
             ids = list(values.values())
-            baselines = {c: info.at[c, "baseline_cell_id"] for c in ids}
-            per = _per_sample(con, ids + [b for b in set(baselines.values()) if isinstance(b, str)])
-            per["sample_id"] = per["sample_id"].astype(str)
-            tables = {metric: pd.DataFrame({v: _column(per, c, baselines[c], info, metric)
+            tables = {metric: pd.DataFrame({v: _column(by_cell, c, baselines[c], info, metric)
                                             for v, c in values.items()}) for metric in METRICS}
             tables = {m: t.loc[replay._sorted_ids(t.index)] for m, t in tables.items()
                       if not t.empty and t.notna().any().any()}
@@ -159,16 +162,20 @@ def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
         con.close()
 
 
-def _column(per: pd.DataFrame, cell_id: str, baseline_id, info: pd.DataFrame, metric: str) -> pd.Series:
-    own = per[per["cell_id"] == cell_id].set_index("sample_id")
+_NONE = pd.DataFrame({"tau": [], "tokens": [], "decode_s": []}, dtype=float)
+
+
+def _column(by_cell: dict[str, pd.DataFrame], cell_id: str, baseline_id, info: pd.DataFrame,
+            metric: str) -> pd.Series:
+    own = by_cell.get(cell_id, _NONE)
     if metric == "tau":
         return own["tau"].astype(float)
     # Speedups compare timings of one run only (see MeasuredSpeedup): another run's baseline gives no column.
     if not isinstance(baseline_id, str) or baseline_id not in info.index \
             or info.at[baseline_id, "run_id"] != info.at[cell_id, "run_id"]:
         return pd.Series(dtype=float)
-    base = per[per["cell_id"] == baseline_id].set_index("sample_id")
-    joined = own.merge(base, left_index=True, right_index=True, suffixes=("", "_ar"))
+    base = by_cell.get(baseline_id, _NONE)
+    joined = own.join(base, how="inner", suffixes=("", "_ar"))
     joined = joined[(joined["decode_s"] > 0) & (joined["decode_s_ar"] > 0)]
     return (joined["tokens"] / joined["decode_s"]) / (joined["tokens_ar"] / joined["decode_s_ar"])
 

@@ -77,15 +77,14 @@ def _knob_headroom(results, suite: str) -> pd.DataFrame:
 
 def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | None:
     """Per cell, the main metric's value in each state, when the main metric is a per-state mean (what the
-    paired test between neighbours and the family aggregates resample)."""
+    paired test between neighbours and the family aggregates resample), as the metric stage stored them."""
     from ..qalign.metrics import BY_STATE
 
-    fn = BY_STATE.get(main_metric)
-    if fn is None:
+    if main_metric not in BY_STATE:
         return None
-    samples = R.samples(results, "qalign", suite)
-    samples.loc[samples["error"].notna(), "score"] = float("nan")  # as the metrics see them (ingest.py)
-    return {cell: fn(group) for cell, group in samples.groupby("cell_id", sort=False)}
+    units = R.units(results, suite, main_metric)
+    return {cell: pd.Series(group["value"].to_numpy(float), index=group["unit"].to_numpy(), dtype=float)
+            for cell, group in units.groupby("cell_id", sort=False)}
 
 
 def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_metric: str) -> pd.DataFrame:

@@ -1,0 +1,98 @@
+"""The metric stage: a suite's metrics only, back-fill of a metric added to a finished suite or of a metric whose
+version changed, from stored rows and without recomputing a sample; per-state values stored once."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from conftest import model_free_suite, run_qval
+from qval.metrics.stage import compute_metrics
+from qval.qalign.metrics import PooledSpearman
+from qval.store.db import connect_writer
+
+
+def _metrics(results: Path) -> dict[str, set[str]]:
+    con = duckdb.connect(str(results / "qval.duckdb"), read_only=True)
+    try:
+        rows = con.execute("SELECT cell_id, metric FROM cell_metrics").fetchall()
+    finally:
+        con.close()
+    out: dict[str, set[str]] = {}
+    for cell_id, metric in rows:
+        out.setdefault(cell_id, set()).add(metric)
+    return out
+
+
+def _parts(results: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in (results / "parts").rglob("part-*.parquet")}
+
+
+def _scalar(results: Path, sql: str):
+    con = duckdb.connect(str(results / "qval.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchone()[0]
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished suite whose metrics list holds only per-state Spearman."""
+    tmp = tmp_path_factory.mktemp("stage")
+    suite = model_free_suite(tmp, "stage", "[oracle-q, random]", episodes=3, points=3)
+    text = suite.read_text().replace("  points:", "  metrics: [per_state_spearman]\n  points:")
+    suite.write_text(text)
+    results = tmp / "results"
+    proc = run_qval("run", suite, "--results", results)
+    assert proc.returncode == 0, proc.stderr
+    return suite, results
+
+
+def test_only_the_suites_metrics_are_computed(finished):
+    _, results = finished
+    metrics = _metrics(results)
+    assert len(metrics) == 2
+    assert all(names == {"per_state_spearman"} for names in metrics.values()), metrics
+
+
+def test_metric_added_to_a_finished_suite_is_back_filled_without_recomputing_a_sample(finished, tmp_path):
+    suite, results = finished
+    before = _parts(results)
+    n_units = _scalar(results, "SELECT count(*) FROM metric_units")
+    changed = tmp_path / "stage.yaml"
+    changed.write_text(suite.read_text().replace("metrics: [per_state_spearman]",
+                                                 "metrics: [per_state_spearman, top1, pooled_spearman_all]"))
+    proc = run_qval("run", changed, "--results", results)
+    assert proc.returncode == 0, proc.stderr
+    assert "nothing to run" in proc.stdout, proc.stdout  # same cells: nothing re-scored
+    assert "0 rows, 4 metric value(s)" in proc.stdout, proc.stdout  # 2 added metrics × 2 cells, nothing else
+    assert _parts(results) == before  # no part written or rewritten
+    metrics = _metrics(results)
+    assert all(names == {"per_state_spearman", "top1", "pooled_spearman_all"} for names in metrics.values())
+    # top1 stores its per-state values beside per_state_spearman's; ρ's were not recomputed (still the same count).
+    assert _scalar(results, "SELECT count(*) FROM metric_units WHERE metric = 'per_state_spearman'") == n_units
+    assert _scalar(results, "SELECT count(*) FROM metric_units WHERE metric = 'top1'") == n_units
+
+
+def test_a_bumped_version_recomputes_that_metric_only(finished, monkeypatch):
+    _, results = finished
+    con = connect_writer(results)
+    try:
+        assert compute_metrics(con, []) == 0  # nothing missing, nothing outdated
+        stamps = dict(con.execute("SELECT metric, max(computed_at) FROM metric_versions GROUP BY metric").fetchall())
+        monkeypatch.setattr(PooledSpearman, "version", PooledSpearman.version + 1)
+        assert compute_metrics(con, []) == 0  # pooled_spearman is not in this suite: nothing to do
+        # per_state_spearman's definition "changed": only it is recomputed, for both cells.
+        from qval.qalign.metrics import PerStateSpearman
+        monkeypatch.setattr(PerStateSpearman, "version", PerStateSpearman.version + 1)
+        assert compute_metrics(con, []) == 2
+        after = dict(con.execute("SELECT metric, max(computed_at) FROM metric_versions GROUP BY metric").fetchall())
+        versions = {v for (v,) in con.execute("SELECT DISTINCT version FROM metric_versions "
+                                              "WHERE metric = 'per_state_spearman'").fetchall()}
+    finally:
+        con.close()
+    assert versions == {PerStateSpearman.version}
+    assert after["per_state_spearman"] > stamps["per_state_spearman"]
+    assert all(after[m] == stamps[m] for m in stamps if m != "per_state_spearman")
