@@ -12,7 +12,7 @@ import pandas as pd
 from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
-from .render import SuiteReport, TrackBoard, make_figures, render_html, render_markdown
+from .render import SuiteReport, TrackBoard, render_report
 
 TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
 
@@ -127,7 +127,8 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
         target = out_dir / report_folder(name)
         target.mkdir(parents=True, exist_ok=True)
         md, html = target / "leaderboard.md", target / "index.html"
-        md.write_text(render_markdown(report), encoding="utf-8")
-        html.write_text(render_html(report, make_figures(report)), encoding="utf-8")
+        markdown, page = render_report(report)
+        md.write_text(markdown, encoding="utf-8")
+        html.write_text(page, encoding="utf-8")
         written += [md, html]
     return written

@@ -1,0 +1,48 @@
+"""What a report is drawn from: per suite, one board per track, as build.py loads them from the results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+# Columns of TrackBoard.samples (decode only; one row per sample of a cell).
+SAMPLE_COLUMNS = ("cell_id", "sample_id", "tau", "decode_s", "new_tokens")
+
+
+@dataclass
+class TrackBoard:
+    track: str
+    title: str
+    main_metric: str
+    metrics: list[str]
+    higher_is_better: dict[str, bool]
+    labels: dict[str, str]
+    rows: pd.DataFrame
+    # decode only: one row per sample with columns cell_id, sample_id,
+    # tau (float, per-sample acceptance length), decode_s, new_tokens.
+    samples: pd.DataFrame | None = None
+    # Per cell with failed samples: columns cell_id, error, samples (the most frequent messages; they may quote
+    # model output, so they are untrusted text).
+    failures: pd.DataFrame | None = None
+    # qalign only, when the main metric is a per-state mean: cell_id -> its value per state. It gives the paired
+    # test between each row and the next one, on the states both scored.
+    by_state: dict[str, pd.Series] | None = None
+    # qalign only: family aggregates (build.family_aggregates).
+    families: pd.DataFrame | None = None
+    # decode only: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
+    knob_headroom: pd.DataFrame | None = None
+
+    def label(self, metric: str) -> str:
+        return self.labels.get(metric, metric)
+
+    def higher(self, metric: str) -> bool:
+        return self.higher_is_better.get(metric, True)
+
+
+@dataclass
+class SuiteReport:
+    suite: str
+    description: str
+    environment: dict[str, str]
+    tracks: list[TrackBoard]
