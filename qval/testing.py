@@ -15,7 +15,7 @@ from .metrics.base import Metric
 def _check_common(cls: Any, base: type) -> None:
     is_plugin = isinstance(cls, type) and issubclass(cls, base)
     assert is_plugin, f"{cls!r} must subclass {base.__name__}"
-    assert cls.name, f"{cls.__name__} needs a non-empty `name`"
+    assert isinstance(cls.name, str), f"{cls.__name__}.name must be a string (its entry-point name, or empty)"
     assert isinstance(cls.version, str) and cls.version, f"{cls.__name__}.version must be a non-empty string"
     assert issubclass(cls.Params, BaseModel), f"{cls.__name__}.Params must be a pydantic model"
     assert cls.Params.model_config.get("extra") == "forbid", (
