@@ -14,6 +14,7 @@ import numpy as np
 
 from qval.qalign.llm import LLMRequests
 from qval.qalign.points import collect_points
+from qval.qalign.scorers.base import ScorerContext, build_scorer
 from qval.suite import load_suite
 
 POINTS_PER_ENV = 2
@@ -28,12 +29,11 @@ def _grid():
 
 
 def _score_all(model, layer, scorers, env_points, gamma):
-    model._qval_requests = layer  # every scorer built below shares this layer, as in a worker
     scores, start = [], time.perf_counter()
     for _, cls, params in scorers:
         for env, points in env_points:
-            scorer = cls(params, model, 0, 0.0, gamma)
-            scorer.env = env
+            # every scorer built here shares this layer, as every scorer of a worker shares the model's
+            scorer = build_scorer(cls, params, ScorerContext(env=env, model=model, gamma=gamma, request_layer=layer))
             scorer.prepare(points)
             for out in scorer.score_batch(points):
                 scores.append([np.nan if not isinstance(s, (int, float)) else float(s) for s in out])

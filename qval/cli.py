@@ -8,11 +8,12 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .errors import QvalError, UsageError
+from .errors import PluginError, QvalError, UsageError
 from .registry import KINDS, REGISTRY
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -64,15 +65,27 @@ def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '
 
 @app.command()
 def plugins(as_json: bool = JSON_OPT):
-    """Show every plugin with its kind, distribution and version (without importing them)."""
+    """Show every plugin with its kind, distribution and version, importing each to check that its class's `name`
+    is its entry-point name. A mismatch is an error (exit 2); a plugin that fails to import is a warning."""
+    rows = []
+    for e in REGISTRY.entries():
+        warning = e.check()  # an import failure: `qval list` warns about it too, and using the plugin fails
+        rows.append((e, warning, None if warning else REGISTRY.name_problem(e)))
+    mismatched = [problem for _, _, problem in rows if problem]
     if as_json:
         _emit_json([{"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version,
-                     "target": e.target} for e in REGISTRY.entries()])
-        return
-    table = Table("name", "kind", "distribution", "version", "target")
-    for e in REGISTRY.entries():
-        table.add_row(e.name, e.kind, e.distribution, e.version, e.target)
-    out.print(table)
+                     "target": e.target, "error": problem, "warning": warning} for e, warning, problem in rows])
+    else:
+        table = Table("name", "kind", "distribution", "version", "target", "status")
+        for e, warning, problem in rows:
+            status = "[red]error: name mismatch[/]" if problem else (
+                f"[yellow]warning: {escape(warning)}[/]" if warning else "ok")
+            table.add_row(e.name, e.kind, e.distribution, e.version, e.target, status)
+        out.print(table)
+    for problem in mismatched:
+        err.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
+    if mismatched:
+        raise PluginError(f"{len(mismatched)} plugin(s) declare a name other than their entry point's")
 
 
 @app.command()

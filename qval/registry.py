@@ -3,6 +3,10 @@
 Every plugin kind has one entry-point group (``qval.<kind>``). Entries are read at first use and kept
 *unloaded*: ``qval list`` never imports torch. Built-in plugins are declared in qval's own pyproject, exactly
 as a third-party package declares its own, so there is one discovery path for everything.
+
+One name per plugin: the entry-point name is the plugin's name. A class may leave out ``name`` (``get`` sets it) or
+repeat it; a class whose own ``name`` says otherwise is refused by ``get`` and reported by ``qval plugins``, so
+everything keyed by ``cls.name`` (cells, shards, the worker's lookups) is keyed by the entry-point name.
 """
 from __future__ import annotations
 
@@ -130,7 +134,39 @@ class Registry:
         return entries[name]
 
     def get(self, kind: str, name: str) -> Any:
-        return self.entry(kind, name).load()
+        entry = self.entry(kind, name)
+        obj = entry.load()
+        problem = self.name_problem(entry)
+        if problem:
+            raise PluginError(problem)
+        return obj
+
+    def name_problem(self, entry: PluginEntry) -> str | None:
+        """Why the loaded plugin's own ``name`` disagrees with its entry-point name, or None. Loads the plugin (an
+        import failure raises PluginError). A class that declares no name of its own (an empty one, or only its base
+        class's) gets the entry-point name here.
+
+        Metrics: a metric's ``name`` is also the column it writes, so a metric may carry the name of another
+        metric of a *different* track (the same column computed from another table, e.g. per_state_spearman of
+        imported per-state rows)."""
+        obj = entry.load()
+        if isinstance(obj, type) and hasattr(obj, "name") and not obj.__dict__.get("name"):
+            obj.name = entry.name  # type: ignore[attr-defined]  # the entry point is the one place it is written
+            return None
+        declared = getattr(obj, "name", None)
+        if not isinstance(declared, str) or declared == entry.name:
+            return None
+        if entry.kind == "metrics" and self._other_track_metric(entry, obj, declared):
+            return None
+        return (f"{entry.kind[:-1]} plugin '{entry.name}' from {entry.distribution} {entry.version} is "
+                f"{entry.target} whose `name` is {declared!r}: the entry-point name is the plugin's name, so set "
+                f"the class's `name` to {entry.name!r} or leave it out")
+
+    def _other_track_metric(self, entry: PluginEntry, obj: Any, declared: str) -> bool:
+        other = self._discover()["metrics"].get(declared)
+        if other is None or other is entry or other.check() is not None:
+            return False
+        return getattr(other.load(), "track", None) != getattr(obj, "track", None)
 
 
 def _close_matches(name: str, options) -> str:

@@ -5,15 +5,17 @@ Each check raises AssertionError with a message saying which rule the plugin bre
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from pydantic import BaseModel
 
 from .metrics.base import Metric
 
 
-def _check_common(cls, base) -> None:
-    assert isinstance(cls, type) and issubclass(cls, base), f"{cls!r} must subclass {base.__name__}"
-    assert cls.name, f"{cls.__name__} needs a non-empty `name`"
+def _check_common(cls: Any, base: type) -> None:
+    is_plugin = isinstance(cls, type) and issubclass(cls, base)
+    assert is_plugin, f"{cls!r} must subclass {base.__name__}"
+    assert isinstance(cls.name, str), f"{cls.__name__}.name must be a string (its entry-point name, or empty)"
     assert isinstance(cls.version, str) and cls.version, f"{cls.__name__}.version must be a non-empty string"
     assert issubclass(cls.Params, BaseModel), f"{cls.__name__}.Params must be a pydantic model"
     assert cls.Params.model_config.get("extra") == "forbid", (
@@ -28,7 +30,13 @@ def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None)
     seed. ``params`` overrides defaults (e.g. fewer tokens to keep a contract check quick)."""
     from .qalign.envs.toy_text import FrozenLakeEnv
     from .qalign.points import collect_points
-    from .qalign.scorers.base import FAMILIES, Failed, Scorer
+    from .qalign.scorers.base import (
+        FAMILIES,
+        Failed,
+        Scorer,
+        ScorerContext,
+        build_scorer,
+    )
 
     _check_common(cls, Scorer)
     assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
@@ -37,8 +45,8 @@ def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None)
     points = collect_points(env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2,
                             max_steps=20, seed=0)[:n_points]
     validated = cls.Params.model_validate(params or {})
-    first, second = cls(validated, model, 0, 0.0), cls(validated, model, 0, 0.0)
-    first.env = second.env = env
+    context = ScorerContext(env=env, model=model, seed=0, temperature=0.0)
+    first, second = build_scorer(cls, validated, context), build_scorer(cls, validated, context)
     first.prepare(points)
     second.prepare(points)
     for point in points:
@@ -54,7 +62,8 @@ def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None)
             else:
                 assert isinstance(s, (int, float)) and math.isfinite(s), (
                     f"{cls.__name__} returned a non-finite or non-numeric score: {scores}")
-        assert list(second.score_batch([point])[0]) == scores, (
+        again = second.score_batch([point])[0]
+        assert not isinstance(again, BaseException) and list(again) == scores, (
             f"{cls.__name__} is not deterministic for a fixed seed")
 
 
@@ -107,7 +116,7 @@ def check_env(cls) -> None:
         assert np.isfinite(row).all(), "reference Q must be finite"
         assert isinstance(env.describe(state), str) and env.task(state), (
             "an env must describe states and its task in text")
-        state, reward, done = env.step(state, int(np.argmax(row)), rng)
+        state, _, done = env.step(state, int(np.argmax(row)), rng)
         if done:
             break
 
@@ -139,7 +148,7 @@ def check_plugin(kind: str, cls) -> None:
     if kind in checks:
         checks[kind](cls)
     else:
-        assert isinstance(cls, type) and getattr(cls, "name", ""), f"{cls!r} needs a name"
+        assert isinstance(cls, type) and getattr(cls, "name", None), f"{cls!r} needs a name"
 
 
-__all__ = ["check_scorer", "check_policy", "check_env", "check_dataset", "check_metric", "check_plugin"]
+__all__ = ["check_dataset", "check_env", "check_metric", "check_plugin", "check_policy", "check_scorer"]

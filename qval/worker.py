@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .fingerprint import fingerprint
@@ -22,7 +22,6 @@ from .plan import Plan
 from .registry import REGISTRY
 from .store.parts import CellBusy, CellLease, PartWriter, is_done
 from .timeouts import PluginTimeout
-
 
 _EVENTS = None
 
@@ -56,7 +55,7 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
     try:
         return _run_cells(plan, todo, model, results, run_id, qalign_timeout, warmup)
     finally:
-        if hasattr(model, "close"):  # a served model stops the engine process it started
+        if model is not None:  # a served model stops the engine process it started
             model.close()
 
 
@@ -93,9 +92,10 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
                 if is_done(results, cell.cell_id):
                     continue  # the worker that held the lease finished it
                 writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
+                outcome: tuple[int, int, dict] | BaseException
                 try:
                     outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
-                except (Exception, PluginTimeout) as exc:
+                except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - any plugin error fails this cell only
                     outcome = exc
                 finish(cell, writer, outcome, started)
         except CellBusy as exc:
@@ -121,9 +121,10 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
                 continue
             writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
             started = _now()
+            outcomes: dict[str, tuple[int, int] | BaseException]
             try:
                 outcomes = run_decode_group(cells, model, writers, emit, warmup=warmup)
-            except Exception as exc:  # the group could not start (e.g. the dataset failed to load)
+            except Exception as exc:  # noqa: BLE001 - the group could not start (e.g. the dataset failed to load)
                 outcomes = {c.cell_id: exc for c in cells}
             for cell in cells:
                 finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
@@ -131,7 +132,7 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def main(argv=None) -> int:

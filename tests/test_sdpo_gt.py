@@ -4,12 +4,13 @@ import numpy as np
 
 from qval.qalign.envs.toy_text import FrozenLakeEnv
 from qval.qalign.points import collect_points
+from qval.qalign.scorers.base import Scorer, ScorerContext
 from qval.qalign.scorers.sdpo import SDPOBestActionScorer, SDPOOracleScorer
 
 
 def _scorer(cls, env):
-    scorer = cls.__new__(cls)  # hint() needs no model: only the env, gamma and seed
-    scorer.env, scorer.gamma, scorer.seed = env, 0.95, 0
+    scorer = cls.__new__(cls)  # hint() needs no model (no request layer): only the env, gamma and seed
+    Scorer.__init__(scorer, cls.Params(), ScorerContext(env=env, gamma=0.95, seed=0))
     return scorer
 
 

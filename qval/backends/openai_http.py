@@ -2,7 +2,7 @@
 
 Decoding cells time one request per prompt against the server; the AR baseline is the model's ``base_url`` (a
 server without speculation) and the ``served`` policy points at a second server that speculates. Q-alignment
-scorers use the same client through ``HTTPRequests``: generation, and log-probs of given continuations via
+scorers use the same client through ``HTTPRequests`` (``make_requests``): generation, and log-probs of given continuations via
 ``echo`` (the prompt's own token log-probs; vLLM matches a transformers forward pass to ~4e-5 in fp32).
 
 Prompts are sent as token ids made with the model's own tokenizer and chat template (``tokenizer``: an HF folder
@@ -20,8 +20,9 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
-from ..models.base import ModelParams, ModelSource
-from .served import Generation, ServedModel, registered_model_folder, tokenizer_and_eos
+from ..models.base import Generation, ModelParams, ServedModel, ServedModelSource
+from ..models.requests import Requests
+from .served import registered_model_folder, tokenizer_and_eos
 
 
 class OpenAIParams(ModelParams):
@@ -65,7 +66,7 @@ class OpenAIClient:
         return models[0]["id"]
 
 
-class OpenAIModel(ModelSource):
+class OpenAIModel(ServedModelSource):
     name = "openai"
     Params = OpenAIParams
 
@@ -79,7 +80,7 @@ class OpenAIModel(ModelSource):
             return Path(self.params.tokenizer).expanduser()
         return registered_model_folder(self.params.tokenizer, self.params.dtype)
 
-    def load(self, device: str | None = None) -> "OpenAIServedModel":
+    def load(self, device: str | None = None) -> OpenAIServedModel:
         path = self.tokenizer_path()
         return OpenAIServedModel(self, str(path), *tokenizer_and_eos(path))
 
@@ -95,9 +96,15 @@ class OpenAIServedModel(ServedModel):
         self.model_id = self.params.model or self.client.first_model()
 
     def configure(self, policy) -> None:
-        config = policy.served_config("openai")
+        config = policy.served_config(self.backend)
         url = (config or {}).get("base_url") or self.params.base_url
         self.client = OpenAIClient(url, self.api_key, self.params.timeout_s)
+
+    def make_requests(self) -> Requests:
+        """Q-alignment scorers' requests as completions: log-probs of given continuations via ``echo``."""
+        from ..qalign.http_llm import HTTPRequests
+
+        return HTTPRequests(self)
 
     def completions(self, body: dict) -> dict:
         return self.client.post("/completions", {"model": self.model_id, **body})

@@ -15,8 +15,8 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
-from ..models.base import ModelParams, ModelSource
-from .served import Generation, ServedModel, registered_model_folder, tokenizer_and_eos
+from ..models.base import Generation, ModelParams, ServedModel, ServedModelSource
+from .served import registered_model_folder, tokenizer_and_eos
 from .vllm_client import VLLMProcess, VLLMProcessError
 
 PROC_SCRIPT = Path(__file__).with_name("vllm_proc.py")
@@ -32,7 +32,7 @@ class VLLMParams(ModelParams):
     python: str | None = None
 
 
-class VLLMModel(ModelSource):
+class VLLMModel(ServedModelSource):
     name = "vllm"
     Params = VLLMParams
 
@@ -54,15 +54,14 @@ class VLLMModel(ModelSource):
     def python(self) -> str:
         return self.params.python or os.environ.get("QVAL_VLLM_PYTHON") or sys.executable
 
-    def load(self, device: str | None = None) -> "VLLMServedModel":
+    def load(self, device: str | None = None) -> VLLMServedModel:
         path = self.local_path()
         return VLLMServedModel(self, str(path), *tokenizer_and_eos(path))
 
 
 class VLLMServedModel(ServedModel):
-    local_engine = True  # the engine is a child process of the worker: its CPU is ours when load is measured
-
     backend = "vllm"
+    local_engine = True  # the engine is a child process of the worker: its CPU is ours when load is measured
 
     def __init__(self, source: VLLMModel, path: str, tokenizer, eos_ids):
         super().__init__(source.name, path, tokenizer, eos_ids)
@@ -82,7 +81,7 @@ class VLLMServedModel(ServedModel):
         return self._proc
 
     def configure(self, policy) -> None:
-        spec = policy.served_config("vllm")
+        spec = policy.served_config(self.backend)
         if spec == self._config:
             return
         request = {"op": "init", "model": self.path, "dtype": self.params.dtype, "seed": 0,

@@ -6,6 +6,8 @@ import time
 import zlib
 
 from .. import loadwatch
+from ..errors import QvalError
+from ..models.base import LocalModel, Model, ServedModel
 from ..plan import Cell
 from ..registry import REGISTRY
 from .engine import Engine
@@ -89,7 +91,7 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
         try:
             ids = model.chat_ids(messages)
             fields, token_ids = decode_turn(ids, turn)
-        except Exception as exc:  # one failing sample is recorded and the cell goes on
+        except Exception as exc:  # noqa: BLE001 - one failing sample is recorded and the cell goes on
             return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
                      "error": f"{type(exc).__name__}: {exc}"}], True
         messages.append({"role": "assistant", "content": model.tokenizer.decode(token_ids, skip_special_tokens=True)})
@@ -141,7 +143,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
     return _run_turns(sample, model, decode_turn)
 
 
-def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
+def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dict], bool]:
     def decode_turn(ids, turn):
         # The vLLM engine runs in a child of this worker, so its CPU is ours and the load is recorded; an
         # OpenAI-compatible server is another process (often another machine): no load is recorded for it.
@@ -149,7 +151,7 @@ def _run_served_sample(cell: Cell, sample, model) -> tuple[list[dict], bool]:
             return model.generate(ids, cell.settings["max_new_tokens"], cell.temperature,
                                   _turn_seed(cell, sample, turn))
 
-        if getattr(model, "local_engine", False):
+        if model.local_engine:
             gen, load = under_watch(generate)
         else:
             gen, load = generate(), {}
@@ -177,7 +179,7 @@ def _policy(cell: Cell):
     return policy_cls(policy_cls.Params.model_validate(cell.method_params))
 
 
-def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict:
+def run_served_group(cells: list[Cell], model: ServedModel, writers: dict, emit, warmup: int = 1) -> dict:
     """Decode cells on a served model (vLLM, an OpenAI-compatible server): one cell after another, since the
     engine holds one speculative configuration at a time, each after ``warmup`` untimed requests."""
     from ..backends.served import PolicyNotServable
@@ -191,7 +193,7 @@ def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
             if cell.settings.get("sampling") == "coupled" and cell.temperature > 0:
                 raise PolicyNotServable("coupled sampling is implemented by qval's own engine only")
             model.configure(policy)
-        except Exception as exc:  # this cell cannot run here; the others go on
+        except Exception as exc:  # noqa: BLE001 - this cell cannot run here; the others go on
             result[cell.cell_id] = exc
             continue
         done = writers[cell.cell_id].done_sample_ids()
@@ -211,7 +213,8 @@ def run_served_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     return result
 
 
-def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int = 1) -> dict[str, tuple[int, int]]:
+def run_decode_group(cells: list[Cell], model: Model, writers: dict, emit, warmup: int = 1
+                     ) -> dict[str, tuple[int, int] | BaseException]:
     """Run decode cells that share an AR baseline (same model, dataset, temperature, seed) sample by sample.
 
     For each prompt every cell runs in turn, in an order that rotates from prompt to prompt, so drift or a
@@ -219,8 +222,10 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     cell, (samples, failed samples) or the exception that kept that cell's policy from being built; the other
     cells go on.
     """
-    if getattr(model, "device", None) == "served":
+    if isinstance(model, ServedModel):
         return run_served_group(cells, model, writers, emit, warmup)
+    if not isinstance(model, LocalModel):
+        raise QvalError(f"decoding needs a LocalModel or a ServedModel, not {type(model).__name__}")
     first = cells[0]
     samples = _group_samples(cells)
     engine = Engine(model.model, model.eos_token_ids)
@@ -228,7 +233,7 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
     for cell in cells:
         try:
             drafters[cell.cell_id] = _policy(cell).drafter(model)
-        except Exception as exc:  # a policy that cannot be built fails its own cell only
+        except Exception as exc:  # noqa: BLE001 - a policy that cannot be built fails its own cell only
             failures[cell.cell_id] = exc
     live = [c for c in cells if c.cell_id not in failures]
     done = {c.cell_id: writers[c.cell_id].done_sample_ids() for c in live}
@@ -251,6 +256,6 @@ def run_decode_group(cells: list[Cell], model, writers: dict, emit, warmup: int 
             failed[cell.cell_id] += bad
             writers[cell.cell_id].add_sample(rows)
             emit("sample", cell=cell.cell_id)
-    result = {c.cell_id: (len(samples), failed[c.cell_id]) for c in live}
-    result.update({cid: exc for cid, exc in failures.items()})
+    result: dict[str, tuple[int, int] | BaseException] = {c.cell_id: (len(samples), failed[c.cell_id]) for c in live}
+    result.update(failures)
     return result

@@ -1,12 +1,15 @@
-"""Base class of model sources and the loaded-model handle shared by scorers and decoding policies."""
+"""Model sources (the ``qval.models`` plugins) and the loaded models they give: ``LocalModel`` or ``ServedModel``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
+
+from ..errors import QvalError
+from .requests import Requests
 
 
 class ModelParams(BaseModel):
@@ -14,24 +17,19 @@ class ModelParams(BaseModel):
     dtype: str = "float32"
 
 
-@dataclass
-class LoadedModel:
-    """A causal LM and its tokenizer, loaded once per worker shard."""
+class Model:
+    """A loaded model, as scorers and decoding policies see it: a name, the folder its tokenizer comes from, the
+    tokenizer (chat template and token ids, identical on every backend), its EOS ids, and the worker-wide request
+    layer of Q-alignment scorers (``requests()``). Either a ``LocalModel`` (the weights live in this process) or a
+    ``ServedModel`` (an engine or server answers); code tells them apart with ``isinstance``."""
 
-    name: str
-    path: str
-    model: Any
-    tokenizer: Any
-    device: str
+    def __init__(self, name: str, path: str, tokenizer: Any):
+        self.name, self.path, self.tokenizer = name, path, tokenizer
+        self._requests: Requests | None = None
 
     @property
     def eos_token_ids(self) -> set[int]:
-        ids = set()
-        eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
-        for tok in eos if isinstance(eos, (list, tuple)) else [eos]:
-            if tok is not None:
-                ids.add(int(tok))
-        return ids
+        raise NotImplementedError
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """Token ids of a chat ending with the assistant's turn opening (the tokenizer's own chat template).
@@ -43,14 +41,112 @@ class LoadedModel:
             encoded = encoded["input_ids"]
         return list(encoded)
 
+    def requests(self) -> Requests:
+        """The request layer of this model: one per loaded model, so its memo spans scorers and cells."""
+        if self._requests is None:
+            self._requests = self.make_requests()
+        return self._requests
+
+    def make_requests(self) -> Requests:
+        """A new request layer (``requests()`` keeps one); a model that cannot serve Q-alignment scorers raises."""
+        raise QvalError(f"Q-alignment scorers cannot run on {type(self).__name__} models")
+
+    def close(self) -> None:
+        """Release what this model started (engine processes); idempotent."""
+
+
+class LocalModel(Model):
+    """A causal LM and its tokenizer in this process (transformers), loaded once per worker shard."""
+
+    def __init__(self, name: str, path: str, model: Any, tokenizer: Any, device: str):
+        super().__init__(name, path, tokenizer)
+        self.model, self.device = model, device
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids = set()
+        eos = getattr(self.model.generation_config, "eos_token_id", None) or self.tokenizer.eos_token_id
+        for tok in eos if isinstance(eos, (list, tuple)) else [eos]:
+            if tok is not None:
+                ids.add(int(tok))
+        return ids
+
+    def make_requests(self) -> Requests:
+        from ..qalign.llm import LLMRequests
+
+        return LLMRequests(self)
+
+
+LoadedModel = LocalModel  # the name before served models had a base class of their own (kept for plugins)
+
+
+@dataclass
+class Generation:
+    """One request to a served model, as the harness clocked it and the engine counted it."""
+
+    token_ids: list[int]
+    finish_reason: str | None
+    wall_s: float  # the whole request, clocked by the harness around the call
+    prefill_s: float | None = None  # request start → first token, when the engine reports timestamps
+    decode_s: float | None = None  # first → last token, when the engine reports timestamps
+    per_step_accepted: list[int] | None = None  # verify steps that drafted ≥ 1 token (vLLM counts only those)
+    per_step_drafted: list[int] | None = None
+    info: dict = field(default_factory=dict)
+
+    def steps(self) -> tuple[list[int], list[int]]:
+        """(drafted, accepted) per target step, including steps where nothing was drafted.
+
+        After the first token (from the prefill), each verify step emits its accepted drafts plus one token, so the
+        steps without a draft number new_tokens − 1 − Σ(accepted + 1) over the drafting steps (≥ 0: a stop string
+        or the length cap can cut a step's tokens). Their order among the drafting steps is unknown; they go last,
+        which no metric depends on.
+        """
+        drafted = list(self.per_step_drafted or [])
+        accepted = list(self.per_step_accepted or [])
+        plain = max(0, len(self.token_ids) - 1 - sum(a + 1 for a in accepted))
+        return drafted + [0] * plain, accepted + [0] * plain
+
+
+class ServedModel(Model):
+    """A model behind a serving engine (vLLM, an OpenAI-compatible server). Nothing of it lives in this process
+    but its tokenizer (for chat templates and token ids, so prompts are byte-identical to a local model's).
+
+    A decoding policy is translated into the engine's own configuration (``configure``), and each prompt is one
+    timed request (``generate``). Q-alignment scorers need ``make_requests``, which only some engines give."""
+
+    backend: ClassVar[str] = "served"  # the name policies' ``served_config`` is asked for
+    local_engine: ClassVar[bool] = False  # True: the engine is a child of the worker (its CPU load is ours)
+
+    def __init__(self, name: str, path: str, tokenizer: Any, eos_ids: set[int]):
+        super().__init__(name, path, tokenizer)
+        self._eos = set(eos_ids)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        return set(self._eos)
+
+    def configure(self, policy) -> None:
+        """Make the engine decode with this policy (restart it with a speculative config, pick a server…)."""
+        raise NotImplementedError
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        raise NotImplementedError
+
+    def make_requests(self) -> Requests:
+        raise QvalError(f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
+                        f"{self.backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`")
+
 
 class ModelSource:
-    """Knows where a model's HF folder is (materialising it if needed) and loads it with ``from_pretrained``."""
+    """A model plugin (entry-point group ``qval.models``): its params, its identity in cell ids, and ``load()``.
 
-    name: ClassVar[str] = "model"
+    Subclass ``LocalModelSource`` (weights loaded into the worker) or ``ServedModelSource`` (an engine answers).
+    A direct subclass of ModelSource loads locally, as before the two existed."""
+
+    name: ClassVar[str] = ""  # the entry-point name (the registry sets it when a class leaves it empty)
     Params: ClassVar[type[BaseModel]] = ModelParams
 
-    def __init__(self, params: BaseModel):
+    def __init__(self, params: Any):  # an instance of the class's own Params
         self.params = params
 
     def identity(self) -> dict:
@@ -58,18 +154,39 @@ class ModelSource:
         return {"source": self.name, **self.params.model_dump()}
 
     def local_path(self) -> Path:
+        """The HF folder of the weights (or of the tokenizer, for a served model)."""
         raise NotImplementedError
 
-    def load(self, device: str | None = None) -> LoadedModel:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def load(self, device: str | None = None) -> Model:
+        return _load_transformers(self, device)
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        path = self.local_path()
-        dtype = getattr(torch, self.params.dtype)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return LoadedModel(self.name, str(path), model, tokenizer, device)
+
+class LocalModelSource(ModelSource):
+    """A model whose weights the worker loads (transformers): ``load()`` gives a ``LocalModel``."""
+
+    def load(self, device: str | None = None) -> LocalModel:
+        return _load_transformers(self, device)
+
+
+class ServedModelSource(ModelSource):
+    """A model an engine or server runs: ``load()`` gives a ``ServedModel`` (the tokenizer, and a client)."""
+
+    def load(self, device: str | None = None) -> ServedModel:
+        raise NotImplementedError
+
+
+def _load_transformers(source: ModelSource, device: str | None) -> LocalModel:
+    """``from_pretrained`` from the source's ``local_path()``, onto ``device`` (default: cuda if there is one)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    path = source.local_path()
+    dtype = getattr(torch, source.params.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return LocalModel(source.name, str(path), model, tokenizer, device)
 
 
 def cache_dir() -> Path:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict
 
-from .base import ModelParams, ModelSource
+from .base import LocalModelSource, ModelParams
 
 
 class HFPathParams(ModelParams):
@@ -13,7 +13,7 @@ class HFPathParams(ModelParams):
     path: str
 
 
-class HFPathModel(ModelSource):
+class HFPathModel(LocalModelSource):
     name = "hf"
     Params = HFPathParams
 

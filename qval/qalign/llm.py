@@ -9,47 +9,23 @@ k-sample method repeats its prompt k times. So requests are
 * prefix-shared: the key/value cache of a shared prompt prefix is computed once and reused for each continuation;
 * batched: the continuations after one prefix run in one forward pass.
 
-``ForwardCounter`` records the tokens actually run through the model next to what a naive loop (one full forward
-per request, no memo, no shared prefix) would have run; ``benchmarks/bench_qalign_requests.py`` reports both.
+A model gives its worker-wide layer with ``model.requests()``: this one for a ``LocalModel``, ``HTTPRequests`` for
+an OpenAI-compatible server. ``ForwardCounter`` records the tokens actually run through the model next to what a
+naive loop (one full forward per request, no memo, no shared prefix) would have run;
+``benchmarks/bench_qalign_requests.py`` reports both.
 """
 from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass
+
+from ..models.requests import ForwardCounter, Requests
 
 PREFIX_CACHE_SIZE = 8  # prompts whose KV cache is kept; scorers walk points one by one, so recent ones matter
 
 
-@dataclass
-class ForwardCounter:
-    computed: int = 0  # tokens actually forwarded
-    naive: int = 0  # tokens a per-request full-forward loop would forward
-    requests: int = 0
-    memo_hits: int = 0
-
-    def as_dict(self) -> dict:
-        return {"computed": self.computed, "naive": self.naive, "requests": self.requests,
-                "memo_hits": self.memo_hits}
-
-
-class PromptBuilder:
-    """Chat prompts as token ids, from the model's own tokenizer and chat template (shared by every request layer)."""
-
-    model: object
-
-    def chat(self, user: str, system: str | None = None, assistant_start: str = "") -> list[int]:
-        """Token ids of a chat prompt that ends inside the assistant's turn (after ``assistant_start``)."""
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        ids = self.model.chat_ids(messages)
-        return ids + self.encode(assistant_start) if assistant_start else ids
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-class LLMRequests(PromptBuilder):
-    """Memoised, prefix-sharing access to one loaded model. ``shared=False`` gives the naive loop (benchmarks)."""
+class LLMRequests(Requests):
+    """Memoised, prefix-sharing access to a ``LocalModel``. ``shared=False`` gives the naive loop (benchmarks)."""
 
     def __init__(self, model, shared: bool = True):
         self.model, self.shared = model, shared
@@ -163,23 +139,3 @@ class LLMRequests(PromptBuilder):
             for i, c in enumerate(continuations):
                 out[i] += [float(logp[i, j, c[j + 1]]) for j in range(len(c) - 1)]
         return out
-
-
-def requests_for(model) -> LLMRequests:
-    """The worker-wide request layer of a loaded model: one per model, so the memo spans scorers and cells."""
-    layer = getattr(model, "_qval_requests", None)
-    if layer is None:
-        backend = getattr(model, "backend", "transformers")
-        if backend == "openai":
-            from .http_llm import HTTPRequests
-
-            layer = HTTPRequests(model)
-        elif model.model is None:
-            from ..errors import QvalError
-
-            raise QvalError(f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
-                            f"{backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`")
-        else:
-            layer = LLMRequests(model)
-        model._qval_requests = layer
-    return layer

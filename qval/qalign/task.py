@@ -21,10 +21,9 @@ from ..plan import Cell
 from ..registry import REGISTRY
 from ..timeouts import PluginTimeout, time_limit
 from .actor import LLMActor
-from .llm import requests_for
 from .points import EvalPoint, collect_points
 from .reference import monte_carlo_q
-from .scorers.base import Failed
+from .scorers.base import Failed, ScorerContext, build_scorer
 
 POINTS_FORMAT = 1
 
@@ -85,10 +84,10 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
     points = load_or_collect_points(cell, env, env_cls, writer.results, model)
-    scorer = scorer_cls(scorer_cls.Params.model_validate(cell.method_params), model, cell.seed, cell.temperature,
-                        cell.settings["gamma"])
-    scorer.env = env
-    counter = requests_for(model).counter if model is not None else None
+    context = ScorerContext(env=env, model=model, seed=cell.seed, temperature=cell.temperature,
+                            gamma=cell.settings["gamma"])
+    scorer = build_scorer(scorer_cls, scorer_cls.Params.model_validate(cell.method_params), context)
+    counter = model.requests().counter if model is not None else None
     before = counter.as_dict() if counter else None
     with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
         # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
@@ -114,7 +113,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                 # Converted inside the limit: a score object's own __float__ is plugin code too.
                 checked = [o if isinstance(o, BaseException) else _checked(o, len(p.candidates))
                            for p, o in zip(batch, outcomes)]
-        except (Exception, PluginTimeout) as exc:  # a crashing or hung plugin fails these points only
+        except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - a crashing or hung plugin fails these points only
             checked = [exc] * len(batch)
         for point, outcome in zip(batch, checked):
             if isinstance(outcome, BaseException):
@@ -132,7 +131,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
             ])
             emit("sample", cell=cell.cell_id)
     extras: dict = {"n_errored": errored}
-    if counter:
+    if counter is not None and before is not None:
         extras["forward_tokens"] = {k: v - before[k] for k, v in counter.as_dict().items()}
     return len(points), failed, extras
 
@@ -160,7 +159,8 @@ def _checked(scores, n: int) -> tuple[list, list]:
         return [None] * n, [f"scorer returned {type(scores).__name__}, not a list of scores"] * n
     if len(scores) != n:
         return [None] * n, [f"scorer returned {len(scores)} scores for {n} candidates"] * n
-    values, errors = [], []
+    values: list[float | None] = []
+    errors: list[str | None] = []
     for s in scores:
         if isinstance(s, Failed):
             values.append(None)

@@ -2,14 +2,25 @@
 
 A score is a finite float, or ``Failed(reason)`` when the method could not produce one for that candidate (an
 unparsable answer, a program that crashed). Failures are stored as NULL scores with the reason, never as zeros.
+
+A scorer is built as ``cls(params, context)``: the ``ScorerContext`` carries everything of its cell it may use (the
+environment, the model and its request layer, seed, temperature, gamma). ``build_scorer`` also builds scorers
+written before the context, whose ``__init__`` takes ``(params, model, seed, temperature, gamma)``.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from ...errors import QvalError
 from ...plugin_base import Plugin
 from ..points import EvalPoint
+
+if TYPE_CHECKING:
+    from ...models.base import Model
+    from ...models.requests import Requests
+    from ..envs.base import Environment
 
 FAMILIES = ("direct", "code", "intrinsic", "ranking", "self-distillation", "embedding", "baseline")
 
@@ -23,14 +34,41 @@ class ScoreError(Exception):
     """Raised by a scorer when a whole point cannot be scored; the message is recorded as the point's error."""
 
 
+@dataclass(frozen=True)
+class ScorerContext:
+    """What a scorer gets of its cell. ``requests`` is the model's worker-wide request layer unless one is given
+    (a benchmark comparing layers); a scorer that needs no model gets ``model=None``."""
+
+    env: Environment | None = None
+    model: Model | None = None
+    seed: int = 0
+    temperature: float = 0.0
+    gamma: float = 0.95
+    request_layer: Requests | None = None
+
+    @property
+    def requests(self) -> Requests:
+        if self.request_layer is not None:
+            return self.request_layer
+        if self.model is None:
+            raise QvalError("this scorer calls a model, but its cell has none")
+        return self.model.requests()
+
+
 class Scorer(Plugin):
     family: ClassVar[str] = "baseline"
     uses_model: ClassVar[bool] = False  # False: the cell does not depend on the model (one cell, not one per model)
     batch_points: ClassVar[int] = 1  # points handed to score_batch at once (resume granularity too)
-    env = None  # the cell's environment, set by the task before scoring (the heuristic baseline reads it)
 
-    def __init__(self, params, model=None, seed: int = 0, temperature: float = 0.0, gamma: float = 0.95):
-        self.params, self.model, self.seed, self.temperature, self.gamma = params, model, seed, temperature, gamma
+    def __init__(self, params, context: ScorerContext | Any = None, seed: int = 0, temperature: float = 0.0,
+                 gamma: float = 0.95):
+        """``Scorer(params, context)``. The positional form from before the context, ``Scorer(params, model, seed,
+        temperature, gamma)``, still works (its context has no env)."""
+        if not isinstance(context, ScorerContext):
+            context = ScorerContext(model=context, seed=seed, temperature=temperature, gamma=gamma)
+        self.params, self.context = params, context
+        self.env, self.model = context.env, context.model
+        self.seed, self.temperature, self.gamma = context.seed, context.temperature, context.gamma
         self.artifacts: dict = {}  # what the method produced besides scores (e.g. written programs), kept per cell
 
     def prepare(self, points: list[EvalPoint]) -> None:
@@ -42,10 +80,28 @@ class Scorer(Plugin):
     def score_batch(self, points: list[EvalPoint]) -> list[list[float | Failed] | BaseException]:
         """Scores of several points; override when a method gains from seeing them together. One point's error
         must not fail the others: return the exception in its place."""
-        out = []
+        out: list[list[float | Failed] | BaseException] = []
         for point in points:
             try:
                 out.append(self.score(point))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - a plugin's error, whatever it is, fails its point only
                 out.append(exc)
         return out
+
+
+def build_scorer(cls: type[Scorer], params, context: ScorerContext) -> Scorer:
+    """``cls(params, context)``; a scorer whose ``__init__`` predates the context (its second parameter is
+    ``model``) is built the old way and then given the context."""
+    if not _takes_model_first(cls):
+        return cls(params, context)
+    scorer = cls(params, context.model, context.seed, context.temperature, context.gamma)
+    scorer.context, scorer.env = context, context.env
+    return scorer
+
+
+def _takes_model_first(cls: type) -> bool:
+    try:
+        parameters = list(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return False
+    return len(parameters) > 1 and parameters[1] == "model"

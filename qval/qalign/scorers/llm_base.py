@@ -4,7 +4,6 @@ from __future__ import annotations
 import zlib
 
 from ...prompts import load_prompt
-from ..llm import requests_for
 from .base import Scorer
 
 
@@ -13,7 +12,7 @@ class LLMScorer(Scorer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.llm = requests_for(self.model)
+        self.llm = self.context.requests
 
     def policy_prompt(self, point, observation: str | None = None, template: str = "action_logprob",
                       **extra) -> list[int]:

@@ -1,0 +1,53 @@
+"""What every request layer shares: the interface Q-alignment scorers call, chat prompts as token ids, and the
+token counter. The layers themselves are ``qval.qalign.llm.LLMRequests`` (a transformers model in this process)
+and ``qval.qalign.http_llm.HTTPRequests`` (an OpenAI-compatible server); a model makes its own with
+``Model.requests()``, so the two never need each other.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class ForwardCounter:
+    computed: int = 0  # tokens actually forwarded
+    naive: int = 0  # tokens a per-request full-forward loop would forward
+    requests: int = 0
+    memo_hits: int = 0
+
+    def as_dict(self) -> dict:
+        return {"computed": self.computed, "naive": self.naive, "requests": self.requests,
+                "memo_hits": self.memo_hits}
+
+
+class Requests:
+    """Memoised model calls for one loaded model. Subclasses implement the four requests below."""
+
+    model: Any  # the loaded model (qval.models.base.Model) the requests go to
+    counter: ForwardCounter
+
+    def chat(self, user: str, system: str | None = None, assistant_start: str = "") -> list[int]:
+        """Token ids of a chat prompt that ends inside the assistant's turn (after ``assistant_start``)."""
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        ids = self.model.chat_ids(messages)
+        return ids + self.encode(assistant_start) if assistant_start else ids
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def continuation_logprobs(self, prefix: list[int], continuations: list[list[int]]) -> list[list[float]]:
+        """Per-token log-probs of each continuation after the prefix."""
+        raise NotImplementedError
+
+    def next_token_logprobs(self, prompt: list[int]):
+        """Log-probs over the vocabulary of the token after the prompt (a float32 CPU tensor)."""
+        raise NotImplementedError
+
+    def token_logprobs(self, prompt: list[int], token_ids: list[int]):
+        """Log-probs of the given candidate next tokens after the prompt (a float32 CPU tensor)."""
+        raise NotImplementedError
+
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, seed: int) -> str:
+        """Sampled (T > 0) or greedy text after the prompt; the seed makes a sample reproducible."""
+        raise NotImplementedError
