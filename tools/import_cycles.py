@@ -38,7 +38,9 @@ def import_graph(root: Path) -> dict[str, set[str]]:
                     src = ".".join(base + ([node.module] if node.module else []))
                 else:
                     src = node.module or ""
-                targets = [src] + [f"{src}.{alias.name}" for alias in node.names]
+                # `from pkg import sub` needs pkg.sub, not whatever else pkg/__init__ imports (a package importing
+                # the modules that register with it is the usual pattern, not a cycle); other names come from pkg.
+                targets = [f"{src}.{alias.name}" if f"{src}.{alias.name}" in modules else src for alias in node.names]
             for target in targets:
                 # the module itself, else the closest enclosing package that is part of the tree
                 while target and target not in modules:

@@ -28,8 +28,8 @@ def _catalogue() -> dict[tuple[str, str], Metric]:
     """Every registered metric by (track, name): suites name metrics, and one name may have a definition per track
     (per_state_spearman over candidates, or over stored per-state values)."""
     out = {}
-    for entry in REGISTRY.entries("metrics"):
-        metric = entry.load()()
+    for name in REGISTRY.names("metrics"):
+        metric = REGISTRY.get("metrics", name)()  # get: a nameless metric is given its entry-point name
         out[(metric.track, metric.name)] = metric
     return out
 
