@@ -98,13 +98,19 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
             "overhead_share": round(share, 4), "goal": "<= 0.02", "ok": share <= 0.02}
 
 
-def main() -> list[dict]:
+def main(smoke: bool = False) -> list[dict]:
     torch.manual_seed(0)
+    size = dict(max_new=8, repeats=1) if smoke else {}
     model = SmolLM2Instruct(ModelParams()).load(device="cpu")
     engine = Engine(model.model, model.eos_token_ids)
     warm = model.chat_ids([{"role": "user", "content": "warm up"}])
     engine.decode(engine.prefill(warm), None, 16)  # warm-up, not recorded
-    return [ar_vs_generate(model, engine), draft_vs_assisted(model, engine), engine_overhead(model, engine)]
+    rows = [ar_vs_generate(model, engine, **size), draft_vs_assisted(model, engine, **size),
+            engine_overhead(model, engine, **size)]
+    for row in rows:
+        row["size"] = "smoke" if smoke else "full"
+        row["checks"] = row.get("identical_outputs", True) is True
+    return rows
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from _synthetic import decode_suite, planned, write_decode_parts
 from qval.store.ingest import ingest
 
 
-def main(rows_per_cell: int = 10_000) -> dict:
+def main(smoke: bool = False) -> dict:
+    rows_per_cell = 20 if smoke else 10_000
     with tempfile.TemporaryDirectory() as tmp:
         results = Path(tmp) / "results"
         plan = planned(decode_suite(Path(tmp) / "bench.yaml", n_policies=9, n_temps=10, n_seeds=1), results)
@@ -17,8 +18,9 @@ def main(rows_per_cell: int = 10_000) -> dict:
         start = time.perf_counter()
         report = ingest(results)
         seconds = time.perf_counter() - start
-    return {"benchmark": "ingest", "rows": rows, "cells": len(plan.cells), "metric_values": report.metrics_computed,
-            "seconds": round(seconds, 3), "goal_seconds": 10.0, "ok": seconds <= 10.0}
+    return {"benchmark": "ingest", "size": "smoke" if smoke else "full", "rows": rows, "cells": len(plan.cells),
+            "metric_values": report.metrics_computed, "seconds": round(seconds, 3), "goal_seconds": 10.0,
+            "ok": seconds <= 10.0, "checks": report.rows == rows and report.metrics_computed > 0}
 
 
 if __name__ == "__main__":

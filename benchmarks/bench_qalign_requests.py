@@ -40,14 +40,17 @@ def _score_all(model, layer, scorers, env_points, gamma):
     return scores, time.perf_counter() - start
 
 
-def main() -> dict:
+def main(smoke: bool = False) -> dict:
     suite, scorers, envs = _grid()
+    points_per_env = POINTS_PER_ENV
+    if smoke:  # two scorers on two environments, one point each: the code path, not the figure
+        scorers, envs, points_per_env = scorers[:2], envs[:2], 1
     cfg = suite.config.qalign
     model = suite.models[0][1].load()
     env_points = []
     for _, env_cls, params in envs:
         env = env_cls(params)
-        points = collect_points(env, env.reference_q(cfg.gamma), seed=0, **cfg.points.model_dump())[:POINTS_PER_ENV]
+        points = collect_points(env, env.reference_q(cfg.gamma), seed=0, **cfg.points.model_dump())[:points_per_env]
         env_points.append((env, points))
     n_points = sum(len(p) for _, p in env_points) * len(scorers)
     naive_layer, shared_layer = LLMRequests(model, shared=False), LLMRequests(model, shared=True)
@@ -56,7 +59,7 @@ def main() -> dict:
     shared, shared_s = _score_all(model, shared_layer, scorers, env_points, cfg.gamma)
     same = all(np.allclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True) for a, b in zip(naive, shared))
     computed, naive_tokens = shared_layer.counter.computed, naive_layer.counter.computed
-    return {"benchmark": "qalign_requests", "scorers": [s[0] for s in scorers], "scored_points": n_points,
+    return {"benchmark": "qalign_requests", "size": "smoke" if smoke else "full", "checks": same, "scorers": [s[0] for s in scorers], "scored_points": n_points,
             "forward_tokens_naive": naive_tokens, "forward_tokens_shared": computed,
             "token_ratio_naive_over_shared": round(naive_tokens / computed, 2),
             "memo_hits": shared_layer.counter.memo_hits,

@@ -123,7 +123,7 @@ def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
             if errored is None:
                 problem = "its DONE manifest is unreadable"
             elif errored:
-                problem = f"{errored} of {manifest.get('n_samples', '?')} samples errored (exception or timeout)"
+                problem = f"{errored} of {(manifest or {}).get('n_samples', '?')} samples errored (exception or timeout)"
         elif (directory / FAILED).is_file():
             manifest = read_manifest(directory / FAILED)
             problem = ("failed: " + str(manifest.get("error")) if manifest is not None

@@ -1,6 +1,8 @@
 """Errors that reach the user as a clear message (never a traceback) and their exit codes."""
 from __future__ import annotations
 
+import os
+
 
 class QvalError(Exception):
     """Base class: a problem the user can fix. The CLI prints the message and exits with `exit_code`."""
@@ -17,7 +19,7 @@ class UsageError(QvalError):
 class SuiteError(UsageError):
     """A malformed suite. The message always names the file, the field and the reason."""
 
-    def __init__(self, path: str, field: str, reason: str):
+    def __init__(self, path: str | os.PathLike, field: str, reason: str):
         self.path, self.field, self.reason = str(path), field, reason
         super().__init__(f"{self.path}: field '{field}': {reason}")
 

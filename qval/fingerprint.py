@@ -57,7 +57,7 @@ def git_sha(repo: Path | None = None) -> tuple[str | None, bool]:
 
 
 def package_versions() -> dict[str, str | None]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = metadata.version(name)

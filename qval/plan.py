@@ -189,9 +189,9 @@ def build_plan(suite: Suite) -> Plan:
         from .registry import REGISTRY
 
         policies = list(suite.resolved["decode.policies"])
-        if not any(cls.name == BASELINE_POLICY for _, cls, _ in policies):
+        if not any(getattr(cls, "name", None) == BASELINE_POLICY for _, cls, _ in policies):
             ar_cls = REGISTRY.get("policies", BASELINE_POLICY)
-            policies.insert(0, (None, ar_cls, ar_cls.Params()))  # speedup always needs the same-run AR baseline
+            policies.insert(0, (None, ar_cls, ar_cls.Params()))  # type: ignore[arg-type]  # no suite entry: AR added  # speedup always needs the same-run AR baseline
         for (mname, src), (_, dcls, dparams), temp, seed in product(
             suite.models, suite.resolved["decode.datasets"], d.temperatures, cfg.seeds
         ):

@@ -402,6 +402,8 @@ def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricVal
     if a.size == 0 or b.mean() == 0:
         return MetricValue.undefined(int(a.size))
     ratio = bootstrap_mean_ratio(a, b, a.mean() / b.mean(), seed=seed)  # mean(a)/mean(b) = Σa/Σb on a resample
+    if ratio.value is None:
+        return ratio
     return MetricValue(ratio.value - 1, None if ratio.ci_low is None else ratio.ci_low - 1,
                        None if ratio.ci_high is None else ratio.ci_high - 1, ratio.n)
 

@@ -221,7 +221,8 @@ def headroom_rows(sweeps: list[OwnSweep], folds: int = 5, seed: int = 0) -> pd.D
                 "oracle_gain": room["relative_gain"], "oracle_gain_ci": room["relative_gain_ci"],
                 "selector": selector.value.value if selector else None,
                 "selector_gain": selector.gain_vs_best_fixed if selector else None,
-                "selector_gain_ci": [selector.gain_ci.ci_low, selector.gain_ci.ci_high] if selector else [None, None],
+                "selector_gain_ci": ([selector.gain_ci.ci_low, selector.gain_ci.ci_high]
+                                     if selector and selector.gain_ci else [None, None]),
                 "n": room["n"],
             })
     return pd.DataFrame(rows)

@@ -44,7 +44,7 @@ def wanted(con, catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str,
     suites = {s: json.loads(c) if c else {} for s, c in con.execute("SELECT suite, config FROM suites").fetchall()}
     cells = con.execute("SELECT c.cell_id, c.track, list(sc.suite) FROM cells c LEFT JOIN suite_cells sc "
                         "ON sc.cell_id = c.cell_id WHERE c.parts_sig IS NOT NULL GROUP BY c.cell_id, c.track").fetchall()
-    always = defaultdict(dict)
+    always: dict[str, dict[str, Metric]] = defaultdict(dict)
     for (track, name), metric in catalogue.items():
         if metric.always:
             always[track][name] = metric
@@ -72,7 +72,7 @@ def compute_metrics(con, changed: list[str]) -> int:
     # Cells whose values predate the metric stage (no family recorded) are redone whole, once.
     redo |= {r[0] for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE family IS NULL").fetchall()
              if r[0] in want}
-    stored = defaultdict(dict)
+    stored: dict[str, dict[str, int]] = defaultdict(dict)
     for cell_id, metric, version in con.execute("SELECT cell_id, metric, version FROM metric_versions").fetchall():
         stored[cell_id][metric] = version
     todo: dict[str, list[Metric]] = {}

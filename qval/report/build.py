@@ -7,11 +7,13 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
+from ..stats import MetricValue, bootstrap_batched
 from .render import SuiteReport, TrackBoard, render_report
 
 TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
@@ -87,10 +89,14 @@ def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | N
             for cell, group in units.groupby("cell_id", sort=False)}
 
 
+def _mean_ci(values: np.ndarray) -> MetricValue:
+    """Mean with a bootstrap CI resampling its units (states), all resamples as one array operation."""
+    return bootstrap_batched(len(values), lambda idx: values[idx].mean(axis=1), float(values.mean()))
+
+
 def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_metric: str) -> pd.DataFrame:
     """Per (dataset, temperature, family): the mean over the family's methods of the main metric, on the states
     all of them scored, with a 95% bootstrap CI resampling states, and the family's best method."""
-    from ..stats import bootstrap_units
 
     out = []
     for (dataset, temperature, family), group in rows.groupby(["dataset", "temperature", "family"], dropna=False):
@@ -104,7 +110,7 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
                   "best_value": best[main_metric]}
         if len(table):
             per_state = table.mean(axis=1).to_numpy(float)
-            ci = bootstrap_units(len(per_state), lambda idx: float(per_state[idx].mean()), float(per_state.mean()))
+            ci = _mean_ci(per_state)
             record.update(value=ci.value, ci_low=ci.ci_low, ci_high=ci.ci_high)
         out.append(record)
     return pd.DataFrame(out)
