@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser quickstart test bench clean
+.PHONY: setup browser quickstart lint test bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,13 @@ quickstart: setup
 	$(BIN)/qval run suites/quickstart.yaml
 	$(BIN)/qval report --out reports
 
-test: setup browser
+# Guardrails first (seconds): lint and format over the whole tree, types on the core packages (pyproject.toml).
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: setup browser lint
 	$(BIN)/python -m pytest -q
 
 bench: setup

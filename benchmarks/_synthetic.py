@@ -2,6 +2,7 @@
 
 The numbers are random; what is measured is the harness (planning, ingest, reporting), never a model.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,10 @@ from qval.suite import load_suite
 
 
 def decode_suite(path: Path, n_policies: int, n_temps: int, n_seeds: int, name: str = "bench") -> Path:
-    policies = "\n".join(f"    - {{name: prompt-lookup, params: {{num_draft: {1 + i % 64}, max_ngram: {1 + i // 64}}}}}"
-                         for i in range(n_policies))
+    policies = "\n".join(
+        f"    - {{name: prompt-lookup, params: {{num_draft: {1 + i % 64}, max_ngram: {1 + i // 64}}}}}"
+        for i in range(n_policies)
+    )
     temps = ", ".join(f"{t / 10:g}" for t in range(n_temps))
     path.write_text(f"""name: {name}
 seeds: [{", ".join(map(str, range(n_seeds)))}]

@@ -7,6 +7,7 @@
 
 Calls are interleaved (ours, theirs, ours, …) over several prompts and repeats, so drift hits both sides.
 """
+
 import json
 import time
 
@@ -38,13 +39,17 @@ def ar_vs_generate(model, engine, max_new=64, repeats=3):
             ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), None, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
-            out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), max_new_tokens=max_new,
-                                                         do_sample=False))
+            out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False))
             theirs_t, theirs_n = theirs_t + t, theirs_n + out.shape[1] - len(ids)
     ratio = (ours_n / ours_t) / (theirs_n / theirs_t)
-    return {"benchmark": "ar_vs_generate", "ours_tok_s": round(ours_n / ours_t, 2),
-            "hf_generate_tok_s": round(theirs_n / theirs_t, 2), "ratio": round(ratio, 3), "goal": ">= 0.97",
-            "ok": ratio >= 0.97}
+    return {
+        "benchmark": "ar_vs_generate",
+        "ours_tok_s": round(ours_n / ours_t, 2),
+        "hf_generate_tok_s": round(theirs_n / theirs_t, 2),
+        "ratio": round(ratio, 3),
+        "goal": ">= 0.97",
+        "ok": ratio >= 0.97,
+    }
 
 
 def draft_vs_assisted(model, engine, max_new=64, k=4, repeats=2):
@@ -60,16 +65,26 @@ def draft_vs_assisted(model, engine, max_new=64, k=4, repeats=2):
             ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), drafter, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
-            out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), assistant_model=draft,
-                                                         max_new_tokens=max_new, do_sample=False))
-            theirs = out[0, len(ids):].tolist()
+            out, t = _timed(
+                lambda: model.model.generate(
+                    torch.tensor([ids]), assistant_model=draft, max_new_tokens=max_new, do_sample=False
+                )
+            )
+            theirs = out[0, len(ids) :].tolist()
             theirs_t, theirs_n = theirs_t + t, theirs_n + len(theirs)
             identical &= theirs[: len(trace.token_ids)] == trace.token_ids
     ratio = (ours_n / ours_t) / (theirs_n / theirs_t)
-    return {"benchmark": "draft_vs_assisted", "draft": "int8 copy of the target", "num_draft": k,
-            "ours_tok_s": round(ours_n / ours_t, 2), "hf_assisted_tok_s": round(theirs_n / theirs_t, 2),
-            "identical_outputs": identical, "ratio": round(ratio, 3), "goal": ">= 1.0 and identical",
-            "ok": identical and ratio >= 1.0}
+    return {
+        "benchmark": "draft_vs_assisted",
+        "draft": "int8 copy of the target",
+        "num_draft": k,
+        "ours_tok_s": round(ours_n / ours_t, 2),
+        "hf_assisted_tok_s": round(theirs_n / theirs_t, 2),
+        "identical_outputs": identical,
+        "ratio": round(ratio, 3),
+        "goal": ">= 1.0 and identical",
+        "ok": identical and ratio >= 1.0,
+    }
 
 
 def engine_overhead(model, engine, max_new=64, repeats=3):
@@ -94,8 +109,14 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
             _, t = _timed(bare)
             bare_t += t
     share = max(0.0, (engine_t - bare_t) / engine_t)
-    return {"benchmark": "engine_overhead", "engine_s": round(engine_t, 3), "bare_forward_s": round(bare_t, 3),
-            "overhead_share": round(share, 4), "goal": "<= 0.02", "ok": share <= 0.02}
+    return {
+        "benchmark": "engine_overhead",
+        "engine_s": round(engine_t, 3),
+        "bare_forward_s": round(bare_t, 3),
+        "overhead_share": round(share, 4),
+        "goal": "<= 0.02",
+        "ok": share <= 0.02,
+    }
 
 
 def main(smoke: bool = False) -> list[dict]:
@@ -105,8 +126,11 @@ def main(smoke: bool = False) -> list[dict]:
     engine = Engine(model.model, model.eos_token_ids)
     warm = model.chat_ids([{"role": "user", "content": "warm up"}])
     engine.decode(engine.prefill(warm), None, 16)  # warm-up, not recorded
-    rows = [ar_vs_generate(model, engine, **size), draft_vs_assisted(model, engine, **size),
-            engine_overhead(model, engine, **size)]
+    rows = [
+        ar_vs_generate(model, engine, **size),
+        draft_vs_assisted(model, engine, **size),
+        engine_overhead(model, engine, **size),
+    ]
     for row in rows:
         row["size"] = "smoke" if smoke else "full"
         row["checks"] = row.get("identical_outputs", True) is True

@@ -1,4 +1,5 @@
 """Goal: ingest 1,000,000 per-sample rows in ≤ 10 s (parts → DuckDB, plus every metric with its bootstrap CI)."""
+
 import json
 import tempfile
 import time
@@ -18,9 +19,17 @@ def main(smoke: bool = False) -> dict:
         start = time.perf_counter()
         report = ingest(results)
         seconds = time.perf_counter() - start
-    return {"benchmark": "ingest", "size": "smoke" if smoke else "full", "rows": rows, "cells": len(plan.cells),
-            "metric_values": report.metrics_computed, "seconds": round(seconds, 3), "goal_seconds": 10.0,
-            "ok": seconds <= 10.0, "checks": report.rows == rows and report.metrics_computed > 0}
+    return {
+        "benchmark": "ingest",
+        "size": "smoke" if smoke else "full",
+        "rows": rows,
+        "cells": len(plan.cells),
+        "metric_values": report.metrics_computed,
+        "seconds": round(seconds, 3),
+        "goal_seconds": 10.0,
+        "ok": seconds <= 10.0,
+        "checks": report.rows == rows and report.metrics_computed > 0,
+    }
 
 
 if __name__ == "__main__":

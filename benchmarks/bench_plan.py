@@ -1,4 +1,5 @@
 """Goal: plan 10,000 cells in ≤ 2 s (validate the suite, expand the grid, hash identities, check done status)."""
+
 import json
 import tempfile
 import time
@@ -19,9 +20,15 @@ def main(smoke: bool = False) -> dict:
         cell_status(plan, Path(tmp) / "results")
         seconds = time.perf_counter() - start
     expected = (shape["n_policies"] + 1) * shape["n_temps"] * shape["n_seeds"]
-    return {"benchmark": "plan", "size": "smoke" if smoke else "full", "cells": len(plan.cells),
-            "seconds": round(seconds, 3), "goal_seconds": 2.0, "ok": seconds <= 2.0,
-            "checks": len(plan.cells) == expected}
+    return {
+        "benchmark": "plan",
+        "size": "smoke" if smoke else "full",
+        "cells": len(plan.cells),
+        "seconds": round(seconds, 3),
+        "goal_seconds": 2.0,
+        "ok": seconds <= 2.0,
+        "checks": len(plan.cells) == expected,
+    }
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Both arms score the same points with the same scorers on the same loaded model, 
 per forward). Scores must be identical (to float tolerance), so the saving is free. The points are the first
 ``POINTS_PER_ENV`` of each qval-v1-mini environment, to keep the naive arm affordable on a CPU.
 """
+
 import json
 import time
 from pathlib import Path
@@ -59,14 +60,23 @@ def main(smoke: bool = False) -> dict:
     shared, shared_s = _score_all(model, shared_layer, scorers, env_points, cfg.gamma)
     same = all(np.allclose(a, b, rtol=1e-4, atol=1e-4, equal_nan=True) for a, b in zip(naive, shared))
     computed, naive_tokens = shared_layer.counter.computed, naive_layer.counter.computed
-    return {"benchmark": "qalign_requests", "size": "smoke" if smoke else "full", "checks": same, "scorers": [s[0] for s in scorers], "scored_points": n_points,
-            "forward_tokens_naive": naive_tokens, "forward_tokens_shared": computed,
-            "token_ratio_naive_over_shared": round(naive_tokens / computed, 2),
-            "memo_hits": shared_layer.counter.memo_hits,
-            "points_per_s_naive": round(n_points / naive_s, 3), "points_per_s_shared": round(n_points / shared_s, 3),
-            "speed_ratio": round(naive_s / shared_s, 2), "identical_scores": same,
-            "goal": "token ratio >= 1.3, speed ratio >= 1.1, identical scores",
-            "ok": same and naive_tokens / computed >= 1.3 and naive_s / shared_s >= 1.1}
+    return {
+        "benchmark": "qalign_requests",
+        "size": "smoke" if smoke else "full",
+        "checks": same,
+        "scorers": [s[0] for s in scorers],
+        "scored_points": n_points,
+        "forward_tokens_naive": naive_tokens,
+        "forward_tokens_shared": computed,
+        "token_ratio_naive_over_shared": round(naive_tokens / computed, 2),
+        "memo_hits": shared_layer.counter.memo_hits,
+        "points_per_s_naive": round(n_points / naive_s, 3),
+        "points_per_s_shared": round(n_points / shared_s, 3),
+        "speed_ratio": round(naive_s / shared_s, 2),
+        "identical_scores": same,
+        "goal": "token ratio >= 1.3, speed ratio >= 1.1, identical scores",
+        "ok": same and naive_tokens / computed >= 1.3 and naive_s / shared_s >= 1.1,
+    }
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ tests/test_benchmarks.py): every benchmark runs at a small size so that none can
 there (small sizes on a shared machine say nothing), but a crash or a failed correctness check (rows lost,
 outputs not identical) exits 1.
 """
+
 import argparse
 import importlib
 import json

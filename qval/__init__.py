@@ -1,4 +1,5 @@
 """qval: Q-alignment of dense supervision signals and decoding policies, measured honestly."""
+
 import os
 
 __version__ = "0.1.0"

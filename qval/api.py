@@ -1,4 +1,5 @@
 """The Python API behind the CLI: plan, run, ingest. The CLI is a thin layer over these functions."""
+
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psutil
@@ -45,9 +46,16 @@ class RunSummary:
     problems: list[dict] = field(default_factory=list)
 
 
-def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local", on_event=None,
-              on_start=None, runner_options: dict[str, str] | None = None,
-              require_idle: float | None = None) -> RunSummary:
+def run_suite(
+    suite_path,
+    results: Path,
+    workers: int = 1,
+    runner: str = "local",
+    on_event=None,
+    on_start=None,
+    runner_options: dict[str, str] | None = None,
+    require_idle: float | None = None,
+) -> RunSummary:
     """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing.
 
     ``require_idle`` (seconds): wait up to that long for an idle machine before starting, and have decode workers
@@ -65,7 +73,7 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
         todo_shards = [s.index for s in plan.shards if any(not done[c] for c in s.cell_ids)]
         summary = RunSummary(plan, None, len(plan.cells), sum(not d for d in done.values()), quarantined=quarantined)
         if todo_shards:
-            summary.run_id = run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+            summary.run_id = run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
             load_at_start = None
             if require_idle is not None:
                 load_at_start = loadwatch.wait_until_idle(require_idle)  # MachineBusy: a usage error, exit 2
@@ -76,9 +84,16 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
             fp = fingerprint()
             fp["load_at_start"] = {**load_at_start.as_row(), "busy": load_at_start.busy}
             fp["require_idle_s"] = require_idle
-            record = {"run_id": run_id, "suite": plan.suite, "plan_id": plan.plan_id, "status": "running",
-                      "started_at": datetime.now(timezone.utc).isoformat(), "fingerprint": fp,
-                      "pid": os.getpid(), "host": socket.gethostname()}
+            record = {
+                "run_id": run_id,
+                "suite": plan.suite,
+                "plan_id": plan.plan_id,
+                "status": "running",
+                "started_at": datetime.now(UTC).isoformat(),
+                "fingerprint": fp,
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            }
             run_file = results / "runs" / f"{run_id}.json"
             run_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(run_file, record)
@@ -96,8 +111,9 @@ def run_suite(suite_path, results: Path, workers: int = 1, runner: str = "local"
             ran = [c for s in todo_shards for c in plan.shards[s].cell_ids if not done[c]]
             summary.failed_shards = sorted(i for i, rc in status.items() if rc != 0)
             summary.failed_cells = failed_cells
-            record.update(status="failed" if summary.failed_shards else "done",
-                          finished_at=datetime.now(timezone.utc).isoformat())
+            record.update(
+                status="failed" if summary.failed_shards else "done", finished_at=datetime.now(UTC).isoformat()
+            )
             write_json_atomic(run_file, record)
         summary.ingest = ingest(results)
         if summary.run_id is not None:
@@ -123,16 +139,28 @@ def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
             if errored is None:
                 problem = "its DONE manifest is unreadable"
             elif errored:
-                problem = f"{errored} of {(manifest or {}).get('n_samples', '?')} samples errored (exception or timeout)"
+                problem = (
+                    f"{errored} of {(manifest or {}).get('n_samples', '?')} samples errored (exception or timeout)"
+                )
         elif (directory / FAILED).is_file():
             manifest = read_manifest(directory / FAILED)
-            problem = ("failed: " + str(manifest.get("error")) if manifest is not None
-                       else "failed (unreadable FAILED manifest)")
+            problem = (
+                "failed: " + str(manifest.get("error"))
+                if manifest is not None
+                else "failed (unreadable FAILED manifest)"
+            )
         else:
             problem = "not finished: its worker ended before completing it (see the shard log)"
         if problem:
-            out.append({"cell": cell_id, "method": cell.method, "dataset": cell.dataset_label or cell.dataset,
-                        "problem": problem, "reasons": _top_reasons(results, SAMPLE_TABLES[cell.track], cell_id)})
+            out.append(
+                {
+                    "cell": cell_id,
+                    "method": cell.method,
+                    "dataset": cell.dataset_label or cell.dataset,
+                    "problem": problem,
+                    "reasons": _top_reasons(results, SAMPLE_TABLES[cell.track], cell_id),
+                }
+            )
     return out
 
 
@@ -144,8 +172,11 @@ def _top_reasons(results: Path, table: str, cell_id: str, top: int = 5) -> list[
     except Exception:  # noqa: BLE001 - reasons are a courtesy; the problem itself is already known
         return []
     try:
-        rows = con.execute(f"SELECT error, count(DISTINCT sample_id) AS n FROM {table} WHERE cell_id = ? AND error "
-                           "IS NOT NULL GROUP BY error ORDER BY n DESC, error LIMIT ?", [cell_id, top]).fetchall()
+        rows = con.execute(
+            f"SELECT error, count(DISTINCT sample_id) AS n FROM {table} WHERE cell_id = ? AND error "
+            "IS NOT NULL GROUP BY error ORDER BY n DESC, error LIMIT ?",
+            [cell_id, top],
+        ).fetchall()
     finally:
         con.close()
     return [f"{n} × {error[:200]}" for error, n in rows]
@@ -171,16 +202,17 @@ def mark_interrupted_runs(results: Path) -> list[str]:
         if not isinstance(record, dict) or record.get("status") != "running":
             continue
         pid = record.get("pid")
-        alive = (isinstance(pid, int) and record.get("host") == host and psutil.pid_exists(pid)
-                 and pid != os.getpid())
+        alive = isinstance(pid, int) and record.get("host") == host and psutil.pid_exists(pid) and pid != os.getpid()
         if record.get("host") not in (None, host) or alive:
             continue  # another host's run, or still alive
-        record.update(status="interrupted", finished_at=None,
-                      note="the `qval run` process ended without finishing (killed); its finished samples are kept")
+        record.update(
+            status="interrupted",
+            finished_at=None,
+            note="the `qval run` process ended without finishing (killed); its finished samples are kept",
+        )
         write_json_atomic(path, record)
         changed.append(record.get("run_id", path.stem))
     return changed
-
 
 
 def read_plan_file(path: Path) -> Plan:

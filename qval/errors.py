@@ -1,4 +1,5 @@
 """Errors that reach the user as a clear message (never a traceback) and their exit codes."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Environment fingerprint: what a number was measured on (hardware, versions, git sha)."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,9 @@ def gpu_name() -> str | None:
     if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
         return None
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+        )
         names = [n.strip() for n in out.stdout.splitlines() if n.strip()]
         return names[0] if out.returncode == 0 and names else None
     except (OSError, subprocess.SubprocessError):
@@ -47,8 +49,13 @@ def git_sha(repo: Path | None = None) -> tuple[str | None, bool]:
     repo = repo or Path(__file__).resolve().parent.parent
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         if sha.returncode != 0:
             return None, False
         return sha.stdout.strip()[:12], bool(dirty.stdout.strip())

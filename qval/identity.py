@@ -1,4 +1,5 @@
 """Content-hash identities: canonical JSON of everything that changes an output → sha256."""
+
 from __future__ import annotations
 
 import hashlib

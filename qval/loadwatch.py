@@ -8,6 +8,7 @@ time the hypervisor stole, and the 1-minute load average. Reports flag cells tim
 
 Other qval workers of the same run count as other processes: they do compete for the cores.
 """
+
 from __future__ import annotations
 
 import os
@@ -133,8 +134,10 @@ def wait_until_idle(timeout_s: float, say=None, window_s: float = 1.0) -> Load:
         if time.monotonic() >= deadline:
             raise MachineBusy(load, timeout_s)
         if not told:
-            say(f"--require-idle: the machine is busy (other processes use {load.other_cores:.2f} cores, steal "
-                f"{load.steal:.0%}, load average {load.load_avg1:.2f}); waiting up to {timeout_s:.0f} s before timing")
+            say(
+                f"--require-idle: the machine is busy (other processes use {load.other_cores:.2f} cores, steal "
+                f"{load.steal:.0%}, load average {load.load_avg1:.2f}); waiting up to {timeout_s:.0f} s before timing"
+            )
             told = True
         time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 
@@ -153,4 +156,5 @@ class MachineBusy(UsageError):
         super().__init__(
             f"the machine stayed busy for {waited:.0f} s (other processes use {load.other_cores:.2f} cores, steal "
             f"{load.steal:.0%}, load average {load.load_avg1:.2f}); --require-idle refuses to time under load. Stop "
-            f"the other work, or raise --idle-timeout")
+            f"the other work, or raise --idle-timeout"
+        )

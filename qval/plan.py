@@ -3,6 +3,7 @@
 A cell's identity is everything that changes its outputs; runtime knobs (workers, output folder) stay out.
 Decode cells carry the hardware class, because timing is an output of theirs.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,8 @@ class Cell:
     family: str
     dataset: str  # env or dataset name
     dataset_params: dict
-    temperature: float
-    seed: int
+    temperature: float | None  # None only for imported cells whose source recorded none
+    seed: int | None
     settings: dict  # track-level knobs that change outputs
     baseline_cell_id: str | None = None
 
@@ -42,6 +43,7 @@ class Cell:
 
 def _label(name: str, params: dict, defaults: dict) -> str:
     """``frozenlake(map=8x8)``: non-default params only, so two configurations stay apart without noise."""
+
     def show(v):
         return "+".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
@@ -86,19 +88,31 @@ class Plan:
     @classmethod
     def from_json(cls, data: dict) -> Plan:
         if data.get("plan_version") != PLAN_VERSION:
-            raise UsageError(f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})")
+            raise UsageError(
+                f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})"
+            )
         cells = {c["cell_id"]: Cell(**c) for c in data["cells"]}
         shards = [Shard(**s) for s in data["shards"]]
-        return cls(data["plan_id"], data["suite"], data["suite_path"], data["suite_sha"], data["description"],
-                   data["config"], cells, shards)
+        return cls(
+            data["plan_id"],
+            data["suite"],
+            data["suite_path"],
+            data["suite_sha"],
+            data["description"],
+            data["config"],
+            cells,
+            shards,
+        )
 
     def write(self, results: Path) -> Path:
         """Write the manifest durably (fsync, then rename) with the next sequence number of the folder: the plan
         written last defines a suite's cells, whatever the files' clocks say."""
         path = Path(results) / "plans" / f"{self.plan_id}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**self.to_json(), "sequence": 1 + max((plan_sequence(p) for p in path.parent.glob("*.json")),
-                                                       default=0)}
+        data = {
+            **self.to_json(),
+            "sequence": 1 + max((plan_sequence(p) for p in path.parent.glob("*.json")), default=0),
+        }
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         try:
             with open(tmp, "w") as f:
@@ -129,8 +143,18 @@ def plan_sequence(path: Path) -> int:
         return 0
 
 
-def make_cell(track: str, model: str | None, model_identity: dict | None, method_cls, method_params,
-              dataset_cls, dataset_params, temperature: float, seed: int, settings: dict) -> Cell:
+def make_cell(
+    track: str,
+    model: str | None,
+    model_identity: dict | None,
+    method_cls,
+    method_params,
+    dataset_cls,
+    dataset_params,
+    temperature: float,
+    seed: int,
+    settings: dict,
+) -> Cell:
     identity = {
         "v": IDENTITY_VERSION,
         "track": track,
@@ -166,8 +190,12 @@ def build_plan(suite: Suite) -> Plan:
     if cfg.qalign is not None:
         q = cfg.qalign
         # rows 2: rows carry is_behaviour (QVal's pooled statistics need it); cells from before are recomputed.
-        settings = {"gamma": q.gamma, "points": q.points.model_dump(), "reference": q.reference.model_dump(),
-                    "rows": QALIGN_ROW_FORMAT}
+        settings = {
+            "gamma": q.gamma,
+            "points": q.points.model_dump(),
+            "reference": q.reference.model_dump(),
+            "rows": QALIGN_ROW_FORMAT,
+        }
         # With an LLM actor (behaviour or Monte-Carlo reference), the points themselves depend on the model.
         llm_points = q.points.behaviour == "llm" or q.reference.policy == "llm"
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
@@ -175,15 +203,26 @@ def build_plan(suite: Suite) -> Plan:
         ):
             uses_model = getattr(scls, "uses_model", False) or llm_points
             # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
-            cell = make_cell("qalign", mname if uses_model else None, src.identity() if uses_model else None,
-                             scls, sparams.model_dump(), ecls, eparams.model_dump(),
-                             temp if uses_model else 0.0, seed, settings)
+            cell = make_cell(
+                "qalign",
+                mname if uses_model else None,
+                src.identity() if uses_model else None,
+                scls,
+                sparams.model_dump(),
+                ecls,
+                eparams.model_dump(),
+                temp if uses_model else 0.0,
+                seed,
+                settings,
+            )
             cells.setdefault(cell.cell_id, cell)
 
     if cfg.decode is not None:
         d = cfg.decode
-        settings = {"max_new_tokens": d.max_new_tokens,
-                    "hardware": hardware_class() if d.hardware == "auto" else d.hardware}
+        settings = {
+            "max_new_tokens": d.max_new_tokens,
+            "hardware": hardware_class() if d.hardware == "auto" else d.hardware,
+        }
         if d.sampling != "rejection":  # only when set, so the ids of existing (rejection-sampling) cells stay
             settings["sampling"] = d.sampling
         from .registry import REGISTRY
@@ -195,8 +234,21 @@ def build_plan(suite: Suite) -> Plan:
         for (mname, src), (_, dcls, dparams), temp, seed in product(
             suite.models, suite.resolved["decode.datasets"], d.temperatures, cfg.seeds
         ):
-            row = [make_cell("decode", mname, src.identity(), pcls, pparams.model_dump(), dcls, dparams.model_dump(),
-                             temp, seed, settings) for _, pcls, pparams in policies]
+            row = [
+                make_cell(
+                    "decode",
+                    mname,
+                    src.identity(),
+                    pcls,
+                    pparams.model_dump(),
+                    dcls,
+                    dparams.model_dump(),
+                    temp,
+                    seed,
+                    settings,
+                )
+                for _, pcls, pparams in policies
+            ]
             baseline = next(c for c in row if c.method == BASELINE_POLICY)
             for cell in row:
                 if cell is not baseline:
@@ -208,11 +260,20 @@ def build_plan(suite: Suite) -> Plan:
         shard = shards.get(cell.model)
         if shard is None:
             src = model_sources.get(cell.model) if cell.model else None
-            shard = Shard(len(shards), cell.model,
-                          {"source": src.name, "params": src.params.model_dump()} if src else None, False)
+            shard = Shard(
+                len(shards), cell.model, {"source": src.name, "params": src.params.model_dump()} if src else None, False
+            )
             shards[cell.model] = shard
         shard.cell_ids.append(cell.cell_id)
         shard.exclusive = shard.exclusive or cell.track == "decode"
     plan_id = content_hash({"suite": suite.name, "cells": sorted(cells)}, length=12)
-    return Plan(plan_id, suite.name, str(suite.path), suite.sha, cfg.description,
-                cfg.model_dump(mode="json"), cells, list(shards.values()))
+    return Plan(
+        plan_id,
+        suite.name,
+        str(suite.path),
+        suite.sha,
+        cfg.description,
+        cfg.model_dump(mode="json"),
+        cells,
+        list(shards.values()),
+    )

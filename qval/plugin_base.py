@@ -1,4 +1,5 @@
 """What every plugin class shares: a name, a version that enters cell identity, and strict pydantic params."""
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -8,6 +8,7 @@ One name per plugin: the entry-point name is the plugin's name. A class may leav
 repeat it; a class whose own ``name`` says otherwise is refused by ``get`` and reported by ``qval plugins``, so
 everything keyed by ``cls.name`` (cells, shards, the worker's lookups) is keyed by the entry-point name.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -158,9 +159,11 @@ class Registry:
             return None
         if entry.kind == "metrics" and self._other_track_metric(entry, obj, declared):
             return None
-        return (f"{entry.kind[:-1]} plugin '{entry.name}' from {entry.distribution} {entry.version} is "
-                f"{entry.target} whose `name` is {declared!r}: the entry-point name is the plugin's name, so set "
-                f"the class's `name` to {entry.name!r} or leave it out")
+        return (
+            f"{entry.kind[:-1]} plugin '{entry.name}' from {entry.distribution} {entry.version} is "
+            f"{entry.target} whose `name` is {declared!r}: the entry-point name is the plugin's name, so set "
+            f"the class's `name` to {entry.name!r} or leave it out"
+        )
 
     def _other_track_metric(self, entry: PluginEntry, obj: Any, declared: str) -> bool:
         other = self._discover()["metrics"].get(declared)

@@ -1,4 +1,5 @@
 """Read results as pandas DataFrames (read-only connections; safe beside a running ingest's readers)."""
+
 from __future__ import annotations
 
 import json
@@ -30,15 +31,21 @@ def runs(results="results") -> pd.DataFrame:
 def cells(results="results", suite: str | None = None) -> pd.DataFrame:
     if suite is None:
         return _query(results, "SELECT * FROM cells ORDER BY track, model, method, dataset, temperature, seed")
-    return _query(results, "SELECT c.* FROM cells c JOIN suite_cells s USING (cell_id) WHERE s.suite = ? "
-                           "ORDER BY track, model, method, dataset, temperature, seed", [suite])
+    return _query(
+        results,
+        "SELECT c.* FROM cells c JOIN suite_cells s USING (cell_id) WHERE s.suite = ? "
+        "ORDER BY track, model, method, dataset, temperature, seed",
+        [suite],
+    )
 
 
 def method_labels(cells: pd.DataFrame) -> dict[str, str]:
     """Row names for a leaderboard: the method name, plus the params that differ between cells of that method
     (``prompt-lookup(num_draft=8)``), so two settings of one plugin never share a name."""
-    params = {cid: (json.loads(ident) or {}).get("method_params") or {} if ident else {}
-              for cid, ident in zip(cells["cell_id"], cells["identity"])}
+    params = {
+        cid: (json.loads(ident) or {}).get("method_params") or {} if ident else {}
+        for cid, ident in zip(cells["cell_id"], cells["identity"])
+    }
     labels = {}
     for method, group in cells.groupby("method"):
         ids = list(group["cell_id"])
@@ -59,8 +66,10 @@ def metrics(results="results", suite: str | None = None) -> pd.DataFrame:
 
     ``method`` is the plugin name; ``method_label`` adds the params that distinguish cells of one method.
     """
-    base = ("SELECT c.track, c.model, c.method, c.family, c.dataset, c.dataset_label, c.temperature, c.seed, "
-            "c.status, c.n_samples, c.n_failed, c.identity, m.* FROM cell_metrics m JOIN cells c USING (cell_id)")
+    base = (
+        "SELECT c.track, c.model, c.method, c.family, c.dataset, c.dataset_label, c.temperature, c.seed, "
+        "c.status, c.n_samples, c.n_failed, c.identity, m.* FROM cell_metrics m JOIN cells c USING (cell_id)"
+    )
     if suite is None:
         frame = _query(results, base)
     else:
@@ -74,8 +83,10 @@ def metrics(results="results", suite: str | None = None) -> pd.DataFrame:
 
 def decode_sample_summary(results="results", suite: str | None = None) -> pd.DataFrame:
     """Per (cell, sample, turn): acceptance length τ = 1 + accepted/steps, decode time, tokens (for plots)."""
-    sql = ("SELECT t.cell_id, t.sample_id, t.turn, 1 + coalesce(list_sum(t.accepted), 0) / t.target_steps AS tau, "
-           "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}")
+    sql = (
+        "SELECT t.cell_id, t.sample_id, t.turn, 1 + coalesce(list_sum(t.accepted), 0) / t.target_steps AS tau, "
+        "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}"
+    )
     if suite is None:
         return _query(results, sql.format(join="", where=""))
     return _query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
@@ -84,8 +95,10 @@ def decode_sample_summary(results="results", suite: str | None = None) -> pd.Dat
 def failure_reasons(results="results", suite: str = "", track: str = "qalign", top: int = 5) -> pd.DataFrame:
     """Per cell with failed samples: its most frequent error messages and how many samples each hit."""
     table = SAMPLE_TABLES[track]
-    sql = (f"SELECT cell_id, error, count(DISTINCT sample_id) AS samples FROM {table} t "
-           "JOIN suite_cells s USING (cell_id) WHERE s.suite = ? AND t.error IS NOT NULL GROUP BY 1, 2")
+    sql = (
+        f"SELECT cell_id, error, count(DISTINCT sample_id) AS samples FROM {table} t "
+        "JOIN suite_cells s USING (cell_id) WHERE s.suite = ? AND t.error IS NOT NULL GROUP BY 1, 2"
+    )
     frame = _query(results, sql, [suite])
     if frame.empty:
         return frame
@@ -97,11 +110,17 @@ def units(results="results", suite: str | None = None, metric: str = "per_state_
     """The per-unit values behind a metric (per evaluation point, with its state as ``cluster``), as the metric
     stage stored them: what paired tests and family aggregates resample. Columns cell_id, unit, cluster, value."""
     if suite is None:
-        return _query(results, "SELECT cell_id, unit, cluster, value FROM metric_units WHERE metric = ? "
-                               "ORDER BY cell_id, unit", [metric])
-    return _query(results, "SELECT u.cell_id, u.unit, u.cluster, u.value FROM metric_units u JOIN suite_cells s "
-                           "USING (cell_id) WHERE s.suite = ? AND u.metric = ? ORDER BY u.cell_id, u.unit",
-                  [suite, metric])
+        return _query(
+            results,
+            "SELECT cell_id, unit, cluster, value FROM metric_units WHERE metric = ? ORDER BY cell_id, unit",
+            [metric],
+        )
+    return _query(
+        results,
+        "SELECT u.cell_id, u.unit, u.cluster, u.value FROM metric_units u JOIN suite_cells s "
+        "USING (cell_id) WHERE s.suite = ? AND u.metric = ? ORDER BY u.cell_id, u.unit",
+        [suite, metric],
+    )
 
 
 def samples(results="results", track: str = "decode", suite: str | None = None) -> pd.DataFrame:
@@ -116,8 +135,19 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
     ``<metric>__n_states`` (distinct states behind a count of evaluation points; NaN where not applicable)."""
     long = metrics(results, suite)
     long = long[long["track"].isin(BOARD_TRACKS.get(track, (track,)))]
-    keys = ["cell_id", "model", "method", "method_label", "family", "dataset_label", "temperature", "seed", "status",
-            "n_samples", "n_failed"]
+    keys = [
+        "cell_id",
+        "model",
+        "method",
+        "method_label",
+        "family",
+        "dataset_label",
+        "temperature",
+        "seed",
+        "status",
+        "n_samples",
+        "n_failed",
+    ]
     if long.empty:
         return pd.DataFrame(columns=keys)
     info = long[keys].drop_duplicates("cell_id").set_index("cell_id")
@@ -134,5 +164,6 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
         columns[f"{metric}__n_states"] = wide[("n_states", metric)]
     # One concat, not a column at a time: pandas warns (PerformanceWarning) on a frame built column by column.
     out = pd.concat([info, pd.DataFrame(columns, index=wide.index)], axis=1)
-    return out.reset_index().rename(columns={"dataset_label": "dataset", "method": "method_name",
-                                             "method_label": "method"})
+    return out.reset_index().rename(
+        columns={"dataset_label": "dataset", "method": "method_name", "method_label": "method"}
+    )

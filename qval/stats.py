@@ -1,4 +1,5 @@
 """Statistics shared by all metrics: bootstrap CIs over resampled units, and a small-n interval for bounded means."""
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -41,8 +42,9 @@ def _interval(stats: np.ndarray) -> tuple[float | None, float | None]:
     return float(lo), float(hi)
 
 
-def bootstrap_units(n_units: int, statistic: Callable[[np.ndarray], float], value: float | None,
-                    n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
+def bootstrap_units(
+    n_units: int, statistic: Callable[[np.ndarray], float], value: float | None, n_boot: int = N_BOOT, seed: int = 0
+) -> MetricValue:
     """CI for a statistic of resampled units (states, samples), computed by calling ``statistic(indices)``."""
     if value is None or not np.isfinite(value) or n_units < 2:
         return MetricValue(_finite_or_none(value), None, None, n_units)
@@ -55,8 +57,9 @@ def bootstrap_units(n_units: int, statistic: Callable[[np.ndarray], float], valu
 _counts64: list = [None, None]
 
 
-def bootstrap_mean_ratio(a: np.ndarray, b: np.ndarray, value: float | None, n_boot: int = N_BOOT,
-                         seed: int = 0) -> MetricValue:
+def bootstrap_mean_ratio(
+    a: np.ndarray, b: np.ndarray, value: float | None, n_boot: int = N_BOOT, seed: int = 0
+) -> MetricValue:
     """CI of mean(a)/mean(b) over paired units: the same draws as ``bootstrap_units`` with that statistic (so the
     same interval up to float64 rounding), computed from cached resample counts as one float64 matrix product."""
     a, b = np.asarray(a, float), np.asarray(b, float)
@@ -72,8 +75,13 @@ def bootstrap_mean_ratio(a: np.ndarray, b: np.ndarray, value: float | None, n_bo
     return MetricValue(float(value), lo, hi, n)
 
 
-def bootstrap_batched(n_units: int, statistic: Callable[[np.ndarray], np.ndarray], value: float | None,
-                      n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
+def bootstrap_batched(
+    n_units: int,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    value: float | None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> MetricValue:
     """``bootstrap_units`` for a statistic that takes a block of resamples at once (rows of unit indices) and
     returns one value per row: the same draws, in the same order, hence the same interval, as one array operation
     instead of a Python call per resample."""
@@ -81,8 +89,10 @@ def bootstrap_batched(n_units: int, statistic: Callable[[np.ndarray], np.ndarray
         return MetricValue(_finite_or_none(value), None, None, n_units)
     rng = np.random.default_rng(seed)
     per_block = max(1, _CHUNK // n_units)
-    stats = [np.asarray(statistic(rng.integers(0, n_units, (min(per_block, n_boot - start), n_units))), float)
-             for start in range(0, n_boot, per_block)]
+    stats = [
+        np.asarray(statistic(rng.integers(0, n_units, (min(per_block, n_boot - start), n_units))), float)
+        for start in range(0, n_boot, per_block)
+    ]
     lo, hi = _interval(np.concatenate(stats))
     return MetricValue(float(value), lo, hi, n_units)
 
@@ -142,8 +152,9 @@ def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, d
     return MetricValue(float(value), lo, hi, n)
 
 
-def bootstrap_ratios(columns: np.ndarray, ratios: list[tuple[int, int]], n_boot: int = N_BOOT,
-                     seed: int = 0) -> list[MetricValue]:
+def bootstrap_ratios(
+    columns: np.ndarray, ratios: list[tuple[int, int]], n_boot: int = N_BOOT, seed: int = 0
+) -> list[MetricValue]:
     """Several ratios of sums Σcolumns[:, i] / Σcolumns[:, j] over the same units, from one resampling: each
     equals ``bootstrap_ratio(columns[:, i], columns[:, j])`` (same draws), at the cost of one matrix product."""
     columns = np.asarray(columns, float)
@@ -186,7 +197,7 @@ def paired_permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0) -> f
         return None
     observed = abs(d.mean())
     if d.size <= 16:
-        signs = ((np.arange(2 ** d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
+        signs = ((np.arange(2**d.size)[:, None] >> np.arange(d.size)) & 1) * 2 - 1
         return float(np.mean(np.abs((signs * d).mean(axis=1)) >= observed - 1e-12))
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(n_resamples, d.size))
@@ -231,7 +242,7 @@ def bounded_mean(values, low: float, high: float, clusters=None) -> MetricValue:
         groups = labels.size
         resid = np.bincount(inverse, weights=x - mean, minlength=groups)  # Σ over a cluster of (x − mean)
         # Cluster-robust variance of the mean, scaled so that var / G is it (equals s² when clusters are single).
-        var = float(groups / max(groups - 1, 1) * (resid ** 2).sum() / n ** 2 * groups) if groups > 1 else 0.0
+        var = float(groups / max(groups - 1, 1) * (resid**2).sum() / n**2 * groups) if groups > 1 else 0.0
     if groups < 2:
         return MetricValue(mean, None, None, n)
     k = 1.0  # pseudo-observations of the bound-maximal variance
@@ -240,7 +251,7 @@ def bounded_mean(values, low: float, high: float, clusters=None) -> MetricValue:
     # (mean − μ)² ≤ c · (G·var + k(μ − low)(high − μ)) / (G + k), as a μ² + b μ + d ≤ 0
     a2 = 1.0 + w
     b1 = -(2.0 * mean + w * (low + high))
-    d0 = mean ** 2 - c * groups * var / (groups + k) + w * low * high
+    d0 = mean**2 - c * groups * var / (groups + k) + w * low * high
     disc = max(b1 * b1 - 4.0 * a2 * d0, 0.0)
     lo = (-b1 - np.sqrt(disc)) / (2.0 * a2)
     hi = (-b1 + np.sqrt(disc)) / (2.0 * a2)

@@ -2,6 +2,7 @@
 
 Every error names the file, the field and the reason (``SuiteError``); nothing is written before a suite validates.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,16 @@ class QAlignSection(TrackSection):
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    metrics: list[str] = Field(default_factory=lambda: ["per_state_spearman", "pairwise_accuracy", "top1",
-                                                        "pooled_spearman", "pooled_kendall"], min_length=1)
+    metrics: list[str] = Field(
+        default_factory=lambda: [
+            "per_state_spearman",
+            "pairwise_accuracy",
+            "top1",
+            "pooled_spearman",
+            "pooled_kendall",
+        ],
+        min_length=1,
+    )
     main_metric: str = "per_state_spearman"
     # Seconds one point may take to score: a hung plugin fails that point (recorded), the run goes on.
     timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
@@ -183,9 +192,12 @@ class _StrictLoader(yaml.SafeLoader):
                 continue  # the base constructor reports unhashable keys
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
+                    "while constructing a mapping",
+                    node.start_mark,
                     f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
-                    f"{key_node.start_mark.line + 1})", key_node.start_mark)
+                    f"{key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
@@ -211,6 +223,7 @@ def _count_nodes(node, budget=MAX_YAML_NODES) -> int:
                     break
         memo[id(n)] = total
         return total
+
     return count(node)
 
 
@@ -222,7 +235,8 @@ def _parse_yaml(text: str):
             return None
         if _count_nodes(node) > MAX_YAML_NODES:
             raise yaml.constructor.ConstructorError(
-                None, None, f"the document expands to more than {MAX_YAML_NODES} values (aliases?)", node.start_mark)
+                None, None, f"the document expands to more than {MAX_YAML_NODES} values (aliases?)", node.start_mark
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -266,13 +280,18 @@ def _check_grid_size(suite: Suite) -> None:
     models, seeds = len(cfg.models), len(cfg.seeds)
     total = 0
     if cfg.qalign is not None:
-        total += (models * len(cfg.qalign.methods) * len(cfg.qalign.envs) * len(cfg.qalign.temperatures) * seeds)
+        total += models * len(cfg.qalign.methods) * len(cfg.qalign.envs) * len(cfg.qalign.temperatures) * seeds
     if cfg.decode is not None:
-        total += (models * (len(cfg.decode.policies) + 1) * len(cfg.decode.datasets) * len(cfg.decode.temperatures)
-                  * seeds)
+        total += (
+            models * (len(cfg.decode.policies) + 1) * len(cfg.decode.datasets) * len(cfg.decode.temperatures) * seeds
+        )
     if total > limit:
-        raise SuiteError(suite.path, "<grid>", f"expands to about {total:,} cells, above the limit of {limit:,}; "
-                         "shrink the grid or set QVAL_MAX_CELLS to allow it")
+        raise SuiteError(
+            suite.path,
+            "<grid>",
+            f"expands to about {total:,} cells, above the limit of {limit:,}; "
+            "shrink the grid or set QVAL_MAX_CELLS to allow it",
+        )
 
 
 def _suite_error(path: Path, exc: ValidationError, prefix: str = "") -> SuiteError:
@@ -304,7 +323,10 @@ def _resolve(suite: Suite) -> None:
     names = [n for n, _ in suite.models]
     if len(set(names)) != len(names):
         raise SuiteError(path, "models", "two models share a name; give each a distinct 'name'")
-    sections = {"qalign": {"envs": "envs", "methods": "scorers"}, "decode": {"datasets": "datasets", "policies": "policies"}}
+    sections = {
+        "qalign": {"envs": "envs", "methods": "scorers"},
+        "decode": {"datasets": "datasets", "policies": "policies"},
+    }
     for track, axes in sections.items():
         section = getattr(cfg, track)
         if section is None:
@@ -325,7 +347,9 @@ def _resolve(suite: Suite) -> None:
                 raise SuiteError(path, f"{track}.metrics[{i}]", f"unknown metric '{metric}'")
             metric_cls = _load(path, f"{track}.metrics[{i}]", "metrics", metric)
             if metric_cls.track != track:
-                raise SuiteError(path, f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track")
+                raise SuiteError(
+                    path, f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track"
+                )
         if section.main_metric not in section.metrics:
             raise SuiteError(path, f"{track}.main_metric", f"'{section.main_metric}' is not one of {track}.metrics")
 

@@ -2,6 +2,7 @@
 
 Each check raises AssertionError with a message saying which rule the plugin breaks.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,8 @@ def _check_common(cls: Any, base: type) -> None:
     assert isinstance(cls.version, str) and cls.version, f"{cls.__name__}.version must be a non-empty string"
     assert issubclass(cls.Params, BaseModel), f"{cls.__name__}.Params must be a pydantic model"
     assert cls.Params.model_config.get("extra") == "forbid", (
-        f"{cls.__name__}.Params must forbid unknown keys (model_config = ConfigDict(extra='forbid'))")
+        f"{cls.__name__}.Params must forbid unknown keys (model_config = ConfigDict(extra='forbid'))"
+    )
     # Every param needs a default so a suite can name the plugin alone; a plugin that cannot have defaults (a
     # served-only policy needs a server URL) gives valid example params instead.
     cls.Params.model_validate(getattr(cls, "example_params", None) or {})
@@ -42,8 +44,9 @@ def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None)
     assert cls.family in FAMILIES, f"{cls.__name__}.family must be one of {FAMILIES}"
     assert not (cls.uses_model and model is None), f"{cls.__name__} uses a model: pass one to check_scorer"
     env = FrozenLakeEnv(FrozenLakeEnv.Params())
-    points = collect_points(env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2,
-                            max_steps=20, seed=0)[:n_points]
+    points = collect_points(
+        env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2, max_steps=20, seed=0
+    )[:n_points]
     validated = cls.Params.model_validate(params or {})
     context = ScorerContext(env=env, model=model, seed=0, temperature=0.0)
     first, second = build_scorer(cls, validated, context), build_scorer(cls, validated, context)
@@ -55,16 +58,19 @@ def check_scorer(cls, model=None, n_points: int = 6, params: dict | None = None)
             raise outcome
         scores = list(outcome)
         assert len(scores) == len(point.candidates), (
-            f"{cls.__name__} returned {len(scores)} scores for {len(point.candidates)} candidates")
+            f"{cls.__name__} returned {len(scores)} scores for {len(point.candidates)} candidates"
+        )
         for s in scores:
             if isinstance(s, Failed):
                 assert s.reason, f"{cls.__name__}: a Failed score must say why"
             else:
                 assert isinstance(s, (int, float)) and math.isfinite(s), (
-                    f"{cls.__name__} returned a non-finite or non-numeric score: {scores}")
+                    f"{cls.__name__} returned a non-finite or non-numeric score: {scores}"
+                )
         again = second.score_batch([point])[0]
         assert not isinstance(again, BaseException) and list(again) == scores, (
-            f"{cls.__name__} is not deterministic for a fixed seed")
+            f"{cls.__name__} is not deterministic for a fixed seed"
+        )
 
 
 def check_policy(cls, model, max_new_tokens: int = 24) -> None:
@@ -115,7 +121,8 @@ def check_env(cls) -> None:
         assert row.shape == (len(actions),), "reference_q[state] must have one value per legal action"
         assert np.isfinite(row).all(), "reference Q must be finite"
         assert isinstance(env.describe(state), str) and env.task(state), (
-            "an env must describe states and its task in text")
+            "an env must describe states and its task in text"
+        )
         state, _, done = env.step(state, int(np.argmax(row)), rng)
         if done:
             break
@@ -143,8 +150,13 @@ def check_plugin(kind: str, cls) -> None:
     """Dispatch on the plugin kind (used by qval's own contract test over every registered plugin)."""
     from .decode.policies import DecodePolicy
 
-    checks = {"scorers": check_scorer, "envs": check_env, "datasets": check_dataset, "metrics": check_metric,
-              "policies": lambda c: _check_common(c, DecodePolicy)}  # check_policy needs a model: see its docstring
+    checks = {
+        "scorers": check_scorer,
+        "envs": check_env,
+        "datasets": check_dataset,
+        "metrics": check_metric,
+        "policies": lambda c: _check_common(c, DecodePolicy),
+    }  # check_policy needs a model: see its docstring
     if kind in checks:
         checks[kind](cls)
     else:

@@ -3,6 +3,7 @@
 SIGALRM interrupts Python code (loops, sleeps, I/O waits). A plugin stuck inside one C call that never returns to
 the interpreter is not interrupted; the runner's kill of a silent worker is the backstop for that case.
 """
+
 from __future__ import annotations
 
 import signal

@@ -5,6 +5,7 @@ lines on stdout (the runner's channel); logs go to stderr.
 
     python -m qval.worker --plan RESULTS/plans/ID.json --shard I --results RESULTS --run-id R
 """
+
 from __future__ import annotations
 
 import argparse
@@ -156,8 +157,10 @@ def main(argv=None) -> int:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         # Every part already on disk is whole (parts are renamed into place), so nothing finished is lost.
-        message = (f"disk full while writing results under {args.results} ({exc.strerror}); finished samples "
-                   "are kept: free space and re-run the same command to resume")
+        message = (
+            f"disk full while writing results under {args.results} ({exc.strerror}); finished samples "
+            "are kept: free space and re-run the same command to resume"
+        )
         emit("worker_failed", error=message)
         print(message, file=sys.stderr)
         return 1

@@ -1,4 +1,5 @@
 """Shared fixtures: the real SmolLM2 model (loaded once per session) and helpers to run the real CLI."""
+
 from __future__ import annotations
 
 import os
@@ -23,8 +24,14 @@ def smollm():
 
 def run_qval(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProcess:
     """Run the real CLI in a subprocess, as a user would."""
-    return subprocess.run([sys.executable, "-m", "qval", *map(str, args)], cwd=cwd or ROOT, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "qval", *map(str, args)],
+        cwd=cwd or ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def write_suite(path: Path, text: str) -> Path:
@@ -49,10 +56,19 @@ decode:
 """
 
 
-def model_free_suite(tmp_path: Path, name: str, methods: str = "[oracle-q]", episodes: int = 2, points: int = 2,
-                     lake: str = "4x4", file: str = "s.yaml") -> Path:
+def model_free_suite(
+    tmp_path: Path,
+    name: str,
+    methods: str = "[oracle-q]",
+    episodes: int = 2,
+    points: int = 2,
+    lake: str = "4x4",
+    file: str = "s.yaml",
+) -> Path:
     """A Q-alignment suite whose methods need no model (none is loaded): seconds to run, for harness tests."""
-    return write_suite(tmp_path / file, f"""\
+    return write_suite(
+        tmp_path / file,
+        f"""\
         name: {name}
         seeds: [0]
         models: [smollm2-135m-instruct]
@@ -60,13 +76,18 @@ def model_free_suite(tmp_path: Path, name: str, methods: str = "[oracle-q]", epi
           envs: [{{name: frozenlake, params: {{map: {lake}}}}}]
           methods: {methods}
           points: {{episodes: {episodes}, max_points_per_episode: {points}}}
-        """)
+        """,
+    )
 
 
 def pip(*args) -> None:
     """pip in the test interpreter's environment (installing the test plugin packages for real)."""
-    proc = subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

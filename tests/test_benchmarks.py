@@ -1,5 +1,6 @@
 """Every benchmark smoke-runs at a small size, so that none can silently rot (the ingest and report benchmarks
 once crashed on a schema change and nothing noticed). Full sizes and goals: ``make bench``."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ EXPECTED = {"plan", "ingest", "report", "ar_vs_generate", "draft_vs_assisted", "
 
 
 def test_every_benchmark_smoke_runs():
-    proc = subprocess.run([sys.executable, "benchmarks/run_all.py", "--smoke"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/run_all.py", "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=1800
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert {r["benchmark"] for r in rows} == EXPECTED

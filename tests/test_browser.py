@@ -1,9 +1,9 @@
 """The HTML leaderboard in a real browser (Debian's chromium driven by Playwright): no console errors, sorting and
 filtering work, hostile strings do not execute. Screenshots land in test-artifacts/ (kept by CI, ignored by git)."""
+
 import shutil
 
 import pytest
-
 from conftest import ROOT, install_plugin, pip, run_qval, write_suite
 
 ARTIFACTS = ROOT / "test-artifacts"
@@ -17,7 +17,9 @@ def report_page(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     install_plugin("qval-example-plugin")
     try:
-        suite = write_suite(root / "s.yaml", f"""\
+        suite = write_suite(
+            root / "s.yaml",
+            f"""\
             name: browser
             description: "{XSS}"
             models: [smollm2-135m-instruct]
@@ -26,7 +28,8 @@ def report_page(tmp_path_factory):
               methods: [oracle-q, random, {{name: example-echo, params: {{reply: "{XSS}"}}}},
                         {{name: example-echo, params: {{reply: plain}}}}]  # two: labels then show the params
               points: {{episodes: 6, max_points_per_episode: 3, max_steps: 60}}
-            """)
+            """,
+        )
         assert run_qval("run", suite, "--results", root / "r").returncode == 0
         assert run_qval("report", "--results", root / "r", "--out", root / "rep").returncode == 0
     finally:
@@ -41,8 +44,9 @@ def browser():
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     assert chromium, "Debian's chromium is required (make setup installs it)"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=["--no-sandbox", "--disable-gpu",
-                                                                "--disable-background-networking"])
+        b = p.chromium.launch(
+            executable_path=chromium, args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+        )
         yield b
         b.close()
 
@@ -60,7 +64,8 @@ def _open(browser, path):
 
 def _column(page, table, index):
     return table.locator("tbody tr:not([hidden])").evaluate_all(
-        f"rows => rows.map(r => r.children[{index}].getAttribute('data-sort') || r.children[{index}].textContent)")
+        f"rows => rows.map(r => r.children[{index}].getAttribute('data-sort') || r.children[{index}].textContent)"
+    )
 
 
 def test_page_loads_clean_and_hostile_text_is_inert(browser, report_page):

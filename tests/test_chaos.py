@@ -1,5 +1,6 @@
 """Chaos: 20+ random kill -9s of `qval run` and of its workers while a slow plugin scores, re-running after each;
 the database must then equal an uninterrupted run's: 0 lost, 0 duplicated, 0 differing rows, no orphan left."""
+
 import random
 import subprocess
 import sys
@@ -9,7 +10,6 @@ from pathlib import Path
 import duckdb
 import psutil
 import pytest
-
 from conftest import ROOT, install_plugin, pip, run_qval, write_suite
 
 KILLS = 22
@@ -35,8 +35,10 @@ def hostile():
 def rows(results: Path):
     con = duckdb.connect(str(results / "qval.duckdb"), read_only=True)
     try:
-        return con.execute("SELECT cell_id, sample_id, candidate, action, score, ref_q, error, is_behaviour "
-                           "FROM qalign_samples ORDER BY cell_id, sample_id, candidate").df()
+        return con.execute(
+            "SELECT cell_id, sample_id, candidate, action, score, ref_q, error, is_behaviour "
+            "FROM qalign_samples ORDER BY cell_id, sample_id, candidate"
+        ).df()
     finally:
         con.close()
 
@@ -59,8 +61,12 @@ def test_random_kills_lose_and_duplicate_nothing(hostile, tmp_path):
     results, rng = tmp_path / "chaos", random.Random(12)
     kills = 0
     while kills < KILLS:
-        proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(suite), "--results", str(results),
-                                 "--quiet"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "qval", "run", str(suite), "--results", str(results), "--quiet"],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(rng.uniform(0.5, 4.0))
         if proc.poll() is not None:
             if proc.returncode == 0 and "nothing to run" in run_qval("run", suite, "--results", results).stdout:
@@ -85,8 +91,11 @@ def test_random_kills_lose_and_duplicate_nothing(hostile, tmp_path):
     assert got.reset_index(drop=True).equals(expected.reset_index(drop=True)), "rows differ"
     import pyarrow.parquet as pq
 
-    in_parts = {(r["cell_id"], r["sample_id"], r["candidate"]) for part in (results / "parts").glob("*/part-*.parquet")
-                for r in pq.read_table(part, columns=key).to_pylist()}
+    in_parts = {
+        (r["cell_id"], r["sample_id"], r["candidate"])
+        for part in (results / "parts").glob("*/part-*.parquet")
+        for r in pq.read_table(part, columns=key).to_pylist()
+    }
     assert in_parts == set(map(tuple, got[key].to_numpy())), "database differs from the parts"
     time.sleep(0.5)
     assert not ours(results), "orphaned qval processes"

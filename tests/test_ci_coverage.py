@@ -7,6 +7,7 @@ piled at 1, the case where a t-interval or a percentile bootstrap collapses) to 
 comes from 200,000 simulated states. Sample sizes are those the suites use: 9 states (qval-v1-mini), 19 (distinct
 FrozenLake-8x8 states in qval-v1) and 50.
 """
+
 import numpy as np
 import pytest
 from scipy import stats as sps
@@ -29,7 +30,7 @@ def per_state_rho(n: int, noise: float, rng) -> np.ndarray:
     score = -k + rng.normal(0.0, noise, k.shape)
     rq, rs = sps.rankdata(-k, axis=1), sps.rankdata(score, axis=1)  # label order: higher Q = smaller k
     rq, rs = rq - rq.mean(1, keepdims=True), rs - rs.mean(1, keepdims=True)
-    return (rq * rs).sum(1) / np.sqrt((rq ** 2).sum(1) * (rs ** 2).sum(1))
+    return (rq * rs).sum(1) / np.sqrt((rq**2).sum(1) * (rs**2).sum(1))
 
 
 @pytest.mark.parametrize("n", [9, 19, 50])

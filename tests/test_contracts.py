@@ -1,4 +1,5 @@
 """One contract test per plugin kind, over every plugin qval itself registers."""
+
 import pytest
 
 from qval.registry import KINDS, REGISTRY
@@ -6,8 +7,13 @@ from qval.testing import check_plugin, check_policy, check_scorer
 
 BUILTIN = [(e.kind, e.name) for e in REGISTRY.entries() if e.distribution == "qval"]
 # Generating scorers keep their replies short here: the contract is about shapes, failures and determinism.
-QUICK = {"direct": {"max_new_tokens": 8}, "direct-batched": {"max_new_tokens": 16}, "gvl": {"max_new_tokens": 8},
-         "ranking": {"max_new_tokens": 12}, "codegen": {"programs": 2, "max_new_tokens": 64}}
+QUICK = {
+    "direct": {"max_new_tokens": 8},
+    "direct-batched": {"max_new_tokens": 16},
+    "gvl": {"max_new_tokens": 8},
+    "ranking": {"max_new_tokens": 12},
+    "codegen": {"programs": 2, "max_new_tokens": 64},
+}
 
 
 @pytest.mark.parametrize("kind,name", BUILTIN, ids=[f"{k}:{n}" for k, n in BUILTIN])

@@ -1,5 +1,7 @@
 """Timed cells sharing an AR baseline run interleaved, sample by sample, in a rotating order."""
+
 from conftest import write_suite
+
 from qval.decode.task import run_decode_group
 from qval.plan import build_plan
 from qval.suite import load_suite
@@ -17,14 +19,17 @@ class RecordingWriter:
 
 
 def test_group_interleaves_rotates_and_resumes(tmp_path, smollm):
-    suite = write_suite(tmp_path / "s.yaml", """\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        """\
         name: group
         models: [smollm2-135m-instruct]
         decode:
           datasets: [{name: spec-bench, params: {categories: [qa], limit_per_category: 4, max_turns: 1}}]
           policies: [ar, prompt-lookup, jacobi]
           max_new_tokens: 6
-        """)
+        """,
+    )
     cells = list(build_plan(load_suite(suite)).cells.values())
     ar = next(c for c in cells if c.method == "ar")
     first_id = next(c for c in cells if c.method == "jacobi").cell_id

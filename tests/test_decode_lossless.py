@@ -1,16 +1,22 @@
 """Losslessness at T > 0: coupled sampling (token-exact vs AR) and the distributional test (rejection sampling)."""
+
 import json
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import write_suite
 from scipy import stats
 
-from conftest import write_suite
 from qval.decode.engine import Engine, _Coupled
-from qval.decode.metrics import (DistributionalLossless, Lossless, ModelledSpeedup, chi_square_statistic,
-                                 paired_token_test)
+from qval.decode.metrics import (
+    DistributionalLossless,
+    Lossless,
+    ModelledSpeedup,
+    chi_square_statistic,
+    paired_token_test,
+)
 from qval.decode.task import run_decode_group
 from qval.plan import build_plan
 from qval.suite import load_suite
@@ -34,8 +40,9 @@ def test_distributional_test_is_calibrated_and_has_power():
     rng = np.random.default_rng(0)
     p = np.array([0.4, 0.25, 0.15, 0.1, 0.05, 0.05])
     # Under the null the p-value is (super-)uniform: about 5% of datasets fall below 0.05.
-    null_p = [paired_token_test(_outputs(rng, p, 20), _outputs(rng, p, 20), n_resamples=300, seed=i)[1]
-              for i in range(200)]
+    null_p = [
+        paired_token_test(_outputs(rng, p, 20), _outputs(rng, p, 20), n_resamples=300, seed=i)[1] for i in range(200)
+    ]
     assert np.mean(np.array(null_p) < 0.05) <= 0.09
     # A lossy policy that shifts 10% of the mass is caught on 40 prompts.
     q = np.array([0.3, 0.25, 0.15, 0.1, 0.1, 0.1])
@@ -63,14 +70,16 @@ def test_coupled_engine_emits_ar_tokens_for_any_drafter(smollm):
     class Wild:  # proposes junk half the time: outputs must still match AR exactly
         def propose(self, context, temperature=0.0, generator=None):
             from qval.decode.engine import Draft
+
             return Draft([context[-1], 5, 7] if len(context) % 2 else context[-3:])
 
     for seed in (1, 2, 3):
         ar = engine.decode(engine.prefill(ids), None, 24, 1.0, coupled_seed=seed).token_ids
         for drafter in (NgramDrafter(4, 3, 1), Wild()):
             assert engine.decode(engine.prefill(ids), drafter, 24, 1.0, coupled_seed=seed).token_ids == ar
-    assert len({tuple(engine.decode(engine.prefill(ids), None, 24, 1.0, coupled_seed=s).token_ids)
-                for s in (1, 2, 3)}) > 1  # different seeds do sample different outputs
+    assert (
+        len({tuple(engine.decode(engine.prefill(ids), None, 24, 1.0, coupled_seed=s).token_ids) for s in (1, 2, 3)}) > 1
+    )  # different seeds do sample different outputs
 
 
 class RecordingWriter:
@@ -85,7 +94,9 @@ class RecordingWriter:
 
 
 def _run(tmp_path, smollm, sampling):
-    suite = write_suite(tmp_path / f"{sampling}.yaml", f"""\
+    suite = write_suite(
+        tmp_path / f"{sampling}.yaml",
+        f"""\
         name: lossless-{sampling}
         models: [smollm2-135m-instruct]
         decode:
@@ -94,14 +105,17 @@ def _run(tmp_path, smollm, sampling):
           temperatures: [1.0]
           sampling: {sampling}
           max_new_tokens: 20
-        """)
+        """,
+    )
     cells = list(build_plan(load_suite(suite)).cells.values())
     writers = {c.cell_id: RecordingWriter() for c in cells}
     outcome = run_decode_group(cells, smollm, writers, lambda *a, **k: None, warmup=0)
     assert all(v == (3, 0) for v in outcome.values())
     frames = {c.method: pd.DataFrame(writers[c.cell_id].rows) for c in cells}
-    rows = {c.method: {"temperature": 1.0, "method": c.method, "identity": json.dumps({"settings": c.settings})}
-            for c in cells}
+    rows = {
+        c.method: {"temperature": 1.0, "method": c.method, "identity": json.dumps({"settings": c.settings})}
+        for c in cells
+    }
     return frames, rows
 
 
@@ -124,10 +138,26 @@ def test_coupled_sampling_is_token_exact_at_t1_and_rejection_sampling_is_not(tmp
 
 
 def test_modelled_speedup_formula():
-    policy = pd.DataFrame({"sample_id": ["a", "b"], "turn": [0, 0], "accepted_total": [6, 2],
-                           "target_steps": [4, 4], "draft_s": [0.4, 0.4], "decode_s": [9.9, 9.9]})
-    ar = pd.DataFrame({"sample_id": ["a", "b"], "turn": [0, 0], "accepted_total": [0, 0],
-                       "target_steps": [10, 10], "draft_s": [0.0, 0.0], "decode_s": [1.0, 1.0]})
+    policy = pd.DataFrame(
+        {
+            "sample_id": ["a", "b"],
+            "turn": [0, 0],
+            "accepted_total": [6, 2],
+            "target_steps": [4, 4],
+            "draft_s": [0.4, 0.4],
+            "decode_s": [9.9, 9.9],
+        }
+    )
+    ar = pd.DataFrame(
+        {
+            "sample_id": ["a", "b"],
+            "turn": [0, 0],
+            "accepted_total": [0, 0],
+            "target_steps": [10, 10],
+            "draft_s": [0.0, 0.0],
+            "decode_s": [1.0, 1.0],
+        }
+    )
     value = ModelledSpeedup().compute(policy, ar, {"run_id": "r", "baseline_run_id": "r"})
     tau = (8 + 8) / 8  # 2.0 tokens per verify step
     draft_share = (0.8 / 8) / (2.0 / 20)  # 0.1 s of drafting per step vs a 0.1 s AR step

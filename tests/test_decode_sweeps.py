@@ -1,11 +1,12 @@
 """qval's own knob sweeps: found in the database, written in the release format, replayed, and shown as headroom."""
+
 import json
 
 import numpy as np
 import pytest
+from conftest import run_qval, write_suite
 
 import qval.results as R
-from conftest import run_qval, write_suite
 from qval.decode import replay
 from qval.decode.sweeps import headroom_rows, own_sweeps
 
@@ -86,4 +87,3 @@ def test_report_has_a_headroom_row_per_knob_and_metric_with_ci_and_n(knob_run):
     md = (root / "reports" / "knobs" / "leaderboard.md").read_text()
     assert "### Headroom per knob" in md and "prompt-lookup.num_draft" in md
     assert "modelled_speedup" in md and "MODELLED" in md
-

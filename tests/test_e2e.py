@@ -1,4 +1,5 @@
 """End to end with real parts: real SmolLM2, real subprocess workers, a real DuckDB file, real reports."""
+
 import json
 import math
 
@@ -6,10 +7,10 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY_SUITE, run_qval, write_suite
 
 import qval.results as R
 from qval.store.db import SCHEMA_VERSION
-from conftest import TINY_SUITE, run_qval, write_suite
 
 
 @pytest.fixture(scope="module")
@@ -109,14 +110,17 @@ def test_second_writer_gets_a_clear_error(tiny_run):
 
 def test_external_scheduler_flow(tmp_path):
     """--emit-manifest, then one `qval worker` per shard, then `qval ingest`: what a SLURM array would do."""
-    suite = write_suite(tmp_path / "s.yaml", """\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        """\
         name: ext
         models: [smollm2-135m-instruct]
         qalign:
           envs: [taxi]
           methods: [oracle-q, random]
           points: {episodes: 3, max_points_per_episode: 2, max_steps: 60}
-        """)
+        """,
+    )
     results = tmp_path / "r"
     proc = run_qval("plan", suite, "--results", results, "--emit-manifest")
     assert proc.returncode == 0 and "wrote" in proc.stdout

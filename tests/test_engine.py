@@ -1,4 +1,5 @@
 """The draft-and-verify engine on the real SmolLM2: greedy output equals HF generate; T>0 rule is unbiased."""
+
 import numpy as np
 import pytest
 import torch
@@ -19,7 +20,7 @@ def test_ar_and_prompt_lookup_match_hf_generate_greedy(smollm, prompt):
     engine = Engine(smollm.model, smollm.eos_token_ids)
     ar = engine.decode(engine.prefill(ids), None, 40)
     pld = engine.decode(engine.prefill(ids), NgramDrafter(4, 3, 1), 40)
-    hf = smollm.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0, len(ids):].tolist()
+    hf = smollm.model.generate(torch.tensor([ids]), max_new_tokens=40, do_sample=False)[0, len(ids) :].tolist()
     assert ar.token_ids == hf[: len(ar.token_ids)]
     assert pld.token_ids == ar.token_ids
     assert ar.target_steps == len(ar.token_ids) - 1 and sum(ar.accepted_per_step) == 0

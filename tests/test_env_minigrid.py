@@ -1,4 +1,5 @@
 """MiniGrid / BabyAI: exact Q* by search, checked by hand, against an independent search and by greedy rollouts."""
+
 import copy
 from collections import deque
 
@@ -34,11 +35,11 @@ def test_empty_start_by_hand(empty):
     s = empty.starts[0]
     assert empty.keys[s][2:] == ((1, 1), 0, None)
     row = dict(zip(empty.actions(s), q[s]))
-    assert row["move forward"] == pytest.approx(GAMMA ** 4)  # 5 actions
-    assert row["turn right"] == pytest.approx(GAMMA ** 5)  # right, then f f left f f
-    assert row["turn left"] == pytest.approx(GAMMA ** 6)  # left (north), right, then 5 more
+    assert row["move forward"] == pytest.approx(GAMMA**4)  # 5 actions
+    assert row["turn right"] == pytest.approx(GAMMA**5)  # right, then f f left f f
+    assert row["turn left"] == pytest.approx(GAMMA**6)  # left (north), right, then 5 more
     for noop in ("pick up", "drop", "toggle"):  # nothing to act on: a wasted step
-        assert row[noop] == pytest.approx(GAMMA ** 5)
+        assert row[noop] == pytest.approx(GAMMA**5)
 
 
 def test_empty_closed_form_everywhere(empty):
@@ -61,8 +62,8 @@ def test_empty_closed_form_everywhere(empty):
     while changed:
         changed = False
         for s in states:
-            best = min(1 if move(*s, a)[:2] == goal else 1 + dist.get(move(*s, a), 10 ** 6) for a in range(6))
-            if best < dist.get(s, 10 ** 6):
+            best = min(1 if move(*s, a)[:2] == goal else 1 + dist.get(move(*s, a), 10**6) for a in range(6))
+            if best < dist.get(s, 10**6):
                 dist[s], changed = best, True
     seen = 0
     for sid, (_, _, pos, d, _) in enumerate(empty.keys):
@@ -84,8 +85,16 @@ def greedy_success(env, q, state, limit=500):
     return False
 
 
-@pytest.mark.parametrize("level", ["MiniGrid-Empty-5x5-v0", "MiniGrid-DoorKey-5x5-v0", "MiniGrid-LavaGapS5-v0",
-                                   "BabyAI-GoToObj-v0", "BabyAI-GoToRedBallGrey-v0"])
+@pytest.mark.parametrize(
+    "level",
+    [
+        "MiniGrid-Empty-5x5-v0",
+        "MiniGrid-DoorKey-5x5-v0",
+        "MiniGrid-LavaGapS5-v0",
+        "BabyAI-GoToObj-v0",
+        "BabyAI-GoToRedBallGrey-v0",
+    ],
+)
 def test_greedy_reaches_goal_from_every_start(level):
     env = make(level)
     q = env.reference_q(GAMMA)
@@ -103,7 +112,7 @@ def test_doorkey_needs_the_key(doorkey):
     v = q.max(axis=1)
     toggle, pickup = ALL_ACTIONS.index("toggle"), ALL_ACTIONS.index("pick up")
     facing_locked = []
-    for sid, (layout, gid, (x, y), d, carrying) in enumerate(doorkey.keys):
+    for sid, (_layout, gid, (x, y), d, carrying) in enumerate(doorkey.keys):
         dx, dy = ((1, 0), (0, 1), (-1, 0), (0, -1))[d]
         ahead = doorkey.grids[gid][(y + dy) * doorkey.width + x + dx]
         if ahead != 0 and ahead[0] == 4 and ahead[2] == 2:  # a locked door ahead
@@ -165,8 +174,9 @@ def _naive_table(level, seed):
     return key(start), table
 
 
-@pytest.mark.parametrize("level", ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "MiniGrid-LavaGapS5-v0",
-                                   "BabyAI-GoToLocalS5N2-v0"])
+@pytest.mark.parametrize(
+    "level", ["MiniGrid-DoorKey-5x5-v0", "BabyAI-GoToObj-v0", "MiniGrid-LavaGapS5-v0", "BabyAI-GoToLocalS5N2-v0"]
+)
 def test_snapshot_bfs_matches_deepcopy_bfs(level):
     env = make(level, n_layouts=1, layout_seed=3, actions="all")
 
@@ -183,8 +193,9 @@ def test_snapshot_bfs_matches_deepcopy_bfs(level):
     expanded = {}
     for sid in range(env.n_states):
         if not (env.done[sid].all() and (env.next[sid] == sid).all()):
-            expanded[naive_key(sid)] = [(naive_key(int(env.next[sid, a])), env.reward[sid, a], env.done[sid, a])
-                                        for a in range(6)]
+            expanded[naive_key(sid)] = [
+                (naive_key(int(env.next[sid, a])), env.reward[sid, a], env.done[sid, a]) for a in range(6)
+            ]
     assert expanded == table
 
 

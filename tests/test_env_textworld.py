@@ -1,5 +1,6 @@
 """TextWorld envs: Q from the (shortest) walkthrough after each command, checked by greedy play, by hand and
 across processes. Games are generated once per session into a temporary cache (a few seconds each)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -77,7 +78,7 @@ def test_useless_actions_have_lower_q(cls, cache):
     assert "look" in actions and "inventory" in actions
     # "look" changes nothing: it wastes exactly one step.
     look = row[actions.index("look")]
-    assert look == pytest.approx(GAMMA ** d) and look < row.max() == pytest.approx(GAMMA ** (d - 1))
+    assert look == pytest.approx(GAMMA**d) and look < row.max() == pytest.approx(GAMMA ** (d - 1))
     assert (row < row.max()).any()
 
 
@@ -122,8 +123,10 @@ def test_a_second_construction_reuses_the_cached_game(cls, cache):
 
 
 def test_two_processes_generate_the_same_game_once(tmp_path):
-    code = ("from pathlib import Path; from qval.qalign.envs.textworld import TextWorldEnv; "
-            f"print(TextWorldEnv(TextWorldEnv.Params(seed=11), cache_dir=Path({str(tmp_path)!r})).game_dir)")
+    code = (
+        "from pathlib import Path; from qval.qalign.envs.textworld import TextWorldEnv; "
+        f"print(TextWorldEnv(TextWorldEnv.Params(seed=11), cache_dir=Path({str(tmp_path)!r})).game_dir)"
+    )
     procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and outs[0] == outs[1]
@@ -146,8 +149,9 @@ def test_collect_points(cls, envs):
     assert not env._warned, "a successor was more than one step closer than TextWorld's policy said"
     fresh = cls(cls.Params(), cache_dir=env.cache_dir)  # same points from a fresh env: ids and text are stable
     again = collect_points(fresh, fresh.reference_q(0.95), **kwargs)
-    assert [(p.point_id, p.state, p.observation, p.candidates) for p in again] == \
-        [(p.point_id, p.state, p.observation, p.candidates) for p in points]
+    assert [(p.point_id, p.state, p.observation, p.candidates) for p in again] == [
+        (p.point_id, p.state, p.observation, p.candidates) for p in points
+    ]
 
 
 def test_max_actions_keeps_the_optimal_actions(cache):
@@ -244,7 +248,7 @@ def test_moves_are_rerouted_along_a_shortest_route(cache):
     assert len(env.policy_commands(state)) == 5
     assert env.distance(state) == 3 == _bfs_distance(env, state, 5)
     row, actions = env.reference_q(GAMMA)[state], env.actions(state)
-    assert actions[int(np.argmax(row))] == "go south" and row.max() == pytest.approx(GAMMA ** 2)
+    assert actions[int(np.argmax(row))] == "go south" and row.max() == pytest.approx(GAMMA**2)
 
 
 def test_lookahead_agrees_on_the_default_games(cache):

@@ -1,4 +1,5 @@
 """Environments: exact Q* against published values, Monte-Carlo reference Q converging to it."""
+
 import numpy as np
 import pytest
 
@@ -17,7 +18,7 @@ def test_deterministic_frozenlake_q_is_gamma_to_the_remaining_steps():
     env = FrozenLakeEnv(FrozenLakeEnv.Params())
     q = env.reference_q(0.95)
     # From the start, the shortest path to G takes 6 moves: the first optimal move is worth 0.95**5.
-    assert q[0].max() == pytest.approx(0.95 ** 5)
+    assert q[0].max() == pytest.approx(0.95**5)
     # Next to a hole (state 4 → 5 is a hole), moving right into it is worth nothing.
     assert q[4, 2] == 0.0
 
@@ -75,8 +76,9 @@ def test_llm_actor_collects_points_and_plays_monte_carlo_rollouts(smollm, tmp_pa
     again = collect_points(env, q, 2, 0.2, 2, 12, seed=5, actor=actor)
     assert first == again and first
     state = first[0].state
-    labels = monte_carlo_q(env, state, q, 0.95, rollouts=2, agg="max", max_steps=12,
-                           rng=np.random.default_rng(0), actor=actor)
+    labels = monte_carlo_q(
+        env, state, q, 0.95, rollouts=2, agg="max", max_steps=12, rng=np.random.default_rng(0), actor=actor
+    )
     assert labels.shape == (4,) and np.all(labels <= q[state] + 1e-12)
 
 
@@ -84,8 +86,10 @@ def test_llm_actor_makes_every_cell_per_model(tmp_path):
     from qval.api import plan_suite
 
     suite = tmp_path / "s.yaml"
-    suite.write_text("name: actor\nmodels: [smollm2-135m-instruct]\nqalign:\n  envs: [frozenlake]\n"
-                     "  methods: [oracle-q, action-logprob]\n  points: {behaviour: llm}\n")
+    suite.write_text(
+        "name: actor\nmodels: [smollm2-135m-instruct]\nqalign:\n  envs: [frozenlake]\n"
+        "  methods: [oracle-q, action-logprob]\n  points: {behaviour: llm}\n"
+    )
     plan = plan_suite(suite)
     assert all(c.model == "smollm2-135m-instruct" for c in plan.cells.values())  # oracle too: points depend on it
     bad = tmp_path / "bad.yaml"

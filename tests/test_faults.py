@@ -1,4 +1,5 @@
 """kill -9 of a worker mid-cell: no finished sample lost, none duplicated, the database consistent."""
+
 import os
 import signal
 import subprocess
@@ -6,9 +7,9 @@ import sys
 import time
 
 import pyarrow.parquet as pq
+from conftest import ROOT, run_qval, write_suite
 
 import qval.results as R
-from conftest import ROOT, run_qval, write_suite
 
 SUITE = """\
 name: killme
@@ -29,8 +30,13 @@ def _worker_pids(results):
 def test_kill_worker_mid_cell_then_resume(tmp_path):
     suite = write_suite(tmp_path / "killme.yaml", SUITE)
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 600
     parts = []
     while time.time() < deadline and not parts:
@@ -63,8 +69,12 @@ def test_kill_worker_mid_cell_then_resume(tmp_path):
 
 
 def test_corrupt_part_is_quarantined_and_recomputed(tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", SUITE.replace("limit_per_category: 10", "limit_per_category: 2")
-                        .replace("max_new_tokens: 32", "max_new_tokens: 8"))
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        SUITE.replace("limit_per_category: 10", "limit_per_category: 2").replace(
+            "max_new_tokens: 32", "max_new_tokens: 8"
+        ),
+    )
     results = tmp_path / "results"
     assert run_qval("run", suite, "--results", results).returncode == 0
     part = next((results / "parts").glob("*/part-*.parquet"))
@@ -82,8 +92,13 @@ def test_corrupt_part_is_quarantined_and_recomputed(tmp_path):
 def test_sigterm_to_run_stops_its_workers(tmp_path):
     suite = write_suite(tmp_path / "term.yaml", SUITE.replace("name: killme", "name: term"))
     results = tmp_path / "results"
-    proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not _worker_pids(results):
         time.sleep(0.1)
@@ -131,11 +146,17 @@ def test_kill_ingest_mid_transaction_leaves_the_database_as_before(tmp_path):
     assert run_qval("run", first, "--results", results).returncode == 0
     before = R.samples(results, "qalign").sort_values(["cell_id", "sample_id", "candidate"]).reset_index(drop=True)
 
-    second = write_suite(tmp_path / "b.yaml", MODEL_FREE.format(name="b", methods="oracle-q, random, heuristic",
-                                                                   episodes=4))
-    proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(second), "--results", str(results)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "QVAL_FAULT_PAUSE": "before-commit:600"})
+    second = write_suite(
+        tmp_path / "b.yaml", MODEL_FREE.format(name="b", methods="oracle-q, random, heuristic", episodes=4)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "qval", "run", str(second), "--results", str(results)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QVAL_FAULT_PAUSE": "before-commit:600"},
+    )
     line = ""
     while "fault point before-commit" not in line:  # the ingest has written everything, uncommitted
         line = proc.stderr.readline()
@@ -153,8 +174,12 @@ def test_kill_ingest_mid_transaction_leaves_the_database_as_before(tmp_path):
 
 def _mount_tmpfs(path, size: str) -> bool:
     path.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True).returncode == 0
+    return (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
 
 
 def test_disk_full_while_writing_parts_loses_nothing(tmp_path):
@@ -168,8 +193,9 @@ def test_disk_full_while_writing_parts_loses_nothing(tmp_path):
     if not _mount_tmpfs(results / "parts", "64k"):
         pytest.skip("mounting a small tmpfs needs root (CI runs as root); the disk-full path is not exercised here")
     try:
-        suite = write_suite(tmp_path / "full.yaml", MODEL_FREE.format(name="full", methods="oracle-q, random, heuristic",
-                                                                      episodes=40))
+        suite = write_suite(
+            tmp_path / "full.yaml", MODEL_FREE.format(name="full", methods="oracle-q, random, heuristic", episodes=40)
+        )
         proc = run_qval("run", suite, "--results", results)
         assert proc.returncode == 1
         assert "disk full while writing results" in proc.stderr and "Traceback" not in proc.stderr

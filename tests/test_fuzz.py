@@ -3,6 +3,7 @@
 Suites: every input either loads or raises SuiteError naming the file and a field. CLI: every argv ends with a
 clean exit code (0, 2 for bad input, 3 for a locked folder) and, when it fails, a message, never a traceback.
 """
+
 import copy
 import io
 import sys
@@ -10,22 +11,51 @@ from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import yaml
+from conftest import TINY_SUITE
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import TINY_SUITE
 from qval.errors import SuiteError
 from qval.suite import load_suite
 
 BASE = yaml.safe_load(TINY_SUITE)
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                    st.text(max_size=12), st.sampled_from(["ar", "frozenlake", "spec-bench", "oracle-q", "-1", "1e9"]))
-VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
-                      max_leaves=6)
-KEYS = st.sampled_from(["name", "seeds", "models", "qalign", "decode", "envs", "methods", "policies", "datasets",
-                        "temperatures", "max_new_tokens", "metrics", "main_metric", "params", "points", "gamma",
-                        "warmup", "reference", "description", "extra"])
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["ar", "frozenlake", "spec-bench", "oracle-q", "-1", "1e9"]),
+)
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    max_leaves=6,
+)
+KEYS = st.sampled_from(
+    [
+        "name",
+        "seeds",
+        "models",
+        "qalign",
+        "decode",
+        "envs",
+        "methods",
+        "policies",
+        "datasets",
+        "temperatures",
+        "max_new_tokens",
+        "metrics",
+        "main_metric",
+        "params",
+        "points",
+        "gamma",
+        "warmup",
+        "reference",
+        "description",
+        "extra",
+    ]
+)
 
 
 def _paths(obj, prefix=()):
@@ -83,8 +113,25 @@ def test_arbitrary_text_fails_cleanly(tmp_path, text):
 
 
 COMMANDS = ["plan", "run", "list", "plugins", "ingest", "report", "export", "compare", "replay", "worker", "nope", ""]
-OPTIONS = ["--results", "--workers", "--runner", "--out", "--suite", "--json", "--quiet", "--plan", "--shard",
-           "--candidates", "--folds", "--metric", "--emit-manifest", "--version", "--help", "-q", "--bogus"]
+OPTIONS = [
+    "--results",
+    "--workers",
+    "--runner",
+    "--out",
+    "--suite",
+    "--json",
+    "--quiet",
+    "--plan",
+    "--shard",
+    "--candidates",
+    "--folds",
+    "--metric",
+    "--emit-manifest",
+    "--version",
+    "--help",
+    "-q",
+    "--bogus",
+]
 
 
 @st.composite
@@ -95,8 +142,25 @@ def argvs(draw, root):
         if kind == 0:
             argv.append(draw(st.sampled_from(OPTIONS)))
         elif kind == 1:
-            argv.append(draw(st.sampled_from([str(root / "missing.yaml"), str(root / "dir"), "-3", "0", "abc",
-                                              "14-x", "99999999999", "scorers", "metrics", "", "ü"])))
+            argv.append(
+                draw(
+                    st.sampled_from(
+                        [
+                            str(root / "missing.yaml"),
+                            str(root / "dir"),
+                            "-3",
+                            "0",
+                            "abc",
+                            "14-x",
+                            "99999999999",
+                            "scorers",
+                            "metrics",
+                            "",
+                            "ü",
+                        ]
+                    )
+                )
+            )
         else:
             argv.append(draw(st.text(max_size=6)))
     return [a for a in argv if a != ""] or ["--bogus"]

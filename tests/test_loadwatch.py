@@ -1,5 +1,6 @@
 """Timing under load: the load is measured, stored per decode turn, flagged in reports, and --require-idle
 refuses to time on a busy machine."""
+
 import os
 import signal
 import subprocess
@@ -9,8 +10,8 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import model_free_suite, run_qval
+
 from qval import loadwatch
 from qval.report import render as lr
 
@@ -21,8 +22,12 @@ def busy_machine():
     code = "import time\nend = time.time() + 120\nwhile time.time() < end: pass"
     pids = []
     for _ in range(2):
-        out = subprocess.run(["sh", "-c", f'{sys.executable} -c "{code}" >/dev/null 2>&1 & echo $!'],
-                             capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            ["sh", "-c", f'{sys.executable} -c "{code}" >/dev/null 2>&1 & echo $!'],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         pids.append(int(out.stdout.strip()))
     time.sleep(0.5)
     yield pids
@@ -65,12 +70,34 @@ def test_require_idle_runs_on_an_idle_machine_and_records_the_load(tmp_path):
 
 
 def test_cells_timed_under_load_are_flagged_in_both_reports():
-    rows = pd.DataFrame({"cell_id": ["a", "b"], "model": "m", "method": ["ar", "pl"], "family": "policy",
-                         "dataset": "d", "temperature": 0.0, "seed": 0, "n_samples": 4, "n_failed": 0,
-                         "speedup": [1.0, 0.52], "speedup__lo": [1.0, 0.40], "speedup__hi": [1.0, 0.67],
-                         "speedup__n": [4, 4], "load_other_cores": [0.02, 1.1], "load_other_cores__n": [8, 8]})
-    board = lr.TrackBoard(track="decode", title="Decoding", main_metric="speedup", metrics=["speedup"],
-                          higher_is_better={"speedup": True}, labels={"speedup": "speedup"}, rows=rows)
+    rows = pd.DataFrame(
+        {
+            "cell_id": ["a", "b"],
+            "model": "m",
+            "method": ["ar", "pl"],
+            "family": "policy",
+            "dataset": "d",
+            "temperature": 0.0,
+            "seed": 0,
+            "n_samples": 4,
+            "n_failed": 0,
+            "speedup": [1.0, 0.52],
+            "speedup__lo": [1.0, 0.40],
+            "speedup__hi": [1.0, 0.67],
+            "speedup__n": [4, 4],
+            "load_other_cores": [0.02, 1.1],
+            "load_other_cores__n": [8, 8],
+        }
+    )
+    board = lr.TrackBoard(
+        track="decode",
+        title="Decoding",
+        main_metric="speedup",
+        metrics=["speedup"],
+        higher_is_better={"speedup": True},
+        labels={"speedup": "speedup"},
+        rows=rows,
+    )
     report = lr.SuiteReport(suite="s", description="", environment={}, tracks=[board])
     md = lr.render_markdown(report)
     assert "1 cell(s) \u26a0 timed under load" in md

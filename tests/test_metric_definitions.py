@@ -1,5 +1,6 @@
 """Each metric is the statistic its label names: cross-checked against an independent computation of the published
 definition (scipy; vLLM's and Spec-Bench's formulas written out here) on rows stored by real runs."""
+
 import json
 import os
 import subprocess
@@ -10,21 +11,40 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_qval, write_suite
 from scipy import stats as sps
 
-from conftest import run_qval, write_suite
-from qval.decode.metrics import (LoadWhileTimed, MeanAcceptedTokens, MeasuredSpeedup, PerSampleAcceptanceLength,
-                                 SpecBenchSpeedup, VllmAcceptanceLength)
-from qval.qalign.metrics import (MIN_POOLED_PAIRS, PerStateSpearman, PooledKendall, PooledPearson, PooledSpearman,
-                                 PooledSpearmanAll)
+from qval.decode.metrics import (
+    LoadWhileTimed,
+    MeanAcceptedTokens,
+    MeasuredSpeedup,
+    PerSampleAcceptanceLength,
+    SpecBenchSpeedup,
+    VllmAcceptanceLength,
+)
+from qval.qalign.metrics import (
+    MIN_POOLED_PAIRS,
+    PerStateSpearman,
+    PooledKendall,
+    PooledPearson,
+    PooledSpearman,
+    PooledSpearmanAll,
+)
 
 
 def _steps_frame(per_sample_steps: list[list[tuple[int, int]]]) -> pd.DataFrame:
     """(drafted, accepted) per verify step, per sample, in the columns ingest gives metrics."""
     rows = []
     for i, steps in enumerate(per_sample_steps):
-        rows.append({"sample_id": str(i), "turn": 0, "target_steps": len(steps),
-                     "accepted_total": sum(a for _, a in steps), "drafts": sum(d >= 1 for d, _ in steps)})
+        rows.append(
+            {
+                "sample_id": str(i),
+                "turn": 0,
+                "target_steps": len(steps),
+                "accepted_total": sum(a for _, a in steps),
+                "drafts": sum(d >= 1 for d, _ in steps),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -43,8 +63,19 @@ def test_vllm_and_specbench_acceptance_lengths_differ_as_published():
 
 def test_cells_without_a_decode_step_have_no_speedup_or_tau():
     # max_new_tokens: 1 — the only token comes from the prefill; decode time is a few microseconds of nothing.
-    one = pd.DataFrame({"sample_id": ["0", "1"], "turn": 0, "new_tokens": 1, "target_steps": 0, "decode_s": 1e-5,
-                        "prefill_s": 0.2, "accepted_total": 0, "drafts": 0, "output_sha": "a"})
+    one = pd.DataFrame(
+        {
+            "sample_id": ["0", "1"],
+            "turn": 0,
+            "new_tokens": 1,
+            "target_steps": 0,
+            "decode_s": 1e-5,
+            "prefill_s": 0.2,
+            "accepted_total": 0,
+            "drafts": 0,
+            "output_sha": "a",
+        }
+    )
     ar = one.assign(decode_s=1.5e-5)
     assert MeasuredSpeedup().compute(one, ar).value is None
     assert SpecBenchSpeedup().compute(one, ar).value is None
@@ -55,8 +86,16 @@ def test_cells_without_a_decode_step_have_no_speedup_or_tau():
 
 def test_specbench_speedup_is_a_ratio_of_mean_rates_not_of_sums():
     # Two questions: speedup depends on length, so the estimands differ.
-    pol = pd.DataFrame({"sample_id": ["a", "a", "b"], "turn": [0, 1, 0], "new_tokens": [10, 30, 100],
-                        "prefill_s": [0.5, 0.5, 0.5], "decode_s": [1.5, 2.5, 4.5], "target_steps": 5})
+    pol = pd.DataFrame(
+        {
+            "sample_id": ["a", "a", "b"],
+            "turn": [0, 1, 0],
+            "new_tokens": [10, 30, 100],
+            "prefill_s": [0.5, 0.5, 0.5],
+            "decode_s": [1.5, 2.5, 4.5],
+            "target_steps": 5,
+        }
+    )
     base = pol.assign(decode_s=[2.5, 5.5, 19.5])
     # Spec-Bench: per question Σ tokens / Σ wall (prefill included), mean over questions, ratio of the means.
     own = np.mean([40 / 5.0, 100 / 5.0])
@@ -75,12 +114,24 @@ def test_pooled_statistics_use_behaviour_rows_only():
         q = rng.random(4)
         score = q + rng.normal(0, 0.3, 4)
         taken = int(rng.integers(4))
-        rows += [{"sample_id": f"p{p:02d}", "state_key": f"s{p % 17}", "candidate": c, "score": score[c],
-                  "ref_q": q[c], "is_behaviour": c == taken} for c in range(4)]
+        rows += [
+            {
+                "sample_id": f"p{p:02d}",
+                "state_key": f"s{p % 17}",
+                "candidate": c,
+                "score": score[c],
+                "ref_q": q[c],
+                "is_behaviour": c == taken,
+            }
+            for c in range(4)
+        ]
     frame = pd.DataFrame(rows)
     behaviour = frame[frame["is_behaviour"]]
-    for metric, reference in ((PooledSpearman(), sps.spearmanr), (PooledKendall(), sps.kendalltau),
-                              (PooledPearson(), sps.pearsonr)):
+    for metric, reference in (
+        (PooledSpearman(), sps.spearmanr),
+        (PooledKendall(), sps.kendalltau),
+        (PooledPearson(), sps.pearsonr),
+    ):
         v = metric.compute(frame)
         assert v.value == pytest.approx(reference(behaviour["score"], behaviour["ref_q"]).statistic, abs=1e-12)
         assert v.n == 60 and v.n_states == 17
@@ -100,16 +151,23 @@ def test_per_state_metrics_count_points_and_distinct_states():
     for p in range(40):  # 40 evaluation points over 8 distinct states (the behaviour policy revisits states)
         q = np.array([0.9, 0.95, 0.857, 0.9025])
         score = q + rng.normal(0, 0.05, 4)
-        rows += [{"sample_id": f"p{p:02d}", "state_key": f"s{p % 8}", "candidate": c, "score": score[c],
-                  "ref_q": q[c]} for c in range(4)]
+        rows += [
+            {"sample_id": f"p{p:02d}", "state_key": f"s{p % 8}", "candidate": c, "score": score[c], "ref_q": q[c]}
+            for c in range(4)
+        ]
     v = PerStateSpearman().compute(pd.DataFrame(rows))
     assert v.n == 40 and v.n_states == 8
     assert v.ci_low <= v.value <= v.ci_high
 
 
 def test_load_while_timed_is_the_time_weighted_mean_of_other_cores():
-    frame = pd.DataFrame({"load_other_cores": [0.0, 0.1, 1.2, np.nan], "prefill_s": [0.5, 0.0, np.nan, 1.0],
-                          "decode_s": [1.5, 1.0, 2.0, 1.0]})
+    frame = pd.DataFrame(
+        {
+            "load_other_cores": [0.0, 0.1, 1.2, np.nan],
+            "prefill_s": [0.5, 0.0, np.nan, 1.0],
+            "decode_s": [1.5, 1.0, 2.0, 1.0],
+        }
+    )
     v = LoadWhileTimed().compute(frame)
     assert v.value == pytest.approx((0.0 * 2.0 + 0.1 * 1.0 + 1.2 * 2.0) / 5.0) and v.n == 3
     assert LoadWhileTimed().compute(frame.iloc[3:]).value is None
@@ -140,18 +198,23 @@ def test_stored_rows_reproduce_the_pooled_and_per_state_numbers(tmp_path):
     assert samples["is_behaviour"].notna().all()
     assert (samples.groupby(["cell_id", "sample_id"])["is_behaviour"].sum() == 1).all()  # one per point
     checked = 0
-    for cell_id, method in cells.itertuples(index=False):
+    for cell_id, _method in cells.itertuples(index=False):
         rows = samples[(samples["cell_id"] == cell_id) & samples["error"].isna()]
         got = metrics[metrics["cell_id"] == cell_id].set_index("metric")
         behaviour = rows[rows["is_behaviour"]]
         assert got.loc["pooled_spearman", "value"] == pytest.approx(
-            sps.spearmanr(behaviour["score"], behaviour["ref_q"]).statistic, abs=1e-12)
+            sps.spearmanr(behaviour["score"], behaviour["ref_q"]).statistic, abs=1e-12
+        )
         assert got.loc["pooled_spearman", "n"] == len(behaviour)
         assert got.loc["pooled_spearman", "n_states"] == behaviour["state_key"].nunique()
         assert got.loc["pooled_spearman_all", "value"] == pytest.approx(
-            sps.spearmanr(rows["score"], rows["ref_q"]).statistic, abs=1e-12)
-        per_point = [sps.spearmanr(g["score"], g["ref_q"]).statistic if g["score"].nunique() > 1 else 0.0
-                     for _, g in rows.groupby("sample_id") if g["ref_q"].nunique() > 1]
+            sps.spearmanr(rows["score"], rows["ref_q"]).statistic, abs=1e-12
+        )
+        per_point = [
+            sps.spearmanr(g["score"], g["ref_q"]).statistic if g["score"].nunique() > 1 else 0.0
+            for _, g in rows.groupby("sample_id")
+            if g["ref_q"].nunique() > 1
+        ]
         assert got.loc["per_state_spearman", "value"] == pytest.approx(np.mean(per_point), abs=1e-12)
         assert got.loc["per_state_spearman", "n"] == len(per_point)
         checked += 1
@@ -206,14 +269,17 @@ def test_specbench_export_agrees_with_qval(specbench_export):
     flat = [a for q in pl_lines for a in q["choices"][0]["accept_lengths"]]
     assert metrics.loc[(pl["cell_id"], "mean_accepted_tokens"), "value"] == pytest.approx(np.mean(flat), abs=1e-12)
     assert metrics.loc[(pl["cell_id"], "speedup_specbench"), "value"] == pytest.approx(
-        _specbench_rate(pl_lines) / _specbench_rate(ar_lines), rel=1e-9)
+        _specbench_rate(pl_lines) / _specbench_rate(ar_lines), rel=1e-9
+    )
     # Lossless at T = 0: the decoded texts are identical, line by line (what Spec-Bench's equal.py compares).
     assert [str(q["choices"][0]["turns"]) for q in pl_lines] == [str(q["choices"][0]["turns"]) for q in ar_lines]
 
 
-@pytest.mark.skipif(not os.environ.get("QVAL_SPECBENCH_DIR"),
-                    reason="Spec-Bench's own scripts are not shipped with qval (they must run unchanged, not copied): "
-                           "set QVAL_SPECBENCH_DIR to a checkout of hemingkx/Spec-Bench to run this round trip")
+@pytest.mark.skipif(
+    not os.environ.get("QVAL_SPECBENCH_DIR"),
+    reason="Spec-Bench's own scripts are not shipped with qval (they must run unchanged, not copied): "
+    "set QVAL_SPECBENCH_DIR to a checkout of hemingkx/Spec-Bench to run this round trip",
+)
 def test_specbench_own_scripts_agree(specbench_export):
     tmp, out, index = specbench_export
     repo = Path(os.environ["QVAL_SPECBENCH_DIR"])
@@ -221,8 +287,10 @@ def test_specbench_own_scripts_agree(specbench_export):
     pl, ar = by_policy["prompt-lookup"], by_policy["ar"]
     # speed.py's command line ignores its path arguments (--mean-report is store_true with default True), so its
     # unchanged get_single_speedup is called with the exported files.
-    code = ("import sys; sys.path.insert(0, 'evaluation'); from speed import get_single_speedup; "
-            f"get_single_speedup({str(out / pl['file'])!r}, {str(out / ar['file'])!r}, {pl['tokenizer']!r})")
+    code = (
+        "import sys; sys.path.insert(0, 'evaluation'); from speed import get_single_speedup; "
+        f"get_single_speedup({str(out / pl['file'])!r}, {str(out / ar['file'])!r}, {pl['tokenizer']!r})"
+    )
     proc = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     overall = proc.stdout.split("Task:  overall")[1]
@@ -238,10 +306,18 @@ def test_specbench_own_scripts_agree(specbench_export):
     tok = AutoTokenizer.from_pretrained(pl["tokenizer"])
     ar_lines = [json.loads(line) for line in (out / ar["file"]).read_text().splitlines()]
     pl_lines = [json.loads(line) for line in (out / pl["file"]).read_text().splitlines()]
-    retok = np.mean([sum(len(tok(t).input_ids) - 1 for t in q["choices"][0]["turns"])
-                     / sum(q["choices"][0]["wall_time"]) for q in ar_lines])
+    retok = np.mean(
+        [
+            sum(len(tok(t).input_ids) - 1 for t in q["choices"][0]["turns"]) / sum(q["choices"][0]["wall_time"])
+            for q in ar_lines
+        ]
+    )
     assert value("Speedup ratio:") == pytest.approx(_specbench_rate(pl_lines) / retok, rel=1e-9)
-    equal = subprocess.run([sys.executable, "equal.py", "--file-path", f"{out}/", "--jsonfile1", ar["file"],
-                            "--jsonfile2", pl["file"]], cwd=repo / "evaluation", capture_output=True, text=True,
-                           timeout=120)
+    equal = subprocess.run(
+        [sys.executable, "equal.py", "--file-path", f"{out}/", "--jsonfile1", ar["file"], "--jsonfile2", pl["file"]],
+        cwd=repo / "evaluation",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "totally Equal" in equal.stdout, equal.stdout + equal.stderr

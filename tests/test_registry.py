@@ -31,8 +31,10 @@ def test_name_clash_names_both_distributions(monkeypatch):
     def fake_entry_points(group):
         if group != "qval.scorers":
             return []
-        return [SimpleNamespace(name="dup", value="a:A", dist=SimpleNamespace(name="pkg-a", version="1")),
-                SimpleNamespace(name="dup", value="b:B", dist=SimpleNamespace(name="pkg-b", version="2"))]
+        return [
+            SimpleNamespace(name="dup", value="a:A", dist=SimpleNamespace(name="pkg-a", version="1")),
+            SimpleNamespace(name="dup", value="b:B", dist=SimpleNamespace(name="pkg-b", version="2")),
+        ]
 
     monkeypatch.setattr("qval.registry.metadata.entry_points", fake_entry_points)
     with pytest.raises(PluginError, match=r"pkg-a 1.*pkg-b 2"):

@@ -1,5 +1,6 @@
 """Faults found from outside (issue #12), each ending with nothing lost, nothing duplicated, nothing hanging and
 no traceback. Plugins misbehave for real (tests/plugins/qval-example-plugin: example-hostile), through the CLI."""
+
 import json
 import os
 import subprocess
@@ -11,7 +12,6 @@ import duckdb
 import psutil
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import install_plugin, model_free_suite, pip, run_qval, write_suite
 
 
@@ -24,7 +24,9 @@ def hostile():
 
 def suite_for(tmp_path: Path, *modes: str, timeout: float = 2.0, name: str = "hostile") -> Path:
     methods = ", ".join(["oracle-q", *(f"{{name: example-hostile, params: {{mode: {m}}}}}" for m in modes)])
-    return write_suite(tmp_path / f"{name}.yaml", f"""\
+    return write_suite(
+        tmp_path / f"{name}.yaml",
+        f"""\
         name: {name}
         seeds: [0]
         models: [smollm2-135m-instruct]
@@ -33,7 +35,8 @@ def suite_for(tmp_path: Path, *modes: str, timeout: float = 2.0, name: str = "ho
           methods: [{methods}]
           points: {{episodes: 2, epsilon: 0.3, max_points_per_episode: 2}}
           timeout_per_point_s: {timeout}
-        """)
+        """,
+    )
 
 
 def db_rows(results: Path, table: str = "qalign_samples"):
@@ -80,22 +83,37 @@ def test_a_plugin_printing_forged_events_cannot_crash_or_block_the_runner(hostil
 @pytest.mark.parametrize("mode", ["c-call", "no-alarm"])
 def test_the_watchdog_kills_a_worker_that_no_time_limit_can_stop(hostile, tmp_path, mode):
     started = time.monotonic()
-    proc = run_qval("run", suite_for(tmp_path, mode, timeout=1.0), "--results", tmp_path / "r", timeout=300,
-                    env={"QVAL_WATCHDOG_GRACE_S": "3"})
+    proc = run_qval(
+        "run",
+        suite_for(tmp_path, mode, timeout=1.0),
+        "--results",
+        tmp_path / "r",
+        timeout=300,
+        env={"QVAL_WATCHDOG_GRACE_S": "3"},
+    )
     assert time.monotonic() - started < 120, "the run hung"
     assert proc.returncode != 0 and "watchdog" in proc.stderr and "Traceback" not in proc.stderr
     failed = json.loads((tmp_path / "r" / "parts" / cell_of(tmp_path / "r", mode) / "FAILED.json").read_text())
     assert "watchdog" in failed["error"]
-    assert not [p for p in psutil.process_iter(["cmdline"]) if "qval.worker" in " ".join(p.info["cmdline"] or [])
-                and str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert not [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "qval.worker" in " ".join(p.info["cmdline"] or []) and str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
 
 
-@pytest.mark.parametrize("mode, reason", [("never-float", "exceeded its time limit"),
-                                          ("raising-float", "not a float (RuntimeError)"),
-                                          ("huge", "not a float (OverflowError)")])
+@pytest.mark.parametrize(
+    "mode, reason",
+    [
+        ("never-float", "exceeded its time limit"),
+        ("raising-float", "not a float (RuntimeError)"),
+        ("huge", "not a float (OverflowError)"),
+    ],
+)
 def test_bad_score_objects_fail_their_points_only(hostile, tmp_path, mode, reason):
-    proc = run_qval("run", suite_for(tmp_path, mode, timeout=1.0), "--results", tmp_path / "r", "--allow-failures",
-                    timeout=300)
+    proc = run_qval(
+        "run", suite_for(tmp_path, mode, timeout=1.0), "--results", tmp_path / "r", "--allow-failures", timeout=300
+    )
     assert proc.returncode == 0, proc.stderr
     rows = db_rows(tmp_path / "r")
     hostile_rows = rows[rows["cell_id"] == cell_of(tmp_path / "r", mode)]
@@ -110,16 +128,21 @@ def test_a_child_started_with_setsid_does_not_outlive_the_run(hostile, tmp_path)
     proc = run_qval("run", suite_for(tmp_path, "setsid-child"), "--results", tmp_path / "r", timeout=300)
     assert proc.returncode == 0, proc.stderr
     time.sleep(0.5)
-    left = [p for p in psutil.process_iter(["cmdline"])
-            if "time.sleep(300)" in " ".join(p.info["cmdline"] or [])]
+    left = [p for p in psutil.process_iter(["cmdline"]) if "time.sleep(300)" in " ".join(p.info["cmdline"] or [])]
     for p in left:
         p.kill()
     assert not left, "a plugin's setsid child outlived the run"
 
 
 def test_shard_logs_are_capped(hostile, tmp_path):
-    proc = run_qval("run", suite_for(tmp_path, "spam"), "--results", tmp_path / "r", timeout=300,
-                    env={"QVAL_LOG_CAP_BYTES": str(2**20)})
+    proc = run_qval(
+        "run",
+        suite_for(tmp_path, "spam"),
+        "--results",
+        tmp_path / "r",
+        timeout=300,
+        env={"QVAL_LOG_CAP_BYTES": str(2**20)},
+    )
     assert proc.returncode == 0, proc.stderr
     logs = list((tmp_path / "r" / "logs").glob("*/shard-*.log*"))
     assert any(p.name.endswith(".1") for p in logs)  # rotated once the cap was reached
@@ -140,18 +163,28 @@ def test_failed_work_fails_the_run(hostile, tmp_path):
     assert proc.returncode == 4, proc.stdout + proc.stderr
     problems = json.loads(proc.stdout)["problem_cells"]
     assert len(problems) == 1 and "not finished" in problems[0]["problem"]
-    allowed = run_qval("run", suite_for(tmp_path, "exit"), "--results", tmp_path / "r", "--allow-failures",
-                       timeout=300)
+    allowed = run_qval("run", suite_for(tmp_path, "exit"), "--results", tmp_path / "r", "--allow-failures", timeout=300)
     assert allowed.returncode == 0, allowed.stderr
 
 
 def test_two_workers_on_one_shard_write_each_sample_once(hostile, tmp_path):
-    suite = model_free_suite(tmp_path, "two", "[oracle-q, random, heuristic]", episodes=8, points=4, lake="8x8",
-                             file="two.yaml")
+    suite = model_free_suite(
+        tmp_path, "two", "[oracle-q, random, heuristic]", episodes=8, points=4, lake="8x8", file="two.yaml"
+    )
     results = tmp_path / "r"
     plan = json.loads(run_qval("plan", suite, "--results", results, "--emit-manifest", "--json").stdout)
-    command = [sys.executable, "-m", "qval", "worker", "--plan", plan["plan_id"], "--shard", "0", "--results",
-               str(results)]
+    command = [
+        sys.executable,
+        "-m",
+        "qval",
+        "worker",
+        "--plan",
+        plan["plan_id"],
+        "--shard",
+        "0",
+        "--results",
+        str(results),
+    ]
     workers = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for w in workers:
         assert w.wait(timeout=300) == 0, w.stderr.read().decode()
@@ -206,15 +239,24 @@ def test_a_part_in_another_cells_folder_is_quarantined(tmp_path):
     assert any((results / "quarantine" / b.name).glob("part-99999-stray*"))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("name: d\nname: e\n", "duplicate key 'name'"),
-    ("name: s\nseeds: [4294967296]\nmodels: [smollm2-135m-instruct]\nqalign: {envs: [frozenlake], "
-     "methods: [oracle-q]}\n", "32-bit"),
-    ("name: s\nseeds: [0]\nmodels:\n  - {source: hf, params: {path: /x, engine_args: &a [1,1,1,1,1,1,1,1,1,1]}}\n"
-     "x1: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nx2: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
-     "x3: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\nx4: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
-     "x5: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n", "expands to more than"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("name: d\nname: e\n", "duplicate key 'name'"),
+        (
+            "name: s\nseeds: [4294967296]\nmodels: [smollm2-135m-instruct]\nqalign: {envs: [frozenlake], "
+            "methods: [oracle-q]}\n",
+            "32-bit",
+        ),
+        (
+            "name: s\nseeds: [0]\nmodels:\n  - {source: hf, params: {path: /x, engine_args: &a [1,1,1,1,1,1,1,1,1,1]}}\n"
+            "x1: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nx2: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+            "x3: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\nx4: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+            "x5: [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\n",
+            "expands to more than",
+        ),
+    ],
+)
 def test_hostile_yaml_is_refused_quickly(tmp_path, text, message):
     path = tmp_path / "s.yaml"
     path.write_text(text)
@@ -227,7 +269,9 @@ def test_hostile_yaml_is_refused_quickly(tmp_path, text, message):
 def test_a_huge_grid_is_refused_before_expanding(tmp_path):
     temps = ", ".join(f"{t / 1000:g}" for t in range(1000))
     seeds = ", ".join(str(s) for s in range(100))
-    path = write_suite(tmp_path / "s.yaml", f"""\
+    path = write_suite(
+        tmp_path / "s.yaml",
+        f"""\
         name: grid
         seeds: [{seeds}]
         models: [smollm2-135m-instruct]
@@ -235,7 +279,8 @@ def test_a_huge_grid_is_refused_before_expanding(tmp_path):
           datasets: [spec-bench]
           policies: [ar, prompt-lookup]
           temperatures: [{temps}]
-        """)
+        """,
+    )
     proc = run_qval("plan", path, "--results", tmp_path / "r")
     assert proc.returncode == 2 and "above the limit" in proc.stderr and "QVAL_MAX_CELLS" in proc.stderr
 
@@ -260,8 +305,13 @@ def test_a_killed_run_is_marked_interrupted(tmp_path):
     (tmp_path / "r" / "runs").mkdir(parents=True)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    record = {"run_id": "r1", "suite": "x", "status": "running", "pid": dead.pid,
-              "host": __import__("socket").gethostname()}
+    record = {
+        "run_id": "r1",
+        "suite": "x",
+        "status": "running",
+        "pid": dead.pid,
+        "host": __import__("socket").gethostname(),
+    }
     (tmp_path / "r" / "runs" / "r1.json").write_text(json.dumps(record))
     assert run_qval("ingest", "--results", tmp_path / "r").returncode == 0
     assert json.loads((tmp_path / "r" / "runs" / "r1.json").read_text())["status"] == "interrupted"
@@ -272,9 +322,16 @@ def test_readers_wait_for_an_ingest_instead_of_failing(tmp_path):
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     (results / "parts" / next(p.name for p in (results / "parts").iterdir() if p.is_dir()) / "DONE.json").touch()
-    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); "
-                               "print('open', flush=True); time.sleep(4)", str(results / "qval.duckdb")],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; con = duckdb.connect(sys.argv[1]); print('open', flush=True); time.sleep(4)",
+            str(results / "qval.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "open"
     report = run_qval("report", "--results", results, "--out", tmp_path / "rep")
     holder.wait()
@@ -308,9 +365,17 @@ def test_a_final_ingest_that_cannot_write_keeps_the_parts_and_says_how(tmp_path)
     results = tmp_path / "r"
     assert run_qval("run", suite, "--results", results).returncode == 0
     second = write_suite(tmp_path / "t.yaml", suite.read_text().replace("[oracle-q]", "[oracle-q, random]"))
-    reader = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; con = duckdb.connect(sys.argv[1], "
-                               "read_only=True); print('open', flush=True); time.sleep(30)",
-                               str(results / "qval.duckdb")], stdout=subprocess.PIPE, text=True)
+    reader = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; con = duckdb.connect(sys.argv[1], "
+            "read_only=True); print('open', flush=True); time.sleep(30)",
+            str(results / "qval.duckdb"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert reader.stdout.readline().strip() == "open"
         proc = run_qval("run", second, "--results", results, env={"QVAL_DB_WAIT_S": "2"})

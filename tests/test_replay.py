@@ -1,4 +1,5 @@
 """Tests for replay.py: reproduce the BlockPilot gsm8k facts, and guard the held-out selector against leakage."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def gsm8k():
 
 
 # ------------------------------------------------------------------------------------------ real data facts
+
 
 def test_gsm8k_reference_numbers(gsm8k):
     """The three numbers published with the BlockPilot release."""
@@ -84,6 +86,7 @@ def test_ignored_files_are_reported(tmp_path, gsm8k):
 
 # ------------------------------------------------------------------------------------------ synthetic sweeps
 
+
 def _informative_sweep(n=300, seed=1):
     """Each sample's best size is set by feature f0; f1 is noise.  A good selector should recover it."""
     rng = np.random.default_rng(seed)
@@ -141,7 +144,9 @@ def test_selector_never_trains_on_the_sample_it_scores(tmp_path, monkeypatch):
 
     seen = []  # raw training rows of each fit, in fold order
     real_fit = replay._fit_logreg
-    monkeypatch.setattr(replay, "_fit_logreg", lambda X, y, k, l2=1.0: (seen.append(X.copy()), real_fit(X, y, k, l2))[1])
+    monkeypatch.setattr(
+        replay, "_fit_logreg", lambda X, y, k, l2=1.0: (seen.append(X.copy()), real_fit(X, y, k, l2))[1]
+    )
     result = replay.evaluate(sweep, folds=4, seed=3)
     run = result.selector
 
@@ -203,8 +208,8 @@ def test_json_never_contains_nan(tmp_path):
 
 # ------------------------------------------------------------------------------------------ bad inputs
 
-@pytest.mark.parametrize("content", ['{"0": 5.0', '{"0": "abc"}', '{"0": null}', '{"0": true}', '[1, 2]',
-                                     '{"0": NaN}'])
+
+@pytest.mark.parametrize("content", ['{"0": 5.0', '{"0": "abc"}', '{"0": null}', '{"0": true}', "[1, 2]", '{"0": NaN}'])
 def test_malformed_size_file_names_the_file(tmp_path, content):
     (tmp_path / "B8.json").write_text('{"0": 5.0}')
     (tmp_path / "B16.json").write_text(content)
@@ -212,12 +217,15 @@ def test_malformed_size_file_names_the_file(tmp_path, content):
         replay.load_sweep(tmp_path)
 
 
-@pytest.mark.parametrize("name,content", [
-    ("features.json", '{"0": [1.0, "x"]}'),
-    ("features.json", '{"0": [1.0], "1": [1.0, 2.0]}'),
-    ("features.json", "not json"),
-    ("selector_predicted_block.json", '{"0": "sixteen"}'),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("features.json", '{"0": [1.0, "x"]}'),
+        ("features.json", '{"0": [1.0], "1": [1.0, 2.0]}'),
+        ("features.json", "not json"),
+        ("selector_predicted_block.json", '{"0": "sixteen"}'),
+    ],
+)
 def test_malformed_aux_file_names_the_file(tmp_path, name, content):
     (tmp_path / "B16.json").write_text('{"0": 5.0, "1": 6.0}')
     (tmp_path / name).write_text(content)
@@ -239,13 +247,17 @@ def test_unknown_candidates_rejected(tmp_path):
 
 # ------------------------------------------------------------------------------------------ candidates parsing
 
-@pytest.mark.parametrize("text,expected", [
-    ("14-18", [14, 15, 16, 17, 18]),
-    ("14,16,18", [14, 16, 18]),
-    (" 18 , 14 ", [14, 18]),
-    ("4,14-16", [4, 14, 15, 16]),
-    ("16", [16]),
-])
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("14-18", [14, 15, 16, 17, 18]),
+        ("14,16,18", [14, 16, 18]),
+        (" 18 , 14 ", [14, 18]),
+        ("4,14-16", [4, 14, 15, 16]),
+        ("16", [16]),
+    ],
+)
 def test_parse_candidates(text, expected):
     assert replay.parse_candidates(text) == expected
 
@@ -282,7 +294,11 @@ def test_decimal_knob_sweep_round_trips_with_its_metadata(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["B0.3.json", "B0.6.json", "features.json", "sweep.json"]
     sweep = replay.load_sweep(tmp_path)
     assert (sweep.knob, sweep.metric, sweep.sizes, list(sweep.features.columns)) == (
-        "stop_threshold", meta["metric"], [0.3, 0.6], ["x"])
+        "stop_threshold",
+        meta["metric"],
+        [0.3, 0.6],
+        ["x"],
+    )
     result = replay.evaluate(sweep, folds=2)
     assert result.row("oracle").value.value == pytest.approx(np.mean([1.4, 1.5, 1.6, 1.9]))
     assert result.best_fixed_size == 0.3  # means 1.425 vs 1.375

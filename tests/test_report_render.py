@@ -174,7 +174,7 @@ def test_figures_are_png_and_survive_mathtext():
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert "all 2 rows" in caption
     # Every other kind drawn from the same hostile names survives too.
-    for caption, png in lr.make_figures(hostile_report()):
+    for _caption, png in lr.make_figures(hostile_report()):
         assert png.startswith(b"\x89PNG\r\n\x1a\n")
 
 
@@ -235,6 +235,7 @@ def test_2000_rows_render_every_group():
 
 # ---------------------------------------------------------------- interactive HTML
 
+
 def page_script(html):
     scripts = SCRIPT_RE.findall(html)
     assert len(scripts) == 1
@@ -265,9 +266,19 @@ def test_lower_is_better_header_sorts_ascending_first():
 def test_script_uses_no_markup_apis():
     report = make_report(make_board(make_rows([0.1, 0.2])))
     script = page_script(lr.render_html(report, []))
-    for banned in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval",
-                   "Function(", "setTimeout", "setInterval", "createContextualFragment",
-                   "DOMParser", "srcdoc"):
+    for banned in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval",
+        "Function(",
+        "setTimeout",
+        "setInterval",
+        "createContextualFragment",
+        "DOMParser",
+        "srcdoc",
+    ):
         assert banned not in script
     assert "appendChild" in script and "textContent" in script and ".hidden" in script
     assert script == lr._SCRIPT  # fixed text: nothing from the data gets into it
@@ -300,16 +311,16 @@ def test_script_is_valid_javascript(tmp_path):
 
 
 def test_filter_controls_and_group_attributes():
-    rows = make_rows(
-        [0.1, 0.2, 0.3], dataset=["a", "b", XSS], temperature=[0.0, 0.7, np.nan], family=["x", "y", XSS]
-    )
+    rows = make_rows([0.1, 0.2, 0.3], dataset=["a", "b", XSS], temperature=[0.0, 0.7, np.nan], family=["x", "y", XSS])
     html = lr.render_html(make_report(make_board(rows)), [])
     assert html.count('<div class="controls" hidden>') == 1  # shown by the script only
     assert 'class="f-text"' in html and 'class="f-family"' in html
     assert f'<option value="{XSS_ESCAPED}">{XSS_ESCAPED}</option>' in html
     assert '<option value="0">0</option><option value="0.7">0.7</option><option value="\u2013">' in html
     assert re.findall(r'<div class="grp" data-dataset="([^"]*)" data-temperature="([^"]*)">', html) == [
-        (XSS_ESCAPED, "\u2013"), ("a", "0"), ("b", "0.7"),
+        (XSS_ESCAPED, "\u2013"),
+        ("a", "0"),
+        ("b", "0.7"),
     ]
     assert f'data-family="{XSS_ESCAPED}"' in html
     assert html.count('<td class="name">') == 9  # model, method, family: the filter's text
@@ -339,22 +350,39 @@ def test_whisker_svg_titles_hold_numbers_only():
 # ---------------------------------------------------------------- decode data
 
 
-def decode_rows(n_temps=2, accept=True, pairs=(("m", "ar", "baseline"), ("m", "pl", "n-gram"),
-                                              ("m", "draft", "draft-model"), ("m", "ada", "adaptive"))):
+def decode_rows(
+    n_temps=2,
+    accept=True,
+    pairs=(("m", "ar", "baseline"), ("m", "pl", "n-gram"), ("m", "draft", "draft-model"), ("m", "ada", "adaptive")),
+):
     records = []
     for t in range(n_temps):
         for k, (model, method, family) in enumerate(pairs):
-            records.append({
-                "cell_id": f"{method}-{t}", "model": model, "method": method, "family": family,
-                "dataset": "spec", "temperature": t * 0.7, "seed": 0, "n_samples": 3, "n_failed": 0,
-                "speedup": 1.0 + k * 0.3, "speedup__lo": 0.9 + k * 0.3, "speedup__hi": 1.1 + k * 0.3, "speedup__n": 3,
-                "acceptance_length": 1.0 + k, "acceptance_length__lo": 0.8 + k,
-                "acceptance_length__hi": 1.2 + k, "acceptance_length__n": 3,
-            })
+            records.append(
+                {
+                    "cell_id": f"{method}-{t}",
+                    "model": model,
+                    "method": method,
+                    "family": family,
+                    "dataset": "spec",
+                    "temperature": t * 0.7,
+                    "seed": 0,
+                    "n_samples": 3,
+                    "n_failed": 0,
+                    "speedup": 1.0 + k * 0.3,
+                    "speedup__lo": 0.9 + k * 0.3,
+                    "speedup__hi": 1.1 + k * 0.3,
+                    "speedup__n": 3,
+                    "acceptance_length": 1.0 + k,
+                    "acceptance_length__lo": 0.8 + k,
+                    "acceptance_length__hi": 1.2 + k,
+                    "acceptance_length__n": 3,
+                }
+            )
     rows = pd.DataFrame(records)
     if accept:
         for i in range(1, 5):
-            rates = [np.nan if r["family"] == "baseline" else 0.9 ** i for r in records]
+            rates = [np.nan if r["family"] == "baseline" else 0.9**i for r in records]
             rows[f"accept_rate@{i}"] = rates
             rows[f"accept_rate@{i}__lo"] = [r - 0.05 for r in rates]
             rows[f"accept_rate@{i}__hi"] = [r + 0.05 for r in rates]
@@ -399,7 +427,13 @@ def decode_board(rows=None, samples=None, title="Decoding"):
 def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
     assert board.samples is None and board.by_state is None and board.families is None and board.failures is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-5:] == ["samples", "failures", "by_state", "families", "knob_headroom"]
+    assert list(lr.TrackBoard.__dataclass_fields__)[-5:] == [
+        "samples",
+        "failures",
+        "by_state",
+        "families",
+        "knob_headroom",
+    ]
     assert board.knob_headroom is None
 
 
@@ -508,11 +542,23 @@ def qalign_rows(temperatures=(0.0,)):
         for e, env in enumerate(["frozenlake(map=4x4)", "taxi"]):
             for k, (method, family) in enumerate([("m1", "direct"), ("m2", "direct"), ("m3", "code")]):
                 value = 0.1 * (k + 1) + 0.05 * e
-                records.append({
-                    "cell_id": f"{t}-{env}-{method}", "model": "llm", "method": method, "family": family,
-                    "dataset": env, "temperature": t, "seed": 0, "n_samples": 30, "n_failed": 0,
-                    "score": value, "score__lo": value - 0.05, "score__hi": value + 0.05, "score__n": 30,
-                })
+                records.append(
+                    {
+                        "cell_id": f"{t}-{env}-{method}",
+                        "model": "llm",
+                        "method": method,
+                        "family": family,
+                        "dataset": env,
+                        "temperature": t,
+                        "seed": 0,
+                        "n_samples": 30,
+                        "n_failed": 0,
+                        "score": value,
+                        "score__lo": value - 0.05,
+                        "score__hi": value + 0.05,
+                        "score__n": 30,
+                    }
+                )
     return pd.DataFrame(records)
 
 
@@ -563,7 +609,7 @@ def test_decode_html_and_markdown_escape_untrusted_text():
     assert XSS not in html
     assert html.count("<script") == 1
     assert html.count("alert(1)") == html.count(XSS_ESCAPED)  # every occurrence escaped
-    assert f"<td class=\"name\">pl{XSS_ESCAPED}</td>" in html  # the headroom table's method
+    assert f'<td class="name">pl{XSS_ESCAPED}</td>' in html  # the headroom table's method
     md = lr.render_markdown(report)
     assert XSS not in md and "Headroom" in md
 

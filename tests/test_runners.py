@@ -1,11 +1,12 @@
 """Runners: submitit (local executor in CI, golden sbatch for SLURM), GPU pinning, strict options."""
+
 import re
 from pathlib import Path
 
 import pytest
+from conftest import run_qval, write_suite
 
 import qval.results as R
-from conftest import run_qval, write_suite
 from qval.errors import UsageError
 from qval.runners.local import LocalRunner
 from qval.runners.slurm import SubmititRunner, make_executor
@@ -23,8 +24,18 @@ SUITE = """\
 
 def test_submitit_local_executor_runs_the_same_code_path(tmp_path):
     suite = write_suite(tmp_path / "s.yaml", SUITE)
-    proc = run_qval("run", suite, "--results", tmp_path / "r", "--runner", "submitit", "--runner-opt", "cluster=local",
-                    "--runner-opt", "timeout_min=10")
+    proc = run_qval(
+        "run",
+        suite,
+        "--results",
+        tmp_path / "r",
+        "--runner",
+        "submitit",
+        "--runner-opt",
+        "cluster=local",
+        "--runner-opt",
+        "timeout_min=10",
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = R.cells(tmp_path / "r", "sub")
     assert len(cells) == 4 and set(cells["status"]) == {"done"}
@@ -34,9 +45,18 @@ def test_submitit_local_executor_runs_the_same_code_path(tmp_path):
 
 
 def _sbatch_text(folder):
-    executor = make_executor(folder, {"cluster": "slurm", "partition": "gpu", "gpus_per_shard": 1,
-                                      "cpus_per_shard": 8, "timeout_min": 240, "array_parallelism": 4},
-                             "qval-decode-specbench")
+    executor = make_executor(
+        folder,
+        {
+            "cluster": "slurm",
+            "partition": "gpu",
+            "gpus_per_shard": 1,
+            "cpus_per_shard": 8,
+            "timeout_min": 240,
+            "array_parallelism": 4,
+        },
+        "qval-decode-specbench",
+    )
     text = executor._executor._make_submission_file_text("python -u -m submitit.core._submit '%j'", "UID")
     return re.sub(re.escape(str(folder)), "<FOLDER>", text)
 
@@ -48,8 +68,13 @@ def test_sbatch_script_matches_golden_file(tmp_path, monkeypatch):
     monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
     text = _sbatch_text(tmp_path / "submitit")
     assert text == GOLDEN.read_text()  # on a submitit upgrade: regenerate with _sbatch_text, review, commit
-    for flag in ("#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1", "#SBATCH --requeue", "#SBATCH --time=240",
-                 "#SBATCH --cpus-per-task=8"):
+    for flag in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --gpus-per-node=1",
+        "#SBATCH --requeue",
+        "#SBATCH --time=240",
+        "#SBATCH --cpus-per-task=8",
+    ):
         assert flag in text
 
 
@@ -68,5 +93,8 @@ def test_runner_options_are_strict(tmp_path):
 def test_local_runner_pins_one_gpu_per_worker(tmp_path):
     runner = LocalRunner(tmp_path, workers=4, options={"gpus": "0, 3"})
     assert [runner._gpu_env(slot) for slot in range(3)] == [
-        {"CUDA_VISIBLE_DEVICES": "0"}, {"CUDA_VISIBLE_DEVICES": "3"}, {"CUDA_VISIBLE_DEVICES": "0"}]
+        {"CUDA_VISIBLE_DEVICES": "0"},
+        {"CUDA_VISIBLE_DEVICES": "3"},
+        {"CUDA_VISIBLE_DEVICES": "0"},
+    ]
     assert LocalRunner(tmp_path)._gpu_env(0) == {}

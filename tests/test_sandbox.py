@@ -86,10 +86,13 @@ def test_good_program_scores_1000_calls_in_one_child():
             words = re.findall(r"\\w+", action)
             return len(observation) + 0.5 * len(words) + math.sqrt(len(task))
     """)
-    calls = [{"observation": "o" * (i % 50), "action": "go north now" * (i % 3),
-              "task": "t" * (i % 7)} for i in range(1000)]
-    expected = [len(c["observation"]) + 0.5 * len(__import__("re").findall(r"\w+", c["action"]))
-                + len(c["task"]) ** 0.5 for c in calls]
+    calls = [
+        {"observation": "o" * (i % 50), "action": "go north now" * (i % 3), "task": "t" * (i % 7)} for i in range(1000)
+    ]
+    expected = [
+        len(c["observation"]) + 0.5 * len(__import__("re").findall(r"\w+", c["action"])) + len(c["task"]) ** 0.5
+        for c in calls
+    ]
     one = run_program(code, calls[:1])
     res = run_program(code, calls)
     assert one[0].ok and one[0].value == pytest.approx(expected[0])
@@ -113,23 +116,25 @@ def test_work_dir_is_writable_and_prints_are_captured():
 # --------------------------------------------------------------------- bad programs
 
 
-@pytest.mark.parametrize("code,kind,needle", [
-    ("x = 1\n", "load", "does not define a callable score"),
-    ("def score(observation, action, task):\n    return (\n", "load", "SyntaxError"),
-    ("def score(observation, action, task):\n    return 'abc'\n", "bad_return",
-     "returned non-number: 'abc'"),
-    ("def score(observation, action, task):\n    return None\n", "bad_return",
-     "returned non-number: None"),
-    ("def score(observation, action, task):\n    return float('nan')\n", "bad_return",
-     "non-finite"),
-    ("def score(observation, action, task):\n    return foo\n", "exception",
-     "NameError: name 'foo' is not defined"),
-    ("def score(observation, action, task):\n    raise SystemExit(3)\n", "exception",
-     "SystemExit: 3"),
-    ("def score(obs):\n    return 1.0\n", "exception", "TypeError"),
-    ("raise RuntimeError('boom at import')\n", "load", "RuntimeError: boom at import"),
-], ids=["no-score", "syntax", "str", "none", "nan", "nameerror", "sysexit", "signature",
-        "import-error"])
+@pytest.mark.parametrize(
+    "code,kind,needle",
+    [
+        ("x = 1\n", "load", "does not define a callable score"),
+        ("def score(observation, action, task):\n    return (\n", "load", "SyntaxError"),
+        ("def score(observation, action, task):\n    return 'abc'\n", "bad_return", "returned non-number: 'abc'"),
+        ("def score(observation, action, task):\n    return None\n", "bad_return", "returned non-number: None"),
+        ("def score(observation, action, task):\n    return float('nan')\n", "bad_return", "non-finite"),
+        (
+            "def score(observation, action, task):\n    return foo\n",
+            "exception",
+            "NameError: name 'foo' is not defined",
+        ),
+        ("def score(observation, action, task):\n    raise SystemExit(3)\n", "exception", "SystemExit: 3"),
+        ("def score(obs):\n    return 1.0\n", "exception", "TypeError"),
+        ("raise RuntimeError('boom at import')\n", "load", "RuntimeError: boom at import"),
+    ],
+    ids=["no-score", "syntax", "str", "none", "nan", "nameerror", "sysexit", "signature", "import-error"],
+)
 def test_bad_programs(code, kind, needle):
     res = run_program(code, ONE * 3, FAST)
     assert len(res) == 3
@@ -170,8 +175,7 @@ def test_fork_bomb_is_bounded(hook):
                 forks += 1
             return float(forks)
     """)
-    lim = Limits(wall_seconds_per_call=1.5, total_wall_seconds=20, max_processes=16,
-                 memory_mb=256)
+    lim = Limits(wall_seconds_per_call=1.5, total_wall_seconds=20, max_processes=16, memory_mb=256)
     res = run_program(code, ONE + ONE, lim, _audit_hook=hook)
     for r in res:
         assert r.ok, r
@@ -203,8 +207,7 @@ def test_infinite_loop_times_out_and_other_calls_still_work():
                         pass
             return 1.0
     """)
-    calls = [{"observation": "", "action": a, "task": ""}
-             for a in ["ok", "loop", "ok", "stubborn", "ok"]]
+    calls = [{"observation": "", "action": a, "task": ""} for a in ["ok", "loop", "ok", "stubborn", "ok"]]
     lim = Limits(wall_seconds_per_call=0.5, total_wall_seconds=20)
     t0 = time.monotonic()
     res = run_program(code, calls, lim)
@@ -281,8 +284,7 @@ def test_socket_connect_blocked(listener, hook):
             return 1.0
     """)
     # socket is preloaded on purpose so that only the kernel layers are left
-    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",),
-                    _audit_hook=hook)[0]
+    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",), _audit_hook=hook)[0]
     assert not r.ok and r.kind == "exception"
     if hook:
         assert "socket" in r.error and "denied" in r.error
@@ -304,8 +306,7 @@ def test_socket_bind_blocked(listener, hook):
             s.listen(1)
             return 1.0
     """)
-    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",),
-                    _audit_hook=hook)[0]
+    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",), _audit_hook=hook)[0]
     if hook:
         assert r.kind == "exception" and "denied" in r.error
     else:
@@ -415,8 +416,7 @@ def test_secret_env_not_visible(monkeypatch, hook):
             return 1.0 if "hunter2" in blob else 0.0
     """)
     assert os.environ["QVAL_TEST_SECRET"] == "hunter2"
-    r = run_program(code, ONE, Limits(wall_seconds_per_call=2.0, max_output_bytes=1 << 20),
-                    _audit_hook=hook)[0]
+    r = run_program(code, ONE, Limits(wall_seconds_per_call=2.0, max_output_bytes=1 << 20), _audit_hook=hook)[0]
     assert r.ok, r
     assert r.value == 0.0
     assert "hunter2" not in r.output and "QVAL_TEST_SECRET" not in r.output
@@ -479,30 +479,55 @@ def test_result_channel_flood():
     assert res[1].kind in ("output", "crash"), res[1]
 
 
-@pytest.mark.parametrize("body,needle", [
-    ("import ctypes\n    return 1.0", "import of 'ctypes' is not allowed"),
-    ("import _ctypes\n    return 1.0", "import of '_ctypes' is not allowed"),
-    ("import subprocess\n    return 1.0", "import of 'subprocess' is not allowed"),
-    ("import _posixsubprocess\n    return 1.0", "not allowed"),
-    ("import os\n    return float(os.system('touch /tmp/qval-escape-marker'))", "os.system denied"),
-    ("import os\n    os.execv('/bin/sh', ['sh', '-c', 'touch /tmp/qval-escape-marker'])", "os.exec denied"),
-    ("import os\n    os.posix_spawn('/bin/touch', ['touch', '/tmp/qval-escape-marker'], {})",
-     "os.posix_spawn denied"),
-    ("import os\n    os.kill(os.getppid(), 9)", "os.kill denied"),
-    ("import _thread\n    _thread.start_new_thread(print, ())\n    return 1.0", "start_new_thread"),
-    ("import sys\n    return float(len(sys._getframe(1).f_locals))", "sys._getframe is disabled"),
-    ("try:\n        1 / 0\n    except Exception as e:\n        return float(len(e.__traceback__.tb_frame.f_globals))",
-     "frame access denied"),
-    ("f = lambda: 0\n    f.__code__ = (lambda: 1).__code__\n    return 1.0", "object.__setattr__"),
-    ("return float((lambda: 0).__code__.replace(co_code=b'').co_flags)", "code.__new__ denied"),
-    ("import gc\n    return float(len(gc.get_objects()))", "import of 'gc' is not allowed"),
-    ("import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit denied"),
-    ("import sys\n    sys.settrace(lambda *a: None)\n    return 1.0", "sys.settrace denied"),
-    ("import os\n    os.chdir('/')\n    return 1.0", "os.chdir denied"),
-    ("import os\n    return float(len(os.listdir('/')))", "read outside work dir denied"),
-], ids=["ctypes", "_ctypes", "subprocess", "_posixsubprocess", "os.system", "os.execv",
-        "posix_spawn", "os.kill", "thread", "getframe", "tb_frame", "set-code", "code-new",
-        "gc", "setrlimit", "settrace", "chdir", "listdir-root"])
+@pytest.mark.parametrize(
+    "body,needle",
+    [
+        ("import ctypes\n    return 1.0", "import of 'ctypes' is not allowed"),
+        ("import _ctypes\n    return 1.0", "import of '_ctypes' is not allowed"),
+        ("import subprocess\n    return 1.0", "import of 'subprocess' is not allowed"),
+        ("import _posixsubprocess\n    return 1.0", "not allowed"),
+        ("import os\n    return float(os.system('touch /tmp/qval-escape-marker'))", "os.system denied"),
+        ("import os\n    os.execv('/bin/sh', ['sh', '-c', 'touch /tmp/qval-escape-marker'])", "os.exec denied"),
+        (
+            "import os\n    os.posix_spawn('/bin/touch', ['touch', '/tmp/qval-escape-marker'], {})",
+            "os.posix_spawn denied",
+        ),
+        ("import os\n    os.kill(os.getppid(), 9)", "os.kill denied"),
+        ("import _thread\n    _thread.start_new_thread(print, ())\n    return 1.0", "start_new_thread"),
+        ("import sys\n    return float(len(sys._getframe(1).f_locals))", "sys._getframe is disabled"),
+        (
+            "try:\n        1 / 0\n    except Exception as e:\n        return float(len(e.__traceback__.tb_frame.f_globals))",
+            "frame access denied",
+        ),
+        ("f = lambda: 0\n    f.__code__ = (lambda: 1).__code__\n    return 1.0", "object.__setattr__"),
+        ("return float((lambda: 0).__code__.replace(co_code=b'').co_flags)", "code.__new__ denied"),
+        ("import gc\n    return float(len(gc.get_objects()))", "import of 'gc' is not allowed"),
+        ("import resource\n    resource.setrlimit(resource.RLIMIT_AS, (-1, -1))", "resource.setrlimit denied"),
+        ("import sys\n    sys.settrace(lambda *a: None)\n    return 1.0", "sys.settrace denied"),
+        ("import os\n    os.chdir('/')\n    return 1.0", "os.chdir denied"),
+        ("import os\n    return float(len(os.listdir('/')))", "read outside work dir denied"),
+    ],
+    ids=[
+        "ctypes",
+        "_ctypes",
+        "subprocess",
+        "_posixsubprocess",
+        "os.system",
+        "os.execv",
+        "posix_spawn",
+        "os.kill",
+        "thread",
+        "getframe",
+        "tb_frame",
+        "set-code",
+        "code-new",
+        "gc",
+        "setrlimit",
+        "settrace",
+        "chdir",
+        "listdir-root",
+    ],
+)
 def test_escape_attempts(body, needle):
     code = "def score(observation, action, task):\n    " + body + "\n"
     res = run_program(code, ONE * 2, FAST)
@@ -591,8 +616,7 @@ def test_hook_uses_no_globals():
     hook = find(top, "_hook")
     assert hook is not None
     for code in walk(hook):
-        bad = [i.argval for i in dis.get_instructions(code)
-               if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
+        bad = [i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")]
         assert bad == [], f"{code.co_name} looks up globals: {bad}"
 
 
@@ -628,8 +652,7 @@ def test_hook_alone_without_namespaces(open_dir, listener, monkeypatch):
             print("secret" if "hunter2" in repr(dict(os.environ)) else "clean")
             return float(len(ok))
     """)
-    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",),
-                    _namespaces=False)[0]
+    r = run_program(code, ONE, FAST, modules=S.ALLOWED_MODULES + ("socket",), _namespaces=False)[0]
     assert r.ok and r.value == 0.0, r
     assert "clean" in r.output and "hunter2" not in r.output
     assert os.listdir(open_dir) == []
@@ -639,15 +662,15 @@ def test_hook_alone_without_namespaces(open_dir, listener, monkeypatch):
 SYSTEM_PY = shutil.which("python3", path="/usr/bin:/bin")
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PY,
-                    reason="needs root (to become nobody) and a system python3")
+@pytest.mark.skipif(os.geteuid() != 0 or not SYSTEM_PY, reason="needs root (to become nobody) and a system python3")
 def test_non_root_parent(open_dir):
     """A non-root parent gets no uid drop; user namespaces (if allowed) give the rest."""
     d = tempfile.mkdtemp(prefix="qval-test-nonroot-")
     try:
         os.chmod(d, 0o755)
-        shutil.copytree(os.path.dirname(S.__file__), os.path.join(d, "sandbox"),
-                        ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            os.path.dirname(S.__file__), os.path.join(d, "sandbox"), ignore=shutil.ignore_patterns("__pycache__")
+        )
         target = os.path.join(open_dir, "pwned.txt")
         script = src(f"""
             import json, sys
@@ -661,10 +684,17 @@ def test_non_root_parent(open_dir):
                               "bad": bad[0].error, "raw": raw[0].error}}))
         """)
         proc = subprocess.run(
-            [SYSTEM_PY, "-I", "-c", script], check=False, capture_output=True, text=True,
+            [SYSTEM_PY, "-I", "-c", script],
+            check=False,
+            capture_output=True,
+            text=True,
             timeout=60,
-            user=S.SANDBOX_UID, group=S.SANDBOX_GID, extra_groups=[], cwd="/",
-            env={"PATH": "/usr/bin:/bin"})
+            user=S.SANDBOX_UID,
+            group=S.SANDBOX_GID,
+            extra_groups=[],
+            cwd="/",
+            env={"PATH": "/usr/bin:/bin"},
+        )
         if proc.returncode != 0 and sys.version_info[:2] > (3, 7):
             assert "SyntaxError" not in proc.stderr, proc.stderr
         assert proc.returncode == 0, proc.stderr[-2000:]
@@ -693,8 +723,7 @@ def test_disk_fill_is_bounded():
                 print(type(e).__name__, e)
             return float(n)
     """)
-    r = run_program(code, ONE, Limits(max_disk_bytes=16 << 20, max_file_bytes=8 << 20,
-                                      wall_seconds_per_call=5))[0]
+    r = run_program(code, ONE, Limits(max_disk_bytes=16 << 20, max_file_bytes=8 << 20, wall_seconds_per_call=5))[0]
     assert r.ok, r
     if REPORT.get("work_dir_tmpfs"):
         assert r.value <= 4 and "No space left" in r.output

@@ -28,8 +28,9 @@ def test_child_imports_only_what_the_bootstrap_always_did():
     with open(S.CHILD_PATH, encoding="utf-8") as f:
         tree = ast.parse(f.read())
     runtime, typing_only = set(), set()
-    guarded = [n for n in tree.body if isinstance(n, ast.If)
-               and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"]
+    guarded = [
+        n for n in tree.body if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+    ]
     guarded_nodes = {id(x) for g in guarded for x in ast.walk(g)}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import | ast.ImportFrom):
@@ -71,8 +72,14 @@ def test_hook_events(hook):
     for name in ("socket", "ctypes", "qval", 42):
         with pytest.raises(ImportError, match="is not allowed"):
             hook("import", (name, None, None, None, None))
-    for event in ("os.system", "socket.connect", "subprocess.Popen", "function.__new__",
-                  "sys.addaudithook", "resource.setrlimit"):
+    for event in (
+        "os.system",
+        "socket.connect",
+        "subprocess.Popen",
+        "function.__new__",
+        "sys.addaudithook",
+        "resource.setrlimit",
+    ):
         with pytest.raises(PermissionError, match=f"{event} denied"):
             hook(event, ())
     with pytest.raises(ValueError, match="_getframe"):
@@ -100,9 +107,13 @@ def test_capture_and_clip():
 
 def test_channel_accepts_the_protocol():
     ch = Channel(start=5, n=2, max_output_bytes=1000)
-    lines = [{"stage": "loading", "layers": {"process": True}}, {"stage": "ready"},
-             {"i": 5, "o": "hi", "v": 2}, {"i": 6, "o": "", "kind": "timeout", "e": "slow"},
-             {"stage": "done"}]
+    lines = [
+        {"stage": "loading", "layers": {"process": True}},
+        {"stage": "ready"},
+        {"i": 5, "o": "hi", "v": 2},
+        {"i": 6, "o": "", "kind": "timeout", "e": "slow"},
+        {"stage": "done"},
+    ]
     data = b"".join(json.dumps(m).encode() + b"\n" for m in lines)
     assert ch.feed(data[:7]) == (None, False)  # a partial line waits
     assert ch.feed(data[7:]) == (None, True)
@@ -111,19 +122,22 @@ def test_channel_accepts_the_protocol():
     assert ch.results[6].kind == "timeout" and not ch.results[6].ok
 
 
-@pytest.mark.parametrize("line", [
-    b'{"i": 0, "v": 1}',  # a call before "ready"
-    b'{"stage": "ready"}\n{"i": 1, "v": 1}',  # out of order
-    b'{"stage": "ready"}\n{"i": 0, "v": NaN}',
-    b'{"stage": "ready"}\n{"i": 0, "v": ' + b"9" * 500 + b"}",
-    b'{"stage": "ready"}\n{"i": 0, "v": true}',
-    b'{"stage": "ready"}\n{"i": 0, "kind": "ok", "e": "x"}',
-    b'{"stage": "ready"}\n{"stage": "done"}',  # done with calls unanswered
-    b'{"stage": "load_error", "kind": "nope", "e": "x"}',
-    b"[" * 60000,
-    b"not json",
-    b"[]",
-])
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"i": 0, "v": 1}',  # a call before "ready"
+        b'{"stage": "ready"}\n{"i": 1, "v": 1}',  # out of order
+        b'{"stage": "ready"}\n{"i": 0, "v": NaN}',
+        b'{"stage": "ready"}\n{"i": 0, "v": ' + b"9" * 500 + b"}",
+        b'{"stage": "ready"}\n{"i": 0, "v": true}',
+        b'{"stage": "ready"}\n{"i": 0, "kind": "ok", "e": "x"}',
+        b'{"stage": "ready"}\n{"stage": "done"}',  # done with calls unanswered
+        b'{"stage": "load_error", "kind": "nope", "e": "x"}',
+        b"[" * 60000,
+        b"not json",
+        b"[]",
+    ],
+)
 def test_channel_rejects_forged_messages(line):
     assert Channel(0, 1, 1000).feed(line + b"\n")[0] == "protocol"
 
@@ -137,5 +151,6 @@ def test_channel_caps_bytes():
 def test_changed_child_is_refused(monkeypatch):
     monkeypatch.setattr(process, "_CHILD_SHA256", "0" * 64)
     with pytest.raises(RuntimeError, match="changed on disk"):
-        S.run_program("def score(observation, action, task):\n    return 1.0\n",
-                      [{"observation": "", "action": "", "task": ""}])
+        S.run_program(
+            "def score(observation, action, task):\n    return 1.0\n", [{"observation": "", "action": "", "task": ""}]
+        )

@@ -1,5 +1,6 @@
 """sdpo-gt is QVal's oracle ablation: per candidate, the optimal policy's continuation from the state the candidate
 leads to (not the best action at the current state, which is sdpo-best-action)."""
+
 import numpy as np
 
 from qval.qalign.envs.toy_text import FrozenLakeEnv

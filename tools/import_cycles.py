@@ -6,6 +6,7 @@ An edge A → B means a statement in A imports B (``from .b import x`` imports m
 imports submodule ``b``). Cycles are the strongly connected components of that graph with more than one module
 (or a module importing itself); each is printed with one concrete loop through it.
 """
+
 from __future__ import annotations
 
 import ast

@@ -8,6 +8,7 @@ scorers use the same client through ``HTTPRequests`` (``make_requests``): genera
 Prompts are sent as token ids made with the model's own tokenizer and chat template (``tokenizer``: an HF folder
 or a qval model source), so they are byte-identical to the other backends'. Standard library only (urllib).
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,12 @@ class OpenAIModel(ServedModelSource):
 
     def identity(self) -> dict:
         # Where the server runs and how we authenticate do not change what it computes.
-        return {"source": self.name, "model": self.params.model, "tokenizer": self.params.tokenizer,
-                "dtype": self.params.dtype}
+        return {
+            "source": self.name,
+            "model": self.params.model,
+            "tokenizer": self.params.tokenizer,
+            "dtype": self.params.dtype,
+        }
 
     def tokenizer_path(self) -> Path:
         if Path(self.params.tokenizer).expanduser().exists():
@@ -110,8 +115,13 @@ class OpenAIServedModel(ServedModel):
         return self.client.post("/completions", {"model": self.model_id, **body})
 
     def generate(self, prompt_ids, max_new_tokens, temperature, seed) -> Generation:
-        body = {"prompt": list(map(int, prompt_ids)), "max_tokens": int(max_new_tokens),
-                "temperature": float(temperature), "seed": int(seed), "return_token_ids": True}
+        body = {
+            "prompt": list(map(int, prompt_ids)),
+            "max_tokens": int(max_new_tokens),
+            "temperature": float(temperature),
+            "seed": int(seed),
+            "return_token_ids": True,
+        }
         start = time.perf_counter()
         reply = self.completions(body)
         wall = time.perf_counter() - start
@@ -123,9 +133,13 @@ class OpenAIServedModel(ServedModel):
         spec = metrics.get("speculative_decoding") or {}
         ttft, gen_ms = metrics.get("time_to_first_token_ms"), metrics.get("generation_time_ms")
         return Generation(
-            token_ids=list(ids), finish_reason=choice.get("finish_reason"), wall_s=wall,
+            token_ids=list(ids),
+            finish_reason=choice.get("finish_reason"),
+            wall_s=wall,
             prefill_s=ttft / 1000 if ttft is not None and gen_ms is not None else None,
             # vLLM: time_to_first_token_ms = scheduled → first token; generation_time_ms = first → last token
             decode_s=gen_ms / 1000 if ttft is not None and gen_ms is not None else None,
-            per_step_accepted=spec.get("per_step_accepted"), per_step_drafted=spec.get("per_step_drafted"),
-            info={"token_ids_from_server": choice.get("token_ids") is not None})
+            per_step_accepted=spec.get("per_step_accepted"),
+            per_step_drafted=spec.get("per_step_drafted"),
+            info={"token_ids_from_server": choice.get("token_ids") is not None},
+        )

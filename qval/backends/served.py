@@ -9,6 +9,7 @@ around the call, and where the engine reports first- and last-token timestamps t
 Their base class, ``ServedModel``, and its ``Generation`` live in ``qval.models.base``; this module keeps what the
 served backends share.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

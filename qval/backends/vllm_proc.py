@@ -134,8 +134,12 @@ def op_init(req: dict) -> dict:
     _llm = LLM(**kwargs)
     init_s = time.perf_counter() - t0
     mp = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1").strip().lower() not in ("0", "false")
-    return {"ok": True, "init_s": init_s, "vllm_version": vllm.__version__,
-            "engine_mode": "multiproc" if mp else "inproc"}
+    return {
+        "ok": True,
+        "init_s": init_s,
+        "vllm_version": vllm.__version__,
+        "engine_mode": "multiproc" if mp else "inproc",
+    }
 
 
 def _spec_dict(m) -> dict | None:

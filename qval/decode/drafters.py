@@ -3,6 +3,7 @@
 Every drafter only proposes; the engine verifies. Drafters keep their own KV cache in step with the verified
 context: after a rejection they crop back to the longest prefix they still share with it.
 """
+
 from __future__ import annotations
 
 import copy
@@ -63,8 +64,9 @@ class ModelDrafter:
                 tok = int(logits.argmax())
             tokens.append(tok)
             if i + 1 < self.k:
-                out = self.model(input_ids=torch.tensor([[tok]], device=self.device), past_key_values=self.cache,
-                                 use_cache=True)
+                out = self.model(
+                    input_ids=torch.tensor([[tok]], device=self.device), past_key_values=self.cache, use_cache=True
+                )
                 self.cached.append(tok)
                 logits = out.logits[0, -1].float()
         return Draft(tokens, torch.stack(probs) if probs and temperature > 0 else None)
@@ -96,8 +98,9 @@ def first_layers_view(target, num_layers: int):
 
 def int8_copy(target):
     """A dynamically int8-quantised copy of the target's Linear layers (CPU): a cheap, close draft model."""
-    quantized = torch.ao.quantization.quantize_dynamic(copy.deepcopy(target).cpu(), {torch.nn.Linear},
-                                                       dtype=torch.qint8)
+    quantized = torch.ao.quantization.quantize_dynamic(
+        copy.deepcopy(target).cpu(), {torch.nn.Linear}, dtype=torch.qint8
+    )
     return quantized.eval()
 
 
@@ -116,7 +119,7 @@ class JacobiDrafter:
 
     def observe(self, target_tokens: list[int], accepted: int) -> None:
         # target_tokens[accepted] is the emitted correction/bonus; what follows are next-iteration guesses.
-        nxt = target_tokens[accepted + 1:]
+        nxt = target_tokens[accepted + 1 :]
         self.guesses = (nxt + [nxt[-1] if nxt else target_tokens[-1]] * self.k)[: self.k]
 
     def reset(self) -> None:

@@ -15,6 +15,7 @@ G_j is Gumbel noise drawn from a generator seeded by (coupled_seed, j) — an ex
 vLLM's ``strict`` rule do). Every policy then emits exactly the tokens plain AR decoding emits with the same
 coupled seed, so losslessness at T > 0 is checked token for token, as at T = 0.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -93,16 +94,22 @@ class Engine:
         observe = getattr(drafter, "observe", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
-        pending = (coupled.sample(state.next_logits, 0) if coupled is not None
-                   else self._sample(state.next_logits, temperature, generator))  # first token: prefill logits
+        pending = (
+            coupled.sample(state.next_logits, 0)
+            if coupled is not None
+            else self._sample(state.next_logits, temperature, generator)
+        )  # first token: prefill logits
         trace.token_ids.append(pending)
         if pending in self.eos:
             trace.stopped_on_eos = True
             return trace
         while len(trace.token_ids) < max_new_tokens:
             room = max_new_tokens - len(trace.token_ids)
-            draft = (drafter.propose(context + trace.token_ids, draft_temperature, generator)
-                     if drafter is not None else Draft([]))
+            draft = (
+                drafter.propose(context + trace.token_ids, draft_temperature, generator)
+                if drafter is not None
+                else Draft([])
+            )
             # Never draft past the output cap: extra drafts would be verified for nothing.
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
@@ -195,4 +202,3 @@ def _multinomial(probs: torch.Tensor, generator) -> int:
     # Sample on the CPU with the harness's seeded generator, so runs with the same seed are reproducible.
     probs = probs.detach().to("cpu", torch.float64)
     return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))
-

@@ -1,4 +1,5 @@
 """Decoding metrics: acceptance length (pooled and per-sample), measured and modelled speedup vs AR, losslessness."""
+
 from __future__ import annotations
 
 import json
@@ -6,8 +7,8 @@ import json
 import numpy as np
 import pandas as pd
 
-from ..metrics.base import Metric, MetricView
 from ..loadwatch import BUSY_OTHER_CORES
+from ..metrics.base import Metric, MetricView
 from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_ratio, bootstrap_ratios
 
 
@@ -25,9 +26,11 @@ class VllmAcceptanceLength(Metric):
     name = "acceptance_length"
     track = "decode"
     reads = ("accepted_total", "drafts")
-    label = ("acceptance length as vLLM defines it: 1 + Σ accepted draft tokens / number of verify steps that "
-             "carried ≥ 1 draft token (steps without a draft are not counted); undefined when nothing was drafted; "
-             "n = samples (prompt turns), CI resamples them")
+    label = (
+        "acceptance length as vLLM defines it: 1 + Σ accepted draft tokens / number of verify steps that "
+        "carried ≥ 1 draft token (steps without a draft are not counted); undefined when nothing was drafted; "
+        "n = samples (prompt turns), CI resamples them"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         accepted, drafts = samples["accepted_total"].to_numpy(float), samples["drafts"].to_numpy(float)
@@ -45,9 +48,11 @@ class MeanAcceptedTokens(Metric):
     name = "mean_accepted_tokens"
     track = "decode"
     reads = ("accepted_total", "target_steps")
-    label = ("Spec-Bench's #Mean accepted tokens: mean over all verify steps (pooled over samples) of accepted "
-             "draft tokens + 1, steps without a draft included (AR = 1); n = samples (prompt turns) with ≥ 1 "
-             "verify step, CI resamples them")
+    label = (
+        "Spec-Bench's #Mean accepted tokens: mean over all verify steps (pooled over samples) of accepted "
+        "draft tokens + 1, steps without a draft included (AR = 1); n = samples (prompt turns) with ≥ 1 "
+        "verify step, CI resamples them"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
@@ -58,16 +63,22 @@ class MeanAcceptedTokens(Metric):
 def _shifted(value: MetricValue, by: float) -> MetricValue:
     if value.value is None:
         return value
-    return MetricValue(value.value + by, None if value.ci_low is None else value.ci_low + by,
-                       None if value.ci_high is None else value.ci_high + by, value.n)
+    return MetricValue(
+        value.value + by,
+        None if value.ci_low is None else value.ci_low + by,
+        None if value.ci_high is None else value.ci_high + by,
+        value.n,
+    )
 
 
 class PerSampleAcceptanceLength(Metric):
     name = "acceptance_length_per_sample"
     track = "decode"
     reads = ("accepted_total", "target_steps")
-    label = ("per-sample (macro) acceptance length, DFlash's and BlockPilot's definition: mean over samples of each "
-             "sample's (accepted + 1) per verify step; n = samples (prompt turns) with ≥ 1 verify step")
+    label = (
+        "per-sample (macro) acceptance length, DFlash's and BlockPilot's definition: mean over samples of each "
+        "sample's (accepted + 1) per verify step; n = samples (prompt turns) with ≥ 1 verify step"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
@@ -75,8 +86,9 @@ class PerSampleAcceptanceLength(Metric):
         return bootstrap_mean(1.0 + accepted[keep] / steps[keep])
 
 
-def pair_with_baseline(samples: pd.DataFrame, baseline: pd.DataFrame,
-                       columns=("new_tokens", "decode_s", "output_sha")) -> pd.DataFrame:
+def pair_with_baseline(
+    samples: pd.DataFrame, baseline: pd.DataFrame, columns=("new_tokens", "decode_s", "output_sha")
+) -> pd.DataFrame:
     """Rows of this cell and the AR cell for the same (sample, turn), both successful; AR's columns end in _ar."""
     cols = ["sample_id", "turn", *columns]
     return samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
@@ -94,8 +106,12 @@ def _other_run(cell: dict | None) -> bool:
 def _decoded(pairs: pd.DataFrame) -> pd.DataFrame:
     """Pairs where both sides ran at least one verify step. A turn that ended at its first (prefill) token has no
     decode step, so its decode time measures nothing; a cell with none left has no speedup (not 0, not 1)."""
-    return pairs[(pairs["target_steps"] > 0) & (pairs["target_steps_ar"] > 0)
-                 & (pairs["decode_s"] > 0) & (pairs["decode_s_ar"] > 0)]
+    return pairs[
+        (pairs["target_steps"] > 0)
+        & (pairs["target_steps_ar"] > 0)
+        & (pairs["decode_s"] > 0)
+        & (pairs["decode_s_ar"] > 0)
+    ]
 
 
 class MeasuredSpeedup(Metric):
@@ -103,18 +119,21 @@ class MeasuredSpeedup(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "target_steps")
     needs_baseline = True
-    label = ("qval's measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the "
-             "same run: ratio of sums (Σ tokens / Σ decode time) ÷ AR's, decode only (prefill excluded), over the "
-             "(sample, turn) pairs where both ran ≥ 1 verify step; n = those pairs, paired bootstrap CI; undefined "
-             "when the AR cell was measured in another run or no pair decoded. Not Spec-Bench's estimator: see "
-             "speedup_specbench")
+    label = (
+        "qval's measured speedup vs the AR cell of the same model, dataset, temperature and hardware in the "
+        "same run: ratio of sums (Σ tokens / Σ decode time) ÷ AR's, decode only (prefill excluded), over the "
+        "(sample, turn) pairs where both ran ≥ 1 verify step; n = those pairs, paired bootstrap CI; undefined "
+        "when the AR cell was measured in another run or no pair decoded. Not Spec-Bench's estimator: see "
+        "speedup_specbench"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell):
             return MetricValue.undefined()
         pairs = _decoded(pair_with_baseline(samples, baseline, ["new_tokens", "decode_s", "target_steps"]))
-        return bootstrap_ratio(pairs["new_tokens"], pairs["decode_s"],
-                               num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"])
+        return bootstrap_ratio(
+            pairs["new_tokens"], pairs["decode_s"], num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"]
+        )
 
 
 def specbench_question_rates(frame: pd.DataFrame) -> pd.Series:
@@ -138,9 +157,11 @@ class SpecBenchSpeedup(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "prefill_s", "target_steps")
     needs_baseline = True
-    label = ("Spec-Bench's speedup: mean over questions of tokens/s (Σ tokens ÷ Σ wall time over the question's "
-             "turns, prefill included) ÷ the same mean for the same-run AR cell; n = questions both completed, "
-             "paired bootstrap CI; undefined when the AR cell ran in another run or nothing was decoded")
+    label = (
+        "Spec-Bench's speedup: mean over questions of tokens/s (Σ tokens ÷ Σ wall time over the question's "
+        "turns, prefill included) ÷ the same mean for the same-run AR cell; n = questions both completed, "
+        "paired bootstrap CI; undefined when the AR cell ran in another run or nothing was decoded"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell) or len(samples) == 0 or len(baseline) == 0:
@@ -172,12 +193,17 @@ class Lossless(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "output_sha")
     needs_baseline = True
-    label = ("share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0, and at T > 0 "
-             "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens")
+    label = (
+        "share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0, and at T > 0 "
+        "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
-        if baseline is None or len(samples) == 0 or (cell is not None and cell["temperature"] > 0
-                                                     and not _coupled(cell)):
+        if (
+            baseline is None
+            or len(samples) == 0
+            or (cell is not None and cell["temperature"] > 0 and not _coupled(cell))
+        ):
             return MetricValue.undefined()
         pairs = pair_with_baseline(samples, baseline)
         return bootstrap_mean((pairs["output_sha"] == pairs["output_sha_ar"]).to_numpy(float))
@@ -202,8 +228,9 @@ def chi_square_statistic(counts_a: np.ndarray, counts_b: np.ndarray) -> np.ndarr
     return terms.sum(-1)
 
 
-def paired_token_test(ids_a: list, ids_b: list, top: int = DIST_TOP_TOKENS, n_resamples: int = DIST_RESAMPLES,
-                      seed: int = 0) -> tuple[float, float] | None:
+def paired_token_test(
+    ids_a: list, ids_b: list, top: int = DIST_TOP_TOKENS, n_resamples: int = DIST_RESAMPLES, seed: int = 0
+) -> tuple[float, float] | None:
     """(chi-square statistic, p-value) for "outputs a and b come from the same distribution", paired by prompt.
 
     Each pair is one prompt decoded once by each side with independent randomness. Under the null (a lossless
@@ -224,6 +251,7 @@ def paired_token_test(ids_a: list, ids_b: list, top: int = DIST_TOP_TOKENS, n_re
         known = np.isin(x, keep)
         out = np.bincount(binned[known], minlength=keep.size).astype(float)
         return np.append(out, float((~known).sum()))
+
     A = np.array([counts(a) for a, _ in pairs])  # pairs × bins
     B = np.array([counts(b) for _, b in pairs])
     observed = float(chi_square_statistic(A.sum(0), B.sum(0)))
@@ -245,14 +273,23 @@ class DistributionalLossless(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "early_ids")
     needs_baseline = True
-    label = ("T > 0, rejection sampling: p-value of a paired label-swap permutation test (chi-square statistic on "
-             f"the frequencies of output tokens 2–33, top {DIST_TOP_TOKENS} tokens + other) that the policy's outputs "
-             "and AR's come from the same distribution; a small p flags a lossy policy; n = prompt pairs; a p-value "
-             "has no CI")
+    label = (
+        "T > 0, rejection sampling: p-value of a paired label-swap permutation test (chi-square statistic on "
+        f"the frequencies of output tokens 2–33, top {DIST_TOP_TOKENS} tokens + other) that the policy's outputs "
+        "and AR's come from the same distribution; a small p flags a lossy policy; n = prompt pairs; a p-value "
+        "has no CI"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
-        if baseline is None or len(samples) == 0 or "early_ids" not in samples or cell is None \
-                or cell["temperature"] <= 0 or _coupled(cell) or cell.get("method") == "ar":
+        if (
+            baseline is None
+            or len(samples) == 0
+            or "early_ids" not in samples
+            or cell is None
+            or cell["temperature"] <= 0
+            or _coupled(cell)
+            or cell.get("method") == "ar"
+        ):
             return MetricValue.undefined()
         pairs = pair_with_baseline(samples, baseline, ["early_ids"])
         ids_a = [list(x) if x is not None else [] for x in pairs["early_ids_ar"]]
@@ -268,10 +305,12 @@ class ModelledSpeedup(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s")
     needs_baseline = True
-    label = ("MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), τ = mean_accepted_tokens "
-             "(tokens per verify step), i.e. assuming a verify "
-             "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); τ, drafting "
-             "time and the AR step time are measured in this run; paired bootstrap CI over samples")
+    label = (
+        "MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), τ = mean_accepted_tokens "
+        "(tokens per verify step), i.e. assuming a verify "
+        "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); τ, drafting "
+        "time and the AR step time are measured in this run; paired bootstrap CI over samples"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell) or "draft_s" not in samples:
@@ -351,8 +390,10 @@ class LoadWhileTimed(Metric):
     reads = ("load_other_cores", "prefill_s", "decode_s")
     always = True  # reports read it for every decode cell (the load flag, the per-position figure)
     higher_is_better = False
-    label = ("cores other processes kept busy on average while this cell's turns were timed (time-weighted; "
-             f"flagged above {BUSY_OTHER_CORES}); n = turns with a load record (the openai backend records none)")
+    label = (
+        "cores other processes kept busy on average while this cell's turns were timed (time-weighted; "
+        f"flagged above {BUSY_OTHER_CORES}); n = turns with a load record (the openai backend records none)"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         if "load_other_cores" not in samples:
@@ -372,8 +413,23 @@ def _list_count(column: str, at_least: int) -> str:
 # What decoding metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
 VIEW = MetricView(
     columns={
-        **{c: c for c in ("cell_id", "sample_id", "turn", "category", "new_tokens", "target_steps", "prefill_s",
-                          "decode_s", "draft_s", "load_other_cores", "load_steal", "output_sha")},
+        **{
+            c: c
+            for c in (
+                "cell_id",
+                "sample_id",
+                "turn",
+                "category",
+                "new_tokens",
+                "target_steps",
+                "prefill_s",
+                "decode_s",
+                "draft_s",
+                "load_other_cores",
+                "load_steal",
+                "output_sha",
+            )
+        },
         "early_ids": "output_ids[2:33]",
         "accepted_total": "coalesce(list_sum(accepted), 0)",
         "drafts": _list_count("drafted", 1),

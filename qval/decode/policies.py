@@ -2,6 +2,7 @@
 
 Policies never read a clock: the harness times prefill and decode around the engine.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar, Literal
@@ -76,13 +77,13 @@ class NgramDrafter:
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft:
         length = len(context)
         for n in range(min(self.max_n, length - 1), self.min_n - 1, -1):
-            tail = context[length - n:]
+            tail = context[length - n :]
             first = tail[0]
             # Start positions end before the tail itself, so at least one token follows a match.
             starts = range(length - n - 1, -1, -1) if self.match == "latest" else range(0, length - n)
             for start in starts:
-                if context[start] == first and context[start:start + n] == tail:
-                    follow = context[start + n:start + n + self.k]
+                if context[start] == first and context[start : start + n] == tail:
+                    follow = context[start + n : start + n + self.k]
                     if follow:
                         return Draft(follow)
         return Draft([])
@@ -102,10 +103,16 @@ class PromptLookupPolicy(DecodePolicy):
         if backend != "vllm":
             return super().served_config(backend)
         if self.params.match != "earliest":
-            raise PolicyNotServable("vLLM's n-gram proposer copies the EARLIEST earlier occurrence of the n-gram; "
-                                    "set `match: earliest` so the policy means the same on both backends")
-        return {"method": "ngram", "num_speculative_tokens": self.params.num_draft,
-                "prompt_lookup_max": self.params.max_ngram, "prompt_lookup_min": self.params.min_ngram}
+            raise PolicyNotServable(
+                "vLLM's n-gram proposer copies the EARLIEST earlier occurrence of the n-gram; "
+                "set `match: earliest` so the policy means the same on both backends"
+            )
+        return {
+            "method": "ngram",
+            "num_speculative_tokens": self.params.num_draft,
+            "prompt_lookup_max": self.params.max_ngram,
+            "prompt_lookup_min": self.params.min_ngram,
+        }
 
 
 class DraftModelParams(BaseModel):
@@ -147,8 +154,9 @@ class DraftModelPolicy(DecodePolicy):
         if backend != "vllm":
             return super().served_config(backend)
         if self.params.draft != "path" or self.params.stop_threshold > 0:
-            raise PolicyNotServable("vLLM runs a draft model given by path, with a fixed draft length "
-                                    "(draft: path, stop_threshold: 0)")
+            raise PolicyNotServable(
+                "vLLM runs a draft model given by path, with a fixed draft length (draft: path, stop_threshold: 0)"
+            )
         return {"method": "draft_model", "model": self.params.path, "num_speculative_tokens": self.params.num_draft}
 
 
@@ -182,8 +190,9 @@ class LayerSkipPolicy(DecodePolicy):
     def drafter(self, model):
         from .drafters import ModelDrafter, first_layers_view
 
-        return ModelDrafter(first_layers_view(model.model, self.params.layers), self.params.num_draft,
-                            self.params.stop_threshold)
+        return ModelDrafter(
+            first_layers_view(model.model, self.params.layers), self.params.num_draft, self.params.stop_threshold
+        )
 
 
 class JacobiParams(BaseModel):

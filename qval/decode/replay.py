@@ -16,6 +16,7 @@ What this module guards against, and why:
 * Metric = per-sample (macro) mean τ, the definition DFlash/BlockPilot report; CIs are the percentile
   bootstrap over samples from ``qval.stats``; gains are paired (same samples resampled together).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,7 @@ KINDS = ("fixed", "best-fixed", "oracle", "selector", "in-sample-selector")
 
 
 # --------------------------------------------------------------------------------------------------- data model
+
 
 @dataclass
 class Sweep:
@@ -79,8 +81,8 @@ class ReplayRow:
 class SelectorRun:
     """Held-out predictions plus everything needed to audit that no sample was scored by a model trained on it."""
 
-    predictions: pd.Series          # sample id -> predicted size (from the model of that sample's fold)
-    fold: pd.Series                 # sample id -> fold index
+    predictions: pd.Series  # sample id -> predicted size (from the model of that sample's fold)
+    fold: pd.Series  # sample id -> fold index
     train_ids: dict[int, list[str]]  # fold index -> sample ids the fold's model was trained on
     n_folds: int
     seed: int
@@ -96,8 +98,8 @@ class ReplayResult:
     candidates: list[int]
     sizes: list[int]
     rows: list[ReplayRow]
-    per_sample: pd.DataFrame        # sample id x policy -> τ actually obtained (NaN where unscored)
-    oracle_choice: pd.Series        # sample id -> per-sample argmax candidate (ties -> smaller)
+    per_sample: pd.DataFrame  # sample id x policy -> τ actually obtained (NaN where unscored)
+    oracle_choice: pd.Series  # sample id -> per-sample argmax candidate (ties -> smaller)
     best_fixed_size: int
     oracle_minus_best_fixed: MetricValue  # paired absolute gain in τ
     n_samples: int
@@ -122,6 +124,7 @@ class ReplayResult:
 
 
 # --------------------------------------------------------------------------------------------------- parsing
+
 
 def parse_candidates(text: str) -> list[int]:
     """Parse "14-18", "14,16,18" or mixes like "4,14-18" into sorted unique ints; reject anything else loudly."""
@@ -163,6 +166,7 @@ def _format_candidates(cands: Sequence[int]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------- loading
+
 
 def _read_json(path: Path):
     try:
@@ -251,9 +255,16 @@ def load_sweep(path, knob: str = "block_size") -> Sweep:
     names = meta.get("features")
     if features is not None and isinstance(names, list) and len(names) == features.shape[1]:
         features.columns = [str(n) for n in names]
-    return Sweep(sizes=sizes, table=table, features=features, ignored=ignored,
-                 knob=str(meta.get("knob") or knob), in_sample_selector=picks, path=str(folder),
-                 metric=str(meta.get("metric") or DEFAULT_METRIC))
+    return Sweep(
+        sizes=sizes,
+        table=table,
+        features=features,
+        ignored=ignored,
+        knob=str(meta.get("knob") or knob),
+        in_sample_selector=picks,
+        path=str(folder),
+        metric=str(meta.get("metric") or DEFAULT_METRIC),
+    )
 
 
 def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None, meta: dict | None = None) -> None:
@@ -266,8 +277,12 @@ def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None,
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     for size in table.columns:
-        if isinstance(size, bool) or not isinstance(size, (int, float, np.integer, np.floating)) or size < 0 \
-                or not math.isfinite(size):
+        if (
+            isinstance(size, bool)
+            or not isinstance(size, (int, float, np.integer, np.floating))
+            or size < 0
+            or not math.isfinite(size)
+        ):
             raise ValueError(f"table column {size!r} is not a non-negative number")
         col = table[size].dropna()
         payload = {str(k): float(v) for k, v in col.items()}
@@ -287,6 +302,7 @@ def _write_json(path: Path, payload) -> None:
 
 
 # --------------------------------------------------------------------------------------------------- selector
+
 
 @dataclass
 class _LogReg:
@@ -345,8 +361,9 @@ def _argmax_smaller(values: np.ndarray) -> np.ndarray:
     return np.argmax(values, axis=1)
 
 
-def cross_validated_selector(cand_table: pd.DataFrame, features: pd.DataFrame, folds: int = 5,
-                             seed: int = 0, l2: float = 1.0) -> SelectorRun:
+def cross_validated_selector(
+    cand_table: pd.DataFrame, features: pd.DataFrame, folds: int = 5, seed: int = 0, l2: float = 1.0
+) -> SelectorRun:
     """Predict each sample's size with a model trained on the other folds only.
 
     Labels are the per-sample argmax candidate (ties → smaller).  ``cand_table`` must be complete (no NaN).
@@ -368,12 +385,18 @@ def cross_validated_selector(cand_table: pd.DataFrame, features: pd.DataFrame, f
         model = _fit_logreg(X[train], y[train], len(cands), l2)
         pred[test] = model.predict(X[test])
         train_ids[f] = [ids[i] for i in np.flatnonzero(train)]
-    return SelectorRun(predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=object),
-                       fold=pd.Series(fold, index=ids, dtype=int), train_ids=train_ids,
-                       n_folds=k, seed=seed, l2=l2)
+    return SelectorRun(
+        predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=object),
+        fold=pd.Series(fold, index=ids, dtype=int),
+        train_ids=train_ids,
+        n_folds=k,
+        seed=seed,
+        l2=l2,
+    )
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
+
 
 def _resolve_candidates(sweep: Sweep, candidates: Sequence[int] | None) -> list[int]:
     if candidates is None:
@@ -404,21 +427,35 @@ def _paired_gain(values: pd.Series, baseline: pd.Series, seed: int) -> MetricVal
     ratio = bootstrap_mean_ratio(a, b, a.mean() / b.mean(), seed=seed)  # mean(a)/mean(b) = Σa/Σb on a resample
     if ratio.value is None:
         return ratio
-    return MetricValue(ratio.value - 1, None if ratio.ci_low is None else ratio.ci_low - 1,
-                       None if ratio.ci_high is None else ratio.ci_high - 1, ratio.n)
+    return MetricValue(
+        ratio.value - 1,
+        None if ratio.ci_low is None else ratio.ci_low - 1,
+        None if ratio.ci_high is None else ratio.ci_high - 1,
+        ratio.n,
+    )
 
 
-def _make_row(policy: str, kind: str, values: pd.Series, baseline: pd.Series, seed: int, size=None,
-              in_candidates=None, note=None) -> ReplayRow:
+def _make_row(
+    policy: str, kind: str, values: pd.Series, baseline: pd.Series, seed: int, size=None, in_candidates=None, note=None
+) -> ReplayRow:
     scored = values.dropna().to_numpy(float)
     value = bootstrap_mean(scored, seed=seed) if scored.size else MetricValue.undefined()
     gain = _paired_gain(values, baseline, seed)
-    return ReplayRow(policy=policy, kind=kind, value=value, size=size, gain_vs_best_fixed=gain.value,
-                     gain_ci=gain, in_candidates=in_candidates, note=note)
+    return ReplayRow(
+        policy=policy,
+        kind=kind,
+        value=value,
+        size=size,
+        gain_vs_best_fixed=gain.value,
+        gain_ci=gain,
+        in_candidates=in_candidates,
+        note=note,
+    )
 
 
-def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, seed: int = 0,
-             l2: float = 1.0) -> ReplayResult:
+def evaluate(
+    sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, seed: int = 0, l2: float = 1.0
+) -> ReplayResult:
     """Score fixed sizes, best fixed, oracle, and (when available) held-out and in-sample selectors.
 
     Samples missing at any candidate size are dropped (and counted) so every candidate-based row is paired on
@@ -448,37 +485,83 @@ def evaluate(sweep: Sweep, candidates: list[int] | None = None, folds: int = 5, 
         per_sample[row.policy] = values
 
     for s in sweep.sizes:
-        add(_make_row(f"fixed {sym}={s}", "fixed", table[s], baseline, seed, size=s, in_candidates=s in cands),
-            table[s])
-    add(_make_row(f"best fixed over {cand_label}", "best-fixed", baseline, baseline, seed, size=best,
-                  in_candidates=True, note="size chosen on these same samples (in-sample choice of one size)"),
-        baseline)
-    add(_make_row(f"oracle over {cand_label}", "oracle", oracle, baseline, seed,
-                  note="per-sample max over candidates (ties → smaller); an upper bound, not a policy"), oracle)
+        add(
+            _make_row(f"fixed {sym}={s}", "fixed", table[s], baseline, seed, size=s, in_candidates=s in cands), table[s]
+        )
+    add(
+        _make_row(
+            f"best fixed over {cand_label}",
+            "best-fixed",
+            baseline,
+            baseline,
+            seed,
+            size=best,
+            in_candidates=True,
+            note="size chosen on these same samples (in-sample choice of one size)",
+        ),
+        baseline,
+    )
+    add(
+        _make_row(
+            f"oracle over {cand_label}",
+            "oracle",
+            oracle,
+            baseline,
+            seed,
+            note="per-sample max over candidates (ties → smaller); an upper bound, not a policy",
+        ),
+        oracle,
+    )
 
     selector = None
     if sweep.features is not None:
         selector = cross_validated_selector(table[cands], sweep.features, folds, seed, l2)
         vals = _lookup(table, selector.predictions)
         n_missing = int(vals.isna().sum())
-        note = (f"held-out: {selector.n_folds}-fold CV (seed {seed}), logistic regression (L2={l2}); each sample "
-                f"scored by a model that never saw it; CI covers sample resampling only, not retraining")
+        note = (
+            f"held-out: {selector.n_folds}-fold CV (seed {seed}), logistic regression (L2={l2}); each sample "
+            f"scored by a model that never saw it; CI covers sample resampling only, not retraining"
+        )
         if n_missing:
             note += f"; {n_missing} samples without features not scored"
-        add(_make_row(f"selector (logreg, {selector.n_folds}-fold CV)", "selector", vals, baseline, seed,
-                      note=note), vals)
+        add(
+            _make_row(f"selector (logreg, {selector.n_folds}-fold CV)", "selector", vals, baseline, seed, note=note),
+            vals,
+        )
 
     if sweep.in_sample_selector is not None:
         vals = _lookup(table, sweep.in_sample_selector)
-        add(_make_row(f"released selector ({IN_SAMPLE_SELECTOR_FILE})", "in-sample-selector", vals, baseline,
-                      seed, note="IN-SAMPLE: fit on these same samples, not held-out evidence"), vals)
+        add(
+            _make_row(
+                f"released selector ({IN_SAMPLE_SELECTOR_FILE})",
+                "in-sample-selector",
+                vals,
+                baseline,
+                seed,
+                note="IN-SAMPLE: fit on these same samples, not held-out evidence",
+            ),
+            vals,
+        )
 
     gap = (oracle - baseline).to_numpy(float)
     abs_gain = bootstrap_batched(gap.size, lambda idx: gap[idx].mean(axis=1), gap.mean(), seed=seed)
-    return ReplayResult(knob=sweep.knob, metric=sweep.metric, candidates=cands, sizes=list(sweep.sizes), rows=rows,
-                        per_sample=pd.DataFrame(per_sample), oracle_choice=oracle_choice, best_fixed_size=best,
-                        oracle_minus_best_fixed=abs_gain, n_samples=len(table), dropped=dropped,
-                        ignored=list(sweep.ignored), notes=notes, selector=selector, seed=seed)
+    return ReplayResult(
+        knob=sweep.knob,
+        metric=sweep.metric,
+        candidates=cands,
+        sizes=list(sweep.sizes),
+        rows=rows,
+        per_sample=pd.DataFrame(per_sample),
+        oracle_choice=oracle_choice,
+        best_fixed_size=best,
+        oracle_minus_best_fixed=abs_gain,
+        n_samples=len(table),
+        dropped=dropped,
+        ignored=list(sweep.ignored),
+        notes=notes,
+        selector=selector,
+        seed=seed,
+    )
 
 
 def _base_notes(sweep: Sweep, cands: list[int], dropped: list[str]) -> list[str]:
@@ -515,6 +598,7 @@ def headroom(result: ReplayResult) -> dict:
 
 # --------------------------------------------------------------------------------------------------- output
 
+
 def _clean(obj):
     """Recursively turn numpy scalars into Python ones and NaN/inf into None so json.dumps never emits NaN."""
     if isinstance(obj, dict):
@@ -532,24 +616,47 @@ def _clean(obj):
 
 def _row_json(r: ReplayRow) -> dict:
     g = r.gain_ci or MetricValue.undefined()
-    return {"policy": r.policy, "kind": r.kind, "size": r.size, "in_candidates": r.in_candidates,
-            "value": r.value.value, "ci_low": r.value.ci_low, "ci_high": r.value.ci_high, "n": r.value.n,
-            "gain_vs_best_fixed": r.gain_vs_best_fixed, "gain_ci_low": g.ci_low, "gain_ci_high": g.ci_high,
-            "note": r.note}
+    return {
+        "policy": r.policy,
+        "kind": r.kind,
+        "size": r.size,
+        "in_candidates": r.in_candidates,
+        "value": r.value.value,
+        "ci_low": r.value.ci_low,
+        "ci_high": r.value.ci_high,
+        "n": r.value.n,
+        "gain_vs_best_fixed": r.gain_vs_best_fixed,
+        "gain_ci_low": g.ci_low,
+        "gain_ci_high": g.ci_high,
+        "note": r.note,
+    }
 
 
 def to_json(result: ReplayResult) -> dict:
     """JSON-serialisable summary (undefined → None, never NaN), including the fold map for auditing."""
     sel = result.selector
     out = {
-        "knob": result.knob, "metric": result.metric, "sizes": result.sizes, "candidates": result.candidates,
-        "n_samples": result.n_samples, "n_dropped": len(result.dropped), "dropped": result.dropped,
-        "ignored_files": result.ignored, "notes": result.notes, "seed": result.seed,
+        "knob": result.knob,
+        "metric": result.metric,
+        "sizes": result.sizes,
+        "candidates": result.candidates,
+        "n_samples": result.n_samples,
+        "n_dropped": len(result.dropped),
+        "dropped": result.dropped,
+        "ignored_files": result.ignored,
+        "notes": result.notes,
+        "seed": result.seed,
         "rows": [_row_json(r) for r in result.rows],
         "headroom": headroom(result),
-        "selector": None if sel is None else {
-            "n_folds": sel.n_folds, "seed": sel.seed, "l2": sel.l2,
-            "fold_of_sample": sel.fold.to_dict(), "predicted_size": sel.predictions.to_dict()},
+        "selector": None
+        if sel is None
+        else {
+            "n_folds": sel.n_folds,
+            "seed": sel.seed,
+            "l2": sel.l2,
+            "fold_of_sample": sel.fold.to_dict(),
+            "predicted_size": sel.predictions.to_dict(),
+        },
     }
     return _clean(out)
 
@@ -577,13 +684,18 @@ def _metric_symbol(metric: str) -> str:
 
 def to_markdown(result: ReplayResult) -> str:
     """A table: policy | kind | metric [CI] (n) | size | gain vs best fixed, then the caveats that go with it."""
-    lines = [f"Replay of {result.knob}: candidates {_format_candidates(result.candidates)}, "
-             f"{result.n_samples} samples; metric: {result.metric}", "",
-             f"| policy | kind | {_metric_symbol(result.metric)} [CI] (n) | {result.knob} | gain vs best fixed |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"Replay of {result.knob}: candidates {_format_candidates(result.candidates)}, "
+        f"{result.n_samples} samples; metric: {result.metric}",
+        "",
+        f"| policy | kind | {_metric_symbol(result.metric)} [CI] (n) | {result.knob} | gain vs best fixed |",
+        "|---|---|---|---|---|",
+    ]
     for r in result.rows:
         name = r.policy + (" †" if r.kind == "fixed" and not r.in_candidates else "")
-        lines.append(f"| {name} | {r.kind} | {_md_value(r.value)} | {'—' if r.size is None else r.size} | {_md_gain(r)} |")
+        lines.append(
+            f"| {name} | {r.kind} | {_md_value(r.value)} | {'—' if r.size is None else r.size} | {_md_gain(r)} |"
+        )
     dagger = ["† not a candidate size"] if any(r.in_candidates is False for r in result.rows) else []
     notes = dagger + [f"{r.policy}: {r.note}" for r in result.rows if r.note] + result.notes
     return "\n".join(lines + [""] + [f"- {n}" for n in notes]) + "\n"

@@ -17,6 +17,7 @@ first token (from the prefill) has none, where Spec-Bench's baseline writes a 1 
 use the model's own chat template, not the Vicuna template. A question that some cell of a baseline group failed
 is left out of every file of that group and counted in the index (Spec-Bench would write "ERROR" as its text).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,18 +28,23 @@ from ..registry import REGISTRY
 from ..store.db import connect_reader
 from ..store.parts import write_json_atomic
 
-_ROWS = ("SELECT sample_id, turn, category, new_tokens, target_steps, accepted, prefill_s, decode_s, output_ids, "
-         "error FROM decode_samples WHERE cell_id = ? ORDER BY sample_id, turn")
+_ROWS = (
+    "SELECT sample_id, turn, category, new_tokens, target_steps, accepted, prefill_s, decode_s, output_ids, "
+    "error FROM decode_samples WHERE cell_id = ? ORDER BY sample_id, turn"
+)
 
 
 def _cells(con, suite: str | None):
-    sql = ("SELECT c.cell_id, c.model, c.method, c.temperature, c.dataset_label, c.identity, c.baseline_cell_id, "
-           "c.run_id FROM cells c {join} WHERE c.track = 'decode' AND c.status = 'done' {where} "
-           "ORDER BY c.cell_id")
+    sql = (
+        "SELECT c.cell_id, c.model, c.method, c.temperature, c.dataset_label, c.identity, c.baseline_cell_id, "
+        "c.run_id FROM cells c {join} WHERE c.track = 'decode' AND c.status = 'done' {where} "
+        "ORDER BY c.cell_id"
+    )
     if suite is None:
         return con.execute(sql.format(join="", where="")).fetchall()
-    rows = con.execute(sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"),
-                       [suite]).fetchall()
+    rows = con.execute(
+        sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite]
+    ).fetchall()
     if not rows:
         raise UsageError(f"suite {suite!r} has no finished decode cells in this results folder")
     return rows
@@ -102,11 +108,20 @@ def export_specbench(results: Path, out: Path, suite: str | None = None) -> list
             # The baseline's file only when it is exported here and was timed in the same run (else qval itself
             # reports no speedup).
             same_run = isinstance(baseline, str) and baseline in runs and runs[baseline] == run_id
-            index.append({"cell_id": cell_id, "policy": method, "model": model, "dataset": dataset,
-                          "temperature": temperature, "file": name,
-                          "baseline_file": f"{baseline}.jsonl" if same_run else None,
-                          "tokenizer": folder, "questions": len(lines),
-                          "questions_left_out": len(rows[cell_id]) - len(lines)})
+            index.append(
+                {
+                    "cell_id": cell_id,
+                    "policy": method,
+                    "model": model,
+                    "dataset": dataset,
+                    "temperature": temperature,
+                    "file": name,
+                    "baseline_file": f"{baseline}.jsonl" if same_run else None,
+                    "tokenizer": folder,
+                    "questions": len(lines),
+                    "questions_left_out": len(rows[cell_id]) - len(lines),
+                }
+            )
     write_json_atomic(out / "index.json", index)
     return index
 
@@ -122,25 +137,30 @@ def _complete_questions(by_question: dict[str, list]) -> set[str]:
     return {q for q, turns in by_question.items() if all(r[9] is None for r in turns)}
 
 
-def _answers(cell_id: str, model: str, method: str, by_question: dict[str, list], keep: set[str], tokenizer,
-             run_id) -> list[dict]:
+def _answers(
+    cell_id: str, model: str, method: str, by_question: dict[str, list], keep: set[str], tokenizer, run_id
+) -> list[dict]:
     lines = []
     for sample_id in sorted(keep, key=_sort_key):
         turns = sorted(by_question[sample_id], key=lambda r: r[1])
         accept_lengths = [int(a) + 1 for r in turns for a in (r[5] or [])]
-        lines.append({
-            "question_id": _question_id(sample_id),
-            "category": turns[0][2],
-            "answer_id": f"{cell_id}:{sample_id}",
-            "model_id": f"{model}-{method}",
-            "tstamp": run_id,
-            "choices": [{
-                "index": 0,
-                "turns": [tokenizer.decode(list(r[8] or []), skip_special_tokens=True) for r in turns],
-                "decoding_steps": [int(r[4]) for r in turns],
-                "new_tokens": [int(r[3]) for r in turns],
-                "wall_time": [float((r[6] or 0.0) + r[7]) for r in turns],
-                "accept_lengths": accept_lengths,
-            }],
-        })
+        lines.append(
+            {
+                "question_id": _question_id(sample_id),
+                "category": turns[0][2],
+                "answer_id": f"{cell_id}:{sample_id}",
+                "model_id": f"{model}-{method}",
+                "tstamp": run_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "turns": [tokenizer.decode(list(r[8] or []), skip_special_tokens=True) for r in turns],
+                        "decoding_steps": [int(r[4]) for r in turns],
+                        "new_tokens": [int(r[3]) for r in turns],
+                        "wall_time": [float((r[6] or 0.0) + r[7]) for r in turns],
+                        "accept_lengths": accept_lengths,
+                    }
+                ],
+            }
+        )
     return lines

@@ -15,6 +15,7 @@ Selector features come from the prefill of the sample's first turn (computed aft
 entropy and top probability, log prompt length, and the category one-hot. They are known before decoding starts,
 as a deployed selector would need.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,7 @@ from ..store.db import connect_reader
 from . import replay
 
 METRICS = ("tau", "speedup")
-METRIC_LABELS = {"tau": "acceptance length τ (per sample)",
-                 "speedup": "measured speedup vs same-run AR (per sample)"}
+METRIC_LABELS = {"tau": "acceptance length τ (per sample)", "speedup": "measured speedup vs same-run AR (per sample)"}
 
 
 @dataclass
@@ -56,14 +56,23 @@ class OwnSweep:
 
     def as_replay(self, metric: str) -> replay.Sweep:
         table = self.tables[metric]
-        return replay.Sweep(sizes=list(table.columns), table=table, features=self.features, knob=self.knob,
-                            metric=METRIC_LABELS[metric])
+        return replay.Sweep(
+            sizes=list(table.columns), table=table, features=self.features, knob=self.knob, metric=METRIC_LABELS[metric]
+        )
 
     def meta(self, metric: str) -> dict:
-        return {"knob": self.knob, "metric": METRIC_LABELS[metric], "model": self.model, "dataset": self.dataset,
-                "temperature": self.temperature, "seed": self.seed, "policy": self.policy,
-                "fixed_params": self.fixed_params, "cells": {str(k): v for k, v in self.cells.items()},
-                "features": self.feature_names}
+        return {
+            "knob": self.knob,
+            "metric": METRIC_LABELS[metric],
+            "model": self.model,
+            "dataset": self.dataset,
+            "temperature": self.temperature,
+            "seed": self.seed,
+            "policy": self.policy,
+            "fixed_params": self.fixed_params,
+            "cells": {str(k): v for k, v in self.cells.items()},
+            "features": self.feature_names,
+        }
 
 
 def _is_number(value) -> bool:
@@ -78,8 +87,9 @@ def _knob_groups(cells: pd.DataFrame) -> list[tuple[tuple, str, dict, dict]]:
     """
     out = []
     for key, group in cells.groupby(["model", "dataset_label", "temperature", "seed", "method"], sort=True):
-        params = {row.cell_id: (json.loads(row.identity) or {}).get("method_params") or {}
-                  for row in group.itertuples()}
+        params = {
+            row.cell_id: (json.loads(row.identity) or {}).get("method_params") or {} for row in group.itertuples()
+        }
         knobs = sorted({k for p in params.values() for k, v in p.items() if _is_number(v)})
         for knob in knobs:
             by_rest: dict[str, dict] = {}
@@ -104,7 +114,9 @@ def _per_sample(con, cell_ids: list[str]) -> pd.DataFrame:
         "SELECT cell_id, sample_id, 1 + sum(coalesce(list_sum(accepted), 0)) / sum(target_steps) AS tau, "
         "sum(new_tokens) AS tokens, sum(decode_s) AS decode_s FROM decode_samples "
         "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL GROUP BY cell_id, sample_id "
-        "HAVING sum(target_steps) > 0", [cell_ids]).df()
+        "HAVING sum(target_steps) > 0",
+        [cell_ids],
+    ).df()
 
 
 def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
@@ -112,14 +124,19 @@ def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]
         "SELECT sample_id, any_value(category) AS category, avg(prefill_entropy) AS entropy, "
         "avg(prefill_top_prob) AS top_prob, avg(prompt_tokens) AS prompt_tokens FROM decode_samples "
         "WHERE cell_id IN (SELECT unnest(?)) AND turn = 0 AND error IS NULL GROUP BY sample_id",
-        [cell_ids]).df()
+        [cell_ids],
+    ).df()
     frame = frame.dropna(subset=["entropy", "top_prob", "prompt_tokens"])
     if frame.empty:
         return None, []
-    features = pd.DataFrame({"prefill_entropy": frame["entropy"].to_numpy(float),
-                             "prefill_top_prob": frame["top_prob"].to_numpy(float),
-                             "log_prompt_tokens": np.log(frame["prompt_tokens"].to_numpy(float))},
-                            index=frame["sample_id"].astype(str))
+    features = pd.DataFrame(
+        {
+            "prefill_entropy": frame["entropy"].to_numpy(float),
+            "prefill_top_prob": frame["top_prob"].to_numpy(float),
+            "log_prompt_tokens": np.log(frame["prompt_tokens"].to_numpy(float)),
+        },
+        index=frame["sample_id"].astype(str),
+    )
     categories = sorted(frame["category"].dropna().astype(str).unique())
     if len(categories) > 1:
         for cat in categories:
@@ -148,15 +165,23 @@ def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
         sweeps = []
         for (model, dataset, temperature, seed, method), knob, fixed, values in groups:
             ids = list(values.values())
-            tables = {metric: pd.DataFrame({v: _column(by_cell, c, baselines[c], info, metric)
-                                            for v, c in values.items()}) for metric in METRICS}
-            tables = {m: t.loc[replay._sorted_ids(t.index)] for m, t in tables.items()
-                      if not t.empty and t.notna().any().any()}
+            tables = {
+                metric: pd.DataFrame({v: _column(by_cell, c, baselines[c], info, metric) for v, c in values.items()})
+                for metric in METRICS
+            }
+            tables = {
+                m: t.loc[replay._sorted_ids(t.index)]
+                for m, t in tables.items()
+                if not t.empty and t.notna().any().any()
+            }
             if not tables:
                 continue
             features, names = _features(con, ids)
-            sweeps.append(OwnSweep(model, dataset, float(temperature), int(seed), method, knob, fixed, values,
-                                   tables, features, names))
+            sweeps.append(
+                OwnSweep(
+                    model, dataset, float(temperature), int(seed), method, knob, fixed, values, tables, features, names
+                )
+            )
         return sweeps
     finally:
         con.close()
@@ -165,14 +190,16 @@ def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
 _NONE = pd.DataFrame({"tau": [], "tokens": [], "decode_s": []}, dtype=float)
 
 
-def _column(by_cell: dict[str, pd.DataFrame], cell_id: str, baseline_id, info: pd.DataFrame,
-            metric: str) -> pd.Series:
+def _column(by_cell: dict[str, pd.DataFrame], cell_id: str, baseline_id, info: pd.DataFrame, metric: str) -> pd.Series:
     own = by_cell.get(cell_id, _NONE)
     if metric == "tau":
         return own["tau"].astype(float)
     # Speedups compare timings of one run only (see MeasuredSpeedup): another run's baseline gives no column.
-    if not isinstance(baseline_id, str) or baseline_id not in info.index \
-            or info.at[baseline_id, "run_id"] != info.at[cell_id, "run_id"]:
+    if (
+        not isinstance(baseline_id, str)
+        or baseline_id not in info.index
+        or info.at[baseline_id, "run_id"] != info.at[cell_id, "run_id"]
+    ):
         return pd.Series(dtype=float)
     base = by_cell.get(baseline_id, _NONE)
     joined = own.join(base, how="inner", suffixes=("", "_ar"))
@@ -210,19 +237,30 @@ def headroom_rows(sweeps: list[OwnSweep], folds: int = 5, seed: int = 0) -> pd.D
                 continue
             room = replay.headroom(result)
             selector = next((r for r in result.rows if r.kind == "selector"), None)
-            rows.append({
-                "model": sweep.model, "dataset": sweep.dataset, "temperature": sweep.temperature,
-                "policy": sweep.policy, "knob": sweep.knob, "metric": metric,
-                "values": ",".join(str(v) for v in result.candidates),
-                "best_fixed_value": room["best_fixed_size"], "best_fixed": room["best_fixed"],
-                "best_fixed_ci": [result.row("best-fixed").value.ci_low, result.row("best-fixed").value.ci_high],
-                "oracle": room["oracle"],
-                "oracle_ci": [result.row("oracle").value.ci_low, result.row("oracle").value.ci_high],
-                "oracle_gain": room["relative_gain"], "oracle_gain_ci": room["relative_gain_ci"],
-                "selector": selector.value.value if selector else None,
-                "selector_gain": selector.gain_vs_best_fixed if selector else None,
-                "selector_gain_ci": ([selector.gain_ci.ci_low, selector.gain_ci.ci_high]
-                                     if selector and selector.gain_ci else [None, None]),
-                "n": room["n"],
-            })
+            rows.append(
+                {
+                    "model": sweep.model,
+                    "dataset": sweep.dataset,
+                    "temperature": sweep.temperature,
+                    "policy": sweep.policy,
+                    "knob": sweep.knob,
+                    "metric": metric,
+                    "values": ",".join(str(v) for v in result.candidates),
+                    "best_fixed_value": room["best_fixed_size"],
+                    "best_fixed": room["best_fixed"],
+                    "best_fixed_ci": [result.row("best-fixed").value.ci_low, result.row("best-fixed").value.ci_high],
+                    "oracle": room["oracle"],
+                    "oracle_ci": [result.row("oracle").value.ci_low, result.row("oracle").value.ci_high],
+                    "oracle_gain": room["relative_gain"],
+                    "oracle_gain_ci": room["relative_gain_ci"],
+                    "selector": selector.value.value if selector else None,
+                    "selector_gain": selector.gain_vs_best_fixed if selector else None,
+                    "selector_gain_ci": (
+                        [selector.gain_ci.ci_low, selector.gain_ci.ci_high]
+                        if selector and selector.gain_ci
+                        else [None, None]
+                    ),
+                    "n": room["n"],
+                }
+            )
     return pd.DataFrame(rows)

@@ -1,4 +1,5 @@
 """Run one decoding cell. The harness owns timing: it brackets prefill and decode around the engine."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,9 @@ class TimedDrafter:
         return self._clocked(self.inner.observe, target_tokens, accepted)
 
 
-def generate_timed(engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device,
-                   coupled_seed: int | None = None):
+def generate_timed(
+    engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device, coupled_seed: int | None = None
+):
     """(trace, prefill seconds, decode seconds, prefill state, seconds of the decode spent drafting)."""
     timed = TimedDrafter(drafter, device) if drafter is not None else None
     _sync(device)
@@ -92,13 +94,28 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
             ids = model.chat_ids(messages)
             fields, token_ids = decode_turn(ids, turn)
         except Exception as exc:  # noqa: BLE001 - one failing sample is recorded and the cell goes on
-            return [{"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-                     "error": f"{type(exc).__name__}: {exc}"}], True
+            return [
+                {
+                    "sample_id": sample.sample_id,
+                    "turn": turn,
+                    "category": sample.category,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            ], True
         messages.append({"role": "assistant", "content": model.tokenizer.decode(token_ids, skip_special_tokens=True)})
-        rows.append({"sample_id": sample.sample_id, "turn": turn, "category": sample.category,
-                     "prompt_tokens": len(ids), "new_tokens": len(token_ids),
-                     "output_sha": hashlib.sha256(str(token_ids).encode()).hexdigest()[:16],
-                     "output_ids": token_ids, "error": None, **fields})
+        rows.append(
+            {
+                "sample_id": sample.sample_id,
+                "turn": turn,
+                "category": sample.category,
+                "prompt_tokens": len(ids),
+                "new_tokens": len(token_ids),
+                "output_sha": hashlib.sha256(str(token_ids).encode()).hexdigest()[:16],
+                "output_ids": token_ids,
+                "error": None,
+                **fields,
+            }
+        )
     return rows, False
 
 
@@ -127,18 +144,37 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
     def decode_turn(ids, turn):
         # Coupled sampling shares one noise seed per (seed, sample, turn) across the cells, so every lossless
         # policy reproduces AR's tokens.
-        coupled = (zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
-                   if cell.settings.get("sampling") == "coupled" else None)
+        coupled = (
+            zlib.crc32(f"{cell.seed}:{sample.sample_id}:{turn}".encode())
+            if cell.settings.get("sampling") == "coupled"
+            else None
+        )
 
         def timed():
             generator = torch.Generator().manual_seed(_turn_seed(cell, sample, turn))
-            return generate_timed(engine, drafter, ids, cell.settings["max_new_tokens"], cell.temperature, generator,
-                                  model.device, coupled)
+            return generate_timed(
+                engine,
+                drafter,
+                ids,
+                cell.settings["max_new_tokens"],
+                cell.temperature,
+                generator,
+                model.device,
+                coupled,
+            )
 
         (trace, prefill_s, decode_s, state, draft_s), load = under_watch(timed)
-        return {**load, "target_steps": trace.target_steps, "drafted": trace.drafted_per_step,
-                "accepted": trace.accepted_per_step, "prefill_s": prefill_s, "decode_s": decode_s,
-                "draft_s": draft_s, "stopped_on_eos": trace.stopped_on_eos, **prefill_features(state)}, trace.token_ids
+        return {
+            **load,
+            "target_steps": trace.target_steps,
+            "drafted": trace.drafted_per_step,
+            "accepted": trace.accepted_per_step,
+            "prefill_s": prefill_s,
+            "decode_s": decode_s,
+            "draft_s": draft_s,
+            "stopped_on_eos": trace.stopped_on_eos,
+            **prefill_features(state),
+        }, trace.token_ids
 
     return _run_turns(sample, model, decode_turn)
 
@@ -148,8 +184,9 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dic
         # The vLLM engine runs in a child of this worker, so its CPU is ours and the load is recorded; an
         # OpenAI-compatible server is another process (often another machine): no load is recorded for it.
         def generate():
-            return model.generate(ids, cell.settings["max_new_tokens"], cell.temperature,
-                                  _turn_seed(cell, sample, turn))
+            return model.generate(
+                ids, cell.settings["max_new_tokens"], cell.temperature, _turn_seed(cell, sample, turn)
+            )
 
         if model.local_engine:
             gen, load = under_watch(generate)
@@ -157,13 +194,21 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dic
             gen, load = generate(), {}
         drafted, accepted = gen.steps()
         timed = gen.decode_s is not None
-        return {**load, "target_steps": len(accepted), "drafted": drafted, "accepted": accepted,
-                # With engine timestamps: prefill = request start → first token, decode = first → last token.
-                # Without them the whole request counts as decode (prefill NULL), for the baseline and the policy
-                # alike.
-                "prefill_s": gen.prefill_s if timed else None, "decode_s": gen.decode_s if timed else gen.wall_s,
-                "draft_s": None, "stopped_on_eos": gen.finish_reason == "stop",
-                "prefill_entropy": None, "prefill_top_prob": None}, gen.token_ids
+        return {
+            **load,
+            "target_steps": len(accepted),
+            "drafted": drafted,
+            "accepted": accepted,
+            # With engine timestamps: prefill = request start → first token, decode = first → last token.
+            # Without them the whole request counts as decode (prefill NULL), for the baseline and the policy
+            # alike.
+            "prefill_s": gen.prefill_s if timed else None,
+            "decode_s": gen.decode_s if timed else gen.wall_s,
+            "draft_s": None,
+            "stopped_on_eos": gen.finish_reason == "stop",
+            "prefill_entropy": None,
+            "prefill_top_prob": None,
+        }, gen.token_ids
 
     return _run_turns(sample, model, decode_turn)
 
@@ -213,8 +258,9 @@ def run_served_group(cells: list[Cell], model: ServedModel, writers: dict, emit,
     return result
 
 
-def run_decode_group(cells: list[Cell], model: Model, writers: dict, emit, warmup: int = 1
-                     ) -> dict[str, tuple[int, int] | BaseException]:
+def run_decode_group(
+    cells: list[Cell], model: Model, writers: dict, emit, warmup: int = 1
+) -> dict[str, tuple[int, int] | BaseException]:
     """Run decode cells that share an AR baseline (same model, dataset, temperature, seed) sample by sample.
 
     For each prompt every cell runs in turn, in an order that rotates from prompt to prompt, so drift or a
@@ -244,11 +290,18 @@ def run_decode_group(cells: list[Cell], model: Model, writers: dict, emit, warmu
         ids = model.chat_ids([{"role": "user", "content": todo[0].turns[0]}])
         for cell in live:
             for _ in range(warmup):
-                generate_timed(engine, drafters[cell.cell_id], ids, min(first.settings["max_new_tokens"], 32), 0.0,
-                               None, model.device)
+                generate_timed(
+                    engine,
+                    drafters[cell.cell_id],
+                    ids,
+                    min(first.settings["max_new_tokens"], 32),
+                    0.0,
+                    None,
+                    model.device,
+                )
     failed = {c.cell_id: 0 for c in live}
     for index, sample in enumerate(todo):
-        order = live[index % len(live):] + live[: index % len(live)]
+        order = live[index % len(live) :] + live[: index % len(live)]
         for cell in order:
             if sample.sample_id in done[cell.cell_id]:
                 continue

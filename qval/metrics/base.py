@@ -1,6 +1,7 @@
 """Base class of metrics: one declaration per metric (track, direction, label, what it reads, what n counts,
 version) together with how it is computed. The metric stage (``qval/metrics/stage.py``) reads these declarations to
 decide what to compute for which cell, and what to recompute when a definition changes."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -28,7 +29,9 @@ class Metric:
     higher_is_better: ClassVar[bool] = True
     label: ClassVar[str] = ""  # what the number is, shown once in every report
     needs_baseline: ClassVar[bool] = False  # decode metrics paired with the same-run AR cell
-    multi: ClassVar[bool] = False  # compute() returns {name: value} (a family, e.g. per position): figures, not a column
+    multi: ClassVar[bool] = (
+        False  # compute() returns {name: value} (a family, e.g. per position): figures, not a column
+    )
     # Bump when the definition changes: the next ingest recomputes this metric for every finished cell from its
     # stored rows (no sample is recomputed), and leaves every other metric alone.
     version: ClassVar[int] = 1
@@ -42,13 +45,15 @@ class Metric:
     # that reports and comparisons pair methods on shared units without recomputing them.
     stores_units: ClassVar[bool] = False
 
-    def compute(self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None,
-                cell: dict | None = None) -> MetricValue | dict[str, MetricValue]:
+    def compute(
+        self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None, cell: dict | None = None
+    ) -> MetricValue | dict[str, MetricValue]:
         """``samples``: the cell's successful per-sample rows; ``baseline``: the AR cell's, when needed;
         ``cell``: the cell's row (temperature, method, …)."""
         raise NotImplementedError
 
-    def compute_with_units(self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None,
-                           cell: dict | None = None) -> tuple[MetricValue | dict[str, MetricValue], pd.DataFrame | None]:
+    def compute_with_units(
+        self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None, cell: dict | None = None
+    ) -> tuple[MetricValue | dict[str, MetricValue], pd.DataFrame | None]:
         """The value and, when ``stores_units``, the per-unit values behind it (columns unit, cluster, value)."""
         return self.compute(samples, baseline, cell), None

@@ -5,12 +5,13 @@ track's reports always read, ``Metric.always``), each at its declared ``version`
 all of them recomputed; a finished cell whose rows did not change gets only what is missing or outdated (a metric
 added to the suite, a definition whose version was bumped), from its stored rows: no sample is recomputed.
 """
+
 from __future__ import annotations
 
 import importlib
 import json
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pandas as pd
 
@@ -42,8 +43,10 @@ def _section_of(track: str) -> str:
 def wanted(con, catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
     """Per ingested cell (one with rows read at least once), the metrics it should have, by name."""
     suites = {s: json.loads(c) if c else {} for s, c in con.execute("SELECT suite, config FROM suites").fetchall()}
-    cells = con.execute("SELECT c.cell_id, c.track, list(sc.suite) FROM cells c LEFT JOIN suite_cells sc "
-                        "ON sc.cell_id = c.cell_id WHERE c.parts_sig IS NOT NULL GROUP BY c.cell_id, c.track").fetchall()
+    cells = con.execute(
+        "SELECT c.cell_id, c.track, list(sc.suite) FROM cells c LEFT JOIN suite_cells sc "
+        "ON sc.cell_id = c.cell_id WHERE c.parts_sig IS NOT NULL GROUP BY c.cell_id, c.track"
+    ).fetchall()
     always: dict[str, dict[str, Metric]] = defaultdict(dict)
     for (track, name), metric in catalogue.items():
         if metric.always:
@@ -65,13 +68,18 @@ def compute_metrics(con, changed: list[str]) -> int:
     changed. Returns the number of metric values written."""
     catalogue = _catalogue()
     want = wanted(con, catalogue)
-    dependants = con.execute(
-        "SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall() \
-        if changed else []
+    dependants = (
+        con.execute("SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
+        if changed
+        else []
+    )
     redo = (set(changed) | {r[0] for r in dependants}) & set(want)
     # Cells whose values predate the metric stage (no family recorded) are redone whole, once.
-    redo |= {r[0] for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE family IS NULL").fetchall()
-             if r[0] in want}
+    redo |= {
+        r[0]
+        for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE family IS NULL").fetchall()
+        if r[0] in want
+    }
     stored: dict[str, dict[str, int]] = defaultdict(dict)
     for cell_id, metric, version in con.execute("SELECT cell_id, metric, version FROM metric_versions").fetchall():
         stored[cell_id][metric] = version
@@ -93,17 +101,24 @@ def compute_metrics(con, changed: list[str]) -> int:
     con.register("qval_metric_todo", pairs)
     try:
         for table, column in (("cell_metrics", "family"), ("metric_versions", "metric"), ("metric_units", "metric")):
-            con.execute(f"DELETE FROM {table} USING qval_metric_todo t WHERE {table}.cell_id = t.cell_id "
-                        f"AND {table}.{column} = t.metric")
+            con.execute(
+                f"DELETE FROM {table} USING qval_metric_todo t WHERE {table}.cell_id = t.cell_id "
+                f"AND {table}.{column} = t.metric"
+            )
     finally:
         con.unregister("qval_metric_todo")
     values, units = _compute(con, todo)
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    now = datetime.now(UTC).replace(tzinfo=None)
     if values:
-        con.executemany("INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
-                        "label, n_states, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-    con.executemany("INSERT INTO metric_versions VALUES (?, ?, ?, ?)",
-                    [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms])
+        con.executemany(
+            "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
+            "label, n_states, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            values,
+        )
+    con.executemany(
+        "INSERT INTO metric_versions VALUES (?, ?, ?, ?)",
+        [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms],
+    )
     if units:
         frame = pd.concat(units, ignore_index=True)
         con.register("qval_metric_units", frame)
@@ -116,15 +131,19 @@ def compute_metrics(con, changed: list[str]) -> int:
 
 def _compute(con, todo: dict[str, list[Metric]]) -> tuple[list[list], list[pd.DataFrame]]:
     # Each cell with the run its AR baseline was measured in: speedups are only defined within one run.
-    cells = con.execute("SELECT c.*, b.run_id AS baseline_run_id FROM cells c "
-                        "LEFT JOIN cells b ON b.cell_id = c.baseline_cell_id "
-                        "WHERE c.cell_id IN (SELECT unnest(?))", [sorted(todo)]).df()
+    cells = con.execute(
+        "SELECT c.*, b.run_id AS baseline_run_id FROM cells c "
+        "LEFT JOIN cells b ON b.cell_id = c.baseline_cell_id "
+        "WHERE c.cell_id IN (SELECT unnest(?))",
+        [sorted(todo)],
+    ).df()
     values: list[list] = []
     units: list[pd.DataFrame] = []
     for track, group in cells.groupby("track"):
         # The AR cell is its own baseline (speedup 1, lossless 1).
-        baseline_ids = {cid: (b if isinstance(b, str) else cid)
-                        for cid, b in zip(group["cell_id"], group["baseline_cell_id"])}
+        baseline_ids = {
+            cid: (b if isinstance(b, str) else cid) for cid, b in zip(group["cell_id"], group["baseline_cell_id"])
+        }
         needed = set(group["cell_id"])
         needed |= {baseline_ids[c] for c in group["cell_id"] if any(m.needs_baseline for m in todo[c])}
         metrics = [m for c in group["cell_id"] for m in todo[c]]
@@ -137,15 +156,28 @@ def _compute(con, todo: dict[str, list[Metric]]) -> tuple[list[list], list[pd.Da
                 # A metric family (e.g. per-position acceptance) returns {name: value}.
                 named = value if isinstance(value, dict) else {metric.name: value}
                 for name, v in named.items():
-                    values.append([cell["cell_id"], name, v.value, v.ci_low, v.ci_high, v.n,
-                                   metric.higher_is_better, metric.label, v.n_states, metric.name])
+                    values.append(
+                        [
+                            cell["cell_id"],
+                            name,
+                            v.value,
+                            v.ci_low,
+                            v.ci_high,
+                            v.n,
+                            metric.higher_is_better,
+                            metric.label,
+                            v.n_states,
+                            metric.name,
+                        ]
+                    )
                 if per_unit is not None and len(per_unit):
                     units.append(per_unit.assign(cell_id=cell["cell_id"], metric=metric.name))
     return values, units
 
 
-def _samples_by_cell(con, track: str, cell_ids: list[str],
-                     metrics: list[Metric]) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
+def _samples_by_cell(
+    con, track: str, cell_ids: list[str], metrics: list[Metric]
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame]:
     """The rows the metrics read, of many cells in one scan, split by cell, plus an empty frame of the same columns
     for cells with none. Only the columns the metrics declare are read (all, if one declares none)."""
     view = _view(track)
@@ -155,7 +187,10 @@ def _samples_by_cell(con, track: str, cell_ids: list[str],
         reads = {c for m in metrics for c in m.reads}
         names = [c for c in view.columns if c in reads or c in ("cell_id", "sample_id")]
     select = ", ".join(f"{view.columns[c]} AS {c}" for c in names)
-    frame = con.execute(f"SELECT {select} FROM {SAMPLE_TABLES[track]} WHERE cell_id IN (SELECT unnest(?)) "
-                        f"AND {view.keep} ORDER BY {view.order}", [cell_ids]).df()
+    frame = con.execute(
+        f"SELECT {select} FROM {SAMPLE_TABLES[track]} WHERE cell_id IN (SELECT unnest(?)) "
+        f"AND {view.keep} ORDER BY {view.order}",
+        [cell_ids],
+    ).df()
     by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
     return by_cell, frame.iloc[0:0]

@@ -1,4 +1,5 @@
 """Model sources (the ``qval.models`` plugins) and the loaded models they give: ``LocalModel`` or ``ServedModel``."""
+
 from __future__ import annotations
 
 import os
@@ -133,8 +134,10 @@ class ServedModel(Model):
         raise NotImplementedError
 
     def make_requests(self) -> Requests:
-        raise QvalError(f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
-                        f"{self.backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`")
+        raise QvalError(
+            f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
+            f"{self.backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`"
+        )
 
 
 class ModelSource:

@@ -1,4 +1,5 @@
 """Any Hugging Face model folder or hub id already on disk: the path a GPU user points at Qwen or Llama."""
+
 from __future__ import annotations
 
 from pathlib import Path

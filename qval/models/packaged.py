@@ -4,6 +4,7 @@ The package is installed with ``--no-deps`` and never imported (its ``__init__``
 its folder with ``find_spec`` and dequantise the GGUF once: afterwards every load is a plain
 ``from_pretrained(folder)``, the same code that loads any other model.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -3,6 +3,7 @@ token counter. The layers themselves are ``qval.qalign.llm.LLMRequests`` (a tran
 and ``qval.qalign.http_llm.HTTPRequests`` (an OpenAI-compatible server); a model makes its own with
 ``Model.requests()``, so the two never need each other.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,8 +18,7 @@ class ForwardCounter:
     memo_hits: int = 0
 
     def as_dict(self) -> dict:
-        return {"computed": self.computed, "naive": self.naive, "requests": self.requests,
-                "memo_hits": self.memo_hits}
+        return {"computed": self.computed, "naive": self.naive, "requests": self.requests, "memo_hits": self.memo_hits}
 
 
 class Requests:

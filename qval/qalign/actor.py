@@ -5,6 +5,7 @@ as the answer (the action-logprob scorer's prompt) and plays the argmax at tempe
 softmax of those log-probs / T. QVal collects trajectories and labels Q with LLM actors; this is the local-model
 equivalent. Points and labels then depend on the model, so such cells are per model (see plan.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,8 +19,9 @@ class LLMActor:
 
     def __call__(self, env, state: int, rng: np.random.Generator) -> int:
         actions = env.actions(state)
-        user = load_prompt("action_logprob").format(task=env.task(state), observation=env.describe(state),
-                                                    actions=", ".join(actions))
+        user = load_prompt("action_logprob").format(
+            task=env.task(state), observation=env.describe(state), actions=", ".join(actions)
+        )
         logps = self.llm.continuation_logprobs(self.llm.chat(user), [self.llm.encode(a) for a in actions])
         scores = np.array([sum(lp) for lp in logps])
         if self.temperature <= 0:

@@ -14,6 +14,7 @@ an OpenAI-compatible server. ``ForwardCounter`` records the tokens actually run 
 naive loop (one full forward per request, no memo, no shared prefix) would have run;
 ``benchmarks/bench_qalign_requests.py`` reports both.
 """
+
 from __future__ import annotations
 
 import copy
@@ -81,13 +82,20 @@ class LLMRequests(Requests):
         lm, tok = self.model.model, self.model.tokenizer
         ids = torch.tensor([prompt], device=self.model.device)
         torch.manual_seed(seed)
-        sampling = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature > 0 \
+        sampling = (
+            {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+            if temperature > 0
             else {"do_sample": False}
+        )
         with torch.inference_mode():
-            out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-                              **sampling)
-        new = out[0, len(prompt):].tolist()
+            out = lm.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                **sampling,
+            )
+        new = out[0, len(prompt) :].tolist()
         text = tok.decode(new, skip_special_tokens=True)
         cost = len(prompt) + len(new)
         self.counter.computed += cost
@@ -128,8 +136,7 @@ class LLMRequests(Requests):
             # Right padding needs no attention mask: a causal model never lets a pad influence earlier positions,
             # and logits after a sequence's end are not read.
             pad = continuations[0][0]
-            ids = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for c in continuations],
-                               device=self.model.device)
+            ids = torch.tensor([c[:-1] + [pad] * (longest - len(c)) for c in continuations], device=self.model.device)
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(continuations))
             with torch.inference_mode():

@@ -3,6 +3,7 @@
 Pooled correlations mix between-state value differences with within-state action quality; per-state Spearman
 measures only the latter. They are different statistics and are labelled apart. CIs resample *states*.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,15 @@ from ..stats import MetricValue, bootstrap_units, bounded_mean
 # state with a failed candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than
 # silently ranked over the candidates that happened to succeed.
 VIEW = MetricView(
-    columns={"cell_id": "cell_id", "sample_id": "sample_id", "state_key": "state_key", "candidate": "candidate",
-             "score": "CASE WHEN error IS NULL THEN score END", "ref_q": "ref_q", "is_behaviour": "is_behaviour"},
+    columns={
+        "cell_id": "cell_id",
+        "sample_id": "sample_id",
+        "state_key": "state_key",
+        "candidate": "candidate",
+        "score": "CASE WHEN error IS NULL THEN score END",
+        "ref_q": "ref_q",
+        "is_behaviour": "is_behaviour",
+    },
     keep="TRUE",
     order="cell_id, sample_id, candidate",
 )
@@ -97,10 +105,14 @@ def _pearson(score, ref):
     return float(sps.pearsonr(score, ref).statistic)
 
 
-_QVAL_ROWS = ("over the behaviour policy's own action at each evaluation point (one pair per point, QVal's pooled "
-              "statistic for pointwise methods; null below 50 pairs as in QVal); n = points, CI resamples points")
-_ALL_ROWS = ("over every candidate action of every evaluation point (qval's own statistic, not QVal's: it also "
-             "ranks the alternatives); null below 50 pairs; n = (point, candidate) pairs, CI resamples points")
+_QVAL_ROWS = (
+    "over the behaviour policy's own action at each evaluation point (one pair per point, QVal's pooled "
+    "statistic for pointwise methods; null below 50 pairs as in QVal); n = points, CI resamples points"
+)
+_ALL_ROWS = (
+    "over every candidate action of every evaluation point (qval's own statistic, not QVal's: it also "
+    "ranks the alternatives); null below 50 pairs; n = (point, candidate) pairs, CI resamples points"
+)
 
 
 class PooledSpearman(_Pooled):
@@ -159,8 +171,13 @@ def per_state_spearman_by_state(samples: pd.DataFrame) -> pd.Series:
     """
     from scipy import stats as sps
 
-    return pd.Series({state: 0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic)
-                      for state, score, ref in _rankable_states(samples)}, dtype=float)
+    return pd.Series(
+        {
+            state: 0.0 if np.all(score == score[0]) else float(sps.spearmanr(score, ref).statistic)
+            for state, score, ref in _rankable_states(samples)
+        },
+        dtype=float,
+    )
 
 
 def pairwise_accuracy_by_state(samples: pd.DataFrame) -> pd.Series:
@@ -208,8 +225,13 @@ class _PerStateMean(Metric):
             return MetricValue.undefined(0, 0), None
         keys = _state_keys(samples, per_point.index)
         value = bounded_mean(per_point.to_numpy(float), *self.bounds, clusters=keys)
-        units = pd.DataFrame({"unit": per_point.index.astype(str), "cluster": pd.Series(keys).astype(str).to_numpy(),
-                              "value": per_point.to_numpy(float)})
+        units = pd.DataFrame(
+            {
+                "unit": per_point.index.astype(str),
+                "cluster": pd.Series(keys).astype(str).to_numpy(),
+                "value": per_point.to_numpy(float),
+            }
+        )
         return MetricValue(value.value, value.ci_low, value.ci_high, value.n, int(pd.Series(keys).nunique())), units
 
 
@@ -221,14 +243,18 @@ def _state_keys(samples: pd.DataFrame, points: pd.Index) -> np.ndarray:
     return keys.reindex(points).fillna(pd.Series(points, index=points)).to_numpy()
 
 
-_PER_POINT_N = ("n = evaluation points, n_states = distinct states among them; 95% interval clustered by state "
-                "(small-n Wilson-type t-interval, coverage checked by simulation)")
+_PER_POINT_N = (
+    "n = evaluation points, n_states = distinct states among them; 95% interval clustered by state "
+    "(small-n Wilson-type t-interval, coverage checked by simulation)"
+)
 
 
 class PerStateSpearman(_PerStateMean):
     name = "per_state_spearman"
-    label = ("mean over evaluation points of the Spearman ρ between scores and reference Q of the point's candidate "
-             f"actions (QVal's per-state ρ for ranking-style methods); {_PER_POINT_N}")
+    label = (
+        "mean over evaluation points of the Spearman ρ between scores and reference Q of the point's candidate "
+        f"actions (QVal's per-state ρ for ranking-style methods); {_PER_POINT_N}"
+    )
 
     def by_point(self, samples):
         return per_state_spearman_by_state(samples)
@@ -247,15 +273,20 @@ class StoredPerStateSpearman(_PerStateMean):
 
 
 # Per-state metrics by name: the report pairs two methods on the states they share.
-BY_STATE = {"per_state_spearman": per_state_spearman_by_state, "pairwise_accuracy": pairwise_accuracy_by_state,
-            "top1": top1_by_state}
+BY_STATE = {
+    "per_state_spearman": per_state_spearman_by_state,
+    "pairwise_accuracy": pairwise_accuracy_by_state,
+    "top1": top1_by_state,
+}
 
 
 class PairwiseAccuracy(_PerStateMean):
     name = "pairwise_accuracy"
     bounds = (0.0, 1.0)
-    label = ("mean over evaluation points of the share of candidate pairs (with different reference Q) that the "
-             f"scores order correctly, score ties count ½; chance = 0.5; qval's own; {_PER_POINT_N}")
+    label = (
+        "mean over evaluation points of the share of candidate pairs (with different reference Q) that the "
+        f"scores order correctly, score ties count ½; chance = 0.5; qval's own; {_PER_POINT_N}"
+    )
 
     def by_point(self, samples):
         return pairwise_accuracy_by_state(samples)
@@ -264,8 +295,10 @@ class PairwiseAccuracy(_PerStateMean):
 class Top1(_PerStateMean):
     name = "top1"
     bounds = (0.0, 1.0)
-    label = ("mean over evaluation points of the chance that the top-scored candidate is an optimal one (ties split "
-             f"evenly); qval's own; {_PER_POINT_N}")
+    label = (
+        "mean over evaluation points of the chance that the top-scored candidate is an optimal one (ties split "
+        f"evenly); qval's own; {_PER_POINT_N}"
+    )
 
     def by_point(self, samples):
         return top1_by_state(samples)

@@ -5,6 +5,7 @@ points per trajectory chosen at random (seeded), and candidate actions per state
 are few, else the behaviour's own action plus a seeded sample of the others. Each candidate carries the outcome of
 taking it (the next observation), which methods like SDPO, Δbelief and embeddings read.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -39,9 +40,14 @@ class EvalPoint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "EvalPoint":
-        return cls(**{**data, "candidates": tuple(Candidate(**c) for c in data["candidates"]),
-                      "history": tuple(tuple(h) for h in data["history"])})
+    def from_dict(cls, data: dict) -> EvalPoint:
+        return cls(
+            **{
+                **data,
+                "candidates": tuple(Candidate(**c) for c in data["candidates"]),
+                "history": tuple(tuple(h) for h in data["history"]),
+            }
+        )
 
 
 def outcome_text(env, next_state: int, reward: float, done: bool) -> str:
@@ -50,9 +56,21 @@ def outcome_text(env, next_state: int, reward: float, done: bool) -> str:
     return env.describe(next_state)
 
 
-def collect_points(env, q, episodes: int, epsilon: float, max_points_per_episode: int, max_steps: int, seed: int,
-                   label=None, discard_early: int = 0, discard_late: int = 0, max_candidates: int | None = None,
-                   behaviour: str = "optimal", actor=None) -> list[EvalPoint]:
+def collect_points(
+    env,
+    q,
+    episodes: int,
+    epsilon: float,
+    max_points_per_episode: int,
+    max_steps: int,
+    seed: int,
+    label=None,
+    discard_early: int = 0,
+    discard_late: int = 0,
+    max_candidates: int | None = None,
+    behaviour: str = "optimal",
+    actor=None,
+) -> list[EvalPoint]:
     # ``behaviour`` is the suite's setting (stored with the points); ``actor`` is what carries it out.
     """Deterministic given the seed: the same cell always scores the same points.
 
@@ -75,7 +93,7 @@ def collect_points(env, q, episodes: int, epsilon: float, max_points_per_episode
             state, _, done = env.step(state, action, rng)
             if done:
                 break
-        usable = visited[discard_early: len(visited) - discard_late]
+        usable = visited[discard_early : len(visited) - discard_late]
         if not usable:
             continue
         chosen = rng.choice(len(usable), size=min(max_points_per_episode, len(usable)), replace=False)
@@ -87,12 +105,16 @@ def collect_points(env, q, episodes: int, epsilon: float, max_points_per_episode
             cands = []
             for a in indices:
                 nxt, reward, done = env.step(s, a, outcome_rng)
-                cands.append(Candidate(a, names[a], float(values[a]), outcome_text(env, nxt, reward, done), done, nxt,
-                                       float(reward)))
+                cands.append(
+                    Candidate(
+                        a, names[a], float(values[a]), outcome_text(env, nxt, reward, done), done, nxt, float(reward)
+                    )
+                )
             start = max(0, discard_early + i - MAX_HISTORY)
-            history = tuple((env.describe(hs), env.actions(hs)[ha]) for _, hs, ha in visited[start: discard_early + i])
-            points.append(EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(s), tuple(cands), history,
-                                    taken))
+            history = tuple((env.describe(hs), env.actions(hs)[ha]) for _, hs, ha in visited[start : discard_early + i])
+            points.append(
+                EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(s), tuple(cands), history, taken)
+            )
     return points
 
 

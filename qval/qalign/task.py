@@ -6,6 +6,7 @@ stored under ``RESULTS/points/<key>.json`` the first time and read back by every
 scorer added later is scored on exactly the same points without re-collecting or re-labelling (Monte-Carlo labels
 are the expensive part).
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,18 +30,25 @@ POINTS_FORMAT = 1
 
 
 def points_key(cell: Cell, env_cls) -> str:
-    spec = {"format": POINTS_FORMAT, "env": cell.dataset, "env_version": env_cls.version,
-            "env_params": cell.dataset_params, "gamma": cell.settings["gamma"],
-            "reference": cell.settings.get("reference", {"method": "exact"}), "points": cell.settings["points"],
-            "seed": cell.seed}
+    spec = {
+        "format": POINTS_FORMAT,
+        "env": cell.dataset,
+        "env_version": env_cls.version,
+        "env_params": cell.dataset_params,
+        "gamma": cell.settings["gamma"],
+        "reference": cell.settings.get("reference", {"method": "exact"}),
+        "points": cell.settings["points"],
+        "seed": cell.seed,
+    }
     if _uses_llm_actor(cell):
         spec["actor_model"] = cell.model_identity  # the model's play shapes the points and labels
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def _uses_llm_actor(cell: Cell) -> bool:
-    return (cell.settings["points"].get("behaviour") == "llm"
-            or cell.settings.get("reference", {}).get("policy") == "llm")
+    return (
+        cell.settings["points"].get("behaviour") == "llm" or cell.settings.get("reference", {}).get("policy") == "llm"
+    )
 
 
 def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> list[EvalPoint]:
@@ -58,8 +66,17 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
     points = collect_points(env, q, seed=cell.seed, label=label, actor=behaviour_actor, **cell.settings["points"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"env": cell.dataset, "env_params": cell.dataset_params, "settings": cell.settings,
-                               "seed": cell.seed, "points": [p.to_dict() for p in points]}))
+    tmp.write_text(
+        json.dumps(
+            {
+                "env": cell.dataset,
+                "env_params": cell.dataset_params,
+                "settings": cell.settings,
+                "seed": cell.seed,
+                "points": [p.to_dict() for p in points],
+            }
+        )
+    )
     os.replace(tmp, path)  # atomic: concurrent workers write identical content
     return points
 
@@ -72,20 +89,22 @@ def _mc_labeller(cell: Cell, env, q, llm_actor):
     rollout_actor = llm_actor if ref.get("policy") == "llm" else None
 
     def label(state):
-        return monte_carlo_q(env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng,
-                             rollout_actor)
+        return monte_carlo_q(
+            env, state, q, gamma, ref["rollouts"], ref["agg"], ref["max_steps"], label_rng, rollout_actor
+        )
+
     return label
 
 
-def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float | None = None
-                    ) -> tuple[int, int, dict]:
+def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float | None = None) -> tuple[int, int, dict]:
     """Returns (points, failed points, manifest extras: the model tokens this cell forwarded vs a naive loop)."""
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
     points = load_or_collect_points(cell, env, env_cls, writer.results, model)
-    context = ScorerContext(env=env, model=model, seed=cell.seed, temperature=cell.temperature,
-                            gamma=cell.settings["gamma"])
+    context = ScorerContext(
+        env=env, model=model, seed=cell.seed, temperature=cell.temperature, gamma=cell.settings["gamma"]
+    )
     scorer = build_scorer(scorer_cls, scorer_cls.Params.model_validate(cell.method_params), context)
     counter = model.requests().counter if model is not None else None
     before = counter.as_dict() if counter else None
@@ -98,11 +117,16 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     todo = [p for p in points if p.point_id not in done]
     step = max(1, scorer_cls.batch_points)
     # limit_s: the runner's watchdog kills the worker if a batch makes no progress this long (plus a grace).
-    emit("cell_start", cell=cell.cell_id, total=len(points), done=len(points) - len(todo),
-         limit_s=timeout_per_point_s * step if timeout_per_point_s else None)
+    emit(
+        "cell_start",
+        cell=cell.cell_id,
+        total=len(points),
+        done=len(points) - len(todo),
+        limit_s=timeout_per_point_s * step if timeout_per_point_s else None,
+    )
     failed = errored = 0  # failed: any candidate without a score; errored: the plugin raised or timed out
     for start in range(0, len(todo), step):
-        batch = todo[start: start + step]
+        batch = todo[start : start + step]
         try:
             with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
                 # The scorer gets copies: the stored action, reference Q and behaviour flag come from the points
@@ -111,8 +135,10 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                 if len(outcomes) != len(batch):
                     raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
                 # Converted inside the limit: a score object's own __float__ is plugin code too.
-                checked = [o if isinstance(o, BaseException) else _checked(o, len(p.candidates))
-                           for p, o in zip(batch, outcomes)]
+                checked = [
+                    o if isinstance(o, BaseException) else _checked(o, len(p.candidates))
+                    for p, o in zip(batch, outcomes)
+                ]
         except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - a crashing or hung plugin fails these points only
             checked = [exc] * len(batch)
         for point, outcome in zip(batch, checked):
@@ -123,12 +149,21 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
             else:
                 scores, errors = outcome
             failed += any(e is not None for e in errors)
-            writer.add_sample([
-                {"sample_id": point.point_id, "state_key": str(point.state), "candidate": c.index,
-                 "action": c.action, "score": scores[i], "ref_q": c.ref_q, "error": errors[i],
-                 "is_behaviour": c.index == point.behaviour_action}
-                for i, c in enumerate(point.candidates)
-            ])
+            writer.add_sample(
+                [
+                    {
+                        "sample_id": point.point_id,
+                        "state_key": str(point.state),
+                        "candidate": c.index,
+                        "action": c.action,
+                        "score": scores[i],
+                        "ref_q": c.ref_q,
+                        "error": errors[i],
+                        "is_behaviour": c.index == point.behaviour_action,
+                    }
+                    for i, c in enumerate(point.candidates)
+                ]
+            )
             emit("sample", cell=cell.cell_id)
     extras: dict = {"n_errored": errored}
     if counter is not None and before is not None:

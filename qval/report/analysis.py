@@ -25,7 +25,12 @@ from .prepare import (
 )
 
 HEADROOM_COLUMNS = (
-    "dataset", "temperature", "best_fixed_method", "best_fixed_tau", "oracle_tau", "gain",
+    "dataset",
+    "temperature",
+    "best_fixed_method",
+    "best_fixed_tau",
+    "oracle_tau",
+    "gain",
 )
 # Families that are not a "fixed policy" when picking the best fixed one.
 _NOT_FIXED = ("baseline", "adaptive")
@@ -118,16 +123,18 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
         if best is None:
             continue
         cell, method, tau = best
-        result.append(Headroom(
-            group=group,
-            best_fixed_method=method,
-            best_fixed_label=labels[cell],
-            best_fixed_tau=tau,
-            oracle_tau=float(oracle.loc[index, "mean"]),
-            n_samples=int(oracle.loc[index, "size"]),
-            n_cells=int(n_cells.loc[index]),
-            adaptive=adaptive,
-        ))
+        result.append(
+            Headroom(
+                group=group,
+                best_fixed_method=method,
+                best_fixed_label=labels[cell],
+                best_fixed_tau=tau,
+                oracle_tau=float(oracle.loc[index, "mean"]),
+                n_samples=int(oracle.loc[index, "size"]),
+                n_cells=int(n_cells.loc[index]),
+                adaptive=adaptive,
+            )
+        )
     return result
 
 
@@ -176,8 +183,9 @@ def family_rows(families: pd.DataFrame | None) -> list[dict]:
     """Family aggregates in display order (dataset, temperature, best value first), undefined numbers as NaN."""
     if families is None or families.empty:
         return []
-    rows = families.sort_values(["dataset", "temperature", "value"], ascending=[True, True, False],
-                                na_position="last").to_dict("records")
+    rows = families.sort_values(
+        ["dataset", "temperature", "value"], ascending=[True, True, False], na_position="last"
+    ).to_dict("records")
     for r in rows:  # undefined parts arrive as None; the formatters read NaN
         for key in ("value", "ci_low", "ci_high", "n", "best_value"):
             r[key] = float("nan") if r[key] is None else float(r[key])

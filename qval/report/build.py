@@ -1,10 +1,11 @@
 """Build per-suite leaderboards from the results database and write them as Markdown and HTML."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -22,20 +23,22 @@ TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Deco
 def _environment(results, suite: str) -> dict[str, str]:
     runs = R.runs(results)
     runs = runs[runs["suite"] == suite]
-    env = {"generated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    env = {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")}
     if runs.empty:
         return env
     last = runs.iloc[-1]
     fp = json.loads(last["fingerprint"]) if last["fingerprint"] else {}
     packages = fp.get("packages", {})
-    env.update({
-        "hardware": str(fp.get("hardware")),
-        "gpu": str(fp.get("gpu") or "none"),
-        "python": str(fp.get("python")),
-        **{name: str(v) for name, v in packages.items() if v},
-        "git_sha": f"{fp.get('git_sha')}{' (dirty)' if fp.get('git_dirty') else ''}",
-        "runs": ", ".join(runs["run_id"].astype(str).tolist()[-5:]),
-    })
+    env.update(
+        {
+            "hardware": str(fp.get("hardware")),
+            "gpu": str(fp.get("gpu") or "none"),
+            "python": str(fp.get("python")),
+            **{name: str(v) for name, v in packages.items() if v},
+            "git_sha": f"{fp.get('git_sha')}{' (dirty)' if fp.get('git_dirty') else ''}",
+            "runs": ", ".join(runs["run_id"].astype(str).tolist()[-5:]),
+        }
+    )
     return env
 
 
@@ -54,20 +57,22 @@ def build_report(results, suite: str) -> SuiteReport:
         metric_classes = {m: cls for m in section["metrics"] if not (cls := REGISTRY.get("metrics", m)).multi}
         rows = R.leaderboard(results, suite, track)
         by_state = _by_state(results, suite, section["main_metric"]) if track == "qalign" else None
-        tracks.append(TrackBoard(
-            track=track,
-            title=TRACK_TITLES[track],
-            main_metric=section["main_metric"],
-            metrics=list(metric_classes),
-            higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
-            labels={m: cls.label for m, cls in metric_classes.items()},
-            rows=rows,
-            samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
-            failures=R.failure_reasons(results, suite, track),
-            by_state=by_state,
-            families=family_aggregates(rows, by_state, section["main_metric"]) if by_state is not None else None,
-            knob_headroom=_knob_headroom(results, suite) if track == "decode" else None,
-        ))
+        tracks.append(
+            TrackBoard(
+                track=track,
+                title=TRACK_TITLES[track],
+                main_metric=section["main_metric"],
+                metrics=list(metric_classes),
+                higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
+                labels={m: cls.label for m, cls in metric_classes.items()},
+                rows=rows,
+                samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
+                failures=R.failure_reasons(results, suite, track),
+                by_state=by_state,
+                families=family_aggregates(rows, by_state, section["main_metric"]) if by_state is not None else None,
+                knob_headroom=_knob_headroom(results, suite) if track == "decode" else None,
+            )
+        )
     return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
 
 
@@ -85,8 +90,10 @@ def _by_state(results, suite: str, main_metric: str) -> dict[str, pd.Series] | N
     if main_metric not in BY_STATE:
         return None
     units = R.units(results, suite, main_metric)
-    return {cell: pd.Series(group["value"].to_numpy(float), index=group["unit"].to_numpy(), dtype=float)
-            for cell, group in units.groupby("cell_id", sort=False)}
+    return {
+        cell: pd.Series(group["value"].to_numpy(float), index=group["unit"].to_numpy(), dtype=float)
+        for cell, group in units.groupby("cell_id", sort=False)
+    }
 
 
 def _mean_ci(values: np.ndarray) -> MetricValue:
@@ -105,9 +112,18 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
             continue
         table = pd.concat(series, axis=1, join="inner")  # states every method of the family has a value for
         best = group.sort_values(main_metric, ascending=False, na_position="last").iloc[0]
-        record = {"dataset": dataset, "temperature": temperature, "family": family, "methods": len(series),
-                  "value": None, "ci_low": None, "ci_high": None, "n": len(table), "best_method": best["method"],
-                  "best_value": best[main_metric]}
+        record = {
+            "dataset": dataset,
+            "temperature": temperature,
+            "family": family,
+            "methods": len(series),
+            "value": None,
+            "ci_low": None,
+            "ci_high": None,
+            "n": len(table),
+            "best_method": best["method"],
+            "best_value": best[main_metric],
+        }
         if len(table):
             per_state = table.mean(axis=1).to_numpy(float)
             ci = _mean_ci(per_state)

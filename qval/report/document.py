@@ -36,11 +36,15 @@ LOAD_NOTE = (
     "busy on average, so its timings, and the speedups computed from them, measured the competition as much as "
     "the policy. Re-run it alone, ideally with `qval run --require-idle`."
 )
-PAIRED_NOTE = ("p vs next: two-sided sign-flip permutation test of this row against the next-ranked one, paired on "
-               "the states both scored (main metric per state); a large p means the two ranks are not "
-               "distinguishable on these points.")
-FAMILY_NOTE = ("Family aggregate: mean over the family's methods of the main metric, on the states all of them "
-               "scored; 95% bootstrap CI resampling states; n = states.")
+PAIRED_NOTE = (
+    "p vs next: two-sided sign-flip permutation test of this row against the next-ranked one, paired on "
+    "the states both scored (main metric per state); a large p means the two ranks are not "
+    "distinguishable on these points."
+)
+FAMILY_NOTE = (
+    "Family aggregate: mean over the family's methods of the main metric, on the states all of them "
+    "scored; 95% bootstrap CI resampling states; n = states."
+)
 FAILURE_NOTE = "Failed samples are left out of every metric; the most frequent reasons per cell:"
 HEADROOM_NOTE = (
     "Mean per-sample acceptance length (tau) over the samples every policy of the group ran. "
@@ -84,16 +88,29 @@ def _num(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def metric_cell(value: float, lo: float, hi: float, n: float, states: float | None = math.nan,
-                axis: tuple[float, float] | None = None) -> Cell:
+def metric_cell(
+    value: float,
+    lo: float,
+    hi: float,
+    n: float,
+    states: float | None = math.nan,
+    axis: tuple[float, float] | None = None,
+) -> Cell:
     """One estimate: value, CI and n; a whisker on `axis` when given."""
     text, detail, low_n = fmt.metric(value, lo, hi, n, states)
     if text == fmt.UNDEFINED:
         return Cell(fmt.UNDEFINED, sort="", undefined=True)
     return Cell(
-        text, value=float(value), ci_low=_num(lo), ci_high=_num(hi), n=None if math.isnan(n) else int(n),
-        n_states=None if states is None or math.isnan(states) else int(states), low_n=low_n, detail=detail,
-        sort=fmt.sort_key(value), whisker=None if axis is None else Whisker(float(value), lo, hi, axis),
+        text,
+        value=float(value),
+        ci_low=_num(lo),
+        ci_high=_num(hi),
+        n=None if math.isnan(n) else int(n),
+        n_states=None if states is None or math.isnan(states) else int(states),
+        low_n=low_n,
+        detail=detail,
+        sort=fmt.sort_key(value),
+        whisker=None if axis is None else Whisker(float(value), lo, hi, axis),
     )
 
 
@@ -122,8 +139,15 @@ def board_table(board: TrackBoard, group: Group) -> Table:
         title = f"{board.label(metric)} ({words})"
         if metric == main and axis is not None:
             title += f"; CI whiskers on a shared axis from {axis[0]:.3f} to {axis[1]:.3f}"
-        columns.append(Column(f"{metric} {arrow}", "number", title=title,
-                              first="desc" if board.higher(metric) else "asc", main=metric == main))
+        columns.append(
+            Column(
+                f"{metric} {arrow}",
+                "number",
+                title=title,
+                first="desc" if board.higher(metric) else "asc",
+                main=metric == main,
+            )
+        )
     columns.append(Column("n_failed", "number"))
     paired = board.by_state is not None
     if paired:
@@ -138,35 +162,66 @@ def board_table(board: TrackBoard, group: Group) -> Table:
     for record, p, loaded in zip(records, p_values, under_load(group)):
         rank = record["rank"]
         cells = [
-            Cell(rank, value=None if rank == fmt.UNDEFINED else float(rank), sort="" if rank == fmt.UNDEFINED else rank),
+            Cell(
+                rank, value=None if rank == fmt.UNDEFINED else float(rank), sort="" if rank == fmt.UNDEFINED else rank
+            ),
             Cell(record["model"]),
             Cell(record["method"], flag=LOAD_FLAG if loaded else "", flag_title=LOAD_NOTE if loaded else ""),
             Cell(record["family"]),
         ]
         for metric in board.metrics:
-            cells.append(metric_cell(record[metric], record[f"{metric}__lo"], record[f"{metric}__hi"],
-                                     record[f"{metric}__n"], record.get(f"{metric}__n_states", math.nan),
-                                     axis if metric == main else None))
+            cells.append(
+                metric_cell(
+                    record[metric],
+                    record[f"{metric}__lo"],
+                    record[f"{metric}__hi"],
+                    record[f"{metric}__n"],
+                    record.get(f"{metric}__n_states", math.nan),
+                    axis if metric == main else None,
+                )
+            )
         cells.append(number_cell(record["n_failed"], fmt.count(record["n_failed"])))
         if paired:
             cells.append(Cell(fmt.p_value(p), value=p, sort="" if p is None else f"{p:.6f}"))
         rows.append(Row(cells, family=record["family"]))
-    return Table(group.title, columns, rows, name="board", sortable=True, dataset=group.dataset,
-                 temperature=fmt.temperature(group.temperature))
+    return Table(
+        group.title,
+        columns,
+        rows,
+        name="board",
+        sortable=True,
+        dataset=group.dataset,
+        temperature=fmt.temperature(group.temperature),
+    )
 
 
 def families_table(board: TrackBoard) -> Table | None:
     rows = family_rows(board.families)
     if not rows:
         return None
-    columns = [Column("dataset"), Column("T", "number"), Column("family"), Column("methods", "number"),
-               Column(f"mean {board.main_metric}", "number"), Column("best method"), Column("best value", "number")]
-    body = [Row([
-        Cell(fmt.text(r["dataset"])), number_cell(r["temperature"], fmt.temperature(r["temperature"]), sort=False),
-        Cell(fmt.text(r["family"])), Cell(str(r["methods"]), value=float(r["methods"])),
-        metric_cell(r["value"], r["ci_low"], r["ci_high"], r["n"]), Cell(fmt.text(r["best_method"])),
-        number_cell(r["best_value"], fmt.number(r["best_value"]), sort=False),
-    ]) for r in rows]
+    columns = [
+        Column("dataset"),
+        Column("T", "number"),
+        Column("family"),
+        Column("methods", "number"),
+        Column(f"mean {board.main_metric}", "number"),
+        Column("best method"),
+        Column("best value", "number"),
+    ]
+    body = [
+        Row(
+            [
+                Cell(fmt.text(r["dataset"])),
+                number_cell(r["temperature"], fmt.temperature(r["temperature"]), sort=False),
+                Cell(fmt.text(r["family"])),
+                Cell(str(r["methods"]), value=float(r["methods"])),
+                metric_cell(r["value"], r["ci_low"], r["ci_high"], r["n"]),
+                Cell(fmt.text(r["best_method"])),
+                number_cell(r["best_value"], fmt.number(r["best_value"]), sort=False),
+            ]
+        )
+        for r in rows
+    ]
     return Table("Families", columns, body, name="families", note=FAMILY_NOTE)
 
 
@@ -174,28 +229,52 @@ def failures_table(board: TrackBoard, analysis: BoardAnalysis) -> Table | None:
     rows = failure_rows(board.failures, analysis.rows)
     if not rows:
         return None
-    columns = [Column("model"), Column("method"), Column("dataset"), Column("reason", "reason"),
-               Column("samples", "number")]
-    body = [Row([Cell(model), Cell(method), Cell(dataset), Cell(reason), Cell(str(n), value=float(n))])
-            for model, method, dataset, reason, n in rows]
+    columns = [
+        Column("model"),
+        Column("method"),
+        Column("dataset"),
+        Column("reason", "reason"),
+        Column("samples", "number"),
+    ]
+    body = [
+        Row([Cell(model), Cell(method), Cell(dataset), Cell(reason), Cell(str(n), value=float(n))])
+        for model, method, dataset, reason, n in rows
+    ]
     return Table("Failures", columns, body, name="failures", note=FAILURE_NOTE)
 
 
 def headroom_table(rooms: list[Headroom]) -> Table | None:
     if not rooms:
         return None
-    columns = [Column("dataset"), Column("T", "number"), Column("best fixed policy"),
-               Column("best fixed tau", "number", first="desc"), Column("oracle tau", "number", first="desc"),
-               Column("gain", "number", first="desc"), Column("n", "number")]
-    body = [Row([
-        Cell(room.group.dataset or fmt.UNDEFINED),
-        number_cell(room.group.temperature, fmt.temperature(room.group.temperature)),
-        Cell(room.best_fixed_method),
-        *(number_cell(v, fmt.number(v)) for v in (room.best_fixed_tau, room.oracle_tau, room.gain)),
-        Cell(str(room.n_samples), value=float(room.n_samples), sort=str(room.n_samples)),
-    ]) for room in rooms]
-    return Table("Headroom: per-sample oracle vs best fixed policy", columns, body, name="headroom",
-                 note=HEADROOM_NOTE, sortable=True)
+    columns = [
+        Column("dataset"),
+        Column("T", "number"),
+        Column("best fixed policy"),
+        Column("best fixed tau", "number", first="desc"),
+        Column("oracle tau", "number", first="desc"),
+        Column("gain", "number", first="desc"),
+        Column("n", "number"),
+    ]
+    body = [
+        Row(
+            [
+                Cell(room.group.dataset or fmt.UNDEFINED),
+                number_cell(room.group.temperature, fmt.temperature(room.group.temperature)),
+                Cell(room.best_fixed_method),
+                *(number_cell(v, fmt.number(v)) for v in (room.best_fixed_tau, room.oracle_tau, room.gain)),
+                Cell(str(room.n_samples), value=float(room.n_samples), sort=str(room.n_samples)),
+            ]
+        )
+        for room in rooms
+    ]
+    return Table(
+        "Headroom: per-sample oracle vs best fixed policy",
+        columns,
+        body,
+        name="headroom",
+        note=HEADROOM_NOTE,
+        sortable=True,
+    )
 
 
 def _undefined(v: Any) -> bool:
@@ -219,28 +298,48 @@ def _knob_gain(v: Any, ci: Any) -> Cell:
         return Cell(fmt.UNDEFINED, undefined=True)
     lo, hi = _ci(ci)
     defined = lo is not None and hi is not None
-    return Cell(fmt.percent(v), value=float(v), ci_low=_num(lo) if defined else None,
-                ci_high=_num(hi) if defined else None,
-                detail=f"[{fmt.percent(lo)}, {fmt.percent(hi)}]" if defined else "")
+    return Cell(
+        fmt.percent(v),
+        value=float(v),
+        ci_low=_num(lo) if defined else None,
+        ci_high=_num(hi) if defined else None,
+        detail=f"[{fmt.percent(lo)}, {fmt.percent(hi)}]" if defined else "",
+    )
 
 
 def knobs_table(board: TrackBoard) -> Table | None:
     if board.knob_headroom is None or board.knob_headroom.empty:
         return None
-    columns = [Column("model"), Column("dataset"), Column("T", "number"), Column("knob"), Column("values"),
-               Column("metric"), *(Column(label, "number") for label in
-                                   ("best fixed", "oracle", "oracle gain", "held-out selector gain", "n"))]
+    columns = [
+        Column("model"),
+        Column("dataset"),
+        Column("T", "number"),
+        Column("knob"),
+        Column("values"),
+        Column("metric"),
+        *(Column(label, "number") for label in ("best fixed", "oracle", "oracle gain", "held-out selector gain", "n")),
+    ]
     body = []
     for r in board.knob_headroom.to_dict("records"):
-        body.append(Row([
-            Cell(str(r["model"])), Cell(str(r["dataset"])), Cell(fmt.temperature(r["temperature"])),
-            Cell(f"{r['policy']}.{r['knob']}"), Cell(str(r["values"])), Cell(str(r["metric"])),
-            _knob_estimate(r["best_fixed"], r["best_fixed_ci"], prefix=f"{fmt.knob_value(r['best_fixed_value'])}: "),
-            _knob_estimate(r["oracle"], r["oracle_ci"]),
-            _knob_gain(r["oracle_gain"], r["oracle_gain_ci"]),
-            _knob_gain(r["selector_gain"], r["selector_gain_ci"]),
-            Cell(str(r["n"]), value=None if _undefined(r["n"]) else float(r["n"])),
-        ]))
+        body.append(
+            Row(
+                [
+                    Cell(str(r["model"])),
+                    Cell(str(r["dataset"])),
+                    Cell(fmt.temperature(r["temperature"])),
+                    Cell(f"{r['policy']}.{r['knob']}"),
+                    Cell(str(r["values"])),
+                    Cell(str(r["metric"])),
+                    _knob_estimate(
+                        r["best_fixed"], r["best_fixed_ci"], prefix=f"{fmt.knob_value(r['best_fixed_value'])}: "
+                    ),
+                    _knob_estimate(r["oracle"], r["oracle_ci"]),
+                    _knob_gain(r["oracle_gain"], r["oracle_gain_ci"]),
+                    _knob_gain(r["selector_gain"], r["selector_gain_ci"]),
+                    Cell(str(r["n"]), value=None if _undefined(r["n"]) else float(r["n"])),
+                ]
+            )
+        )
     return Table("Headroom per knob", columns, body, name="knobs", note=KNOB_NOTE)
 
 
@@ -248,9 +347,13 @@ def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
     legend = [(m, fmt.direction(board.higher_is_better, m)[0], board.label(m)) for m in board.metrics]
     groups = analysis.groups
     view = Track(
-        track=board.track, title=board.title, main_metric=board.main_metric,
-        ranked_by=fmt.direction(board.higher_is_better, board.main_metric)[1], legend=legend,
-        flagged_under_load=analysis.flagged_under_load, paired=board.by_state is not None,
+        track=board.track,
+        title=board.title,
+        main_metric=board.main_metric,
+        ranked_by=fmt.direction(board.higher_is_better, board.main_metric)[1],
+        legend=legend,
+        flagged_under_load=analysis.flagged_under_load,
+        paired=board.by_state is not None,
         groups=[board_table(board, group) for group in groups],
     )
     if groups:
@@ -259,8 +362,12 @@ def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
         view.temperatures = [fmt.temperature(t) for t in temperatures]
         if any(math.isnan(g.temperature) for g in groups):
             view.temperatures.append(fmt.UNDEFINED)
-        tables = (families_table(board), failures_table(board, analysis), headroom_table(analysis.headrooms),
-                  knobs_table(board))
+        tables = (
+            families_table(board),
+            failures_table(board, analysis),
+            headroom_table(analysis.headrooms),
+            knobs_table(board),
+        )
         view.tables = [t for t in tables if t is not None]
     return view
 

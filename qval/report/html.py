@@ -35,8 +35,13 @@ CSP = f"default-src 'none'; script-src 'sha256-{SCRIPT_HASH}'; img-src data:; st
 
 _WHISKER_WIDTH, _WHISKER_HEIGHT, _WHISKER_PAD = 120, 14, 4
 # CSS classes of each kind of table, and the tables whose note reads as a side note.
-_TABLE_CLASS = {"board": "board", "families": "board", "failures": "board failures", "headroom": "headroom",
-                "knobs": "board knobs"}
+_TABLE_CLASS = {
+    "board": "board",
+    "families": "board",
+    "failures": "board failures",
+    "headroom": "headroom",
+    "knobs": "board knobs",
+}
 _NOTED = ("headroom", "knobs")
 
 
@@ -88,8 +93,13 @@ _ENV = Environment(
     keep_trailing_newline=True,
 )
 _ENV.globals.update(
-    ci_note=CI_NOTE, load_flag=LOAD_FLAG, load_note=LOAD_NOTE, dash=fmt.UNDEFINED, table_class=_TABLE_CLASS,
-    noted=_NOTED, whisker_geometry=_whisker_geometry,
+    ci_note=CI_NOTE,
+    load_flag=LOAD_FLAG,
+    load_note=LOAD_NOTE,
+    dash=fmt.UNDEFINED,
+    table_class=_TABLE_CLASS,
+    noted=_NOTED,
+    whisker_geometry=_whisker_geometry,
 )
 
 

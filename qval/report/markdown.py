@@ -31,8 +31,10 @@ def _cell(cell: Cell, column: Column) -> str:
 
 
 def table(t: Table) -> list[str]:
-    lines = [_row([escape(c.label) for c in t.columns]),
-             _row(["---:" if c.kind == "number" else "---" for c in t.columns])]
+    lines = [
+        _row([escape(c.label) for c in t.columns]),
+        _row(["---:" if c.kind == "number" else "---" for c in t.columns]),
+    ]
     lines += [_row([_cell(cell, column) for cell, column in zip(row.cells, t.columns)]) for row in t.rows]
     return lines
 

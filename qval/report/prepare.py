@@ -112,8 +112,13 @@ def prepared_samples(board: TrackBoard) -> pd.DataFrame:
     are converted, so that 100,000s of samples cost little.
     """
     samples = board.samples
-    empty = pd.DataFrame({"cell_id": pd.Series([], dtype=object), "sample_id": pd.Series([], dtype=object),
-                          "tau": pd.Series([], dtype=float)})
+    empty = pd.DataFrame(
+        {
+            "cell_id": pd.Series([], dtype=object),
+            "sample_id": pd.Series([], dtype=object),
+            "tau": pd.Series([], dtype=float),
+        }
+    )
     if not isinstance(samples, pd.DataFrame) or samples.empty:
         return empty
     if not {"cell_id", "sample_id", "tau"} <= set(samples.columns):

@@ -49,8 +49,9 @@ def render_markdown(report: SuiteReport, analyses: list[BoardAnalysis] | None = 
     return _markdown.write(document(report, analyses if analyses is not None else analyse(report)))
 
 
-def render_html(report: SuiteReport, figures: list[tuple[str, bytes]],
-                analyses: list[BoardAnalysis] | None = None) -> str:
+def render_html(
+    report: SuiteReport, figures: list[tuple[str, bytes]], analyses: list[BoardAnalysis] | None = None
+) -> str:
     """The leaderboard as one self-contained HTML page (one hash-pinned script, no external files)."""
     return _html.write(document(report, analyses if analyses is not None else analyse(report)), figures)
 

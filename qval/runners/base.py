@@ -1,4 +1,5 @@
 """Base class of runners. A runner executes shards of a written plan; workers write parts, never the database."""
+
 from __future__ import annotations
 
 import sys
@@ -38,5 +39,16 @@ class Runner:
 
     @staticmethod
     def worker_command(plan_path: Path, shard: int, results: Path, run_id: str) -> list[str]:
-        return [sys.executable, "-m", "qval.worker", "--plan", str(plan_path), "--shard", str(shard),
-                "--results", str(results), "--run-id", run_id]
+        return [
+            sys.executable,
+            "-m",
+            "qval.worker",
+            "--plan",
+            str(plan_path),
+            "--shard",
+            str(shard),
+            "--results",
+            str(results),
+            "--run-id",
+            run_id,
+        ]

@@ -8,6 +8,7 @@ or block them), its output is pumped into a size-capped, rotated log, it dies wi
 a watchdog kills it when a Q-alignment point runs past its time limit without progress (a C call that SIGALRM
 cannot interrupt, a plugin that disabled SIGALRM), and whatever processes it started are ended with it.
 """
+
 from __future__ import annotations
 
 import json
@@ -49,7 +50,7 @@ class LocalRunner(Runner):
         gpus = [g for g in self.opts.get("gpus", "").split(",") if g.strip()]
         per_batch = min(self.workers, len(gpus) or self.workers)
         for batch_start in range(0, len(shared), per_batch):
-            batch = shared[batch_start:batch_start + per_batch]
+            batch = shared[batch_start : batch_start + per_batch]
             self._run_batch(batch, plan_path, run_id, log_dir, max(1, cores // len(batch)), on_event, status)
         for index in exclusive:
             self._run_batch([index], plan_path, run_id, log_dir, cores, on_event, status)
@@ -60,9 +61,13 @@ class LocalRunner(Runner):
         env = {**os.environ, "QVAL_TORCH_THREADS": str(threads), "PYTHONUNBUFFERED": "1", "QVAL_RUN_ID": run_id}
         try:
             for slot, index in enumerate(batch):
-                workers[index] = _Supervised(self.worker_command(plan_path, index, self.results, run_id),
-                                             {**env, **self._gpu_env(slot)}, log_dir / f"shard-{index}.log", index,
-                                             on_event)
+                workers[index] = _Supervised(
+                    self.worker_command(plan_path, index, self.results, run_id),
+                    {**env, **self._gpu_env(slot)},
+                    log_dir / f"shard-{index}.log",
+                    index,
+                    on_event,
+                )
             while workers.keys() - status.keys():
                 for index, worker in workers.items():
                     if index not in status:
@@ -99,16 +104,25 @@ class _Supervised:
         read_events, write_events = os.pipe()
         read_log, write_log = os.pipe()
         try:
-            self.proc = subprocess.Popen(command, stdout=write_log, stderr=write_log, stdin=subprocess.DEVNULL,
-                                         pass_fds=(write_events,), env={**env, "QVAL_EVENT_FD": str(write_events)},
-                                         preexec_fn=die_with_parent)
+            self.proc = subprocess.Popen(
+                command,
+                stdout=write_log,
+                stderr=write_log,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(write_events,),
+                env={**env, "QVAL_EVENT_FD": str(write_events)},
+                preexec_fn=die_with_parent,
+            )
         finally:
             os.close(write_events)  # the child holds its own copies; EOF when it (and its children) exit
             os.close(write_log)
         self.ps = _process(self.proc.pid)
         self.threads = [
-            threading.Thread(target=self._read_events, args=(os.fdopen(read_events, "r", encoding="utf-8",
-                                                                         errors="replace"),), daemon=True),
+            threading.Thread(
+                target=self._read_events,
+                args=(os.fdopen(read_events, "r", encoding="utf-8", errors="replace"),),
+                daemon=True,
+            ),
             threading.Thread(target=_pump_log, args=(os.fdopen(read_log, "rb", buffering=0), log_path), daemon=True),
         ]
         for thread in self.threads:
@@ -155,8 +169,10 @@ class _Supervised:
 
     def watchdog_kill(self, results: Path) -> None:
         cell, limit = self.current_cell, self.limit_s or 0.0
-        reason = (f"killed by the watchdog: no progress for {limit + WATCHDOG_GRACE_S:.0f} s on cell {cell} (its "
-                  f"per-point time limit is {limit:g} s; a plugin stuck in a C call or one that disabled SIGALRM)")
+        reason = (
+            f"killed by the watchdog: no progress for {limit + WATCHDOG_GRACE_S:.0f} s on cell {cell} (its "
+            f"per-point time limit is {limit:g} s; a plugin stuck in a C call or one that disabled SIGALRM)"
+        )
         self.kill_tree()
         if cell:
             try:  # the cell fails with the reason; a re-run retries it, its finished samples kept
@@ -167,8 +183,7 @@ class _Supervised:
         self.on_event(self.index, {"event": "worker_failed", "error": reason})
 
     def overdue(self) -> bool:
-        return (self.limit_s is not None
-                and time.monotonic() - self.last_progress > self.limit_s + WATCHDOG_GRACE_S)
+        return self.limit_s is not None and time.monotonic() - self.last_progress > self.limit_s + WATCHDOG_GRACE_S
 
     def poll(self, wait: float = 0.0) -> int | None:
         try:

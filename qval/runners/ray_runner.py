@@ -12,6 +12,7 @@ shares (as with SLURM); this process tails the progress lines and ingests once e
 
     qval run suite.yaml --runner ray --runner-opt address=auto --runner-opt num_gpus=1
 """
+
 from __future__ import annotations
 
 import json
@@ -60,9 +61,14 @@ def run_shard_task(plan_path: str, shard: int, results: str, run_id: str, thread
     log_dir = Path(results) / "logs" / run_id
     node = socket.gethostname()
     if not Path(plan_path).is_file():
-        return {"shard": shard, "rc": 2, "node": node, "attempts": 1,
-                "tail": f"plan {plan_path} is not visible on node {node}: the results folder must be on a "
-                        "filesystem shared by every node"}
+        return {
+            "shard": shard,
+            "rc": 2,
+            "node": node,
+            "attempts": 1,
+            "tail": f"plan {plan_path} is not visible on node {node}: the results folder must be on a "
+            "filesystem shared by every node",
+        }
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path, events_path = log_dir / f"shard-{shard}.log", log_dir / f"shard-{shard}.events.jsonl"
     gpu_ids = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
@@ -72,12 +78,19 @@ def run_shard_task(plan_path: str, shard: int, results: str, run_id: str, thread
     # The same supervision as the local runner: events on their own pipe (appended to the events file the driver
     # reads), a capped log, the watchdog, and a worker that dies with this Ray worker (cancel, node drain).
     with open(events_path, "a", encoding="utf-8") as events:
+
         def record(_index, event):
             events.write(json.dumps(event) + "\n")
             events.flush()
 
-        rc = supervise(Runner.worker_command(Path(plan_path), shard, Path(results), run_id), env, log_path, shard,
-                       record, Path(results))
+        rc = supervise(
+            Runner.worker_command(Path(plan_path), shard, Path(results), run_id),
+            env,
+            log_path,
+            shard,
+            record,
+            Path(results),
+        )
     raw = log_path.read_bytes()
     tail = raw[-TAIL_BYTES:].decode(errors="replace")
     if rc < 0:
@@ -87,8 +100,14 @@ def run_shard_task(plan_path: str, shard: int, results: str, run_id: str, thread
 
 class RayRunner(Runner):
     name = "ray"
-    options = {"address": str, "num_cpus": float, "num_gpus": float, "exclusive_cpus": float,
-               "memory_gb": float, "max_retries": int}
+    options = {
+        "address": str,
+        "num_cpus": float,
+        "num_gpus": float,
+        "exclusive_cpus": float,
+        "memory_gb": float,
+        "max_retries": int,
+    }
 
     @classmethod
     def parse_options(cls, raw):
@@ -128,20 +147,29 @@ class RayRunner(Runner):
         (results / "logs" / run_id).mkdir(parents=True, exist_ok=True)
         tails = {i: _EventTail(results / "logs" / run_id / f"shard-{i}.events.jsonl") for i in shards}
         task = ray.remote(run_shard_task)
-        common = {"num_gpus": self.opts.get("num_gpus", 0), "max_retries": self.opts.get("max_retries", 2),
-                  "retry_exceptions": [ShardCrashed]}
+        common = {
+            "num_gpus": self.opts.get("num_gpus", 0),
+            "max_retries": self.opts.get("max_retries", 2),
+            "retry_exceptions": [ShardCrashed],
+        }
         if "memory_gb" in self.opts:
             common["memory"] = int(self.opts["memory_gb"] * 2**30)
         shared_cpus = self.opts.get("num_cpus", 1)
         # Timed shards run after the untimed ones, each holding a whole node's CPUs so nothing shares its clock.
         exclusive_cpus = self.opts.get("exclusive_cpus") or max(
-            (n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1)
-        largest = {key: max((n["Resources"].get(key, 0) for n in ray.nodes() if n["Alive"]), default=0)
-                   for key in ("CPU", "GPU")}
+            (n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=1
+        )
+        largest = {
+            key: max((n["Resources"].get(key, 0) for n in ray.nodes() if n["Alive"]), default=0)
+            for key in ("CPU", "GPU")
+        }
         for key, wanted in (("CPU", max(shared_cpus, exclusive_cpus)), ("GPU", common["num_gpus"])):
             if wanted > largest[key]:  # Ray would queue the task silently until an autoscaler adds such a node
-                print(f"qval: no node of the Ray cluster has {wanted:g} {key}s (largest: {largest[key]:g}); "
-                      "shards wait until one joins", file=sys.stderr)
+                print(
+                    f"qval: no node of the Ray cluster has {wanted:g} {key}s (largest: {largest[key]:g}); "
+                    "shards wait until one joins",
+                    file=sys.stderr,
+                )
         status: dict[int, int] = {}
         shared = [i for i in shards if not plan.shards[i].exclusive]
         exclusive = [i for i in shards if plan.shards[i].exclusive]
@@ -149,8 +177,12 @@ class RayRunner(Runner):
             if not batch:
                 continue
             threads = max(1, int(cpus))
-            refs = {task.options(num_cpus=cpus, name=f"qval-{plan.suite}-shard-{i}", **common)
-                    .remote(str(plan_path), i, str(results), run_id, threads): i for i in batch}
+            refs = {
+                task.options(num_cpus=cpus, name=f"qval-{plan.suite}-shard-{i}", **common).remote(
+                    str(plan_path), i, str(results), run_id, threads
+                ): i
+                for i in batch
+            }
             self._collect(ray, refs, tails, on_event, status)
         return status
 
@@ -181,12 +213,24 @@ class RayRunner(Runner):
             cause = getattr(exc, "cause", None) or exc
             tail = getattr(cause, "tail", "")
             error = f"{type(cause).__name__}: {cause}"
-            on_event(shard, {"event": "cell_failed", "cell": f"shard {shard}",
-                             "error": (error + ("\n" + tail[-500:] if tail else ""))[:1000]})
+            on_event(
+                shard,
+                {
+                    "event": "cell_failed",
+                    "cell": f"shard {shard}",
+                    "error": (error + ("\n" + tail[-500:] if tail else ""))[:1000],
+                },
+            )
             return 1
         if result["rc"] != 0 and not reported:  # e.g. the model failed to load: no cell said why, the log does
-            on_event(shard, {"event": "cell_failed", "cell": f"shard {shard}",
-                             "error": f"worker exited {result['rc']} on {result['node']}: {result['tail'][-500:]}"})
+            on_event(
+                shard,
+                {
+                    "event": "cell_failed",
+                    "cell": f"shard {shard}",
+                    "error": f"worker exited {result['rc']} on {result['node']}: {result['tail'][-500:]}",
+                },
+            )
         return result["rc"]
 
 

@@ -4,6 +4,7 @@ Preempted or timed-out elements are requeued (submitit's checkpoint protocol) an
 since a shard skips finished samples. ``cluster=local`` runs the same code path in local subprocesses (CI).
 Workers write parts only; this process ingests once the array is done.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,11 +38,15 @@ def make_executor(folder: Path, opts: dict, job_name: str):
         raise UsageError("the submitit runner needs submitit: pip install 'qval[slurm]'") from None
     cluster = opts.get("cluster", "slurm")
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
-    params = {"timeout_min": opts.get("timeout_min", 240), "name": job_name,
-              "cpus_per_task": opts.get("cpus_per_shard", 8)}
+    params = {
+        "timeout_min": opts.get("timeout_min", 240),
+        "name": job_name,
+        "cpus_per_task": opts.get("cpus_per_shard", 8),
+    }
     if cluster == "slurm":
-        params.update(slurm_array_parallelism=opts.get("array_parallelism", 16),
-                      slurm_additional_parameters={"requeue": True})
+        params.update(
+            slurm_array_parallelism=opts.get("array_parallelism", 16), slurm_additional_parameters={"requeue": True}
+        )
         if "partition" in opts:
             params["slurm_partition"] = opts["partition"]
         if opts.get("gpus_per_shard", 0):
@@ -54,8 +59,15 @@ def make_executor(folder: Path, opts: dict, job_name: str):
 
 class SubmititRunner(Runner):
     name = "submitit"
-    options = {"cluster": str, "partition": str, "gpus_per_shard": int, "cpus_per_shard": int, "timeout_min": int,
-               "array_parallelism": int, "mem_gb": int}
+    options = {
+        "cluster": str,
+        "partition": str,
+        "gpus_per_shard": int,
+        "cpus_per_shard": int,
+        "timeout_min": int,
+        "array_parallelism": int,
+        "mem_gb": int,
+    }
 
     def run(self, plan, plan_path, shards, run_id, on_event):
         if self.opts.get("cluster", "slurm") not in ("slurm", "local", "debug"):

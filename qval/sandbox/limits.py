@@ -17,12 +17,42 @@ SANDBOX_GID = 65534
 #: privileges are dropped (the stdlib may be unreadable to the sandbox uid, e.g. a
 #: pyenv under /root); any other import is refused by the audit hook.
 ALLOWED_MODULES: tuple[str, ...] = (
-    "math", "cmath", "re", "json", "string", "collections", "collections.abc",
-    "itertools", "functools", "operator", "statistics", "random", "heapq", "bisect",
-    "difflib", "unicodedata", "textwrap", "fractions", "decimal", "numbers", "enum",
-    "datetime", "copy", "typing", "array", "struct", "abc", "types", "time",
-    "encodings", "encodings.ascii", "encodings.latin_1", "encodings.utf_16",
-    "encodings.utf_32", "encodings.cp1252", "encodings.unicode_escape",
+    "math",
+    "cmath",
+    "re",
+    "json",
+    "string",
+    "collections",
+    "collections.abc",
+    "itertools",
+    "functools",
+    "operator",
+    "statistics",
+    "random",
+    "heapq",
+    "bisect",
+    "difflib",
+    "unicodedata",
+    "textwrap",
+    "fractions",
+    "decimal",
+    "numbers",
+    "enum",
+    "datetime",
+    "copy",
+    "typing",
+    "array",
+    "struct",
+    "abc",
+    "types",
+    "time",
+    "encodings",
+    "encodings.ascii",
+    "encodings.latin_1",
+    "encodings.utf_16",
+    "encodings.utf_32",
+    "encodings.cp1252",
+    "encodings.unicode_escape",
 )
 
 
@@ -42,9 +72,17 @@ class Limits:
     max_restarts: int = 3  # fresh children after a call killed the previous one
 
 
-_POSITIVE = ("cpu_seconds", "memory_mb", "wall_seconds_per_call", "total_wall_seconds",
-             "max_output_bytes", "max_processes", "max_open_files", "max_file_bytes",
-             "max_disk_bytes")
+_POSITIVE = (
+    "cpu_seconds",
+    "memory_mb",
+    "wall_seconds_per_call",
+    "total_wall_seconds",
+    "max_output_bytes",
+    "max_processes",
+    "max_open_files",
+    "max_file_bytes",
+    "max_disk_bytes",
+)
 
 
 def check_limits(limits: Limits) -> None:
@@ -63,6 +101,8 @@ def child_limits(limits: Limits) -> dict[str, Any]:
         "memory_bytes": int(limits.memory_mb) * 1024 * 1024,
         "per_call": limits.wall_seconds_per_call,
         "max_output": limits.max_output_bytes,
-        "nproc": limits.max_processes, "nofile": limits.max_open_files,
-        "fsize": limits.max_file_bytes, "disk": limits.max_disk_bytes,
+        "nproc": limits.max_processes,
+        "nofile": limits.max_open_files,
+        "fsize": limits.max_file_bytes,
+        "disk": limits.max_disk_bytes,
     }

@@ -53,8 +53,10 @@ _CHILD_SHA256 = _digest(CHILD_PATH)
 def check_child() -> None:
     """Raise RuntimeError if ``_child.py`` is not the file this process imported."""
     if _digest(CHILD_PATH) != _CHILD_SHA256:
-        raise RuntimeError(f"sandbox child program {CHILD_PATH} changed on disk since qval "
-                           "was imported; refusing to run it (restart qval)")
+        raise RuntimeError(
+            f"sandbox child program {CHILD_PATH} changed on disk since qval "
+            "was imported; refusing to run it (restart qval)"
+        )
 
 
 def parent_tag() -> str:
@@ -96,26 +98,41 @@ def _has_exited(pid: int) -> bool:
 class ChildRun:
     """One child process evaluating calls[start:] (runs to completion in __init__)."""
 
-    def __init__(self, source: str, calls: list[dict[str, Any]], start: int, limits: Limits,
-                 total_deadline: float, modules: tuple[str, ...], audit_hook: bool,
-                 namespaces: bool) -> None:
+    def __init__(
+        self,
+        source: str,
+        calls: list[dict[str, Any]],
+        start: int,
+        limits: Limits,
+        total_deadline: float,
+        modules: tuple[str, ...],
+        audit_hook: bool,
+        namespaces: bool,
+    ) -> None:
         self.channel = Channel(start, len(calls), limits.max_output_bytes)
         self.stop_reason: str | None = None  # timeout|total|output|protocol|None
         self.stderr = b""
         self.returncode: int | None = None
         self.cpu_used = 0.0
         self._writer: threading.Thread | None = None
-        self._run(source, calls, start, limits, total_deadline, modules, audit_hook,
-                  namespaces)
+        self._run(source, calls, start, limits, total_deadline, modules, audit_hook, namespaces)
 
     @property
     def next_index(self) -> int:
         """Index of the first call the child did not answer."""
         return self.channel.expect
 
-    def _run(self, source: str, calls: list[dict[str, Any]], start: int, limits: Limits,
-             total_deadline: float, modules: tuple[str, ...], audit_hook: bool,
-             namespaces: bool) -> None:
+    def _run(
+        self,
+        source: str,
+        calls: list[dict[str, Any]],
+        start: int,
+        limits: Limits,
+        total_deadline: float,
+        modules: tuple[str, ...],
+        audit_hook: bool,
+        namespaces: bool,
+    ) -> None:
         check_child()
         drop = want_uid_drop()
         workdir = tempfile.mkdtemp(prefix="qval-sbx-")
@@ -123,18 +140,31 @@ class ChildRun:
         try:
             if drop:
                 os.chown(workdir, SANDBOX_UID, SANDBOX_GID)
-            payload = json.dumps({
-                "source": source, "calls": calls, "start": start, "workdir": workdir,
-                "modules": list(modules), "audit_hook": audit_hook,
-                "namespaces": namespaces,
-                "uid": SANDBOX_UID if drop else None, "gid": SANDBOX_GID if drop else None,
-                **child_limits(limits),
-            }).encode()
+            payload = json.dumps(
+                {
+                    "source": source,
+                    "calls": calls,
+                    "start": start,
+                    "workdir": workdir,
+                    "modules": list(modules),
+                    "audit_hook": audit_hook,
+                    "namespaces": namespaces,
+                    "uid": SANDBOX_UID if drop else None,
+                    "gid": SANDBOX_GID if drop else None,
+                    **child_limits(limits),
+                }
+            ).encode()
             t0 = time.monotonic()
             proc = subprocess.Popen(
                 [sys.executable, "-I", "-S", "-B", CHILD_PATH, BOOTSTRAP_MARKER, parent_tag()],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                env=child_env(), cwd=workdir, start_new_session=True, close_fds=True)
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=child_env(),
+                cwd=workdir,
+                start_new_session=True,
+                close_fds=True,
+            )
             try:
                 self._talk(proc, payload, limits, total_deadline, t0)
             finally:
@@ -163,8 +193,9 @@ class ChildRun:
             proc.wait()
             self.returncode = proc.returncode
 
-    def _talk(self, proc: subprocess.Popen[bytes], payload: bytes, limits: Limits,
-              total_deadline: float, t0: float) -> None:
+    def _talk(
+        self, proc: subprocess.Popen[bytes], payload: bytes, limits: Limits, total_deadline: float, t0: float
+    ) -> None:
         stdin, stdout, stderr = proc.stdin, proc.stdout, proc.stderr
         assert stdin is not None and stdout is not None and stderr is not None  # all PIPEs
 

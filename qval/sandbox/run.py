@@ -18,9 +18,15 @@ def _death(run: ChildRun, limits: Limits) -> Result:
     return death_result(run.stop_reason, run.returncode, run.cpu_used, run.stderr, limits)
 
 
-def run_program(source: str, calls: list[dict[str, Any]], limits: Limits = _DEFAULT_LIMITS, *,
-                modules: tuple[str, ...] = ALLOWED_MODULES,
-                _audit_hook: bool = True, _namespaces: bool = True) -> list[Result]:
+def run_program(
+    source: str,
+    calls: list[dict[str, Any]],
+    limits: Limits = _DEFAULT_LIMITS,
+    *,
+    modules: tuple[str, ...] = ALLOWED_MODULES,
+    _audit_hook: bool = True,
+    _namespaces: bool = True,
+) -> list[Result]:
     """Run ``source`` once in a sandboxed child and return ``score(**call)`` per call.
 
     Never raises for anything the untrusted program does; every call gets a
@@ -45,8 +51,7 @@ def run_program(source: str, calls: list[dict[str, Any]], limits: Limits = _DEFA
             for j in range(idx, n):
                 results[j] = skipped_total(limits)
             break
-        run = ChildRun(source, calls[idx:], idx, limits, total_deadline, modules,
-                       _audit_hook, _namespaces)
+        run = ChildRun(source, calls[idx:], idx, limits, total_deadline, modules, _audit_hook, _namespaces)
         chan = run.channel
         for i, r in chan.results.items():
             results[i] = r
@@ -56,8 +61,9 @@ def run_program(source: str, calls: list[dict[str, Any]], limits: Limits = _DEFA
             break
         if not chan.loaded:
             if run.stop_reason == "timeout" and chan.layers:
-                r = Result(None, "timeout: loading the program exceeded "
-                           f"{limits.wall_seconds_per_call:g}s (killed)", "timeout")
+                r = Result(
+                    None, f"timeout: loading the program exceeded {limits.wall_seconds_per_call:g}s (killed)", "timeout"
+                )
             elif run.stop_reason == "total":
                 r = _death(run, limits)
             else:
@@ -83,12 +89,9 @@ def run_program(source: str, calls: list[dict[str, Any]], limits: Limits = _DEFA
         restarts += 1
         if idx < n and restarts > limits.max_restarts:
             for j in range(idx, n):
-                results[j] = Result(
-                    None, f"skipped: child restarted {restarts - 1} times (max_restarts)",
-                    "skipped")
+                results[j] = Result(None, f"skipped: child restarted {restarts - 1} times (max_restarts)", "skipped")
             break
-    return [r if r is not None else Result(None, "crashed: no result", "crash")
-            for r in results]
+    return [r if r is not None else Result(None, "crashed: no result", "crash") for r in results]
 
 
 _REPORT_CACHE: dict[str, Any] | None = None
@@ -103,8 +106,9 @@ def sandbox_report(refresh: bool = False) -> dict[str, Any]:
     t0 = time.monotonic()
     drop = want_uid_drop()
     total = time.monotonic() + 30
-    run = ChildRun(src, [{"observation": "", "action": "", "task": ""}], 0, Limits(),
-                   total, ALLOWED_MODULES, True, True)
+    run = ChildRun(
+        src, [{"observation": "", "action": "", "task": ""}], 0, Limits(), total, ALLOWED_MODULES, True, True
+    )
     first = run.channel.results.get(0)
     report: dict[str, Any] = dict(run.channel.layers)
     report["working"] = bool(first and first.value == 1.0)

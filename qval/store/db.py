@@ -3,6 +3,7 @@
 Only one process writes (DuckDB allows one read-write process per file): ``qval ingest``, or ``qval run`` after its
 workers have finished. Everything else opens it read-only.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -14,63 +15,81 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import QvalError, UsageError, ResultsLockedError
+from ..errors import QvalError, ResultsLockedError, UsageError
 
 DB_NAME = "qval.duckdb"
 
 # Ordered migrations: (version, statements). Never edit a released step; append a new one.
 MIGRATIONS: list[tuple[int, list[str]]] = [
-    (1, [
-        """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, suite VARCHAR, plan_id VARCHAR, started_at TIMESTAMP,
+    (
+        1,
+        [
+            """CREATE TABLE runs (run_id VARCHAR PRIMARY KEY, suite VARCHAR, plan_id VARCHAR, started_at TIMESTAMP,
            finished_at TIMESTAMP, status VARCHAR, qval_version VARCHAR, git_sha VARCHAR, git_dirty BOOLEAN,
            host VARCHAR, hardware VARCHAR, gpu VARCHAR, python VARCHAR, torch VARCHAR, transformers VARCHAR,
            argv VARCHAR, fingerprint JSON)""",
-        """CREATE TABLE suites (suite VARCHAR PRIMARY KEY, plan_id VARCHAR, path VARCHAR, suite_sha VARCHAR,
+            """CREATE TABLE suites (suite VARCHAR PRIMARY KEY, plan_id VARCHAR, path VARCHAR, suite_sha VARCHAR,
            description VARCHAR, config JSON, updated_at TIMESTAMP)""",
-        "CREATE TABLE suite_cells (suite VARCHAR, cell_id VARCHAR, PRIMARY KEY (suite, cell_id))",
-        """CREATE TABLE cells (cell_id VARCHAR PRIMARY KEY, identity_version INTEGER, track VARCHAR, model VARCHAR,
+            "CREATE TABLE suite_cells (suite VARCHAR, cell_id VARCHAR, PRIMARY KEY (suite, cell_id))",
+            """CREATE TABLE cells (cell_id VARCHAR PRIMARY KEY, identity_version INTEGER, track VARCHAR, model VARCHAR,
            method VARCHAR, family VARCHAR, dataset VARCHAR, dataset_label VARCHAR, temperature DOUBLE, seed INTEGER,
            identity JSON, baseline_cell_id VARCHAR, status VARCHAR, n_samples INTEGER, n_failed INTEGER,
            run_id VARCHAR, error VARCHAR, parts_sig VARCHAR, ingested_at TIMESTAMP)""",
-        """CREATE TABLE qalign_samples (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR, candidate INTEGER,
+            """CREATE TABLE qalign_samples (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR, candidate INTEGER,
            action VARCHAR, score DOUBLE, ref_q DOUBLE, error VARCHAR)""",
-        """CREATE TABLE decode_samples (cell_id VARCHAR, sample_id VARCHAR, turn INTEGER, category VARCHAR,
+            """CREATE TABLE decode_samples (cell_id VARCHAR, sample_id VARCHAR, turn INTEGER, category VARCHAR,
            prompt_tokens INTEGER, new_tokens INTEGER, target_steps INTEGER, drafted INTEGER[], accepted INTEGER[],
            prefill_s DOUBLE, decode_s DOUBLE, stopped_on_eos BOOLEAN, output_sha VARCHAR, output_ids INTEGER[],
            error VARCHAR)""",
-        """CREATE TABLE cell_metrics (cell_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
+            """CREATE TABLE cell_metrics (cell_id VARCHAR, metric VARCHAR, value DOUBLE, ci_low DOUBLE, ci_high DOUBLE,
            n INTEGER, higher_is_better BOOLEAN, label VARCHAR, PRIMARY KEY (cell_id, metric))""",
-    ]),
-    (2, [
-        "ALTER TABLE decode_samples ADD COLUMN prefill_entropy DOUBLE",
-        "ALTER TABLE decode_samples ADD COLUMN prefill_top_prob DOUBLE",
-    ]),
-    (3, [
-        """CREATE TABLE qalign_state_values (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR,
+        ],
+    ),
+    (
+        2,
+        [
+            "ALTER TABLE decode_samples ADD COLUMN prefill_entropy DOUBLE",
+            "ALTER TABLE decode_samples ADD COLUMN prefill_top_prob DOUBLE",
+        ],
+    ),
+    (
+        3,
+        [
+            """CREATE TABLE qalign_state_values (cell_id VARCHAR, sample_id VARCHAR, state_key VARCHAR,
            n_candidates INTEGER, value DOUBLE, error VARCHAR)""",
-    ]),
-    (4, [
-        "ALTER TABLE decode_samples ADD COLUMN draft_s DOUBLE",
-    ]),
-    (5, [
-        "ALTER TABLE qalign_samples ADD COLUMN is_behaviour BOOLEAN",
-        "ALTER TABLE cell_metrics ADD COLUMN n_states INTEGER",
-        "ALTER TABLE decode_samples ADD COLUMN load_other_cores DOUBLE",
-        "ALTER TABLE decode_samples ADD COLUMN load_steal DOUBLE",
-        "ALTER TABLE decode_samples ADD COLUMN load_avg1 DOUBLE",
-        # Metric definitions changed with this step (vLLM's acceptance length, QVal's pooled rows, small-n
-        # intervals): forget every cell's part signature so the next ingest re-reads and recomputes all of them.
-        "UPDATE cells SET parts_sig = NULL",
-    ]),
-    (6, [
-        # The metric stage (qval/metrics/stage.py): which metric (family) wrote each value, at which version, and
-        # the per-unit values behind per-state metrics. Values written before carry no family; the next ingest
-        # recomputes them from the stored rows.
-        "ALTER TABLE cell_metrics ADD COLUMN family VARCHAR",
-        """CREATE TABLE metric_versions (cell_id VARCHAR, metric VARCHAR, version INTEGER, computed_at TIMESTAMP,
+        ],
+    ),
+    (
+        4,
+        [
+            "ALTER TABLE decode_samples ADD COLUMN draft_s DOUBLE",
+        ],
+    ),
+    (
+        5,
+        [
+            "ALTER TABLE qalign_samples ADD COLUMN is_behaviour BOOLEAN",
+            "ALTER TABLE cell_metrics ADD COLUMN n_states INTEGER",
+            "ALTER TABLE decode_samples ADD COLUMN load_other_cores DOUBLE",
+            "ALTER TABLE decode_samples ADD COLUMN load_steal DOUBLE",
+            "ALTER TABLE decode_samples ADD COLUMN load_avg1 DOUBLE",
+            # Metric definitions changed with this step (vLLM's acceptance length, QVal's pooled rows, small-n
+            # intervals): forget every cell's part signature so the next ingest re-reads and recomputes all of them.
+            "UPDATE cells SET parts_sig = NULL",
+        ],
+    ),
+    (
+        6,
+        [
+            # The metric stage (qval/metrics/stage.py): which metric (family) wrote each value, at which version, and
+            # the per-unit values behind per-state metrics. Values written before carry no family; the next ingest
+            # recomputes them from the stored rows.
+            "ALTER TABLE cell_metrics ADD COLUMN family VARCHAR",
+            """CREATE TABLE metric_versions (cell_id VARCHAR, metric VARCHAR, version INTEGER, computed_at TIMESTAMP,
            PRIMARY KEY (cell_id, metric))""",
-        "CREATE TABLE metric_units (cell_id VARCHAR, metric VARCHAR, unit VARCHAR, cluster VARCHAR, value DOUBLE)",
-    ]),
+            "CREATE TABLE metric_units (cell_id VARCHAR, metric VARCHAR, unit VARCHAR, cluster VARCHAR, value DOUBLE)",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -135,7 +154,8 @@ def connect_writer(results: Path, wait_s: float | None = None) -> duckdb.DuckDBP
             raise
         raise ResultsLockedError(
             f"cannot write {db_path(results)}: another process keeps it open ({exc}). Nothing is lost: the parts "
-            f"are on disk; close the other process and run `qval ingest --results {results}`") from None
+            f"are on disk; close the other process and run `qval ingest --results {results}`"
+        ) from None
     migrate(con)
     return con
 
@@ -149,8 +169,10 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
     except duckdb.IOException as exc:
         if not _is_lock_conflict(exc):
             raise
-        raise ResultsLockedError(f"{path} is being written (an ingest is running) for more than {READ_WAIT_S:.0f} s; "
-                                 "try again when it finishes") from None
+        raise ResultsLockedError(
+            f"{path} is being written (an ingest is running) for more than {READ_WAIT_S:.0f} s; "
+            "try again when it finishes"
+        ) from None
 
 
 @contextmanager

@@ -1,4 +1,5 @@
 """Export the results tables as Parquet files (COPY … TO, one file per table)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 
 Re-ingesting is idempotent: a cell whose parts did not change is skipped, and one that did is replaced whole.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -10,12 +11,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ..errors import UsageError
-from ..plan import Plan, plan_sequence
 from ..metrics.stage import compute_metrics
+from ..plan import Plan, plan_sequence
 from .db import connect_writer
 from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 from .tables import SAMPLE_TABLES
@@ -31,7 +32,7 @@ class IngestReport:
 
 
 def _now():
-    return datetime.now(timezone.utc).replace(tzinfo=None)
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 def ingest(results: Path, progress=None) -> IngestReport:
@@ -48,7 +49,10 @@ def ingest(results: Path, progress=None) -> IngestReport:
         _ingest_plans(con, results)
         root = parts_root(results)
         cell_dirs = sorted(p for p in root.iterdir() if p.is_dir()) if root.exists() else []
-        known = {cid: (track, sig) for cid, track, sig in con.execute("SELECT cell_id, track, parts_sig FROM cells").fetchall()}
+        known = {
+            cid: (track, sig)
+            for cid, track, sig in con.execute("SELECT cell_id, track, parts_sig FROM cells").fetchall()
+        }
         changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {track: [] for track in SAMPLE_TABLES}
         for directory in cell_dirs:
             if directory.name not in known:  # parts of a cell no plan describes: leave them alone
@@ -127,12 +131,19 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     if single:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [single])
     if several:
-        con.execute(f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (filename) FROM read_parquet(?, union_by_name = "
-                    "true, filename = true) QUALIFY filename = min(filename) OVER (PARTITION BY cell_id, sample_id)",
-                    [several])
-    counts = {cid: (n, failed, rows) for cid, n, failed, rows in con.execute(
-        f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
-        f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id", [ids]).fetchall()}
+        con.execute(
+            f"INSERT INTO {table} BY NAME SELECT * EXCLUDE (filename) FROM read_parquet(?, union_by_name = "
+            "true, filename = true) QUALIFY filename = min(filename) OVER (PARTITION BY cell_id, sample_id)",
+            [several],
+        )
+    counts = {
+        cid: (n, failed, rows)
+        for cid, n, failed, rows in con.execute(
+            f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
+            f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id",
+            [ids],
+        ).fetchall()
+    }
     now = _now()
     updates = []
     for cell_id, directory, _, sig in cells:
@@ -142,8 +153,11 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
         if shortfall:  # never a finished cell with lost samples: `qval run` sets the manifest aside and resumes it
             status, error = "partial", f"not done: {shortfall}; re-run `qval run` to complete it"
         updates.append([status, n, failed, run_id, error, sig, now, cell_id])
-    con.executemany("UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
-                    "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?", updates)
+    con.executemany(
+        "UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
+        "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?",
+        updates,
+    )
     return sum(rows for _, _, rows in counts.values())
 
 
@@ -157,10 +171,26 @@ def _ingest_runs(con, results: Path) -> None:
         pk = fp.get("packages", {})
         con.execute(
             "INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run["run_id"], run.get("suite"), run.get("plan_id"), run.get("started_at"), run.get("finished_at"),
-             run.get("status"), pk.get("qval"), fp.get("git_sha"), fp.get("git_dirty"), fp.get("host"),
-             fp.get("hardware"), fp.get("gpu"), fp.get("python"), pk.get("torch"), pk.get("transformers"),
-             fp.get("argv"), json.dumps(fp)])
+            [
+                run["run_id"],
+                run.get("suite"),
+                run.get("plan_id"),
+                run.get("started_at"),
+                run.get("finished_at"),
+                run.get("status"),
+                pk.get("qval"),
+                fp.get("git_sha"),
+                fp.get("git_dirty"),
+                fp.get("host"),
+                fp.get("hardware"),
+                fp.get("gpu"),
+                fp.get("python"),
+                pk.get("torch"),
+                pk.get("transformers"),
+                fp.get("argv"),
+                json.dumps(fp),
+            ],
+        )
 
 
 def _ingest_plans(con, results: Path) -> None:
@@ -174,18 +204,48 @@ def _ingest_plans(con, results: Path) -> None:
         except UsageError as exc:
             print(f"warning: skipped {exc}", file=sys.stderr)
             continue
-        con.execute("INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    [plan.suite, plan.plan_id, plan.suite_path, plan.suite_sha, plan.description,
-                     json.dumps(plan.config), _now()])
+        con.execute(
+            "INSERT OR REPLACE INTO suites VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                plan.suite,
+                plan.plan_id,
+                plan.suite_path,
+                plan.suite_sha,
+                plan.description,
+                json.dumps(plan.config),
+                _now(),
+            ],
+        )
         con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
         con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
         identity_version = plan.to_json()["identity_version"]  # serialises the whole plan: once, not per cell
-        rows = [[c.cell_id, identity_version, c.track, c.model, c.method, c.family, c.dataset,
-                 c.dataset_label or c.dataset, c.temperature, c.seed, json.dumps({
-                     "model": c.model_identity, "method_params": c.method_params,
-                     "dataset_params": c.dataset_params, "settings": c.settings}),
-                 c.baseline_cell_id] for c in plan.cells.values()]
+        rows = [
+            [
+                c.cell_id,
+                identity_version,
+                c.track,
+                c.model,
+                c.method,
+                c.family,
+                c.dataset,
+                c.dataset_label or c.dataset,
+                c.temperature,
+                c.seed,
+                json.dumps(
+                    {
+                        "model": c.model_identity,
+                        "method_params": c.method_params,
+                        "dataset_params": c.dataset_params,
+                        "settings": c.settings,
+                    }
+                ),
+                c.baseline_cell_id,
+            ]
+            for c in plan.cells.values()
+        ]
         con.executemany(
             "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
             "temperature, seed, identity, baseline_cell_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "'planned') ON CONFLICT (cell_id) DO NOTHING", rows)
+            "'planned') ON CONFLICT (cell_id) DO NOTHING",
+            rows,
+        )

@@ -3,6 +3,7 @@
 Layout: ``RESULTS/parts/<cell_id>/part-<n>-<pid>.parquet`` plus ``DONE.json`` or ``FAILED.json``. A part is written
 to a temp name and renamed, so a killed worker leaves whole parts or none. Workers never open the database.
 """
+
 from __future__ import annotations
 
 import json
@@ -139,8 +140,11 @@ def verify_done_cells(results: Path, cell_ids) -> list[Path]:
             before = set(part_files(directory))
             parts = read_valid_parts(results, directory)
             quarantined += sorted(before - set(parts))
-            shortfall = (manifest_shortfall(read_manifest(directory / DONE), len(sample_ids(parts)))
-                         if (directory / DONE).exists() else None)
+            shortfall = (
+                manifest_shortfall(read_manifest(directory / DONE), len(sample_ids(parts)))
+                if (directory / DONE).exists()
+                else None
+            )
             if shortfall:
                 quarantined.append(quarantine(results, directory / DONE, f"cell {cell_id}: {shortfall}"))
     return quarantined
@@ -228,8 +232,10 @@ class CellLease:
                 holder = os.pread(fd, 100, 0).decode(errors="replace").strip() or "another worker"
                 if time.monotonic() >= deadline:
                     os.close(fd)
-                    raise CellBusy(f"cell {self.path.parent.name} is held by {holder} for more than "
-                                   f"{self.wait_s:.0f} s; nothing was written twice") from None
+                    raise CellBusy(
+                        f"cell {self.path.parent.name} is held by {holder} for more than "
+                        f"{self.wait_s:.0f} s; nothing was written twice"
+                    ) from None
                 if not told and self.say:
                     self.say(f"cell {self.path.parent.name} is held by {holder}; waiting for it")
                     told = True

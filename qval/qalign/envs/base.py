@@ -3,6 +3,7 @@
 States are ints: tabular envs use their own state index; envs with richer states (MiniGrid, TextWorld) number
 the states they discover and keep the mapping, so points, labels and stored rows stay plain integers.
 """
+
 from __future__ import annotations
 
 from typing import ClassVar

@@ -12,6 +12,7 @@ from value iteration on the deterministic table, exact for any gamma.
 Only levels with deterministic dynamics whose success does not need the ``done`` action are listed; ``done``
 is left out of the action set (it does nothing in them).
 """
+
 from __future__ import annotations
 
 import pickle
@@ -47,10 +48,12 @@ LEVELS: dict[str, Level] = {
     "MiniGrid-Empty-5x5-v0": Level("all", "Reach the goal G."),
     "MiniGrid-Empty-Random-5x5-v0": Level("all", "Reach the goal G."),
     "MiniGrid-Empty-6x6-v0": Level("all", "Reach the goal G."),
-    "MiniGrid-DoorKey-5x5-v0": Level("all", "Pick up the key, face the locked door and toggle it to unlock it, "
-                                            "then reach the goal G."),
-    "MiniGrid-DoorKey-6x6-v0": Level("all", "Pick up the key, face the locked door and toggle it to unlock it, "
-                                            "then reach the goal G."),
+    "MiniGrid-DoorKey-5x5-v0": Level(
+        "all", "Pick up the key, face the locked door and toggle it to unlock it, then reach the goal G."
+    ),
+    "MiniGrid-DoorKey-6x6-v0": Level(
+        "all", "Pick up the key, face the locked door and toggle it to unlock it, then reach the goal G."
+    ),
     "MiniGrid-LavaGapS5-v0": Level("all", "Reach the goal G. Stepping into lava ~ ends the episode in failure."),
     "MiniGrid-LavaGapS6-v0": Level("all", "Reach the goal G. Stepping into lava ~ ends the episode in failure."),
     "MiniGrid-FourRooms-v0": Level("all", "Reach the goal G. Walls # separate four rooms joined by gaps."),
@@ -160,7 +163,8 @@ class MiniGridEnv(Environment):
                     raise ValueError(
                         f"{params.level} with {params.n_layouts} layouts and actions={mode!r} has more than "
                         f"max_states={params.max_states} reachable states; lower n_layouts, use "
-                        f"actions='navigation', or raise max_states")
+                        f"actions='navigation', or raise max_states"
+                    )
                 sid = ids[key] = len(self.keys)
                 self.keys.append(key)
                 for table in (nxt, rew, done):
@@ -270,14 +274,27 @@ class MiniGridEnv(Environment):
         held = "nothing" if carrying is None else f"the {carrying[1]} {carrying[0]}"
         kinds = {c for r in rows for c in r.split()}
         key = [f"{ARROWS[adir]} you", "# wall", ". floor"]
-        key += [f"{c} {n}" for c, n in (("G", "goal"), ("~", "lava"), ("K", "key"), ("O", "ball"), ("B", "box"),
-                                         ("D", "closed door"), ("L", "locked door"), ("_", "open door"))
-                if c in kinds]
+        key += [
+            f"{c} {n}"
+            for c, n in (
+                ("G", "goal"),
+                ("~", "lava"),
+                ("K", "key"),
+                ("O", "ball"),
+                ("B", "box"),
+                ("D", "closed door"),
+                ("L", "locked door"),
+                ("_", "open door"),
+            )
+            if c in kinds
+        ]
         objects = "".join(f"\n{ch}: " + "; ".join(items) for ch, items in legend.items())
-        return ("\n".join(rows)
-                + f"\nLegend: {', '.join(key)}.{objects}"
-                + f"\nYou are at row {ay + 1}, column {ax + 1}, facing {DIRECTIONS[adir]}. "
-                  f"Ahead of you is {ahead}. You are carrying {held}.")
+        return (
+            "\n".join(rows)
+            + f"\nLegend: {', '.join(key)}.{objects}"
+            + f"\nYou are at row {ay + 1}, column {ax + 1}, facing {DIRECTIONS[adir]}. "
+            f"Ahead of you is {ahead}. You are carrying {held}."
+        )
 
     def heuristic(self, state):
         """Minus the Manhattan distance (walls ignored) to the current subgoal, minus a grid size per subgoal
@@ -286,8 +303,11 @@ class MiniGridEnv(Environment):
         from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
 
         layout, gid, (ax, ay), _, carrying = self.keys[state]
-        cells = [(i % self.width, i // self.width, IDX_TO_OBJECT[c[0]], IDX_TO_COLOR[c[1]], c[2])
-                 for i, c in enumerate(self.grids[gid]) if c != 0]
+        cells = [
+            (i % self.width, i // self.width, IDX_TO_OBJECT[c[0]], IDX_TO_COLOR[c[1]], c[2])
+            for i, c in enumerate(self.grids[gid])
+            if c != 0
+        ]
         locked = [c for c in cells if c[2] == "door" and c[4] == 2]
         if locked and carrying is None:
             targets, stages = [c for c in cells if c[2] == "key"], 2
@@ -307,10 +327,12 @@ class MiniGridEnv(Environment):
 
     def task(self, state):
         mission = self.missions[self.keys[state][0]]
-        return (f"{mission[0].upper()}{mission[1:]}. {LEVELS[self.params.level].hint} "
-                "'turn left' and 'turn right' turn you in place; 'move forward' moves one cell the way you face"
-                + ("; 'pick up', 'drop' and 'toggle' act on the cell ahead of you" if len(self._actions) > 3 else "")
-                + ". Rows are numbered from the top, columns from the left.")
+        return (
+            f"{mission[0].upper()}{mission[1:]}. {LEVELS[self.params.level].hint} "
+            "'turn left' and 'turn right' turn you in place; 'move forward' moves one cell the way you face"
+            + ("; 'pick up', 'drop' and 'toggle' act on the cell ahead of you" if len(self._actions) > 3 else "")
+            + ". Rows are numbered from the top, columns from the left."
+        )
 
 
 def _no_obs():

@@ -28,6 +28,7 @@ d is an upper bound; it equalled the breadth-first-search distance on every stat
 15 games, d <= 6; the tests check more), and no state had a successor more than one step closer (4,230 states
 of noisy walks in 18 games). Quest progress is tracked per history, as TextWorld does.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -97,14 +98,17 @@ class TextWorldBase(Environment):
         try:
             import textworld  # imported here, so that qval loads (and lists) this plugin without it
         except ImportError as exc:
-            raise QvalError(f"the '{self.name}' env needs TextWorld: "
-                            f"pip install textworld=={TEXTWORLD_VERSION}") from exc
+            raise QvalError(
+                f"the '{self.name}' env needs TextWorld: pip install textworld=={TEXTWORLD_VERSION}"
+            ) from exc
         from textworld.generator.game import Game, GameProgression
         from textworld.generator.inform7 import Inform7Game
 
         if textworld.__version__ != TEXTWORLD_VERSION:
-            warnings.warn(f"qval's TextWorld env was written for textworld=={TEXTWORLD_VERSION}, "
-                          f"found {textworld.__version__}", stacklevel=2)
+            warnings.warn(
+                f"qval's TextWorld env was written for textworld=={TEXTWORLD_VERSION}, found {textworld.__version__}",
+                stacklevel=2,
+            )
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.game_dir = self._ensure_game()
         self.game = Game.load(str(self.game_dir / "game.json"))
@@ -138,8 +142,12 @@ class TextWorldBase(Environment):
         raise NotImplementedError
 
     def _ensure_game(self) -> Path:
-        gen = {"kind": self.kind, "generator": GENERATOR_VERSION, "textworld": TEXTWORLD_VERSION,
-               **self.generation_options()}
+        gen = {
+            "kind": self.kind,
+            "generator": GENERATOR_VERSION,
+            "textworld": TEXTWORLD_VERSION,
+            **self.generation_options(),
+        }
         digest = hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()[:16]
         root = self.cache_dir / "textworld"
         final = root / f"{self.kind}-{digest}"
@@ -174,8 +182,10 @@ class TextWorldBase(Environment):
                 game = self.build_game(options)
                 compile_game(game, options)
         except QuestGenerationError as exc:
-            raise QvalError(f"TextWorld cannot generate a quest for {self.params!r}: relax quest_length or add "
-                            f"rooms/objects ({exc})") from exc
+            raise QvalError(
+                f"TextWorld cannot generate a quest for {self.params!r}: relax quest_length or add "
+                f"rooms/objects ({exc})"
+            ) from exc
         (folder / "game.ni").unlink(missing_ok=True)  # the Inform 7 source: not needed to play
 
     # --- logic layer: dynamics and reference Q -------------------------------------------------------------
@@ -300,8 +310,11 @@ class TextWorldBase(Environment):
         dist = self.distance(state)
         if not (won or lost) and min(effective) < dist - 1 and not self._warned:
             self._warned = True  # a successor is more than one step closer: the distances here are not shortest
-            warnings.warn(f"{self.name}: {self.history(state)} is {dist:.0f} commands from winning by TextWorld's "
-                          f"policy but a successor is only {min(effective):.0f}: Q underestimates here", stacklevel=2)
+            warnings.warn(
+                f"{self.name}: {self.history(state)} is {dist:.0f} commands from winning by TextWorld's "
+                f"policy but a successor is only {min(effective):.0f}: Q underestimates here",
+                stacklevel=2,
+            )
         keep = self._select(effective, state)
         commands, dists, ids = [], [], []
         for i in keep:
@@ -476,8 +489,10 @@ class _StateTable(dict):
     """A per-state table whose missing keys get a message saying why a state id can be unknown."""
 
     def __missing__(self, state):
-        raise KeyError(f"TextWorld state {state} is unknown to this env instance: states get ids as they are reached "
-                       f"from reset() with step(); use state_of(history) to replay a history in a fresh env")
+        raise KeyError(
+            f"TextWorld state {state} is unknown to this env instance: states get ids as they are reached "
+            f"from reset() with step(); use state_of(history) to replay a history in a fresh env"
+        )
 
 
 def _child_id(parent: int, command: str) -> int:
@@ -539,8 +554,13 @@ class TextWorldEnv(TextWorldBase):
 
     def generation_options(self):
         p = self.params
-        return {"seed": p.seed, "n_rooms": p.n_rooms, "n_objects": p.n_objects, "quest_length": p.quest_length,
-                "goal": p.goal}
+        return {
+            "seed": p.seed,
+            "n_rooms": p.n_rooms,
+            "n_objects": p.n_objects,
+            "quest_length": p.quest_length,
+            "goal": p.goal,
+        }
 
     def build_game(self, options):
         from textworld.generator import make_game

@@ -3,6 +3,7 @@
 Rewards are re-expressed as QVal's sparse success reward: 1 on the transition that completes the task, 0
 otherwise, discounted by gamma. Gymnasium's own shaped rewards (-1 per step, -10, -100) are not used.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -123,8 +124,10 @@ class FrozenLakeEnv(ToyTextEnv):
 
     def task(self, state):
         slip = " The ice is slippery: a move can go sideways." if self.params.slippery else ""
-        return ("Walk on the frozen lake from S to the goal G without falling into a hole H. F is safe ice. "
-                "Rows are numbered from the top, columns from the left." + slip)
+        return (
+            "Walk on the frozen lake from S to the goal G without falling into a hole H. F is safe ice. "
+            "Rows are numbered from the top, columns from the left." + slip
+        )
 
 
 class CliffWalkingEnv(ToyTextEnv):
@@ -151,8 +154,10 @@ class CliffWalkingEnv(ToyTextEnv):
         return "\n".join(rows) + f"\nYou (A) are at row {r + 1}, column {c + 1}."
 
     def task(self, state):
-        return ("Reach the goal G in the bottom-right corner. Stepping onto the cliff C sends you back to the start "
-                "(bottom-left). '.' is safe ground. Rows are numbered from the top, columns from the left.")
+        return (
+            "Reach the goal G in the bottom-right corner. Stepping onto the cliff C sends you back to the start "
+            "(bottom-left). '.' is safe ground. Rows are numbered from the top, columns from the left."
+        )
 
 
 class TaxiEnv(ToyTextEnv):
@@ -169,7 +174,8 @@ class TaxiEnv(ToyTextEnv):
         row, col, passenger, dest = self.unwrapped.decode(state)
         locs = self.unwrapped.locs
         to_dest = abs(locs[dest][0] - (row if passenger == 4 else locs[passenger][0])) + abs(
-            locs[dest][1] - (col if passenger == 4 else locs[passenger][1]))
+            locs[dest][1] - (col if passenger == 4 else locs[passenger][1])
+        )
         to_passenger = 0 if passenger == 4 else abs(row - locs[passenger][0]) + abs(col - locs[passenger][1]) + 1
         return -float(to_passenger + to_dest + 1)
 
@@ -178,10 +184,14 @@ class TaxiEnv(ToyTextEnv):
         grid = [[c.decode() for c in line] for line in self.unwrapped.desc.tolist()]
         grid[1 + row][2 * col + 1] = "T"
         where = "in the taxi" if passenger == 4 else f"waiting at {self.LOCATIONS[passenger]}"
-        return ("\n".join("".join(line) for line in grid)
-                + f"\nThe taxi (T) is at row {row + 1}, column {col + 1}. The passenger is {where}; "
-                  f"the destination is {self.LOCATIONS[dest]}.")
+        return (
+            "\n".join("".join(line) for line in grid)
+            + f"\nThe taxi (T) is at row {row + 1}, column {col + 1}. The passenger is {where}; "
+            f"the destination is {self.LOCATIONS[dest]}."
+        )
 
     def task(self, state):
-        return ("Drive the taxi to the passenger, pick them up, drive to the destination and drop them off. "
-                "'|' is a wall; R, G, Y, B are the four stands.")
+        return (
+            "Drive the taxi to the passenger, pick them up, drive to the destination and drop them off. "
+            "'|' is a wall; R, G, Y, B are the four stands."
+        )

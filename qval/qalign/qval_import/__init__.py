@@ -18,6 +18,7 @@ What a summary holds (see tests/data/qval_reference/SCHEMA.md) and how it maps:
   ground truth), so they are per-state values, never pooled rows. They need their own table (see
   ``STATE_TRACK``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,12 +66,44 @@ from .write import (
 )
 
 __all__ = [
-    "AGGREGATE_STATS", "ERR_BEYOND", "ERR_NOT_COVERED", "ERR_NULL_PRED", "ERR_NULL_REF", "ERR_ZERO", "IMPORT_MARKER",
-    "MIN_USABLE_POINTS", "POINT_METRICS", "RANKING_STATS", "SAMPLE_COLUMNS", "STATE_COLUMNS", "STATE_TRACK", "TRACK",
-    "CheckReport", "ImportedSummary", "PointwiseEntry", "QvalSummary", "RankingEntry", "SampleGroup", "Stored",
-    "SummaryError", "WriteReport", "check_summary", "family_of", "import_cells", "import_qval", "metric_frame",
-    "parse_summary", "pointwise_rows", "qval_correlations", "read_summary", "recompute_aggregates",
-    "recompute_pointwise", "recompute_ranking", "suite_name", "validate_summary", "write_import_parts",
+    "AGGREGATE_STATS",
+    "ERR_BEYOND",
+    "ERR_NOT_COVERED",
+    "ERR_NULL_PRED",
+    "ERR_NULL_REF",
+    "ERR_ZERO",
+    "IMPORT_MARKER",
+    "MIN_USABLE_POINTS",
+    "POINT_METRICS",
+    "RANKING_STATS",
+    "SAMPLE_COLUMNS",
+    "STATE_COLUMNS",
+    "STATE_TRACK",
+    "TRACK",
+    "CheckReport",
+    "ImportedSummary",
+    "PointwiseEntry",
+    "QvalSummary",
+    "RankingEntry",
+    "SampleGroup",
+    "Stored",
+    "SummaryError",
+    "WriteReport",
+    "check_summary",
+    "family_of",
+    "import_cells",
+    "import_qval",
+    "metric_frame",
+    "parse_summary",
+    "pointwise_rows",
+    "qval_correlations",
+    "read_summary",
+    "recompute_aggregates",
+    "recompute_pointwise",
+    "recompute_ranking",
+    "suite_name",
+    "validate_summary",
+    "write_import_parts",
 ]
 
 
@@ -83,8 +116,10 @@ def import_qval(path, results_dir, model: str | None = None, temperature: float 
     summary = read_summary(path)
     report = check_summary(summary)
     if check and not report.ok():
-        raise UsageError(f"{path}: {len(report.mismatches)} stored number(s) not reproduced, first: "
-                         f"{report.mismatches[0]}; nothing imported")
+        raise UsageError(
+            f"{path}: {len(report.mismatches)} stored number(s) not reproduced, first: "
+            f"{report.mismatches[0]}; nothing imported"
+        )
     with results_lock(Path(results_dir), f"import-qval {Path(path).name}"):
         written = write_import_parts(summary, results_dir, model, temperature)
         return summary, report, written, ingest(Path(results_dir))

@@ -5,6 +5,7 @@ Fewer than ``min_usable_correlation_points`` usable pairs give null correlations
 ``np.sign(pred) == np.sign(gt)`` with a two-sided ``binomtest(k, n, 0.5)``. Ranking: ``mean`` and ``std`` (ddof=1;
 0.0 for one state) over the non-null per-state values.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -53,12 +54,25 @@ def recompute_aggregates(per_sample: list[dict[str, Stored]]) -> dict[str, dict]
         values = [c for s in per_sample if (c := s[metric].correlation) is not None]
         num_nan = len(per_sample) - len(values)
         if not values:
-            out[metric] = {"mean": None, "std": None, "min": None, "max": None, "median": None, "num_samples": 0,
-                           "num_nan": num_nan}
+            out[metric] = {
+                "mean": None,
+                "std": None,
+                "min": None,
+                "max": None,
+                "median": None,
+                "num_samples": 0,
+                "num_nan": num_nan,
+            }
             continue
-        out[metric] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                       "min": min(values), "max": max(values), "median": statistics.median(values),
-                       "num_samples": len(values), "num_nan": num_nan}
+        out[metric] = {
+            "mean": statistics.mean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "min": min(values),
+            "max": max(values),
+            "median": statistics.median(values),
+            "num_samples": len(values),
+            "num_nan": num_nan,
+        }
     return out
 
 
@@ -67,9 +81,13 @@ def recompute_ranking(states: pd.DataFrame) -> dict[str, float | int | None]:
     values = states["value"].to_numpy(float)
     valid = values[~np.isnan(values)]
     n = int(valid.size)
-    return {"mean": float(valid.mean()) if n else None,
-            "std": (float(np.std(valid, ddof=1)) if n > 1 else 0.0) if n else None,
-            "num_valid": n, "num_skipped": int(values.size - n), "num_points": int(values.size)}
+    return {
+        "mean": float(valid.mean()) if n else None,
+        "std": (float(np.std(valid, ddof=1)) if n > 1 else 0.0) if n else None,
+        "num_valid": n,
+        "num_skipped": int(values.size - n),
+        "num_points": int(values.size),
+    }
 
 
 def _finite(x) -> float | None:

@@ -9,6 +9,7 @@ writes many keys the import does not read (``dataset_config``, ``comparisons``, 
 A failure is a ``SummaryError`` naming the file and the key path (``estimations.qv_mc_max.ground_truth_values[3]``)
 in the words the importer has always used ("missing key", "expected a list, got dict").
 """
+
 from __future__ import annotations
 
 import math
@@ -78,8 +79,12 @@ def _number(value: Any) -> float | None:
 
 def _count(value: Any) -> int:
     # QVal writes counts as integers; a whole float (50.0) is accepted, NaN and infinities are not whole.
-    if (isinstance(value, bool) or not isinstance(value, (int, float))
-            or (isinstance(value, float) and not value.is_integer()) or value < 0):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or (isinstance(value, float) and not value.is_integer())
+        or value < 0
+    ):
         raise _invalid("count", f"expected a non-negative integer, got {_show(value)}")
     return int(value)
 
@@ -120,7 +125,8 @@ Granularity = Annotated[str, AfterValidator(_granularity)]
 def _error_at(loc: tuple[str | int, ...], message: str, value: Any) -> ValidationError:
     """A failure below the validator's own position (pydantic prefixes the validator's path)."""
     return ValidationError.from_exception_data(
-        "summary", [InitErrorDetails(type=_invalid("summary", message), loc=loc, input=value)])
+        "summary", [InitErrorDetails(type=_invalid("summary", message), loc=loc, input=value)]
+    )
 
 
 def _one_of(pick: Callable[[Any], type[BaseModel]]) -> WrapValidator:
@@ -219,8 +225,11 @@ class RankingEstimation(_Model):
         for name, method in self.methods.items():
             n, m = len(method.per_point_correlations), len(self.candidate_counts)
             if n > m:
-                raise _error_at(("methods", name, "per_point_correlations"),
-                                f"{n} states but candidate_counts has only {m}", method.per_point_correlations)
+                raise _error_at(
+                    ("methods", name, "per_point_correlations"),
+                    f"{n} states but candidate_counts has only {m}",
+                    method.per_point_correlations,
+                )
         return self
 
 
@@ -231,8 +240,9 @@ def _estimation(value: Any) -> type[BaseModel]:
 
 class ExperimentInfo(_Model):
     env_name: NonEmptyStr
-    min_usable_correlation_points: Annotated[int, BeforeValidator(lambda v: MIN_USABLE_POINTS if v is None else v)
-                                             ] = MIN_USABLE_POINTS
+    min_usable_correlation_points: Annotated[int, BeforeValidator(lambda v: MIN_USABLE_POINTS if v is None else v)] = (
+        MIN_USABLE_POINTS
+    )
     num_evaluation_points: int | None = None
     exclude_zero_points: bool = False
     signal_type: Annotated[str | None, _or_none(str)] = None
@@ -251,8 +261,9 @@ class QvalSummary(_Model):
     estimations: dict[str, Annotated[PointEstimation | RankingEstimation, _one_of(_estimation)]]
     # Not imported (only noted); null or any other empty value reads as none, as QVal writes ``{}``.
     gt_vs_gt_estimations: Annotated[dict[str, Any], BeforeValidator(lambda v: v or {})] = {}
-    dataset_metadata: Annotated[DatasetMetadata, BeforeValidator(lambda v: v if isinstance(v, dict) else {})
-                                ] = DatasetMetadata()
+    dataset_metadata: Annotated[DatasetMetadata, BeforeValidator(lambda v: v if isinstance(v, dict) else {})] = (
+        DatasetMetadata()
+    )
 
     @field_validator("estimations")
     @classmethod

@@ -4,6 +4,7 @@ reason in ``error`` (so ingest leaves it out of the metrics exactly as QVal did)
 The alignment rules are QVal's (src/qval/correlation.py and scripts/pipeline/evaluate.py at 3519062a): prediction
 and ground truth are compared on their common prefix, and a pair with a null/NaN on either side is dropped.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -125,17 +126,27 @@ def read_summary(path, model_token: str | None = None) -> ImportedSummary:
     return parse_summary(data, source=path, sha256=hashlib.sha256(raw).hexdigest(), model_token=model_token)
 
 
-def parse_summary(data: Any, source: Path | str = "<summary>", sha256: str | None = None,
-                  model_token: str | None = None) -> ImportedSummary:
+def parse_summary(
+    data: Any, source: Path | str = "<summary>", sha256: str | None = None, model_token: str | None = None
+) -> ImportedSummary:
     """Validate ``data`` (the parsed JSON) and turn it into rows. ``sha256`` is the file's; without it, a hash of
     the data (it enters every cell id, so it must be stable)."""
     doc = validate_summary(data, str(source))
     info = doc.experiment_info
     if sha256 is None:
         sha256 = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    out = ImportedSummary(Path(str(source)), sha256, info.env_name, info.signal_type, info.num_evaluation_points,
-                          info.min_usable_correlation_points, info.exclude_zero_points, doc.dataset_metadata.seed,
-                          model_token or _model_token(Path(str(source))), info.timestamp)
+    out = ImportedSummary(
+        Path(str(source)),
+        sha256,
+        info.env_name,
+        info.signal_type,
+        info.num_evaluation_points,
+        info.min_usable_correlation_points,
+        info.exclude_zero_points,
+        doc.dataset_metadata.seed,
+        model_token or _model_token(Path(str(source))),
+        info.timestamp,
+    )
     if doc.gt_vs_gt_estimations:
         out.notes.append(f"gt_vs_gt_estimations ({', '.join(doc.gt_vs_gt_estimations)}) are not imported")
     for estimator, est in doc.estimations.items():
@@ -154,9 +165,11 @@ def parse_summary(data: Any, source: Path | str = "<summary>", sha256: str | Non
 def _add_point_estimation(out: ImportedSummary, estimator: str, est: PointEstimation, eval_methods: list) -> None:
     gt = est.ground_truth_values
     if out.signal_type and est.assumption is not None and est.assumption != out.signal_type:
-        out.notes.append(f"estimations.{estimator}: QVal transformed {out.signal_type} predictions to "
-                         f"{est.assumption}; stored predicted_values are untransformed, so recomputed numbers may "
-                         "differ")
+        out.notes.append(
+            f"estimations.{estimator}: QVal transformed {out.signal_type} predictions to "
+            f"{est.assumption}; stored predicted_values are untransformed, so recomputed numbers may "
+            "differ"
+        )
     for name, entry in est.methods.items():
         if isinstance(entry, SampleGroupMethod):
             _add_group(out, estimator, name, entry, gt, eval_methods)
@@ -164,19 +177,35 @@ def _add_point_estimation(out: ImportedSummary, estimator: str, est: PointEstima
             out.pointwise.append(_pointwise(out, estimator, name, entry, gt))
 
 
-def _pointwise(out: ImportedSummary, estimator: str, name: str, entry: PointwiseMethod, gt: list[float | None],
-               group: str | None = None, index: int | None = None, alias: str | None = None) -> PointwiseEntry:
+def _pointwise(
+    out: ImportedSummary,
+    estimator: str,
+    name: str,
+    entry: PointwiseMethod,
+    gt: list[float | None],
+    group: str | None = None,
+    index: int | None = None,
+    alias: str | None = None,
+) -> PointwiseEntry:
     pred = entry.predicted_values
     stored = {metric: Stored(c.correlation, c.p_value, c.num_points) for metric, c in entry.correlations.items()}
     method = name if group is None else f"{group}#{index:02d}"
-    return PointwiseEntry(estimator, method, pointwise_rows(gt, pred, out), stored, entry.num_dropped_zero, group,
-                          index, alias, len(pred))
+    return PointwiseEntry(
+        estimator, method, pointwise_rows(gt, pred, out), stored, entry.num_dropped_zero, group, index, alias, len(pred)
+    )
 
 
-def _add_group(out: ImportedSummary, estimator: str, name: str, entry: SampleGroupMethod, gt: list[float | None],
-               eval_methods: list) -> None:
+def _add_group(
+    out: ImportedSummary,
+    estimator: str,
+    name: str,
+    entry: SampleGroupMethod,
+    gt: list[float | None],
+    eval_methods: list,
+) -> None:
     stored: dict[str, dict[str, float | int | None]] = {
-        metric: stats.model_dump() for metric, stats in entry.aggregate_correlations.items()}
+        metric: stats.model_dump() for metric, stats in entry.aggregate_correlations.items()
+    }
     members = []
     for i, sample in enumerate(entry.per_sample):
         alias = next((m for m in eval_methods if re.fullmatch(rf".*-s{i}(_[a-z]+)?", str(m))), None)
@@ -195,8 +224,9 @@ def _add_group(out: ImportedSummary, estimator: str, name: str, entry: SampleGro
         derived = members[0].rows.copy()
         derived["score"] = mean
         n_pred = max(m.n_predictions for m in members)
-        derived["error"] = [_row_error(i, sc, g, out, n_pred) for i, (sc, g) in
-                            enumerate(zip(derived["score"], derived["ref_q"]))]
+        derived["error"] = [
+            _row_error(i, sc, g, out, n_pred) for i, (sc, g) in enumerate(zip(derived["score"], derived["ref_q"]))
+        ]
         out.pointwise.append(PointwiseEntry(estimator, f"{name}#mean", derived, None, None, name, None, None, n_pred))
         group.averaged, group.averaged_is_derived = f"{name}#mean", True
     out.groups.append(group)
@@ -219,15 +249,17 @@ def _add_ranking(out: ImportedSummary, estimator: str, est: RankingEstimation) -
     for name, entry in est.methods.items():
         values = entry.per_point_correlations
         width = _width(len(counts))
-        states = pd.DataFrame({
-            "sample_id": [f"{i:0{width}d}" for i in range(len(values))],
-            "state_key": [_state_key(out.env_name, i, width) for i in range(len(values))],
-            "n_candidates": counts[:len(values)],
-            "value": pd.array(values, dtype="Float64").astype(float),
-            # A skipped state is QVal's outcome, not a failure (tied ground truth is the usual cause; the summary does
-            # not say which): value NULL, error NULL, so n_failed stays a count of real failures.
-            "error": [None] * len(values),
-        })
+        states = pd.DataFrame(
+            {
+                "sample_id": [f"{i:0{width}d}" for i in range(len(values))],
+                "state_key": [_state_key(out.env_name, i, width) for i in range(len(values))],
+                "n_candidates": counts[: len(values)],
+                "value": pd.array(values, dtype="Float64").astype(float),
+                # A skipped state is QVal's outcome, not a failure (tied ground truth is the usual cause; the summary does
+                # not say which): value NULL, error NULL, so n_failed stays a count of real failures.
+                "error": [None] * len(values),
+            }
+        )
         out.ranking.append(RankingEntry(estimator, name, states, entry.correlations.ranking_spearman.model_dump()))
 
 
@@ -268,17 +300,19 @@ def pointwise_rows(gt: list[float | None], pred: list[float | None], s: Imported
     Predictions beyond the ground truth are dropped (QVal compares the common prefix only)."""
     width = _width(len(gt))
     scores = [pred[i] if i < len(pred) else None for i in range(len(gt))]
-    return pd.DataFrame({
-        "sample_id": [f"{i:0{width}d}" for i in range(len(gt))],
-        "state_key": [_state_key(s.env_name, i, width) for i in range(len(gt))],
-        "candidate": np.zeros(len(gt), dtype=np.int32),
-        "action": [""] * len(gt),
-        "score": np.array([np.nan if v is None else v for v in scores], dtype=float),
-        "ref_q": np.array([np.nan if v is None else v for v in gt], dtype=float),
-        "error": [_row_error(i, scores[i], gt[i], s, len(pred)) for i in range(len(gt))],
-        # QVal's pointwise rows are the actor's own action at each point: the rows qval's pooled metrics use.
-        "is_behaviour": np.ones(len(gt), dtype=bool),
-    })
+    return pd.DataFrame(
+        {
+            "sample_id": [f"{i:0{width}d}" for i in range(len(gt))],
+            "state_key": [_state_key(s.env_name, i, width) for i in range(len(gt))],
+            "candidate": np.zeros(len(gt), dtype=np.int32),
+            "action": [""] * len(gt),
+            "score": np.array([np.nan if v is None else v for v in scores], dtype=float),
+            "ref_q": np.array([np.nan if v is None else v for v in gt], dtype=float),
+            "error": [_row_error(i, scores[i], gt[i], s, len(pred)) for i in range(len(gt))],
+            # QVal's pointwise rows are the actor's own action at each point: the rows qval's pooled metrics use.
+            "is_behaviour": np.ones(len(gt), dtype=bool),
+        }
+    )
 
 
 def _model_token(path: Path) -> str | None:

@@ -4,6 +4,7 @@ and a run record, so that the normal ``qval ingest`` picks the cells up like any
 Cell ids are content hashes of (source sha256, estimator, method): changing what enters them orphans every cell
 users already imported.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,9 +27,15 @@ TRACK = "qalign"
 STATE_TRACK = "qalign_state"  # per-state values only (qalign_state_values): QVal keeps no per-candidate rows
 
 # QVal's own family names for its method ids (docs: 7 families); anything else is family "qval-import".
-_FAMILIES = [(r"^(direct|gvl)", "direct"), (r"(codegen|eureka)", "code"), (r"^(verifier|delta-belief)", "intrinsic"),
-             (r"^ranking", "ranking"), (r"^sdpo", "self-distillation"), (r"^(vip|liv)", "pre-trained"),
-             (r"^vlm", "embedding")]
+_FAMILIES = [
+    (r"^(direct|gvl)", "direct"),
+    (r"(codegen|eureka)", "code"),
+    (r"^(verifier|delta-belief)", "intrinsic"),
+    (r"^ranking", "ranking"),
+    (r"^sdpo", "self-distillation"),
+    (r"^(vip|liv)", "pre-trained"),
+    (r"^vlm", "embedding"),
+]
 
 
 def metric_frame(rows: pd.DataFrame, cell_id: str = "imported") -> pd.DataFrame:
@@ -63,29 +70,48 @@ def import_cells(s: ImportedSummary, model: str | None = None, temperature: floa
 
     model = model or s.model_token
     if not model:
-        raise UsageError(f"{s.source}: the summary names no model and none was found in its file or folder name; "
-                         "pass model=… (e.g. q35-122)")
+        raise UsageError(
+            f"{s.source}: the summary names no model and none was found in its file or folder name; "
+            "pass model=… (e.g. q35-122)"
+        )
     entries: list[tuple[PointwiseEntry | RankingEntry, str]] = [(e, TRACK) for e in s.pointwise]
     entries += [(e, STATE_TRACK) for e in s.ranking]
     out = []
     for entry, track in entries:
-        identity = {"v": IDENTITY_VERSION, "source": IMPORT_MARKER, "source_sha256": s.sha256,
-                    "estimator": entry.estimator, "method": entry.method}
+        identity = {
+            "v": IDENTITY_VERSION,
+            "source": IMPORT_MARKER,
+            "source_sha256": s.sha256,
+            "estimator": entry.estimator,
+            "method": entry.method,
+        }
         if track == TRACK:
             identity["rows"] = QALIGN_ROW_FORMAT  # rows carry is_behaviour: imports from before are redone
         method_params: dict[str, Any] = {"qval_method": entry.method, "estimator": entry.estimator}
         if isinstance(entry, PointwiseEntry) and entry.group is not None:
             method_params.update(group=entry.group, sample_index=entry.sample_index, alias=entry.alias)
         cell = Cell(
-            cell_id=content_hash(identity), track=track, model=model,
+            cell_id=content_hash(identity),
+            track=track,
+            model=model,
             model_identity={"source": IMPORT_MARKER, "qval_backbone": model},
-            method=f"{IMPORT_MARKER}:{entry.method}", method_params=method_params, family=family_of(entry.method),
+            method=f"{IMPORT_MARKER}:{entry.method}",
+            method_params=method_params,
+            family=family_of(entry.method),
             dataset=s.env_name,
             dataset_params={"gt": entry.estimator, "summary_sha256": s.sha256, "summary": s.source.name},
             # None where QVal recorded none: a qval run always has both, an import may not.
-            temperature=temperature, seed=s.collection_seed,  # type: ignore[arg-type]
-            settings={"import": {"source": str(s.source), "sha256": s.sha256, "min_points": s.min_points,
-                                 "exclude_zero_points": s.exclude_zero_points, "timestamp": s.timestamp}},
+            temperature=temperature,
+            seed=s.collection_seed,
+            settings={
+                "import": {
+                    "source": str(s.source),
+                    "sha256": s.sha256,
+                    "min_points": s.min_points,
+                    "exclude_zero_points": s.exclude_zero_points,
+                    "timestamp": s.timestamp,
+                }
+            },
             dataset_label=f"{s.env_name}(gt={entry.estimator})",
         )
         out.append((cell, entry))
@@ -101,8 +127,9 @@ class WriteReport:
     already_done: list[str] = field(default_factory=list)
 
 
-def write_import_parts(s: ImportedSummary, results_dir, model: str | None = None,
-                       temperature: float | None = None) -> WriteReport:
+def write_import_parts(
+    s: ImportedSummary, results_dir, model: str | None = None, temperature: float | None = None
+) -> WriteReport:
     """Write the summary as qval parts + DONE manifests, a plan manifest and a run record, so that the normal
     ``qval ingest`` picks the cells up. Idempotent: cells already DONE are left alone; an interrupted import
     resumes per sample (as a worker does)."""
@@ -129,29 +156,62 @@ def write_import_parts(s: ImportedSummary, results_dir, model: str | None = None
                 continue
             # Parquet wants null, not NaN, for a missing score or reference.
             writer.add_sample([{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}])
-        manifest = {"run_id": run_id, "plan_id": plan_id, "cell_id": cell.cell_id, "started_at": now,
-                    "hardware": None, "n_samples": len(rows), "n_failed": int(rows["error"].notna().sum()),
-                    "qval_import": _provenance(s, entry)}
+        manifest = {
+            "run_id": run_id,
+            "plan_id": plan_id,
+            "cell_id": cell.cell_id,
+            "started_at": now,
+            "hardware": None,
+            "n_samples": len(rows),
+            "n_failed": int(rows["error"].notna().sum()),
+            "qval_import": _provenance(s, entry),
+        }
         writer.finish(manifest)
         report.written.append(cell.cell_id)
     registered = _registered_metrics()
-    qalign_metrics = [m for m in ("pooled_spearman", "pooled_kendall", "pooled_pearson", "per_state_spearman")
-                      if m in registered]
-    plan = Plan(plan_id, suite, str(s.source), s.sha256,
-                f"QVal summary {s.source.name} ({s.env_name}), imported with {IMPORT_MARKER}",
-                {"name": suite, "qalign": {"metrics": qalign_metrics, "main_metric": "pooled_spearman"},
-                 IMPORT_MARKER: {"source": str(s.source), "sha256": s.sha256, "env_name": s.env_name,
-                                 "model": model or s.model_token, "notes": s.notes}},
-                {c.cell_id: c for c, _ in cells}, [])
+    qalign_metrics = [
+        m for m in ("pooled_spearman", "pooled_kendall", "pooled_pearson", "per_state_spearman") if m in registered
+    ]
+    plan = Plan(
+        plan_id,
+        suite,
+        str(s.source),
+        s.sha256,
+        f"QVal summary {s.source.name} ({s.env_name}), imported with {IMPORT_MARKER}",
+        {
+            "name": suite,
+            "qalign": {"metrics": qalign_metrics, "main_metric": "pooled_spearman"},
+            IMPORT_MARKER: {
+                "source": str(s.source),
+                "sha256": s.sha256,
+                "env_name": s.env_name,
+                "model": model or s.model_token,
+                "notes": s.notes,
+            },
+        },
+        {c.cell_id: c for c, _ in cells},
+        [],
+    )
     plan.write(results)
     run_file = results / "runs" / f"{run_id}.json"
     if not run_file.exists():
         run_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_file, {
-            "run_id": run_id, "suite": suite, "plan_id": plan_id, "status": "done", "started_at": now,
-            "finished_at": now, "fingerprint": {"packages": {"qval": __version__},
-                                                "argv": f"{IMPORT_MARKER} {s.source}",
-                                                "source_sha256": s.sha256}})
+        write_json_atomic(
+            run_file,
+            {
+                "run_id": run_id,
+                "suite": suite,
+                "plan_id": plan_id,
+                "status": "done",
+                "started_at": now,
+                "finished_at": now,
+                "fingerprint": {
+                    "packages": {"qval": __version__},
+                    "argv": f"{IMPORT_MARKER} {s.source}",
+                    "source_sha256": s.sha256,
+                },
+            },
+        )
     return report
 
 

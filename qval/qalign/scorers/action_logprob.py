@@ -4,6 +4,7 @@
 * entropy / self-certainty: how decided the model's next move is in the state the action leads to (lower
   entropy, higher self-certainty = a clearer situation), a family QVal does not cover.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,10 @@ class _NextStateDistribution(LLMScorer):
         raise NotImplementedError
 
     def score(self, point):
-        return [self.from_logprobs(self.llm.next_token_logprobs(self.policy_prompt(point, c.outcome)))
-                for c in point.candidates]
+        return [
+            self.from_logprobs(self.llm.next_token_logprobs(self.policy_prompt(point, c.outcome)))
+            for c in point.candidates
+        ]
 
 
 class NextStateEntropyScorer(_NextStateDistribution):

@@ -7,6 +7,7 @@ A scorer is built as ``cls(params, context)``: the ``ScorerContext`` carries eve
 environment, the model and its request layer, seed, temperature, gamma). ``build_scorer`` also builds scorers
 written before the context, whose ``__init__`` takes ``(params, model, seed, temperature, gamma)``.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -60,8 +61,9 @@ class Scorer(Plugin):
     uses_model: ClassVar[bool] = False  # False: the cell does not depend on the model (one cell, not one per model)
     batch_points: ClassVar[int] = 1  # points handed to score_batch at once (resume granularity too)
 
-    def __init__(self, params, context: ScorerContext | Any = None, seed: int = 0, temperature: float = 0.0,
-                 gamma: float = 0.95):
+    def __init__(
+        self, params, context: ScorerContext | Any = None, seed: int = 0, temperature: float = 0.0, gamma: float = 0.95
+    ):
         """``Scorer(params, context)``. The positional form from before the context, ``Scorer(params, model, seed,
         temperature, gamma)``, still works (its context has no env)."""
         if not isinstance(context, ScorerContext):

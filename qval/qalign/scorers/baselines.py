@@ -1,5 +1,6 @@
 """Baselines that bracket every method: the oracle (reference Q itself), random scores and a hand-written
 heuristic (the env's own, e.g. minus the Manhattan distance to the goal after the action)."""
+
 from __future__ import annotations
 
 import zlib

@@ -10,6 +10,7 @@ Differs from QVal's codegen (label it so when comparing): QVal asks for ``signal
 next_state)``, runs it on the actor's action only, and shows no example state; qval's program sees no next state,
 scores every candidate, and is shown one example state and the action list.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,13 +44,21 @@ class CodeScorer(LLMScorer):
         if self.params.program is not None and self.params.program >= self.params.programs:
             raise ValueError(f"program {self.params.program} does not exist: there are {self.params.programs}")
         example = points[0]
-        user = load_prompt("code").format(task=example.task, observation=example.observation,
-                                          actions=", ".join(repr(c.action) for c in example.candidates))
+        user = load_prompt("code").format(
+            task=example.task,
+            observation=example.observation,
+            actions=", ".join(repr(c.action) for c in example.candidates),
+        )
         prompt = self.llm.chat(user)
         temperature = self.temperature if self.temperature > 0 else self.params.sample_temperature
-        self.sources = [extract_code(self.llm.generate(prompt, self.params.max_new_tokens, temperature,
-                                                       self.sample_seed(example, "program", k)))
-                        for k in range(self.params.programs)]
+        self.sources = [
+            extract_code(
+                self.llm.generate(
+                    prompt, self.params.max_new_tokens, temperature, self.sample_seed(example, "program", k)
+                )
+            )
+            for k in range(self.params.programs)
+        ]
         self.artifacts["programs"] = self.sources
 
     @staticmethod
@@ -65,11 +74,15 @@ class CodeScorer(LLMScorer):
             return [Result(None, error, "crash")] * len(calls)
 
     def score_batch(self, points):
-        calls = [{"observation": p.observation, "action": c.action, "task": p.task}
-                 for p in points for c in p.candidates]
-        limits = Limits(cpu_seconds=self.params.seconds_per_call * len(calls) + 5,
-                        memory_mb=self.params.memory_mb, wall_seconds_per_call=self.params.seconds_per_call,
-                        total_wall_seconds=self.params.seconds_per_call * len(calls) + 30)
+        calls = [
+            {"observation": p.observation, "action": c.action, "task": p.task} for p in points for c in p.candidates
+        ]
+        limits = Limits(
+            cpu_seconds=self.params.seconds_per_call * len(calls) + 5,
+            memory_mb=self.params.memory_mb,
+            wall_seconds_per_call=self.params.seconds_per_call,
+            total_wall_seconds=self.params.seconds_per_call * len(calls) + 30,
+        )
         chosen = self.sources if self.params.program is None else [self.sources[self.params.program]]
         per_program = [self._run_one(source, calls, limits) for source in chosen]
         out, i = [], 0
@@ -78,8 +91,11 @@ class CodeScorer(LLMScorer):
             for _ in p.candidates:
                 results = [runs[i] for runs in per_program]
                 values = [r.value for r in results if r.ok]
-                scores.append(float(np.mean(values)) if values else
-                              Failed("no program scored it: " + "; ".join(sorted({r.error for r in results}))[:300]))
+                scores.append(
+                    float(np.mean(values))
+                    if values
+                    else Failed("no program scored it: " + "; ".join(sorted({r.error for r in results}))[:300])
+                )
                 i += 1
             out.append(scores)
         return out

@@ -9,6 +9,7 @@
 Unparsable replies are recorded failures. Averaging over samples uses the samples that parsed; if none did, the
 candidate fails.
 """
+
 from __future__ import annotations
 
 import random
@@ -41,8 +42,9 @@ class _NumericScorer(LLMScorer):
     def mean_of_samples(self, prompt: list[int], point, salt, read=parse_number) -> float | Failed:
         values, last = [], None
         for k in range(self.params.samples):
-            reply = self.llm.generate(prompt, self.params.max_new_tokens, self.temperature_for(),
-                                      self.sample_seed(point, salt, k))
+            reply = self.llm.generate(
+                prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, salt, k)
+            )
             value = read(reply)
             if isinstance(value, Failed):
                 last = value
@@ -58,8 +60,9 @@ class DirectScorer(_NumericScorer):
     def score(self, point):
         out = []
         for c in point.candidates:
-            user = load_prompt("direct").format(task=point.task, observation=point.observation, action=c.action,
-                                                gamma=self.gamma)
+            user = load_prompt("direct").format(
+                task=point.task, observation=point.observation, action=c.action, gamma=self.gamma
+            )
             out.append(self.mean_of_samples(self.llm.chat(user), point, c.index))
         return out
 
@@ -79,14 +82,22 @@ class DirectBatchedScorer(_NumericScorer):
         n = len(point.candidates)
         if n > len(LETTERS):
             raise ValueError(f"direct-batched letters at most {len(LETTERS)} candidates, got {n}")
-        user = load_prompt("direct_batched").format(task=point.task, observation=point.observation,
-                                                    lettered=lettered([c.action for c in point.candidates]),
-                                                    gamma=self.gamma)
+        user = load_prompt("direct_batched").format(
+            task=point.task,
+            observation=point.observation,
+            lettered=lettered([c.action for c in point.candidates]),
+            gamma=self.gamma,
+        )
         prompt = self.llm.chat(user)
-        per_sample = [parse_lettered_numbers(self.llm.generate(prompt, self.params.max_new_tokens,
-                                                               self.temperature_for(),
-                                                               self.sample_seed(point, "batched", k)), n)
-                      for k in range(self.params.samples)]
+        per_sample = [
+            parse_lettered_numbers(
+                self.llm.generate(
+                    prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, "batched", k)
+                ),
+                n,
+            )
+            for k in range(self.params.samples)
+        ]
         out = []
         for i in range(n):
             values = [s[i] for s in per_sample if not isinstance(s[i], Failed)]

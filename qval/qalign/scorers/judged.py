@@ -7,6 +7,7 @@
 * ranking: the model orders the lettered candidates best first; a reply that does not name every candidate is a
   recorded failure of the whole state (a partial order is not a ranking).
 """
+
 from __future__ import annotations
 
 import random
@@ -37,8 +38,9 @@ class VerifierScorer(LLMScorer):
         values = np.linspace(1.0, 0.0, len(GRADES))
         out = []
         for c in point.candidates:
-            user = load_prompt("verifier").format(task=point.task, observation=point.observation, action=c.action,
-                                                  outcome=c.outcome)
+            user = load_prompt("verifier").format(
+                task=point.task, observation=point.observation, action=c.action, outcome=c.outcome
+            )
             logp = self.llm.token_logprobs(self.llm.chat(user), letter_ids).double().numpy()
             p = np.exp(logp - logp.max())
             out.append(float((p / p.sum()) @ values))
@@ -57,15 +59,22 @@ class DeltaBeliefScorer(LLMScorer):
 
     def _log_p_yes(self, point, situation: str) -> float:
         yes, no = self.llm.encode("Yes")[0], self.llm.encode("No")[0]
-        logp = self.llm.token_logprobs(self.llm.chat(load_prompt("belief").format(task=point.task,
-                                                                                  situation=situation)), [yes, no])
+        logp = self.llm.token_logprobs(
+            self.llm.chat(load_prompt("belief").format(task=point.task, situation=situation)), [yes, no]
+        )
         a, b = float(logp[0]), float(logp[1])
         return a - np.logaddexp(a, b)
 
     def score(self, point):
         before = self._log_p_yes(point, load_prompt("belief_before").format(observation=point.observation))
-        return [self._log_p_yes(point, load_prompt("belief_after").format(
-            observation=point.observation, action=c.action, outcome=c.outcome)) - before for c in point.candidates]
+        return [
+            self._log_p_yes(
+                point,
+                load_prompt("belief_after").format(observation=point.observation, action=c.action, outcome=c.outcome),
+            )
+            - before
+            for c in point.candidates
+        ]
 
 
 class RankingParams(BaseModel):
@@ -88,10 +97,12 @@ class RankingScorer(LLMScorer):
         if self.params.shuffle:
             random.Random(self.sample_seed(point, "order")).shuffle(order)
         shown = [point.candidates[i].action for i in order]
-        user = load_prompt("ranking").format(task=point.task, observation=point.observation, lettered=lettered(shown),
-                                             example=", ".join(LETTERS[:n]))
-        reply = self.llm.generate(self.llm.chat(user), self.params.max_new_tokens, self.temperature,
-                                  self.sample_seed(point, "rank"))
+        user = load_prompt("ranking").format(
+            task=point.task, observation=point.observation, lettered=lettered(shown), example=", ".join(LETTERS[:n])
+        )
+        reply = self.llm.generate(
+            self.llm.chat(user), self.params.max_new_tokens, self.temperature, self.sample_seed(point, "rank")
+        )
         ranking = parse_ranking(reply, n)
         if isinstance(ranking, Failed):
             return [ranking] * n

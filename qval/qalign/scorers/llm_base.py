@@ -1,4 +1,5 @@
 """What scorers that query the acting LLM share: the request layer, the policy prompt and per-point seeds."""
+
 from __future__ import annotations
 
 import zlib
@@ -14,11 +15,16 @@ class LLMScorer(Scorer):
         super().__init__(*args, **kwargs)
         self.llm = self.context.requests
 
-    def policy_prompt(self, point, observation: str | None = None, template: str = "action_logprob",
-                      **extra) -> list[int]:
+    def policy_prompt(
+        self, point, observation: str | None = None, template: str = "action_logprob", **extra
+    ) -> list[int]:
         """The acting model's policy prompt for the point: task, board and the candidate moves."""
-        user = load_prompt(template).format(task=point.task, observation=observation or point.observation,
-                                            actions=", ".join(c.action for c in point.candidates), **extra)
+        user = load_prompt(template).format(
+            task=point.task,
+            observation=observation or point.observation,
+            actions=", ".join(c.action for c in point.candidates),
+            **extra,
+        )
         return self.llm.chat(user)
 
     def action_token_logprobs(self, prefix: list[int], point) -> list[list[float]]:

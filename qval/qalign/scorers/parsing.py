@@ -1,4 +1,5 @@
 """Reading numbers, letters and code out of model replies. Each reader returns the value or ``Failed(reason)``."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,12 @@ def parse_lettered_numbers(text: str, n: int) -> list[float | Failed]:
     found = {}
     for letter, number in re.findall(rf"(?m)^\W*([A-Z])\W*[:=\-)]\s*({_NUMBER})", text):
         found.setdefault(letter, float(number))
-    return [found[LETTERS[i]] if LETTERS[i] in found and math.isfinite(found[LETTERS[i]])
-            else Failed(f"no value for {LETTERS[i]} in the reply {_snippet(text)}") for i in range(n)]
+    return [
+        found[LETTERS[i]]
+        if LETTERS[i] in found and math.isfinite(found[LETTERS[i]])
+        else Failed(f"no value for {LETTERS[i]} in the reply {_snippet(text)}")
+        for i in range(n)
+    ]
 
 
 def parse_ranking(text: str, n: int) -> list[int] | Failed:
@@ -54,7 +59,7 @@ def extract_code(text: str) -> str:
     if fenced:
         return fenced.group(1)
     start = re.search(r"(?m)^(?:def |import |from )", text)
-    return text[start.start():] if start else text
+    return text[start.start() :] if start else text
 
 
 def lettered(options: list[str]) -> str:

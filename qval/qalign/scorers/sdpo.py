@@ -14,6 +14,7 @@ an upper bound for the family, not a deployable method.
 ``sdpo-best-action`` is qval's earlier, stronger hint: the teacher is told which candidate is the reference-optimal
 move at the current state (the label's argmax), the same line for every candidate. Not QVal's method.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -45,8 +46,9 @@ class SDPOScorer(LLMScorer):
         student = self.action_token_logprobs(self.policy_prompt(point), point)
         out = []
         for i, c in enumerate(point.candidates):
-            teacher_prefix = self.policy_prompt(point, template="sdpo_teacher", action=c.action, outcome=c.outcome,
-                                                oracle=self.hint(point, c))
+            teacher_prefix = self.policy_prompt(
+                point, template="sdpo_teacher", action=c.action, outcome=c.outcome, oracle=self.hint(point, c)
+            )
             teacher = self.llm.continuation_logprobs(teacher_prefix, [self.llm.encode(c.action)])[0]
             out.append(float(np.mean(teacher) - np.mean(student[i])))
         return out
@@ -61,13 +63,22 @@ class SDPOOracleScorer(SDPOScorer):
     def hint(self, point, candidate) -> str:
         move, moves, reward, reached = self._expert_rollout(point, candidate)
         if reached:
-            distance = (f"Expert moves from candidate result to success: {moves}\n"
-                        f"Remaining distance proxy: {moves} expert move(s) to goal")
+            distance = (
+                f"Expert moves from candidate result to success: {moves}\n"
+                f"Remaining distance proxy: {moves} expert move(s) to goal"
+            )
         else:
-            distance = (f"Expert moves from candidate result observed: {moves}\n"
-                        "Remaining distance proxy: goal was not observed in the stored expert rollout")
-        return _EVIDENCE.format(move=move, reached="yes" if reached else "no success observed", distance=distance,
-                                reward=reward, outcome="success" if reached else "failure")
+            distance = (
+                f"Expert moves from candidate result observed: {moves}\n"
+                "Remaining distance proxy: goal was not observed in the stored expert rollout"
+            )
+        return _EVIDENCE.format(
+            move=move,
+            reached="yes" if reached else "no success observed",
+            distance=distance,
+            reward=reward,
+            outcome="success" if reached else "failure",
+        )
 
     def _expert_rollout(self, point, candidate) -> tuple[str, int, float, bool]:
         """(expert's first move from s', moves until the goal or the end, final reward, goal reached)."""

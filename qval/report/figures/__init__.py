@@ -25,8 +25,9 @@ assert set(FIGURE_KINDS) == set(KINDS), "every registered kind has its place in 
 __all__ = ["FIGURE_KINDS", "MAX_BARS", "MAX_SERIES", "make_figures"]
 
 
-def make_figures(report: SuiteReport, kinds: Iterable[str] | None = None,
-                 analyses: list[BoardAnalysis] | None = None) -> Figures:
+def make_figures(
+    report: SuiteReport, kinds: Iterable[str] | None = None, analyses: list[BoardAnalysis] | None = None
+) -> Figures:
     """(caption, PNG bytes) for every figure whose data is present.
 
     Per track, in FIGURE_KINDS order: the main-metric bar chart per table group

@@ -68,9 +68,7 @@ def acceptance(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         caption = (
             f"{board.title}, {group.title}: per-position acceptance rate accept_rate@i "
             f"vs draft position i, one line per {common.series_what(model)} ({note}); "
-            "whiskers are 95% bootstrap CIs where defined"
-            + (f"; {common.POOLED_NOTE}." if pooled else ".")
+            "whiskers are 95% bootstrap CIs where defined" + (f"; {common.POOLED_NOTE}." if pooled else ".")
         )
         figures.append((caption, _acceptance_png(group, positions, shown, labels)))
     return figures
-

@@ -30,8 +30,16 @@ FONT_SIZE = 9  # points, for the bar labels
 LEGEND_SIZE = 8  # points, for legend entries
 PLOT_WIDTH = 6.0  # inches of plot area, to the right of the bar labels
 COLORS = (
-    "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2",
-    "#b279a2", "#eeca3b", "#9d755d", "#ff9da6", "#79706e",
+    "#4c78a8",
+    "#f58518",
+    "#54a24b",
+    "#e45756",
+    "#72b7b2",
+    "#b279a2",
+    "#eeca3b",
+    "#9d755d",
+    "#ff9da6",
+    "#79706e",
 )
 LINE_STYLES = ("-", "--", ":")
 # Names are untrusted and a '$' would start mathtext, which raises on invalid
@@ -48,9 +56,7 @@ def text_width(fig: Figure, labels: list[str], size: float = FONT_SIZE) -> float
         return 0.0
     renderer = FigureCanvasAgg(fig).get_renderer()
     longest = max(labels, key=len)
-    width, _, _ = renderer.get_text_width_height_descent(
-        longest, FontProperties(size=size), ismath=False
-    )
+    width, _, _ = renderer.get_text_width_height_descent(longest, FontProperties(size=size), ismath=False)
     return 1.1 * width / fig.dpi
 
 
@@ -141,11 +147,7 @@ def whiskers(ax, segments: list, colors: list) -> None:
         ax.autoscale_view()
 
 
-
-POOLED_NOTE = (
-    "where a series has several cells (seeds), the point is their mean and "
-    "the whisker spans all their CIs"
-)
+POOLED_NOTE = "where a series has several cells (seeds), the point is their mean and the whisker spans all their CIs"
 
 
 def series_what(model: str | None) -> str:
@@ -177,8 +179,6 @@ def best_pairs(board: TrackBoard, points: pd.DataFrame) -> list[tuple[str, str]]
     return list(zip(mean["model"], mean["method"]))
 
 
-
 def rotated_label_height(fig: Figure, labels: list[str]) -> float:
     """Inches below the axes for x labels rotated by 30 degrees."""
     return 0.5 * text_width(fig, labels) + 0.35
-

@@ -18,16 +18,20 @@ from .registry import Figures, figure
 
 # Q-alignment families in their usual reading order; any other follows, sorted.
 _QALIGN_FAMILIES = (
-    "direct", "code", "intrinsic", "ranking", "self-distillation", "embedding", "baseline",
+    "direct",
+    "code",
+    "intrinsic",
+    "ranking",
+    "self-distillation",
+    "embedding",
+    "baseline",
 )
-
 
 
 def _ordered_families(families: Iterable[str]) -> list[str]:
     present = set(families)
     known = [f for f in _QALIGN_FAMILIES if f in present]
     return known + sorted(present - set(known))
-
 
 
 @matplotlib.rc_context(common.RC)
@@ -72,7 +76,8 @@ def _family_png(
     ax.grid(axis="y", color="#eee")
     ax.set_axisbelow(True)
     common.text_legend(
-        fig, (width - legend_width + 0.1) / width,
+        fig,
+        (width - legend_width + 0.1) / width,
         [(label, common.COLORS[i % len(common.COLORS)], "-") for i, label in enumerate(family_labels)],
     )
     return common.png(fig)
@@ -112,4 +117,3 @@ def family(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         )
         figures.append((caption, _family_png(board, float(temperature), envs, families, best)))
     return figures
-

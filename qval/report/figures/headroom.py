@@ -60,7 +60,8 @@ def headroom(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         capped = (
             f" (top {len(adaptive)} of {len(room.adaptive)} adaptive cells by mean tau; "
             f"the figure is capped at {MAX_SERIES})"
-            if len(adaptive) < len(room.adaptive) else ""
+            if len(adaptive) < len(room.adaptive)
+            else ""
         )
         caption = (
             f"{board.title}, {room.group.title}: mean per-sample acceptance length over the "
@@ -71,4 +72,3 @@ def headroom(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         )
         figures.append((caption, _headroom_png(room, bars)))
     return figures
-

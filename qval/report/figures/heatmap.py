@@ -45,8 +45,7 @@ def _heatmap_png(board: TrackBoard, temperature: float, table: pd.DataFrame) -> 
         shade = (value - low) / (high - low)
         if not board.higher_is_better.get(main, True):
             shade = 1 - shade
-        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                color="black" if shade > 0.55 else "white")
+        ax.text(c, r, f"{value:.2f}", ha="center", va="center", fontsize=7, color="black" if shade > 0.55 else "white")
     ax.set_xticks(np.arange(len(env_labels)), labels=env_labels, rotation=30, ha="right", fontsize=common.FONT_SIZE)
     ax.set_yticks(np.arange(len(row_labels)), labels=row_labels, fontsize=common.FONT_SIZE)
     ax.tick_params(length=0)
@@ -98,4 +97,3 @@ def heatmap(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         )
         figures.append((caption, _heatmap_png(board, float(temperature), table)))
     return figures
-

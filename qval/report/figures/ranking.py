@@ -17,9 +17,7 @@ from .registry import Figures, figure
 
 
 @matplotlib.rc_context(common.RC)
-def _bar_chart_png(
-    board: TrackBoard, group: Group, shown: pd.DataFrame, labels: list[str]
-) -> bytes:
+def _bar_chart_png(board: TrackBoard, group: Group, shown: pd.DataFrame, labels: list[str]) -> bytes:
     main = board.main_metric
     values = shown[main].to_numpy()
     lo, hi = shown[f"{main}__lo"].to_numpy(), shown[f"{main}__hi"].to_numpy()
@@ -77,4 +75,3 @@ def ranking(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         caption = _caption(board, group, len(shown), len(defined))
         figures.append((caption, _bar_chart_png(board, group, shown, labels)))
     return figures
-

@@ -55,9 +55,9 @@ def tau_histogram(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         for model, method, cell in zip(rows["model"], rows["method"], rows["cell_id"]):
             parts.setdefault((model, method), []).append(taus[cell])
         model = fmt.single_model(rows)
-        series = [
-            (fmt.pair_label(*pair, model is None), np.concatenate(arrays)) for pair, arrays in parts.items()
-        ][:MAX_SERIES]
+        series = [(fmt.pair_label(*pair, model is None), np.concatenate(arrays)) for pair, arrays in parts.items()][
+            :MAX_SERIES
+        ]
         pooled = any(len(arrays) > 1 for arrays in parts.values())
         note = common.series_note(len(series), len(parts), "series with samples", "rank")
         caption = (
@@ -68,4 +68,3 @@ def tau_histogram(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         )
         figures.append((caption, _histogram_png(group, series)))
     return figures
-

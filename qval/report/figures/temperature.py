@@ -60,9 +60,7 @@ def temperature(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     for dataset, sub in rows.groupby("dataset", sort=True):
         if sub["temperature"].nunique() < 2:
             continue
-        points, pooled = common.pooled(
-            sub, ["model", "method", "temperature"], list(dict.fromkeys([*metrics, main]))
-        )
+        points, pooled = common.pooled(sub, ["model", "method", "temperature"], list(dict.fromkeys([*metrics, main])))
         points = points.sort_values("temperature", kind="stable")
         pairs = common.best_pairs(board, points)
         by_pair = {pair: part for pair, part in points.groupby(["model", "method"], sort=False)}
@@ -73,9 +71,7 @@ def temperature(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             f"{board.title}, {dataset or fmt.UNDEFINED}: "
             + " and ".join(board.label(m) for m in metrics)
             + f" vs temperature, one line per {common.series_what(model)} ({note}); "
-            "whiskers are 95% bootstrap CIs where defined"
-            + (f"; {common.POOLED_NOTE}." if pooled else ".")
+            "whiskers are 95% bootstrap CIs where defined" + (f"; {common.POOLED_NOTE}." if pooled else ".")
         )
         figures.append((caption, _temperature_png(board, dataset, metrics, series)))
     return figures
-

@@ -1,1 +1,2 @@
-class Other: pass
+class Other:
+    pass

@@ -1,4 +1,5 @@
 """A third-party scorer package, as a user would write one."""
+
 import time
 
 from pydantic import BaseModel, ConfigDict
@@ -119,8 +120,12 @@ class HostileScorer(Scorer):
         elif mode == "huge":
             return [10**400] * n
         elif mode == "setsid-child" and first:  # a child in its own session that would outlive the run
-            subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            subprocess.Popen(
+                [sys.executable, "-c", "import time; time.sleep(300)"],
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         elif mode == "spam":  # floods the shard log
             chunk = "x" * 1023 + "\n"
             for _ in range(4096):
