@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from qval.decode import replay
+from qval.decode import replay, selector
 
 GSM8K = Path(__file__).parent / "data" / "blockpilot_gsm8k_T0.0"
 SIZES = [8, 12, 16, 20, 24]
@@ -132,7 +132,7 @@ def test_noise_selector_does_not_reach_oracle(tmp_path):
     # Power check: the same model fit and scored in-sample (i.e. with leakage) gets much closer to the oracle,
     # so the assertion above would fail if the CV leaked.
     y = np.argmax(table.to_numpy(), axis=1)
-    leaky = replay._fit_logreg(feats.to_numpy(), y, len(SIZES), l2=1e-3).predict(feats.to_numpy())
+    leaky = selector._fit_logreg(feats.to_numpy(), y, len(SIZES), l2=1e-3).predict(feats.to_numpy())
     leaky_tau = table.to_numpy()[np.arange(len(table)), leaky].mean()
     assert leaky_tau > best.value.value + 0.5 * head
 
@@ -143,9 +143,9 @@ def test_selector_never_trains_on_the_sample_it_scores(tmp_path, monkeypatch):
     sweep = replay.load_sweep(tmp_path)
 
     seen = []  # raw training rows of each fit, in fold order
-    real_fit = replay._fit_logreg
+    real_fit = selector._fit_logreg
     monkeypatch.setattr(
-        replay, "_fit_logreg", lambda X, y, k, l2=1.0: (seen.append(X.copy()), real_fit(X, y, k, l2))[1]
+        selector, "_fit_logreg", lambda X, y, k, l2=1.0: (seen.append(X.copy()), real_fit(X, y, k, l2))[1]
     )
     result = replay.evaluate(sweep, folds=4, seed=3)
     run = result.selector

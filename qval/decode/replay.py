@@ -28,10 +28,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import minimize
-from scipy.special import logsumexp
 
 from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_mean_ratio
+from .selector import SelectorRun, _argmax_smaller, cross_validated_selector
 
 SIZE_FILE = re.compile(r"^B(\d+(?:\.\d+)?)\.json$")  # releases use integers; qval also writes B0.6.json
 FEATURES_FILE = "features.json"
@@ -75,18 +74,6 @@ class ReplayRow:
     gain_ci: MetricValue | None = None
     in_candidates: bool | None = None
     note: str | None = None
-
-
-@dataclass
-class SelectorRun:
-    """Held-out predictions plus everything needed to audit that no sample was scored by a model trained on it."""
-
-    predictions: pd.Series  # sample id -> predicted size (from the model of that sample's fold)
-    fold: pd.Series  # sample id -> fold index
-    train_ids: dict[int, list[str]]  # fold index -> sample ids the fold's model was trained on
-    n_folds: int
-    seed: int
-    l2: float
 
 
 @dataclass
@@ -299,100 +286,6 @@ def write_sweep(path, table: pd.DataFrame, features: pd.DataFrame | None = None,
 def _write_json(path: Path, payload) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, allow_nan=False)
-
-
-# --------------------------------------------------------------------------------------------------- selector
-
-
-@dataclass
-class _LogReg:
-    """Standardisation statistics (from the training fold only) and weights incl. an intercept row."""
-
-    mu: np.ndarray
-    sd: np.ndarray
-    W: np.ndarray  # (d + 1, K)
-
-    def design(self, X: np.ndarray) -> np.ndarray:
-        Xs = (X - self.mu) / self.sd
-        return np.hstack([np.ones((len(Xs), 1)), Xs])
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        """Class index with the highest logit; ties go to the lower index = the smaller size."""
-        return np.argmax(self.design(X) @ self.W, axis=1)
-
-
-def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1.0) -> _LogReg:
-    """Multinomial logistic regression: Σ cross-entropy + ½·l2·‖W‖² (intercept unpenalised), L-BFGS.
-
-    Standardisation uses only the rows passed in, so a held-out sample cannot leak in through the scaler.
-    """
-    mu = X.mean(axis=0)
-    sd = X.std(axis=0)
-    sd[sd == 0] = 1.0
-    model = _LogReg(mu, sd, np.zeros((X.shape[1] + 1, n_classes)))
-    A = model.design(X)
-    Y = np.eye(n_classes)[y]
-    penal = np.ones_like(model.W)
-    penal[0] = 0.0
-
-    def loss_grad(w):
-        W = w.reshape(model.W.shape)
-        Z = A @ W
-        logp = Z - logsumexp(Z, axis=1, keepdims=True)
-        loss = -(Y * logp).sum() + 0.5 * l2 * (penal * W * W).sum()
-        grad = A.T @ (np.exp(logp) - Y) + l2 * penal * W
-        return loss, grad.ravel()
-
-    res = minimize(loss_grad, model.W.ravel(), jac=True, method="L-BFGS-B")
-    model.W = res.x.reshape(model.W.shape)
-    return model
-
-
-def _assign_folds(n: int, k: int, seed: int) -> np.ndarray:
-    """Balanced random folds, deterministic in ``seed``."""
-    perm = np.random.default_rng(seed).permutation(n)
-    fold = np.empty(n, dtype=int)
-    fold[perm] = np.arange(n) % k
-    return fold
-
-
-def _argmax_smaller(values: np.ndarray) -> np.ndarray:
-    """Per-row argmax with ties → first column; columns are sorted ascending so that is the smaller size."""
-    return np.argmax(values, axis=1)
-
-
-def cross_validated_selector(
-    cand_table: pd.DataFrame, features: pd.DataFrame, folds: int = 5, seed: int = 0, l2: float = 1.0
-) -> SelectorRun:
-    """Predict each sample's size with a model trained on the other folds only.
-
-    Labels are the per-sample argmax candidate (ties → smaller).  ``cand_table`` must be complete (no NaN).
-    """
-    ids = [i for i in cand_table.index if i in features.index]
-    if len(ids) < 2:
-        raise ValueError("selector needs at least 2 samples with features")
-    k = min(folds, len(ids))
-    if k < 2:
-        raise ValueError(f"folds must be >= 2, got {folds}")
-    cands = list(cand_table.columns)
-    X = features.loc[ids].to_numpy(float)
-    y = _argmax_smaller(cand_table.loc[ids].to_numpy(float))
-    fold = _assign_folds(len(ids), k, seed)
-    pred = np.empty(len(ids), dtype=int)
-    train_ids = {}
-    for f in range(k):
-        train, test = fold != f, fold == f
-        model = _fit_logreg(X[train], y[train], len(cands), l2)
-        pred[test] = model.predict(X[test])
-        train_ids[f] = [ids[i] for i in np.flatnonzero(train)]
-    return SelectorRun(
-        predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=object),
-        fold=pd.Series(fold, index=ids, dtype=int),
-        train_ids=train_ids,
-        n_folds=k,
-        seed=seed,
-        l2=l2,
-    )
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
