@@ -52,7 +52,7 @@ decode:
   datasets: [{name: spec-bench, params: {categories: [summarization, coding], limit_per_category: 2, max_turns: 1}}]
   policies: [ar, {name: prompt-lookup, params: {num_draft: 4}}]
   max_new_tokens: 16
-  metrics: [speedup, acceptance_length, lossless]
+  metrics: [speedup, acceptance_length, mean_accepted_tokens, lossless]
 """
 
 
