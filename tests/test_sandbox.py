@@ -23,6 +23,7 @@ import pytest
 
 import qval.sandbox as S
 from qval.sandbox import Limits, run_program
+from qval.sandbox.process import CHILD_HOOK_PATH
 
 ONE = [{"observation": "obs", "action": "act", "task": "task"}]
 FAST = Limits(wall_seconds_per_call=1.0, total_wall_seconds=20.0, memory_mb=256)
@@ -594,8 +595,9 @@ def test_monkeypatching_builtins_does_not_weaken_hook(open_dir):
 
 def test_hook_uses_no_globals():
     """The audit hook must only use closure-bound names (builtins can be patched)."""
-    with open(S.CHILD_PATH, encoding="utf-8") as f:  # the exact source the child runs
-        top = compile(f.read(), S.CHILD_PATH, "exec")
+    path = CHILD_HOOK_PATH  # the file that holds the hook, as the child runs it
+    with open(path, "rb") as f:
+        top = compile(f.read(), path, "exec")
 
     def find(code, name):
         for c in code.co_consts:

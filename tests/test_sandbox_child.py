@@ -7,6 +7,8 @@ from __future__ import annotations
 import ast
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -24,20 +26,57 @@ def hook(tmp_path):
 
 def test_child_imports_only_what_the_bootstrap_always_did():
     """The child runs without qval or site-packages, and every module it imports becomes
-    importable by untrusted code: the set is fixed."""
-    with open(S.CHILD_PATH, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
+    importable by untrusted code: the set is fixed (over every file the child runs)."""
     runtime, typing_only = set(), set()
-    guarded = [
-        n for n in tree.body if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
-    ]
-    guarded_nodes = {id(x) for g in guarded for x in ast.walk(g)}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
-            (typing_only if id(node) in guarded_nodes else runtime).update(names)
+    for path in process.CHILD_FILES:
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        guarded = [
+            n
+            for n in tree.body
+            if isinstance(n, ast.If) and isinstance(n.test, ast.Name) and n.test.id == "TYPE_CHECKING"
+        ]
+        # the body only: the else branch (if any) runs in the child
+        guarded_nodes = {id(x) for g in guarded for b in g.body for x in ast.walk(b)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [node.module] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                (typing_only if id(node) in guarded_nodes else runtime).update(names)
     assert runtime == {"json", "os", "resource", "signal", "sys", "ctypes", "_thread"}
-    assert typing_only <= {"typing", "collections.abc"}
+    assert typing_only <= {"typing", "collections.abc", "qval.sandbox._child_hook"}
+
+
+def test_child_files_add_no_module_and_are_all_hash_checked():
+    """Loading the child (and through it the hook file) adds nothing to sys.modules beyond
+    its own imports: the hook file is run by path, never imported or registered."""
+    probe = (
+        "import sys\n"
+        "import json, os, resource, signal\n"
+        "before = set(sys.modules)\n"
+        "path = sys.argv[1]\n"
+        "ns = {'__name__': 'probe', '__file__': path}\n"
+        "exec(compile(open(path, 'rb').read(), path, 'exec'), ns)\n"
+        "assert callable(ns['make_hook'])\n"
+        "print(sorted(set(sys.modules) - before), sys.path.count(__import__('os').path.dirname(path)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-S", "-B", "-c", probe, process.CHILD_PATH],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=process.child_env(),
+        timeout=60,
+    ).stdout
+    assert out.split() == ["[]", "0"]
+    # what the in-process child loaded is the hashed hook file, next to the hashed child
+    assert _child.make_hook.__code__.co_filename == process.CHILD_HOOK_PATH
+    assert os.path.dirname(process.CHILD_HOOK_PATH) == os.path.dirname(process.CHILD_PATH)
+    assert set(process.CHILD_FILES) == {process.CHILD_PATH, process.CHILD_HOOK_PATH}
+    assert set(process._CHILD_SHA256) == set(process.CHILD_FILES)
+    with open(process.CHILD_HOOK_PATH, encoding="utf-8") as f:
+        hook_tree = ast.parse(f.read())
+    # no classes: nothing of the hook file needs PROTECTED_MODULES' protection
+    assert not any(isinstance(n, ast.ClassDef) for n in ast.walk(hook_tree))
 
 
 def test_hook_allows_the_work_dir_and_denies_outside(hook, tmp_path):
@@ -148,9 +187,18 @@ def test_channel_caps_bytes():
     assert Channel(0, 1, 10).feed(b" " * (budget + 1))[0] == "output"  # over the channel cap
 
 
-def test_changed_child_is_refused(monkeypatch):
-    monkeypatch.setattr(process, "_CHILD_SHA256", "0" * 64)
+@pytest.mark.parametrize("which", ["child", "hook"])
+def test_changed_child_is_refused(monkeypatch, which):
+    path = process.CHILD_PATH if which == "child" else process.CHILD_HOOK_PATH
+    monkeypatch.setitem(process._CHILD_SHA256, path, "0" * 64)
     with pytest.raises(RuntimeError, match="changed on disk"):
         S.run_program(
             "def score(observation, action, task):\n    return 1.0\n", [{"observation": "", "action": "", "task": ""}]
         )
+
+
+def test_missing_child_file_is_refused(monkeypatch, tmp_path):
+    monkeypatch.setattr(process, "CHILD_FILES", (*process.CHILD_FILES, str(tmp_path / "gone.py")))
+    monkeypatch.setitem(process._CHILD_SHA256, str(tmp_path / "gone.py"), "0" * 64)
+    with pytest.raises(RuntimeError, match="changed on disk"):
+        process.check_child()

@@ -42,6 +42,8 @@ Modules, one job each:
 
 * ``_child.py`` -- the child program (stdlib only; run by path, importable for tests):
   namespaces, rlimits, privilege drop, audit hook, then the untrusted program.
+* ``_child_hook.py`` -- the audit-hook policy; the child reads and runs it itself (never
+  imported, never in ``sys.modules``); the parent hash-checks it with ``_child.py``.
 * ``limits.py`` -- :class:`Limits`, the allowed modules and the sandbox uid/gid.
 * ``process.py`` -- starting, feeding, watching, killing and reaping one child.
 * ``channel.py`` -- validating what the child sends back.

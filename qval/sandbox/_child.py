@@ -33,170 +33,29 @@ if TYPE_CHECKING:
 
     Config = dict[str, Any]
 
-# Files outside the work dir that untrusted code may read.
-READ_OK = frozenset(["/dev/null", "/dev/zero", "/dev/urandom", "/dev/random"])
-
-# Audit events refused outright (prefix match).
-DENY_PREFIXES = (
-    "socket.", "subprocess.", "os.exec", "os.spawn", "os.posix_spawn",
-    "os.fork", "os.forkpty", "os.kill", "os.killpg", "os.system", "os.popen",
-    "pty.", "ctypes.", "_thread.", "gc.", "sys._current", "sys.settrace",
-    "sys.setprofile", "resource.", "code.__new__", "marshal.", "os.link",
-    "os.chdir", "os.fchdir", "os.chroot", "os.setns", "os.unshare",
-    "os.putenv", "os.unsetenv", "signal.pthread_kill", "webbrowser.",
-    "urllib.", "http.", "ftplib.", "smtplib.", "poplib.", "imaplib.",
-    "telnetlib.", "nntplib.", "mmap.", "winreg.", "msvcrt.",
-    "cpython._PySys_ClearAuditHooks",
-    "sys.addaudithook", "os.startfile", "os.add_dll_directory",
-    "pickle.find_class", "shelve.", "dbm.", "sqlite3.")
-
-# Audit events refused outright (exact match).
-DENY_EXACT = frozenset(["function.__new__"])
-
-# Attributes that lead from a traceback/generator/coroutine to frames or code objects.
-FRAME_ATTRS = frozenset(["tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back",
-                         "f_globals", "f_locals", "f_builtins", "gi_code", "cr_code",
-                         "ag_code", "f_code"])
-
-# Classes of these modules may not be patched (setattr/delattr on the class): the child's
-# own classes live in __main__, the rest is what the bootstrap relies on.
-PROTECTED_MODULES = frozenset(["__main__", "builtins", "sys", "os", "posix", "json",
-                               "json.encoder", "json.decoder", "signal", "resource"])
+# The audit-hook policy (deny lists, _hook_factory, make_hook) is in _child_hook.py next to
+# this file.  It is not imported: this directory is not on sys.path (-I), and a sys.modules
+# entry would make it importable by untrusted code.  Its source is read, compiled and run
+# into a private namespace here, at the very start, before any isolation step can hide the
+# file (tmpfs over /root and /home, the uid drop); that adds no module to sys.modules.
+# The parent checks the hash of every file in CHILD_FILES before each child start.
+HOOK_FILE = "_child_hook.py"
 
 
-def _hook_factory(workdir: str, read_ok: "frozenset[str]", allowed_modules: "frozenset[str]",
-                  deny_prefixes: "tuple[str, ...]", deny_exact: "frozenset[str]",
-                  frame_attrs: "frozenset[str]", protected_modules: "frozenset[str]",
-                  _type: "type[type]", _str: "type[str]", _bytes: "type[bytes]",
-                  _int: "type[int]", _lstat: "Callable[[str], os.stat_result]",
-                  _readlink: "Callable[[str], str]", _getcwd: "Callable[[], str]",
-                  _PermissionError: "type[PermissionError]", _ImportError: "type[ImportError]",
-                  _ValueError: "type[ValueError]", _OSError: "type[OSError]",
-                  _type_getattr: "Callable[[object, str], Any]",
-                  ) -> "Callable[[str, tuple[Any, ...]], None]":
-    # Everything the hook uses is bound here (closure cells), never looked up in
-    # globals/builtins at call time: untrusted code may monkeypatch modules and
-    # builtins.  tests assert the hook's code has no LOAD_GLOBAL/LOAD_NAME.
-    # (Annotations are strings so that defining _hook loads no global either.)
-    def _hook(event: "str", args: "tuple[Any, ...]") -> "None":
-        # events that touch the file system: their paths are checked against the work dir
-        paths: tuple[Any, ...]
-        if event == "open" or event in ("os.listdir", "os.scandir", "os.remove",
-                "os.rmdir", "os.mkdir", "os.rename", "os.chmod", "os.chown",
-                "os.truncate", "os.utime", "os.symlink", "shutil.rmtree",
-                "os.chflags", "os.lchflags", "os.getxattr", "os.listxattr",
-                "os.setxattr", "os.removexattr", "os.lockf", "shutil.copyfile",
-                "shutil.copymode", "shutil.copystat", "shutil.copytree",
-                "shutil.move", "shutil.unpack_archive", "shutil.make_archive"):
-            if event == "open":
-                write = False
-                mode = args[1]
-                flags = args[2]
-                if _type(flags) is _int and flags & 0o3103:  # WRONLY|RDWR|CREAT|TRUNC|APPEND
-                    write = True
-                if _type(mode) is _str:
-                    for ch in "wax+":
-                        if ch in mode:
-                            write = True
-                paths = (args[0],)
-            elif event in ("os.listdir", "os.scandir", "os.getxattr", "os.listxattr"):
-                write = False
-                paths = (args[0],)
-            elif event in ("os.rename", "os.symlink", "shutil.copyfile",
-                           "shutil.copymode", "shutil.copystat", "shutil.copytree",
-                           "shutil.move"):
-                write = True
-                paths = (args[0], args[1])
-                if event == "os.symlink" or event.startswith("shutil.copy"):
-                    paths = (args[1],)
-            else:
-                write = True
-                paths = (args[0],)
-            for p in paths:
-                if p is None or _type(p) is _int:
-                    continue  # an already-open fd (or listdir() of cwd)
-                if _type(p) is _bytes:
-                    p = p.decode("utf-8", "surrogateescape")
-                if _type(p) is not _str:
-                    raise _PermissionError("sandbox: path must be str/bytes")
-                # resolve symlinks ourselves with bound functions
-                if not p.startswith("/"):
-                    p = _getcwd() + "/" + p
-                todo = [c for c in p.split("/") if c]
-                todo.reverse()
-                out: list[str] = []
-                hops = 0
-                while todo:
-                    c = todo.pop()
-                    if c == ".":
-                        continue
-                    if c == "..":
-                        if out:
-                            out.pop()
-                        continue
-                    cand = "/" + "/".join(out + [c])
-                    try:
-                        st = _lstat(cand)
-                    except _OSError:
-                        out.append(c)
-                        continue
-                    if (st.st_mode & 0o170000) == 0o120000:
-                        hops += 1
-                        if hops > 40:
-                            raise _PermissionError("sandbox: too many symlinks")
-                        tgt = _readlink(cand)
-                        if tgt.startswith("/"):
-                            out = []
-                        parts = [x for x in tgt.split("/") if x]
-                        parts.reverse()
-                        todo.extend(parts)
-                    else:
-                        out.append(c)
-                real = "/" + "/".join(out)
-                inside = real == workdir or real.startswith(workdir + "/")
-                if write:
-                    if not inside:
-                        raise _PermissionError("sandbox: write outside work dir denied: " + real)
-                elif not inside and real not in read_ok:
-                    raise _PermissionError("sandbox: read outside work dir denied: " + real)
-            return
-        if event == "import":
-            name = args[0]
-            if _type(name) is not _str or (name not in allowed_modules and
-                                            name.split(".")[0] not in allowed_modules):
-                raise _ImportError(f"sandbox: import of {name!r} is not allowed")
-            return
-        if event == "sys._getframe":
-            # ValueError: stdlib callers (namedtuple, Enum, typing) tolerate it
-            raise _ValueError("sandbox: sys._getframe is disabled")
-        if event == "object.__getattr__":
-            if args[1] in frame_attrs:
-                raise _PermissionError("sandbox: frame access denied")
-            return
-        if event == "object.__setattr__" or event == "object.__delattr__":
-            obj = args[0]
-            if not (_type(obj) is _type or _type.__instancecheck__(_type, obj)):
-                raise _PermissionError(f"sandbox: {event} denied")
-            mod = _type_getattr(obj, "__module__")
-            if _type(mod) is not _str or mod in protected_modules:
-                raise _PermissionError(f"sandbox: {event} on protected class denied")
-            return
-        if event in deny_exact:
-            raise _PermissionError(f"sandbox: {event} denied")
-        for pre in deny_prefixes:
-            if event.startswith(pre):
-                raise _PermissionError(f"sandbox: {event} denied")
-
-    return _hook
+def _load_sibling(name: str) -> "dict[str, Any]":
+    """Run the file ``name`` next to this one in a fresh namespace and return that namespace."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name)
+    with open(path, "rb") as f:
+        source = f.read()
+    ns: dict[str, Any] = {"__name__": name[:-3], "__file__": path}
+    exec(compile(source, path, "exec"), ns)  # noqa: S102 - trusted, hash-checked by the parent
+    return ns
 
 
-def make_hook(workdir: str, modules: "list[str]") -> "Callable[[str, tuple[Any, ...]], None]":
-    """The audit hook for ``workdir`` and the allowed ``modules``, bound to the real builtins."""
-    return _hook_factory(
-        os.path.realpath(workdir), READ_OK, frozenset(modules), DENY_PREFIXES, DENY_EXACT,
-        FRAME_ATTRS, PROTECTED_MODULES,
-        type, str, bytes, int, os.lstat, os.readlink, os.getcwd,
-        PermissionError, ImportError, ValueError, OSError, type.__getattribute__)
+if TYPE_CHECKING:
+    from qval.sandbox._child_hook import make_hook
+else:
+    make_hook = _load_sibling(HOOK_FILE)["make_hook"]
 
 
 class _Timeout(BaseException):
@@ -259,8 +118,8 @@ def _open_channel() -> "Callable[[dict[str, Any]], None]":
     """Move the result channel off fd 1 (raw writes to fd 1 then go nowhere); return send()."""
     devnull = os.open("/dev/null", os.O_RDWR)
     os.dup2(devnull, 0)
-    res_fd = os.dup(1)          # private result channel (non-inheritable)
-    os.dup2(devnull, 1)         # raw fd 1 writes go nowhere
+    res_fd = os.dup(1)  # private result channel (non-inheritable)
+    os.dup2(devnull, 1)  # raw fd 1 writes go nowhere
 
     def send(obj: "dict[str, Any]") -> None:
         data = (json.dumps(obj, ensure_ascii=True, allow_nan=False) + "\n").encode()
@@ -277,13 +136,13 @@ def _load_libc() -> "tuple[Any, Any]":
     in locals so that it can be forgotten before untrusted code runs."""
     try:
         import ctypes
+
         return ctypes.CDLL(None, use_errno=True), ctypes
     except Exception:  # noqa: BLE001 - no ctypes (or no libc): the kernel layers are just off
         return None, None
 
 
-def _isolate(cfg: "Config", layers: "dict[str, bool]", libc: "Any", ctypes: "Any",
-             drop: bool) -> bool:
+def _isolate(cfg: "Config", layers: "dict[str, bool]", libc: "Any", ctypes: "Any", drop: bool) -> bool:
     """Private net/ipc/mount/pid namespaces where allowed; fills ``layers``.
 
     Returns whether an unprivileged user namespace is in use (then all capabilities in
@@ -315,8 +174,8 @@ def _isolate(cfg: "Config", layers: "dict[str, bool]", libc: "Any", ctypes: "Any
         mnt = libc.unshare(CLONE_NEWNS) == 0
     if mnt:
         layers["mountns"], layers["work_dir_tmpfs"] = _readonly_root(
-            libc, ctypes, workdir, cfg["disk"],
-            cfg["uid"] if drop else os.getuid(), cfg["gid"] if drop else os.getgid())
+            libc, ctypes, workdir, cfg["disk"], cfg["uid"] if drop else os.getuid(), cfg["gid"] if drop else os.getgid()
+        )
     if layers["mountns"] and libc.unshare(CLONE_NEWPID) == 0:
         layers["pidns"] = True
     return userns
@@ -328,8 +187,12 @@ def _set_rlimits(cfg: "Config") -> "tuple[bool, int]":
     Returns (all set, CPU seconds)."""
     R = resource
     cpu = max(1, int(cfg["cpu_seconds"] + 0.999))
-    rl = [(R.RLIMIT_CPU, cpu, cpu + 1), (R.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]),
-          (R.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]), (R.RLIMIT_CORE, 0, 0)]
+    rl = [
+        (R.RLIMIT_CPU, cpu, cpu + 1),
+        (R.RLIMIT_FSIZE, cfg["fsize"], cfg["fsize"]),
+        (R.RLIMIT_NOFILE, cfg["nofile"], cfg["nofile"]),
+        (R.RLIMIT_CORE, 0, 0),
+    ]
     if hasattr(R, "RLIMIT_NPROC"):
         rl.append((R.RLIMIT_NPROC, cfg["nproc"], cfg["nproc"]))
     ok = True
@@ -350,6 +213,7 @@ def _forget_ctypes_and_threads() -> None:
     # Python 3.11 has no audit event for thread creation: make the entry points
     # unreachable (threads would also count against RLIMIT_NPROC).
     import _thread
+
     for name in ("start_new_thread", "start_new", "start_joinable_thread"):
         try:
             delattr(_thread, name)
@@ -363,13 +227,22 @@ def _main() -> "NoReturn":
     send = _open_channel()
 
     workdir = cfg["workdir"]
-    layers = {"process": True, "env_scrubbed": True, "rlimits": False,
-              "uid_drop": False, "no_new_privs": False, "netns": False,
-              "ipcns": False, "mountns": False, "work_dir_tmpfs": False, "pidns": False,
-              "proc_hidden": False,
-              "audit_hook": False}
+    layers = {
+        "process": True,
+        "env_scrubbed": True,
+        "rlimits": False,
+        "uid_drop": False,
+        "no_new_privs": False,
+        "netns": False,
+        "ipcns": False,
+        "mountns": False,
+        "work_dir_tmpfs": False,
+        "pidns": False,
+        "proc_hidden": False,
+        "audit_hook": False,
+    }
 
-    for m in cfg["modules"]:        # preload the allowlist while we can read the stdlib
+    for m in cfg["modules"]:  # preload the allowlist while we can read the stdlib
         try:
             __import__(m)
         except ImportError:
@@ -382,12 +255,12 @@ def _main() -> "NoReturn":
     if layers["pidns"]:
         pid = os.fork()
         if pid != 0:
-            _outer(pid, cfg, libc, ctypes, drop, userns)   # never returns
+            _outer(pid, cfg, libc, ctypes, drop, userns)  # never returns
         # we are PID 1 of the new namespace: mount a private /proc
         MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
-        layers["proc_hidden"] = libc.mount(b"proc", b"/proc", b"proc",
-                                           MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                                           None) == 0
+        layers["proc_hidden"] = (
+            libc.mount(b"proc", b"/proc", b"proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0
+        )
     os.chdir(workdir)
 
     layers["rlimits"], cpu = _set_rlimits(cfg)
@@ -441,8 +314,9 @@ def _main() -> "NoReturn":
     _serve(cfg, send, cap, per_call, cpu)
 
 
-def _serve(cfg: "Config", send: "Callable[[dict[str, Any]], None]", cap: _Capture,
-           per_call: float, cpu: int) -> "NoReturn":
+def _serve(
+    cfg: "Config", send: "Callable[[dict[str, Any]], None]", cap: _Capture, per_call: float, cpu: int
+) -> "NoReturn":
     """Load the untrusted source, then answer every call; exits the process."""
     g = {"__name__": "__scorer__", "__builtins__": __builtins__}
     err = None
@@ -581,8 +455,11 @@ def _drop_caps(libc: "Any", ctypes: "Any") -> bool:
         _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]  # noqa: RUF012
 
     class Data(ctypes.Structure):  # type: ignore[misc]
-        _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),  # noqa: RUF012
-                    ("inheritable", ctypes.c_uint32)]
+        _fields_ = [
+            ("effective", ctypes.c_uint32),
+            ("permitted", ctypes.c_uint32),  # noqa: RUF012
+            ("inheritable", ctypes.c_uint32),
+        ]
 
     hdr = Hdr(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
     data = (Data * 2)()  # type: ignore[operator]  # a ctypes array type: class * length
@@ -597,8 +474,9 @@ def _drop_caps(libc: "Any", ctypes: "Any") -> bool:
     return all(d.effective == 0 and d.permitted == 0 for d in got)
 
 
-def _readonly_root(libc: "Any", ctypes: "Any", workdir: str, disk_bytes: int, uid: int,
-                   gid: int) -> "tuple[bool, bool]":
+def _readonly_root(
+    libc: "Any", ctypes: "Any", workdir: str, disk_bytes: int, uid: int, gid: int
+) -> "tuple[bool, bool]":
     """Private mount namespace: "/" recursively read-only + nosuid; the work dir is a
     fresh size-limited tmpfs (or, failing that, a rw bind mount of itself); empty
     read-only tmpfs over /root and /home (unless the work dir is inside).
@@ -610,35 +488,54 @@ def _readonly_root(libc: "Any", ctypes: "Any", workdir: str, disk_bytes: int, ui
         return False, False
     for d in ("/root", "/home"):
         if os.path.isdir(d) and not (workdir + "/").startswith(d + "/"):
-            libc.mount(b"tmpfs", d.encode(), b"tmpfs",
-                       MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=755")
+            libc.mount(
+                b"tmpfs", d.encode(), b"tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, b"size=4k,mode=755"
+            )
     opts = f"size={int(disk_bytes)},nr_inodes=4096,mode=0700,uid={uid:d},gid={gid:d}"
-    tmpfs: bool = libc.mount(b"tmpfs", w, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                             opts.encode()) == 0
+    tmpfs: bool = libc.mount(b"tmpfs", w, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, opts.encode()) == 0
     if not tmpfs and libc.mount(w, w, None, MS_BIND | MS_REC, None) != 0:
         return False, False
 
     class MountAttr(ctypes.Structure):  # type: ignore[misc]
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),  # noqa: RUF012
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+        _fields_ = [
+            ("attr_set", ctypes.c_uint64),
+            ("attr_clr", ctypes.c_uint64),  # noqa: RUF012
+            ("propagation", ctypes.c_uint64),
+            ("userns_fd", ctypes.c_uint64),
+        ]
 
     SYS_mount_setattr = 442  # same number on x86_64 and aarch64 (generic table)
     AT_FDCWD, AT_RECURSIVE, RDONLY, NOSUID = -100, 0x8000, 0x1, 0x2
     a = MountAttr(RDONLY | NOSUID, 0, 0, 0)
-    if libc.syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_int(AT_FDCWD),
-                    ctypes.c_char_p(b"/"), ctypes.c_uint(AT_RECURSIVE),
-                    ctypes.byref(a), ctypes.c_size_t(ctypes.sizeof(a))) != 0:
+    if (
+        libc.syscall(
+            ctypes.c_long(SYS_mount_setattr),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(b"/"),
+            ctypes.c_uint(AT_RECURSIVE),
+            ctypes.byref(a),
+            ctypes.c_size_t(ctypes.sizeof(a)),
+        )
+        != 0
+    ):
         return False, False
     b = MountAttr(NOSUID, RDONLY, 0, 0)
-    if libc.syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_int(AT_FDCWD),
-                    ctypes.c_char_p(w), ctypes.c_uint(0),
-                    ctypes.byref(b), ctypes.c_size_t(ctypes.sizeof(b))) != 0:
+    if (
+        libc.syscall(
+            ctypes.c_long(SYS_mount_setattr),
+            ctypes.c_int(AT_FDCWD),
+            ctypes.c_char_p(w),
+            ctypes.c_uint(0),
+            ctypes.byref(b),
+            ctypes.c_size_t(ctypes.sizeof(b)),
+        )
+        != 0
+    ):
         return False, False
     return True, tmpfs
 
 
-def _outer(pid: int, cfg: "Config", libc: "Any", ctypes: "Any", drop: bool,
-           userns: bool) -> "NoReturn":
+def _outer(pid: int, cfg: "Config", libc: "Any", ctypes: "Any", drop: bool, userns: bool) -> "NoReturn":
     """Parent side of the PID-namespace fork: drop privileges, wait, relay status."""
     try:
         if drop:

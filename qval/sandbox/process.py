@@ -1,7 +1,8 @@
 """One sandbox child process: start ``_child.py``, feed it, read its channel, kill and reap it.
 
 The child is started as ``python -I -S -B <_child.py> <marker> <parent tag>`` in its own
-session with a minimal environment and a fresh work dir; the untrusted source and the
+session with a minimal environment and a fresh work dir (the child itself runs
+``_child_hook.py`` from next to it; both files are hash-checked first); the untrusted source and the
 calls go to it as JSON on stdin (never interpolated into code).  The parent enforces its
 own deadlines on top of the child's timers, and at the end SIGKILLs the child's whole
 process group.
@@ -28,6 +29,10 @@ from .limits import SANDBOX_GID, SANDBOX_UID, Limits, child_limits
 
 #: The child program, run by path (not imported: it must not see qval or site-packages).
 CHILD_PATH = str(Path(__file__).resolve().with_name("_child.py"))
+#: Its audit-hook policy, which the child reads and runs itself from next to ``_child.py``.
+CHILD_HOOK_PATH = str(Path(CHILD_PATH).with_name("_child_hook.py"))
+#: Every file the child runs: all are hash-checked before each child start.
+CHILD_FILES = (CHILD_PATH, CHILD_HOOK_PATH)
 
 # Marker contained in every sandbox child's command line (used by tests and by the
 # leftover-process check).
@@ -44,19 +49,23 @@ def _digest(path: str) -> str:
 
 
 # The child used to be a string inside the parent, so the code a child ran was always the
-# code this process imported.  The file keeps that: its hash is taken at import and every
-# child start checks it, so a _child.py changed on disk later (an upgrade under a running
-# worker, or a write by anything that got out) is refused instead of run.
-_CHILD_SHA256 = _digest(CHILD_PATH)
+# code this process imported.  The files keep that: their hashes are taken at import and
+# every child start checks them, so a _child.py or _child_hook.py changed on disk later (an
+# upgrade under a running worker, or a write by anything that got out) is refused, not run.
+_CHILD_SHA256 = {path: _digest(path) for path in CHILD_FILES}
 
 
 def check_child() -> None:
-    """Raise RuntimeError if ``_child.py`` is not the file this process imported."""
-    if _digest(CHILD_PATH) != _CHILD_SHA256:
-        raise RuntimeError(
-            f"sandbox child program {CHILD_PATH} changed on disk since qval "
-            "was imported; refusing to run it (restart qval)"
-        )
+    """Raise RuntimeError if any file in ``CHILD_FILES`` is not the file this process saw at import."""
+    for path in CHILD_FILES:
+        try:
+            same = _digest(path) == _CHILD_SHA256[path]
+        except OSError:
+            same = False
+        if not same:
+            raise RuntimeError(
+                f"sandbox child program {path} changed on disk since qval was imported; refusing to run it (restart qval)"
+            )
 
 
 def parent_tag() -> str:
