@@ -66,10 +66,15 @@ def bootstrap_mean_ratio(
     n = a.size
     if value is None or not np.isfinite(value) or n < 2:
         return MetricValue(_finite_or_none(value), None, None, n)
+    stacked = np.stack([a, b], axis=1)
     key = (n, n_boot, seed)
-    if _counts64[0] != key:  # the float64 counts of the last (n, B, seed): one sweep's rows all share them
-        _counts64[:] = [key, np.concatenate([block.astype(np.float64) for block in _resample_counts(n, n_boot, seed)])]
-    sums = _counts64[1] @ np.stack([a, b], axis=1)
+    if n * n_boot > _CACHE_LIMIT:  # too large to keep: one block at a time, nothing held
+        sums = np.concatenate([block.astype(np.float64) @ stacked for block in _resample_counts(n, n_boot, seed)])
+    else:
+        if _counts64[0] != key:  # the float64 counts of the last (n, B, seed): one sweep's rows all share them
+            blocks = _resample_counts(n, n_boot, seed)
+            _counts64[:] = [key, np.concatenate([block.astype(np.float64) for block in blocks])]
+        sums = _counts64[1] @ stacked
     with np.errstate(divide="ignore", invalid="ignore"):
         lo, hi = _interval(sums[:, 0] / sums[:, 1])
     return MetricValue(float(value), lo, hi, n)

@@ -105,3 +105,59 @@ def test_a_bumped_version_recomputes_that_metric_only(finished, monkeypatch):
     assert versions == {PerStateSpearman.version}
     assert after["per_state_spearman"] > stamps["per_state_spearman"]
     assert all(after[m] == stamps[m] for m in stamps if m != "per_state_spearman")
+
+
+def test_a_metric_dropped_from_the_suite_is_forgotten(finished, tmp_path):
+    suite, results = finished
+    proc = run_qval("run", suite, "--results", results)  # the original list: per_state_spearman only
+    assert proc.returncode == 0, proc.stderr
+    assert all(names == {"per_state_spearman"} for names in _metrics(results).values()), _metrics(results)
+    assert _scalar(results, "SELECT count(DISTINCT metric) FROM metric_units") == 1
+
+
+def test_a_cell_in_no_suite_keeps_no_values_and_does_not_stop_the_ingest(finished, tmp_path):
+    import shutil
+
+    _, results = finished
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    con = connect_writer(copy)
+    try:
+        cell = con.execute("SELECT min(cell_id) FROM cells").fetchone()[0]
+        con.execute("DELETE FROM suite_cells WHERE cell_id = ?", [cell])
+        compute_metrics(con, [cell])  # its rows "changed", and no suite wants a metric of it
+        left = con.execute("SELECT count(*) FROM cell_metrics WHERE cell_id = ?", [cell]).fetchone()[0]
+        others = con.execute("SELECT count(*) FROM cell_metrics WHERE cell_id <> ?", [cell]).fetchone()[0]
+    finally:
+        con.close()
+    assert left == 0 and others == 1
+
+
+def test_a_metric_reading_a_column_its_view_lacks_is_refused():
+    from qval.errors import PluginError
+    from qval.metrics.base import Metric
+    from qval.metrics.stage import _check_reads
+
+    class Typo(Metric):
+        name, track, reads = "typo", "decode", ("new_tokens", "decode_seconds")
+
+    with pytest.raises(PluginError, match="decode_seconds"):
+        _check_reads(Typo())
+
+
+def test_reports_on_a_database_an_older_qval_wrote_say_how_to_upgrade(finished, tmp_path):
+    import shutil
+
+    from qval import results as R
+    from qval.errors import UsageError
+
+    _, results = finished
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    con = duckdb.connect(str(copy / "qval.duckdb"))
+    con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(UsageError, match="qval ingest"):
+        R.cells(copy)
+    proc = run_qval("report", "--results", copy, "--out", tmp_path / "reports")
+    assert proc.returncode == 2 and "qval ingest" in proc.stderr + proc.stdout, proc.stderr

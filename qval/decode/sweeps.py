@@ -202,7 +202,7 @@ def _column(by_cell: dict[str, pd.DataFrame], cell_id: str, baseline_id, info: p
     ):
         return pd.Series(dtype=float)
     base = by_cell.get(baseline_id, _NONE)
-    joined = own.join(base, how="inner", suffixes=("", "_ar"))
+    joined = own.merge(base, left_index=True, right_index=True, suffixes=("", "_ar"))
     joined = joined[(joined["decode_s"] > 0) & (joined["decode_s_ar"] > 0)]
     return (joined["tokens"] / joined["decode_s"]) / (joined["tokens_ar"] / joined["decode_s_ar"])
 

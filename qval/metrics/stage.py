@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 
 import pandas as pd
 
+from ..errors import PluginError
 from ..registry import REGISTRY
 from ..store.tables import BOARD_TRACKS, METRIC_VIEWS, SAMPLE_TABLES
 from .base import Metric, MetricView
@@ -25,14 +27,38 @@ def _view(track: str) -> MetricView:
     return getattr(importlib.import_module(module), attr)
 
 
-def _catalogue() -> dict[tuple[str, str], Metric]:
-    """Every registered metric by (track, name): suites name metrics, and one name may have a definition per track
-    (per_state_spearman over candidates, or over stored per-state values)."""
+def _catalogue(con) -> dict[tuple[str, str], Metric]:
+    """Every usable registered metric by (track, name): suites name metrics, and one name may have a definition per
+    track (per_state_spearman over candidates, or over stored per-state values). A metric plugin that fails to load
+    or names itself otherwise stops the ingest only if a suite lists it; otherwise it is skipped with a warning."""
+    listed = set()
+    for (config,) in con.execute("SELECT config FROM suites").fetchall():
+        for section in (json.loads(config) if config else {}).values():
+            if isinstance(section, dict):
+                listed |= set(section.get("metrics") or [])
     out = {}
     for name in REGISTRY.names("metrics"):
-        metric = REGISTRY.get("metrics", name)()  # get: a nameless metric is given its entry-point name
+        try:
+            metric = REGISTRY.get("metrics", name)()  # get: a nameless metric is given its entry-point name
+        except PluginError as exc:
+            if name in listed:
+                raise
+            print(f"warning: metric plugin skipped (no suite lists it): {exc}", file=sys.stderr)
+            continue
+        _check_reads(metric)
         out[(metric.track, metric.name)] = metric
     return out
+
+
+def _check_reads(metric: Metric) -> None:
+    """A name in ``reads`` that the track's view does not have would be silently absent from the samples, and the
+    metric would quietly report "undefined": refuse it instead."""
+    unknown = [c for c in metric.reads if c not in _view(metric.track).columns]
+    if unknown:
+        raise PluginError(
+            f"metric '{metric.name}' reads {unknown}, which the {metric.track} metric view does not have; "
+            f"choose from {sorted(_view(metric.track).columns)}"
+        )
 
 
 def _section_of(track: str) -> str:
@@ -65,54 +91,42 @@ def wanted(con, catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str,
 
 def compute_metrics(con, changed: list[str]) -> int:
     """Compute what is missing or outdated; everything for the changed cells and for decode cells whose AR baseline
-    changed. Returns the number of metric values written."""
-    catalogue = _catalogue()
+    changed; drop values no suite of the cell asks for any more (they would otherwise be shown at an old version).
+    Returns the number of metric values written."""
+    catalogue = _catalogue(con)
     want = wanted(con, catalogue)
     dependants = (
         con.execute("SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
         if changed
         else []
     )
-    redo = (set(changed) | {r[0] for r in dependants}) & set(want)
-    # Cells whose values predate the metric stage (no family recorded) are redone whole, once.
+    redo = set(changed) | {r[0] for r in dependants}
+    # Cells whose values predate the metric stage (no metric family recorded) are redone whole, once.
     redo |= {
-        r[0]
-        for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE family IS NULL").fetchall()
-        if r[0] in want
+        r[0] for r in con.execute("SELECT DISTINCT cell_id FROM cell_metrics WHERE metric_family IS NULL").fetchall()
     }
+    if redo:
+        ids = sorted(redo)
+        for table in ("cell_metrics", "metric_versions", "metric_units"):
+            con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+    _forget_unwanted(con, want)
     stored: dict[str, dict[str, int]] = defaultdict(dict)
     for cell_id, metric, version in con.execute("SELECT cell_id, metric, version FROM metric_versions").fetchall():
         stored[cell_id][metric] = version
     todo: dict[str, list[Metric]] = {}
     for cell_id, metrics in want.items():
-        if cell_id in redo:
-            todo[cell_id] = list(metrics.values())
-        else:
-            missing = [m for name, m in metrics.items() if stored[cell_id].get(name) != m.version]
-            if missing:
-                todo[cell_id] = missing
-    if redo:
-        ids = sorted(redo)
-        for table in ("cell_metrics", "metric_versions", "metric_units"):
-            con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+        missing = [m for name, m in metrics.items() if stored[cell_id].get(name) != m.version]
+        if missing:
+            todo[cell_id] = missing
     if not todo:
         return 0
-    pairs = pd.DataFrame([(c, m.name) for c, ms in todo.items() for m in ms], columns=["cell_id", "metric"])
-    con.register("qval_metric_todo", pairs)
-    try:
-        for table, column in (("cell_metrics", "family"), ("metric_versions", "metric"), ("metric_units", "metric")):
-            con.execute(
-                f"DELETE FROM {table} USING qval_metric_todo t WHERE {table}.cell_id = t.cell_id "
-                f"AND {table}.{column} = t.metric"
-            )
-    finally:
-        con.unregister("qval_metric_todo")
+    _delete_pairs(con, pd.DataFrame([(c, m.name) for c, ms in todo.items() for m in ms], columns=["cell_id", "metric"]))
     values, units = _compute(con, todo)
     now = datetime.now(UTC).replace(tzinfo=None)
     if values:
         con.executemany(
             "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
-            "label, n_states, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "label, n_states, metric_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             values,
         )
     con.executemany(
@@ -127,6 +141,31 @@ def compute_metrics(con, changed: list[str]) -> int:
         finally:
             con.unregister("qval_metric_units")
     return len(values)
+
+
+_TABLE_COLUMNS = (("cell_metrics", "metric_family"), ("metric_versions", "metric"), ("metric_units", "metric"))
+
+
+def _delete_pairs(con, pairs: pd.DataFrame) -> None:
+    """Delete the stored values, versions and units of these (cell_id, metric) pairs."""
+    con.register("qval_metric_pairs", pairs)
+    try:
+        for table, column in _TABLE_COLUMNS:
+            con.execute(
+                f"DELETE FROM {table} USING qval_metric_pairs t WHERE {table}.cell_id = t.cell_id "
+                f"AND {table}.{column} = t.metric"
+            )
+    finally:
+        con.unregister("qval_metric_pairs")
+
+
+def _forget_unwanted(con, want: dict[str, dict[str, Metric]]) -> None:
+    """Values of a metric that no suite of the cell lists any more (or of a cell in no suite): never back-filled
+    again, so they would sit beside current values at an old version. A cell in two suites keeps the union."""
+    stored = con.execute("SELECT DISTINCT cell_id, metric FROM metric_versions").fetchall()
+    stale = [(c, m) for c, m in stored if m not in want.get(c, {})]
+    if stale:
+        _delete_pairs(con, pd.DataFrame(stale, columns=["cell_id", "metric"]))
 
 
 def _compute(con, todo: dict[str, list[Metric]]) -> tuple[list[list], list[pd.DataFrame]]:

@@ -84,7 +84,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # The metric stage (qval/metrics/stage.py): which metric (family) wrote each value, at which version, and
             # the per-unit values behind per-state metrics. Values written before carry no family; the next ingest
             # recomputes them from the stored rows.
-            "ALTER TABLE cell_metrics ADD COLUMN family VARCHAR",
+            "ALTER TABLE cell_metrics ADD COLUMN metric_family VARCHAR",  # not `family`: cells has one
             """CREATE TABLE metric_versions (cell_id VARCHAR, metric VARCHAR, version INTEGER, computed_at TIMESTAMP,
            PRIMARY KEY (cell_id, metric))""",
             "CREATE TABLE metric_units (cell_id VARCHAR, metric VARCHAR, unit VARCHAR, cluster VARCHAR, value DOUBLE)",
@@ -165,7 +165,7 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
     if not path.exists():
         raise UsageError(f"no results database at {path}; run `qval run SUITE` or `qval ingest` first")
     try:
-        return _connect_waiting(path, True, READ_WAIT_S)
+        con = _connect_waiting(path, True, READ_WAIT_S)
     except duckdb.IOException as exc:
         if not _is_lock_conflict(exc):
             raise
@@ -173,6 +173,22 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
             f"{path} is being written (an ingest is running) for more than {READ_WAIT_S:.0f} s; "
             "try again when it finishes"
         ) from None
+    # Readers never migrate (they open the file read-only): a database an older qval wrote lacks tables and columns
+    # this one reads, so say how to upgrade it rather than fail on a missing table.
+    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if _has_meta(con) else None
+    found = int(row[0]) if row else 0
+    if found < SCHEMA_VERSION:
+        con.close()
+        raise UsageError(
+            f"{path} has schema version {found}; this qval reads version {SCHEMA_VERSION}. Run `qval ingest "
+            f"--results {Path(results)}` once to upgrade it (rows are kept; metrics are recomputed from them)"
+        )
+    return con
+
+
+def _has_meta(con: duckdb.DuckDBPyConnection) -> bool:
+    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()
+    return bool(row and row[0])
 
 
 @contextmanager

@@ -6,7 +6,18 @@ from pathlib import Path
 
 from .db import connect_reader
 
-TABLES = ("runs", "suites", "suite_cells", "cells", "cell_metrics", "qalign_samples", "decode_samples")
+TABLES = (
+    "runs",
+    "suites",
+    "suite_cells",
+    "cells",
+    "cell_metrics",
+    "metric_versions",
+    "metric_units",
+    "qalign_samples",
+    "qalign_state_values",
+    "decode_samples",
+)
 
 
 def export_parquet(results: Path, out_dir: Path) -> list[Path]:
