@@ -14,7 +14,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import PluginError, QvalError, UsageError
-from .registry import KINDS, REGISTRY
+from .registry import KINDS, REGISTRY, singular
 
 app = typer.Typer(
     add_completion=False,
@@ -68,7 +68,9 @@ def list_plugins(
         problem = e.check()
         table.add_row(e.kind, e.name, e.distribution, f"[yellow]warning: {problem}[/]" if problem else "ok")
         if problem:
-            err.print(f"[yellow]warning:[/] {e.kind[:-1]} '{e.name}' ({e.distribution}) fails to import: {problem}")
+            err.print(
+                f"[yellow]warning:[/] {singular(e.kind)} '{e.name}' ({e.distribution}) fails to import: {problem}"
+            )
     out.print(table)
 
 

@@ -17,12 +17,28 @@ class UsageError(QvalError):
     exit_code = 2
 
 
-class SuiteError(UsageError):
-    """A malformed suite. The message always names the file, the field and the reason."""
+MAX_LISTED_PROBLEMS = 20  # a suite with more is probably the wrong file: the first screenful says so
 
-    def __init__(self, path: str | os.PathLike, field: str, reason: str):
+
+class SuiteError(UsageError):
+    """A malformed suite. The message always names the file, the field and the reason; a suite with several problems
+    lists each on its own line (fixing one typo per run is slow). ``field``/``reason`` are the first problem's."""
+
+    def __init__(self, path: str | os.PathLike, field: str, reason: str, more: list[tuple[str, str]] | None = None):
         self.path, self.field, self.reason = str(path), field, reason
-        super().__init__(f"{self.path}: field '{field}': {reason}")
+        self.problems = [(field, reason), *(more or [])]
+        if len(self.problems) == 1:
+            super().__init__(f"{self.path}: field '{field}': {reason}")
+            return
+        lines = [f"  field '{f}': {r}" for f, r in self.problems[:MAX_LISTED_PROBLEMS]]
+        if len(self.problems) > MAX_LISTED_PROBLEMS:
+            lines.append(f"  … and {len(self.problems) - MAX_LISTED_PROBLEMS} more")
+        super().__init__(f"{self.path}: {len(self.problems)} problems:\n" + "\n".join(lines))
+
+    @classmethod
+    def of(cls, path: str | os.PathLike, problems: list[tuple[str, str]]) -> SuiteError:
+        """One error for a non-empty list of (field, reason)."""
+        return cls(path, *problems[0], more=problems[1:])
 
 
 class PluginError(QvalError):

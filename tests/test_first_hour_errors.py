@@ -1,0 +1,82 @@
+"""The mistakes of a researcher's first hour (issue #16), through the real CLI: each exits 2 with the fix in the
+message, never an internal error."""
+
+from __future__ import annotations
+
+from conftest import TINY_SUITE, model_free_suite, run_qval, write_suite
+
+
+def _usage_error(proc, *fragments: str) -> str:
+    """Assert exit 2 with every fragment in stderr, and no internal error or traceback."""
+    text = proc.stderr + proc.stdout
+    assert proc.returncode == 2, text
+    assert "internal error" not in text and "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+    return proc.stderr
+
+
+def test_metric_typo_gets_a_suggestion(tmp_path):
+    suite = model_free_suite(tmp_path, "typo")
+    suite.write_text(suite.read_text() + "  metrics: [per_state_spearmann]\n  main_metric: per_state_spearmann\n")
+    _usage_error(
+        run_qval("plan", suite, "--results", tmp_path / "r"),
+        "qalign.metrics[0]",
+        "unknown metric 'per_state_spearmann'; did you mean 'per_state_spearman'",
+    )
+
+
+def test_plugin_param_typo_gets_a_suggestion(tmp_path):
+    suite = model_free_suite(tmp_path, "typo")
+    suite.write_text(suite.read_text().replace("map: 4x4", "map: 4x4, slipery: true"))
+    _usage_error(
+        run_qval("plan", suite, "--results", tmp_path / "r"),
+        "qalign.envs[0].params.slipery",
+        "unknown key; did you mean 'slippery'",
+    )
+
+
+def test_suite_key_typo_gets_a_suggestion(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", TINY_SUITE.replace("max_new_tokens: 16", "max_new_tokenz: 16"))
+    _usage_error(run_qval("plan", path), "decode.max_new_tokenz", "did you mean 'max_new_tokens'")
+
+
+def test_every_problem_is_listed_each_on_its_own_line(tmp_path):
+    text = (
+        TINY_SUITE.replace("max_new_tokens: 16", "max_new_tokens: -3\n  warmup: -1")
+        .replace("seeds: [0]", "seeds: [-1]")
+        .replace("colour", "")
+    ) + "colour: blue\n"
+    stderr = _usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", text)), "4 problems")
+    lines = [line.strip() for line in stderr.splitlines()]
+    for field in ("seeds", "colour", "decode.max_new_tokens", "decode.warmup"):
+        assert any(line.startswith(f"field '{field}':") for line in lines), stderr
+    assert "more problem" not in stderr
+
+
+def test_plugin_problems_are_listed_together(tmp_path):
+    text = (
+        TINY_SUITE.replace("action-logprob]", "action-logprobz]")
+        .replace("num_draft: 4", "num_drafts: 4")
+        .replace("metrics: [speedup,", "metrics: [sped,")
+    )
+    _usage_error(
+        run_qval("plan", write_suite(tmp_path / "s.yaml", text)),
+        "3 problems",
+        "field 'qalign.methods[2].name'",
+        "field 'decode.policies[1].params.num_drafts'",
+        "field 'decode.metrics[0]'",
+    )
+
+
+def test_a_long_list_of_problems_is_capped(tmp_path):
+    keys = "".join(f"typo{i}: 1\n" for i in range(25))
+    stderr = _usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", TINY_SUITE + keys)), "25 problems")
+    assert "… and 5 more" in stderr
+    assert sum("unknown key" in line for line in stderr.splitlines()) == 20
+
+
+def test_unknown_policy_is_called_a_policy(tmp_path):
+    path = write_suite(tmp_path / "s.yaml", TINY_SUITE.replace("name: prompt-lookup,", "name: prompt-lookupp,"))
+    stderr = _usage_error(run_qval("plan", path), "unknown policy 'prompt-lookupp'; did you mean 'prompt-lookup'")
+    assert "policie '" not in stderr
