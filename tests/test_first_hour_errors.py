@@ -80,3 +80,41 @@ def test_unknown_policy_is_called_a_policy(tmp_path):
     path = write_suite(tmp_path / "s.yaml", TINY_SUITE.replace("name: prompt-lookup,", "name: prompt-lookupp,"))
     stderr = _usage_error(run_qval("plan", path), "unknown policy 'prompt-lookupp'; did you mean 'prompt-lookup'")
     assert "policie '" not in stderr
+
+
+def _hf_suite(tmp_path, model_path) -> object:
+    return write_suite(
+        tmp_path / "hf.yaml",
+        f"""\
+        name: hf
+        models: [{{source: hf, params: {{path: "{model_path}"}}}}]
+        qalign:
+          envs: [{{name: frozenlake, params: {{map: 4x4}}}}]
+          methods: [oracle-q]
+          points: {{episodes: 1, max_points_per_episode: 1}}
+        """,
+    )
+
+
+def test_a_model_path_that_does_not_exist_fails_plan_and_run(tmp_path):
+    missing = tmp_path / "models" / "Qwen2.5-0.5B"
+    suite = _hf_suite(tmp_path, missing)
+    for command in ("plan", "run"):
+        _usage_error(
+            run_qval(command, suite, "--results", tmp_path / "r"), "models[0].params.path", f"{missing} does not exist"
+        )
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_model_path_without_config_json_fails_plan(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    _usage_error(run_qval("plan", _hf_suite(tmp_path, folder)), "models[0].params.path", "has no config.json")
+
+
+def test_a_model_folder_passes_plan(tmp_path):
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    proc = run_qval("plan", _hf_suite(tmp_path, folder), "--results", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
