@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -51,3 +52,14 @@ class ResultsLockedError(QvalError):
     """Another qval process writes into the same results directory."""
 
     exit_code = 3
+
+
+def results_not_writable(results: str | os.PathLike, exc: OSError) -> UsageError:
+    """The usage error for a results folder qval cannot create or write (read-only, a file in the way)."""
+    if isinstance(exc, (NotADirectoryError, FileExistsError)) or exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        why = f"{exc.filename or results} is a file, not a folder"
+    elif isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        why = "permission denied"
+    else:
+        why = exc.strerror or str(exc)
+    return UsageError(f"cannot write to {results}: {why}; choose another --results folder or fix its permissions")

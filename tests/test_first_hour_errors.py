@@ -3,6 +3,10 @@ message, never an internal error."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import pytest
 from conftest import TINY_SUITE, model_free_suite, run_qval, write_suite
 
 
@@ -118,3 +122,59 @@ def test_a_model_folder_passes_plan(tmp_path):
     (folder / "config.json").write_text("{}")
     proc = run_qval("plan", _hf_suite(tmp_path, folder), "--results", tmp_path / "r")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_ingest_of_a_folder_that_is_not_a_results_folder_writes_nothing(tmp_path):
+    for folder in (tmp_path / "reslts", tmp_path):  # a mistyped path; an existing folder with no results in it
+        _usage_error(
+            run_qval("ingest", "--results", folder),
+            f"{folder} is not a qval results folder",
+            "qval run SUITE --results",
+        )
+    assert not (tmp_path / "reslts").exists() and not (tmp_path / "qval.duckdb").exists()
+
+
+def test_run_into_a_file_instead_of_a_folder(tmp_path):
+    (tmp_path / "file").write_text("")
+    results = tmp_path / "file" / "results"
+    _usage_error(
+        run_qval("run", model_free_suite(tmp_path, "x"), "--results", results),
+        f"cannot write to {results}",
+        "is a file, not a folder",
+        "choose another --results folder",
+    )
+
+
+def test_run_into_a_folder_it_cannot_write(tmp_path):
+    # /sys refuses mkdir even to root (where chmod would not stop a write).
+    results = Path("/sys/qval-results")
+    if not Path("/sys").is_dir():
+        pytest.skip("no /sys on this system")
+    _usage_error(
+        run_qval("run", model_free_suite(tmp_path, "x"), "--results", results),
+        f"cannot write to {results}: permission denied; choose another --results folder or fix its permissions",
+    )
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder; the /sys case covers qval run")
+def test_ingest_into_a_read_only_results_folder(tmp_path):
+    results = tmp_path / "r"
+    (results / "plans").mkdir(parents=True)
+    results.chmod(0o500)
+    try:
+        _usage_error(run_qval("ingest", "--results", results), f"cannot write to {results}: permission denied")
+    finally:
+        results.chmod(0o700)
+
+
+def test_ingest_refuses_a_folder_the_access_check_says_is_read_only(tmp_path, monkeypatch):
+    # In-process, so that it runs as root too: what the kernel would answer a user for a chmod 0500 folder.
+    from qval.api import ingest_results
+    from qval.errors import UsageError
+    from qval.store import db
+
+    (tmp_path / "plans").mkdir()
+    monkeypatch.setattr(db.os, "access", lambda *a, **k: False)
+    with pytest.raises(UsageError, match="permission denied; choose another --results folder") as info:
+        ingest_results(tmp_path)
+    assert info.value.exit_code == 2 and str(tmp_path) in str(info.value)
