@@ -182,7 +182,16 @@ def _top_reasons(results: Path, table: str, cell_id: str, top: int = 5) -> list[
     return [f"{n} × {error[:200]}" for error, n in rows]
 
 
+RESULTS_MARKERS = ("plans", "parts", "runs", "qval.duckdb")  # what `qval run`/`qval worker` leave in a results folder
+
+
 def ingest_results(results: Path) -> IngestReport:
+    # A mistyped --results would otherwise become a new folder with an empty database, and "ingested 0 cells".
+    if not any((Path(results) / marker).exists() for marker in RESULTS_MARKERS):
+        raise UsageError(
+            f"{results} is not a qval results folder (no plans/, parts/ or qval.duckdb in it): pass the --results "
+            f"folder that `qval run` or `qval worker` wrote to, or run `qval run SUITE --results {results}` first"
+        )
     with results_lock(results, "ingest"):
         mark_interrupted_runs(results)
         return ingest(Path(results))

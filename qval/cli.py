@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -13,8 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .errors import PluginError, QvalError, UsageError
-from .registry import KINDS, REGISTRY
+from .errors import PluginError, QvalError, UsageError, results_not_writable
+from .registry import KINDS, REGISTRY, singular
 
 app = typer.Typer(
     add_completion=False,
@@ -35,6 +37,24 @@ def _emit_json(obj) -> None:
     import json
 
     print(json.dumps(obj, indent=1, default=str, allow_nan=False))
+
+
+@contextmanager
+def _writing(results: Path):
+    """A part of the results folder qval cannot write (a read-only subfolder the up-front check in results_lock does
+    not see) is a usage error naming the folder and the fix; other OSErrors, a plugin's own files, stay errors."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR) and _inside(exc.filename, results):
+            raise results_not_writable(results, exc) from None
+        raise
+
+
+def _inside(filename, folder: Path) -> bool:
+    if not isinstance(filename, str):
+        return False
+    return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(folder))
 
 
 def _version(value: bool):
@@ -68,7 +88,9 @@ def list_plugins(
         problem = e.check()
         table.add_row(e.kind, e.name, e.distribution, f"[yellow]warning: {problem}[/]" if problem else "ok")
         if problem:
-            err.print(f"[yellow]warning:[/] {e.kind[:-1]} '{e.name}' ({e.distribution}) fails to import: {problem}")
+            err.print(
+                f"[yellow]warning:[/] {singular(e.kind)} '{e.name}' ({e.distribution}) fails to import: {problem}"
+            )
     out.print(table)
 
 
@@ -128,7 +150,8 @@ def plan(
     p = plan_suite(suite)
     done = cell_status(p, results)
     if as_json:
-        path = p.write(results) if emit_manifest else None
+        with _writing(results):
+            path = p.write(results) if emit_manifest else None
         _emit_json(
             {
                 "suite": p.suite,
@@ -154,7 +177,8 @@ def plan(
         )
         return
     if emit_manifest:
-        path = p.write(results)
+        with _writing(results):
+            path = p.write(results)
         out.print(
             f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
             f"--shard I --results {results}"
@@ -270,19 +294,20 @@ def run(
         elif kind == "worker_failed":
             progress.console.print(f"[red]shard {shard} stopped:[/] {event.get('error')}")
 
-    try:
-        summary = run_suite(
-            suite,
-            results,
-            workers=workers,
-            runner=runner,
-            on_event=on_event,
-            on_start=on_start,
-            runner_options=options,
-            require_idle=idle_timeout if require_idle else None,
-        )
-    finally:
-        progress.stop()
+    with _writing(results):
+        try:
+            summary = run_suite(
+                suite,
+                results,
+                workers=workers,
+                runner=runner,
+                on_event=on_event,
+                on_start=on_start,
+                runner_options=options,
+                require_idle=idle_timeout if require_idle else None,
+            )
+        finally:
+            progress.stop()
     ing = summary.ingest
     if as_json:
         _emit_json(
@@ -354,7 +379,9 @@ def worker(
     p = read_plan_file(path)
     if shard >= len(p.shards):
         raise UsageError(f"--shard {shard} is out of range: plan {p.plan_id} has {len(p.shards)} shard(s)")
-    raise typer.Exit(run_shard(p, shard, results, run_id))
+    with _writing(results):
+        code = run_shard(p, shard, results, run_id)
+    raise typer.Exit(code)
 
 
 @app.command("ingest")
@@ -364,7 +391,8 @@ def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bo
 
     from .api import ingest_results
 
-    rep = ingest_results(results)
+    with _writing(results):
+        rep = ingest_results(results)
     if as_json:
         _emit_json(asdict(rep))
         return

@@ -22,6 +22,21 @@ from .errors import PluginError
 
 KINDS = ("scorers", "policies", "envs", "datasets", "models", "metrics", "runners")
 AUTOLOAD_SWITCH = "QVAL_DISABLE_PLUGIN_AUTOLOAD"  # set to 1 to load qval's own plugins only
+# Spelled out: dropping the last letter makes "policie" of "policies".
+_SINGULAR = {
+    "scorers": "scorer",
+    "policies": "policy",
+    "envs": "env",
+    "datasets": "dataset",
+    "models": "model",
+    "metrics": "metric",
+    "runners": "runner",
+}
+
+
+def singular(kind: str) -> str:
+    """One plugin of this kind, for messages: 'policies' → 'policy'."""
+    return _SINGULAR.get(kind, kind)
 
 
 @dataclass
@@ -45,7 +60,7 @@ class PluginEntry:
             except Exception as exc:  # any import-time failure of third-party code
                 self._error = f"{type(exc).__name__}: {exc}"
                 raise PluginError(
-                    f"{self.kind[:-1]} plugin '{self.name}' from {self.distribution} {self.version} "
+                    f"{singular(self.kind)} plugin '{self.name}' from {self.distribution} {self.version} "
                     f"failed to load ({self.target}): {self._error}"
                 ) from exc
             self._obj = obj
@@ -88,7 +103,7 @@ class Registry:
                     if ep.name in entries[kind]:
                         other = entries[kind][ep.name]
                         raise PluginError(
-                            f"{kind[:-1]} name '{ep.name}' is declared twice: by {other.distribution} "
+                            f"{singular(kind)} name '{ep.name}' is declared twice: by {other.distribution} "
                             f"{other.version} ({other.target}) and by {dist} {version} ({ep.value}); "
                             "uninstall one of them or rename the entry point"
                         )
@@ -105,7 +120,7 @@ class Registry:
         """Register an object directly (tests, ``--plugin`` files). Clashes are errors here too."""
         entries = self._discover()[self._kind(kind)]
         if name in entries:
-            raise PluginError(f"{kind[:-1]} name '{name}' is already registered by {entries[name].distribution}")
+            raise PluginError(f"{singular(kind)} name '{name}' is already registered by {entries[name].distribution}")
         entry = PluginEntry(kind, name, f"<object {obj!r}>", distribution, "-")
         entry._obj = obj
         entries[name] = entry
@@ -129,9 +144,9 @@ class Registry:
     def entry(self, kind: str, name: str) -> PluginEntry:
         entries = self._discover()[self._kind(kind)]
         if name not in entries:
-            close = _close_matches(name, entries)
+            close = close_matches(name, entries)
             hint = f"; did you mean {close}?" if close else f"; known: {', '.join(sorted(entries)) or 'none'}"
-            raise PluginError(f"unknown {kind[:-1]} '{name}'{hint}")
+            raise PluginError(f"unknown {singular(kind)} '{name}'{hint}")
         return entries[name]
 
     def get(self, kind: str, name: str) -> Any:
@@ -160,7 +175,7 @@ class Registry:
         if entry.kind == "metrics" and self._other_track_metric(entry, obj, declared):
             return None
         return (
-            f"{entry.kind[:-1]} plugin '{entry.name}' from {entry.distribution} {entry.version} is "
+            f"{singular(entry.kind)} plugin '{entry.name}' from {entry.distribution} {entry.version} is "
             f"{entry.target} whose `name` is {declared!r}: the entry-point name is the plugin's name, so set "
             f"the class's `name` to {entry.name!r} or leave it out"
         )
@@ -172,7 +187,8 @@ class Registry:
         return getattr(other.load(), "track", None) != getattr(obj, "track", None)
 
 
-def _close_matches(name: str, options) -> str:
+def close_matches(name: str, options) -> str:
+    """Up to two quoted names like ``name`` (for "did you mean …?"), or ''."""
     import difflib
 
     return ", ".join(f"'{m}'" for m in difflib.get_close_matches(name, list(options), n=2))

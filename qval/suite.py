@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PluginError, SuiteError
-from .registry import REGISTRY
+from .registry import REGISTRY, close_matches
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # suite names become file names: no path separators
 
@@ -264,7 +264,7 @@ def load_suite(path: str | Path) -> Suite:
     try:
         config = SuiteConfig.model_validate(data)
     except ValidationError as exc:
-        raise _suite_error(path, exc) from None
+        raise _suite_error(path, exc, model=SuiteConfig) from None
     if config.qalign is None and config.decode is None:
         raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
     suite = Suite(path, config, text)
@@ -294,16 +294,50 @@ def _check_grid_size(suite: Suite) -> None:
         )
 
 
-def _suite_error(path: Path, exc: ValidationError, prefix: str = "") -> SuiteError:
-    err = exc.errors()[0]
-    loc = prefix + _loc(err["loc"])
-    msg = err["msg"].removeprefix("Value error, ")
-    if err["type"] == "extra_forbidden":
-        msg = "unknown key"
-    elif err["type"] == "missing":
-        msg = "required field is missing"
-    extra = f" ({len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
-    return SuiteError(path, loc or "<root>", msg + extra)
+def _suite_error(
+    path: Path, exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
+) -> SuiteError:
+    return SuiteError.of(path, _problems(exc, prefix, model))
+
+
+def _problems(exc: ValidationError, prefix: str, model: type[BaseModel] | None) -> list[tuple[str, str]]:
+    """Every problem pydantic found, as (field, reason); an unknown key gets the closest field names of the model it
+    was found in (``model``: the one validated), as unknown plugin names do."""
+    out = []
+    for err in exc.errors():
+        loc = (prefix + _loc(err["loc"])).rstrip(".")
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            close = close_matches(str(err["loc"][-1]), _fields_at(model, err["loc"][:-1])) if err["loc"] else ""
+            if close:
+                msg += f"; did you mean {close}?"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        out.append((loc or "<root>", msg))
+    return out
+
+
+def _fields_at(model: type[BaseModel] | None, loc) -> list[str]:
+    """Field names of the (nested) model at ``loc``, or [] where the path leaves models (a dict, a union tag)."""
+    for part in loc:
+        if model is None:
+            return []
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        model = _model_in(field.annotation) if field is not None else None
+    return list(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):  # X | None, list[X]
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _loc(parts) -> str:
@@ -313,16 +347,20 @@ def _loc(parts) -> str:
     return out
 
 
+Problems = list[tuple[str, str]]  # (field, reason): _resolve gathers them all, so one run shows every typo
+
+
 def _resolve(suite: Suite) -> None:
     """Check every plugin name and its params; keep the resolved classes for planning."""
     cfg, path = suite.config, suite.path
+    problems: Problems = []
     for i, ref in enumerate(cfg.models):
-        cls = _load(path, f"models[{i}].source", "models", ref.source)
-        params = _params(path, f"models[{i}].params", cls, ref.params)
-        suite.models.append((ref.name or ref.source, cls(params)))
+        source = _model_source(problems, f"models[{i}]", ref)
+        if source is not None:
+            suite.models.append((ref.name or ref.source, source))
     names = [n for n, _ in suite.models]
     if len(set(names)) != len(names):
-        raise SuiteError(path, "models", "two models share a name; give each a distinct 'name'")
+        problems.append(("models", "two models share a name; give each a distinct 'name'"))
     sections = {
         "qalign": {"envs": "envs", "methods": "scorers"},
         "decode": {"datasets": "datasets", "policies": "policies"},
@@ -334,35 +372,62 @@ def _resolve(suite: Suite) -> None:
         for axis, kind in axes.items():
             resolved = []
             for i, ref in enumerate(getattr(section, axis)):
-                cls = _load(path, f"{track}.{axis}[{i}].name", kind, ref.name)
-                params = _params(path, f"{track}.{axis}[{i}].params", cls, ref.params)
-                resolved.append((ref, cls, params))
+                cls = _load(problems, f"{track}.{axis}[{i}].name", kind, ref.name)
+                params = _params(problems, f"{track}.{axis}[{i}].params", cls, ref.params)
+                if cls is not None and params is not None:
+                    resolved.append((ref, cls, params))
             keys = [(r.name, repr(sorted(p.model_dump().items()))) for r, _, p in resolved]
             if len(set(keys)) != len(keys):
-                raise SuiteError(path, f"{track}.{axis}", "the same entry appears twice")
+                problems.append((f"{track}.{axis}", "the same entry appears twice"))
             suite.resolved[f"{track}.{axis}"] = resolved
-        known_metrics = {n for n in REGISTRY.names("metrics")}
+        known = []
         for i, metric in enumerate(section.metrics):
-            if metric not in known_metrics:
-                raise SuiteError(path, f"{track}.metrics[{i}]", f"unknown metric '{metric}'")
-            metric_cls = _load(path, f"{track}.metrics[{i}]", "metrics", metric)
-            if metric_cls.track != track:
-                raise SuiteError(
-                    path, f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track"
-                )
-        if section.main_metric not in section.metrics:
-            raise SuiteError(path, f"{track}.main_metric", f"'{section.main_metric}' is not one of {track}.metrics")
+            metric_cls = _load(problems, f"{track}.metrics[{i}]", "metrics", metric)
+            if metric_cls is not None and metric_cls.track != track:
+                problems.append((f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track"))
+            elif metric_cls is not None:
+                known.append(metric)
+        # A mistyped metric also makes the default main_metric "unlisted": fixing the typo fixes both, so one line.
+        if section.main_metric not in section.metrics and len(known) == len(section.metrics):
+            close = close_matches(section.main_metric, known)
+            hint = f"; did you mean {close}?" if close else ""
+            problems.append((f"{track}.main_metric", f"'{section.main_metric}' is not one of {track}.metrics{hint}"))
+    if problems:
+        raise SuiteError.of(path, problems)
 
 
-def _load(path: Path, field: str, kind: str, name: str):
+def _model_source(problems: Problems, where: str, ref: ModelRef):
+    """The model source of one ``models`` entry, or None with its problems recorded. A source that names something
+    missing (a model folder) is refused here, at plan time, rather than by a worker once the run has started."""
+    cls = _load(problems, f"{where}.source", "models", ref.source)
+    params = _params(problems, f"{where}.params", cls, ref.params)
+    if cls is None or params is None:
+        return None
+    try:
+        source = cls(params)
+    except ValueError as exc:  # a source's own check of how its params combine
+        problems.append((f"{where}.params", str(exc)))
+        return None
+    problem = source.check_source()
+    if problem is not None:
+        problems.append((f"{where}.params.{problem[0]}", problem[1]))
+        return None
+    return source
+
+
+def _load(problems: Problems, field: str, kind: str, name: str):
     try:
         return REGISTRY.get(kind, name)
     except PluginError as exc:
-        raise SuiteError(path, field, str(exc)) from None
+        problems.append((field, str(exc)))
+        return None
 
 
-def _params(path: Path, field: str, cls, params: dict):
+def _params(problems: Problems, field: str, cls, params: dict):
+    if cls is None:
+        return None
     try:
         return cls.Params.model_validate(params)
     except ValidationError as exc:
-        raise _suite_error(path, exc, prefix=field + ".") from None
+        problems.extend(_problems(exc, field + ".", cls.Params))
+        return None

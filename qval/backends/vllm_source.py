@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
-from ..models.base import Generation, ModelParams, ServedModel, ServedModelSource
+from ..models.base import Generation, ModelParams, ServedModel, ServedModelSource, hf_folder_problem
 from .served import registered_model_folder, tokenizer_and_eos
 from .vllm_client import VLLMProcess, VLLMProcessError
 
@@ -53,6 +53,13 @@ class VLLMModel(ServedModelSource):
         if self.params.path is not None:
             return Path(self.params.path).expanduser()
         return registered_model_folder(self.params.model, self.params.dtype)
+
+    def check_source(self) -> tuple[str, str] | None:
+        # The tokenizer is read from the folder on this machine, so a `path` must exist here too.
+        if self.params.path is None:
+            return None
+        problem = hf_folder_problem(self.local_path())
+        return ("path", problem) if problem else None
 
     def python(self) -> str:
         return self.params.python or os.environ.get("QVAL_VLLM_PYTHON") or sys.executable

@@ -160,6 +160,12 @@ class ModelSource:
         """The HF folder of the weights (or of the tokenizer, for a served model)."""
         raise NotImplementedError
 
+    def check_source(self) -> tuple[str, str] | None:
+        """(param, reason) when this source cannot work as configured and that shows without loading anything (a
+        model folder that does not exist): the suite is refused at `qval plan` instead of a worker failing once the
+        run has started. None: nothing found. Sources that name a model a server knows have nothing to check."""
+        return None
+
     def load(self, device: str | None = None) -> Model:
         return _load_transformers(self, device)
 
@@ -190,6 +196,34 @@ def _load_transformers(source: ModelSource, device: str | None) -> LocalModel:
     model = model.to(device).eval()  # type: ignore[arg-type]  # transformers types `to` as an unbound wrapper
     tokenizer = AutoTokenizer.from_pretrained(path)
     return LocalModel(source.name, str(path), model, tokenizer, device)
+
+
+def hf_folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be given to ``from_pretrained`` from this machine, or None: a folder with config.json,
+    or a hub id (org/name) already in the local Hugging Face cache."""
+    if path.is_dir():
+        if (path / "config.json").is_file():
+            return None
+        return f"{path} has no config.json: give the folder of a Hugging Face model (the one holding config.json)"
+    if path.exists():
+        return f"{path} is a file: give the folder of a Hugging Face model (the one holding config.json)"
+    if _cached_hub_id(str(path)):
+        return None
+    return (
+        f"{path} does not exist (nor is it a hub id in the local Hugging Face cache): give the folder of a Hugging "
+        "Face model (the one holding config.json), or download it first (`huggingface-cli download ORG/NAME`)"
+    )
+
+
+def _cached_hub_id(text: str) -> bool:
+    if text.count("/") != 1 or text.startswith((".", "/", "~")):
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(text, "config.json"), str)
+    except Exception:  # noqa: BLE001 - not a valid repo id, or no hub library: not a cached model either
+        return False
 
 
 def cache_dir() -> Path:

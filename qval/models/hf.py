@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import ConfigDict
 
-from .base import LocalModelSource, ModelParams
+from .base import LocalModelSource, ModelParams, hf_folder_problem
 
 
 class HFPathParams(ModelParams):
@@ -20,3 +20,7 @@ class HFPathModel(LocalModelSource):
 
     def local_path(self) -> Path:
         return Path(self.params.path).expanduser()
+
+    def check_source(self) -> tuple[str, str] | None:
+        problem = hf_folder_problem(self.local_path())
+        return ("path", problem) if problem else None

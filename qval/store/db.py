@@ -15,7 +15,7 @@ from pathlib import Path
 
 import duckdb
 
-from ..errors import QvalError, ResultsLockedError, UsageError
+from ..errors import QvalError, ResultsLockedError, UsageError, results_not_writable
 
 DB_NAME = "qval.duckdb"
 
@@ -191,12 +191,23 @@ def _has_meta(con: duckdb.DuckDBPyConnection) -> bool:
     return bool(row and row[0])
 
 
+def _open_lock(results: Path) -> int:
+    """The lock file's descriptor, creating the folder; a folder qval cannot write is a usage error here, before
+    anything is run (not a PermissionError from deep inside a run)."""
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        # The lock file may exist from when the folder was writable: ask about the folder itself too (root passes).
+        if not os.access(results, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(results))
+        return os.open(results / ".qval.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise results_not_writable(results, exc) from None
+
+
 @contextmanager
 def results_lock(results: Path, what: str):
     """One writer per results folder: a second `qval run`/`qval ingest` gets a clear error instead of a corrupt DB."""
-    Path(results).mkdir(parents=True, exist_ok=True)
-    path = Path(results) / ".qval.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _open_lock(Path(results))
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
