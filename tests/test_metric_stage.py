@@ -161,3 +161,15 @@ def test_reports_on_a_database_an_older_qval_wrote_say_how_to_upgrade(finished, 
         R.cells(copy)
     proc = run_qval("report", "--results", copy, "--out", tmp_path / "reports")
     assert proc.returncode == 2 and "qval ingest" in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_a_metric_of_an_unknown_track_is_refused():
+    from qval.errors import PluginError
+    from qval.metrics.base import Metric
+    from qval.metrics.stage import _check_reads
+
+    class Elsewhere(Metric):
+        name, track = "elsewhere", "vision"
+
+    with pytest.raises(PluginError, match="vision"):
+        _check_reads(Elsewhere())

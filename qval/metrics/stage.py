@@ -40,12 +40,12 @@ def _catalogue(con) -> dict[tuple[str, str], Metric]:
     for name in REGISTRY.names("metrics"):
         try:
             metric = REGISTRY.get("metrics", name)()  # get: a nameless metric is given its entry-point name
+            _check_reads(metric)
         except PluginError as exc:
             if name in listed:
                 raise
             print(f"warning: metric plugin skipped (no suite lists it): {exc}", file=sys.stderr)
             continue
-        _check_reads(metric)
         out[(metric.track, metric.name)] = metric
     return out
 
@@ -53,6 +53,8 @@ def _catalogue(con) -> dict[tuple[str, str], Metric]:
 def _check_reads(metric: Metric) -> None:
     """A name in ``reads`` that the track's view does not have would be silently absent from the samples, and the
     metric would quietly report "undefined": refuse it instead."""
+    if metric.track not in METRIC_VIEWS:
+        raise PluginError(f"metric '{metric.name}' belongs to track '{metric.track}', which qval does not have")
     unknown = [c for c in metric.reads if c not in _view(metric.track).columns]
     if unknown:
         raise PluginError(
