@@ -582,7 +582,7 @@ def compare_cmd(
             str(r["method"]),
             str(r["dataset"]),
             f"{r['temperature']:g}",
-            str(r.get("metric") or "–"),
+            r["metric"] if isinstance(r.get("metric"), str) else "–",  # None/NaN: a cell on one side only
             fmt(r.get("a")),
             fmt(r.get("b")),
             fmt(r.get("delta")),
