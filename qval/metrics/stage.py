@@ -27,15 +27,22 @@ def _view(track: str) -> MetricView:
     return getattr(importlib.import_module(module), attr)
 
 
-def _catalogue(con) -> dict[tuple[str, str], Metric]:
+def _suite_configs(con) -> dict[str, dict]:
+    """Every suite's config (its plan's suite file), by suite name."""
+    return {s: json.loads(c) if c else {} for s, c in con.execute("SELECT suite, config FROM suites").fetchall()}
+
+
+def _catalogue(suites: dict[str, dict]) -> dict[tuple[str, str], Metric]:
     """Every usable registered metric by (track, name): suites name metrics, and one name may have a definition per
     track (per_state_spearman over candidates, or over stored per-state values). A metric plugin that fails to load
     or names itself otherwise stops the ingest only if a suite lists it; otherwise it is skipped with a warning."""
-    listed = set()
-    for (config,) in con.execute("SELECT config FROM suites").fetchall():
-        for section in (json.loads(config) if config else {}).values():
-            if isinstance(section, dict):
-                listed |= set(section.get("metrics") or [])
+    listed = {
+        name
+        for config in suites.values()
+        for section in config.values()
+        if isinstance(section, dict)
+        for name in section.get("metrics") or []
+    }
     out = {}
     for name in REGISTRY.names("metrics"):
         try:
@@ -68,9 +75,8 @@ def _section_of(track: str) -> str:
     return next((board for board, tracks in BOARD_TRACKS.items() if track in tracks), track)
 
 
-def wanted(con, catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
+def wanted(con, suites: dict[str, dict], catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
     """Per ingested cell (one with rows read at least once), the metrics it should have, by name."""
-    suites = {s: json.loads(c) if c else {} for s, c in con.execute("SELECT suite, config FROM suites").fetchall()}
     cells = con.execute(
         "SELECT c.cell_id, c.track, list(sc.suite) FROM cells c LEFT JOIN suite_cells sc "
         "ON sc.cell_id = c.cell_id WHERE c.parts_sig IS NOT NULL GROUP BY c.cell_id, c.track"
@@ -95,8 +101,9 @@ def compute_metrics(con, changed: list[str]) -> int:
     """Compute what is missing or outdated; everything for the changed cells and for decode cells whose AR baseline
     changed; drop values no suite of the cell asks for any more (they would otherwise be shown at an old version).
     Returns the number of metric values written."""
-    catalogue = _catalogue(con)
-    want = wanted(con, catalogue)
+    suites = _suite_configs(con)
+    catalogue = _catalogue(suites)
+    want = wanted(con, suites, catalogue)
     dependants = (
         con.execute("SELECT cell_id FROM cells WHERE baseline_cell_id IN (SELECT unnest(?))", [changed]).fetchall()
         if changed
