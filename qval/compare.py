@@ -57,14 +57,21 @@ def _cells(side: Side) -> pd.DataFrame:
     return frame
 
 
-def _per_sample(side: Side, cell_id: str, track: str) -> pd.Series:
+def _per_sample(side: Side, track: str) -> dict[str, pd.Series]:
+    """Per cell of one side, the per-sample values its paired test resamples, read once for the whole side."""
     if track == "qalign":  # the per-state values the metric stage stored (failed candidates' states left out)
         units = R.units(side.results, side.suite, PAIRED["qalign"])
-        rows = units[units["cell_id"] == cell_id]
-        return pd.Series(rows["value"].to_numpy(float), index=rows["unit"].to_numpy(), dtype=float)
+        return {
+            cell: pd.Series(rows["value"].to_numpy(float), index=rows["unit"].to_numpy(), dtype=float)
+            for cell, rows in units.groupby("cell_id", sort=False)
+        }
     summary = R.decode_sample_summary(side.results, side.suite)
-    rows = summary[summary["cell_id"] == cell_id]
-    return pd.Series(rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str))
+    return {
+        cell: pd.Series(
+            rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str)
+        )
+        for cell, rows in summary.groupby("cell_id", sort=False)
+    }
 
 
 PAIRED = {"qalign": "per_state_spearman", "decode": "acceptance_length_per_sample"}
@@ -77,6 +84,13 @@ def compare(a: Side, b: Side) -> pd.DataFrame:
         {c for c in left.columns if f"{c}__lo" in left.columns}
         | {c for c in right.columns if f"{c}__lo" in right.columns}
     )
+    per_sample: dict[tuple[Side, str], dict[str, pd.Series]] = {}
+
+    def values(side: Side, cell_id: str, track: str) -> pd.Series:
+        if (side, track) not in per_sample:
+            per_sample[(side, track)] = _per_sample(side, track)
+        return per_sample[(side, track)].get(cell_id, pd.Series(dtype=float))
+
     rows = []
     for rec in merged.to_dict("records"):
         base = {k: rec[k] for k in KEY}
@@ -103,8 +117,8 @@ def compare(a: Side, b: Side) -> pd.DataFrame:
                 "test": None,
             }
             if metric == PAIRED.get(rec["track"]):
-                sa = _per_sample(a, rec["cell_id_a"], rec["track"])
-                sb = _per_sample(b, rec["cell_id_b"], rec["track"])
+                sa = values(a, rec["cell_id_a"], rec["track"])
+                sb = values(b, rec["cell_id_b"], rec["track"])
                 common = sa.index.intersection(sb.index)
                 if len(common) >= 2:
                     row["p_value"] = paired_permutation_test(sb[common], sa[common])

@@ -54,7 +54,7 @@ def test_verdicts(monkeypatch):
         "b": pd.Series([2.0, 2.1, 2.2, 2.0, 2.1, 2.3], index=list("uvwxyz")),
     }
     monkeypatch.setattr(C, "_cells", lambda side: boards[side.suite])
-    monkeypatch.setattr(C, "_per_sample", lambda side, cell, track: taus[cell])
+    monkeypatch.setattr(C, "_per_sample", lambda side, track: taus)  # every cell of a side, by cell id
     table = C.compare(C.Side(None, "A"), C.Side(None, "B")).set_index("metric")
     assert table.loc["speedup", "verdict"] == "B higher (CIs disjoint)"
     row = table.loc["acceptance_length_per_sample"]
