@@ -106,3 +106,23 @@ def test_sorting_and_filtering(browser, report_page):
     assert visible and all(t.startswith("taxi") for t in visible)
     page.screenshot(path=str(ARTIFACTS / "leaderboard-filtered.png"), full_page=True)
     assert problems == []
+
+
+def test_ranking_above_the_fold_and_tables_fit_the_window(browser, report_page):
+    """At 1,400 x 900 the first leaderboard's header and first row show without scrolling, the environment and
+    the definitions are collapsed, and no table makes the page scroll sideways."""
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(report_page.as_uri())
+    page.wait_for_load_state("load")
+    first_row = page.locator("table.board").first.locator("tbody tr").first.bounding_box()
+    assert first_row is not None and first_row["y"] + first_row["height"] <= 900, first_row
+    assert page.locator("details.env").evaluate("d => d.open") is False
+    assert page.locator("details.env li").count() >= 10  # every version still in the page
+    assert page.locator("details.legend").first.evaluate("d => d.open") is False
+    assert page.evaluate("document.documentElement.scrollWidth") <= 1400
+    widths = page.locator("table").evaluate_all("ts => ts.map(t => t.getBoundingClientRect().right)")
+    assert max(widths) <= 1400, widths
+    page.locator("details.env summary").click()  # opens on a click, as a disclosure should
+    assert page.locator("details.env").evaluate("d => d.open") is True
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "leaderboard-first-screen.png"))

@@ -116,6 +116,7 @@ def _decoded(pairs: pd.DataFrame) -> pd.DataFrame:
 
 class MeasuredSpeedup(Metric):
     name = "speedup"
+    reference = 1.0  # no faster than AR
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "target_steps")
     needs_baseline = True
@@ -154,6 +155,7 @@ class SpecBenchSpeedup(Metric):
     counts (Spec-Bench re-tokenises the baseline's text instead) on the questions both cells completed."""
 
     name = "speedup_specbench"
+    reference = 1.0
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "prefill_s", "target_steps")
     needs_baseline = True
@@ -302,6 +304,7 @@ class DistributionalLossless(Metric):
 
 class ModelledSpeedup(Metric):
     name = "modelled_speedup"
+    reference = 1.0
     track = "decode"
     reads = ("sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s")
     needs_baseline = True

@@ -44,6 +44,9 @@ class Metric:
     # The metric's per-unit values (per evaluation point, clustered by state) are stored in ``metric_units`` so
     # that reports and comparisons pair methods on shared units without recomputing them.
     stores_units: ClassVar[bool] = False
+    # The value of no effect (a speedup of 1, a correlation of 0, chance for a pairwise accuracy): figures draw it
+    # as a reference line. None: the metric has no such value.
+    reference: ClassVar[float | None] = None
 
     def compute(
         self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None, cell: dict | None = None

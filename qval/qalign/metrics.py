@@ -53,6 +53,7 @@ class _Pooled(Metric):
     """One correlation over (score, reference Q) pairs pooled across evaluation points; CI resamples points."""
 
     track = "qalign"
+    reference = 0.0  # no correlation
     behaviour_only = True  # QVal's rows: the action the behaviour policy took at each point, one per point
 
     def _corr(self, score: np.ndarray, ref: np.ndarray) -> float:
@@ -212,6 +213,7 @@ class _PerStateMean(Metric):
     track = "qalign"
     bounds: tuple[float, float] = (-1.0, 1.0)
     stores_units = True
+    reference = 0.0  # no correlation; metrics on another scale set their own
 
     def by_point(self, samples: pd.DataFrame) -> pd.Series:
         raise NotImplementedError
@@ -283,6 +285,7 @@ BY_STATE = {
 class PairwiseAccuracy(_PerStateMean):
     name = "pairwise_accuracy"
     bounds = (0.0, 1.0)
+    reference = 0.5  # chance
     label = (
         "mean over evaluation points of the share of candidate pairs (with different reference Q) that the "
         f"scores order correctly, score ties count ½; chance = 0.5; qval's own; {_PER_POINT_N}"
@@ -295,6 +298,7 @@ class PairwiseAccuracy(_PerStateMean):
 class Top1(_PerStateMean):
     name = "top1"
     bounds = (0.0, 1.0)
+    reference = None  # chance depends on each state's number of candidates
     label = (
         "mean over evaluation points of the chance that the top-scored candidate is an optimal one (ties split "
         f"evenly); qval's own; {_PER_POINT_N}"

@@ -15,9 +15,13 @@ from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
 from ..stats import MetricValue, bootstrap_batched
+from .model import BASELINE_FAMILY
 from .render import SuiteReport, TrackBoard, render_report
 
 TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
+
+
+_NOT_RECORDED = "not recorded"  # imported results carry no fingerprint of the machine that made them
 
 
 def _environment(results, suite: str) -> dict[str, str]:
@@ -31,11 +35,11 @@ def _environment(results, suite: str) -> dict[str, str]:
     packages = fp.get("packages", {})
     env.update(
         {
-            "hardware": str(fp.get("hardware")),
+            "hardware": str(fp.get("hardware") or _NOT_RECORDED),
             "gpu": str(fp.get("gpu") or "none"),
-            "python": str(fp.get("python")),
+            "python": str(fp.get("python") or _NOT_RECORDED),
             **{name: str(v) for name, v in packages.items() if v},
-            "git_sha": f"{fp.get('git_sha')}{' (dirty)' if fp.get('git_dirty') else ''}",
+            "git_sha": f"{fp.get('git_sha') or _NOT_RECORDED}{' (dirty)' if fp.get('git_dirty') else ''}",
             "runs": ", ".join(runs["run_id"].astype(str).tolist()[-5:]),
         }
     )
@@ -65,6 +69,7 @@ def build_report(results, suite: str) -> SuiteReport:
                 metrics=list(metric_classes),
                 higher_is_better={m: cls.higher_is_better for m, cls in metric_classes.items()},
                 labels={m: cls.label for m, cls in metric_classes.items()},
+                references={m: cls.reference for m, cls in metric_classes.items() if cls.reference is not None},
                 rows=rows,
                 samples=R.decode_sample_summary(results, suite) if track == "decode" else None,
                 failures=R.failure_reasons(results, suite, track),
@@ -106,7 +111,14 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
     all of them scored, with a 95% bootstrap CI resampling states, and the family's best method."""
 
     out = []
-    for (dataset, temperature, family), group in rows.groupby(["dataset", "temperature", "family"], dropna=False):
+    # A baseline (oracle, random, heuristic) brackets the methods rather than competing as a family: averaging the
+    # oracle with random would describe neither, so each baseline is its own row.
+    rows = rows.assign(
+        _unit=np.where(rows["family"] == BASELINE_FAMILY, rows["method"].astype(str), rows["family"].astype(str))
+    )
+    for (dataset, temperature, family, _), group in rows.groupby(
+        ["dataset", "temperature", "family", "_unit"], dropna=False
+    ):
         series = [by_state[c] for c in group["cell_id"] if c in by_state and len(by_state[c])]
         if not series:
             continue

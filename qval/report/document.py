@@ -43,7 +43,8 @@ PAIRED_NOTE = (
 )
 FAMILY_NOTE = (
     "Family aggregate: mean over the family's methods of the main metric, on the states all of them "
-    "scored; 95% bootstrap CI resampling states; n = states."
+    "scored; 95% bootstrap CI resampling states; n = states. Baselines (oracle, random, heuristic) are never "
+    "averaged: each is its own row."
 )
 FAILURE_NOTE = "Failed samples are left out of every metric; the most frequent reasons per cell:"
 HEADROOM_NOTE = (
@@ -97,7 +98,7 @@ def metric_cell(
     axis: tuple[float, float] | None = None,
 ) -> Cell:
     """One estimate: value, CI and n; a whisker on `axis` when given."""
-    text, detail, low_n = fmt.metric(value, lo, hi, n, states)
+    text, ci, counts, low_n = fmt.metric(value, lo, hi, n, states)
     if text == fmt.UNDEFINED:
         return Cell(fmt.UNDEFINED, sort="", undefined=True)
     return Cell(
@@ -108,7 +109,8 @@ def metric_cell(
         n=None if math.isnan(n) else int(n),
         n_states=None if states is None or math.isnan(states) else int(states),
         low_n=low_n,
-        detail=detail,
+        ci_text=ci,
+        n_text=counts,
         sort=fmt.sort_key(value),
         whisker=None if axis is None else Whisker(float(value), lo, hi, axis),
     )
@@ -289,8 +291,8 @@ def _knob_estimate(v: Any, ci: Any, prefix: str = "") -> Cell:
     if _undefined(v):
         return Cell(prefix + fmt.UNDEFINED if prefix else fmt.UNDEFINED, undefined=True)
     lo, hi = _ci(ci)
-    detail = f"[{fmt.number(lo)}, {fmt.number(hi)}]" if lo is not None and hi is not None else ""
-    return Cell(prefix + fmt.number(v), value=float(v), ci_low=_num(lo), ci_high=_num(hi), detail=detail)
+    ci = f"[{fmt.number(lo)}, {fmt.number(hi)}]" if lo is not None and hi is not None else ""
+    return Cell(prefix + fmt.number(v), value=float(v), ci_low=_num(lo), ci_high=_num(hi), ci_text=ci)
 
 
 def _knob_gain(v: Any, ci: Any) -> Cell:
@@ -303,7 +305,7 @@ def _knob_gain(v: Any, ci: Any) -> Cell:
         value=float(v),
         ci_low=_num(lo) if defined else None,
         ci_high=_num(hi) if defined else None,
-        detail=f"[{fmt.percent(lo)}, {fmt.percent(hi)}]" if defined else "",
+        ci_text=f"[{fmt.percent(lo)}, {fmt.percent(hi)}]" if defined else "",
     )
 
 

@@ -12,6 +12,7 @@ from ..stats import LOW_N
 
 UNDEFINED = "\u2013"  # en dash, shown for any undefined number
 MAX_LABEL = 60  # characters of a name shown in a figure
+SHORT_LABEL = 48  # characters of a heading or filter choice on the page; the full text is its tooltip
 
 # Control characters (NUL, escape sequences) and bidirectional overrides in untrusted text (suite names, model
 # replies, plugin labels) could hide or reorder what a report shows: each becomes U+FFFD.
@@ -28,26 +29,32 @@ def text(value: object) -> str:
     return _INVISIBLE.sub("\ufffd", str(value))
 
 
+def short(value: object, limit: int = SHORT_LABEL) -> str:
+    """A long label (e.g. a dataset with all its parameters) cut to `limit` characters with an ellipsis, so that
+    headings and filter menus keep the page's width; the page shows the full label as a tooltip."""
+    line = text(value)
+    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+
+
 def one_line(value: object) -> str:
     """A name for a figure: one line and bounded, so long names cannot squeeze the plot."""
     line = " ".join(text(value).splitlines())
     return line if len(line) <= MAX_LABEL else line[: MAX_LABEL - 1] + "\u2026"
 
 
-def metric(value: float, lo: float, hi: float, n: float, states: float | None = math.nan) -> tuple[str, str, bool]:
-    """(value, detail, low n) of one estimate; detail is '[lo, hi] (n=N, S states, low n)', undefined parts left
-    out, and empty when the value is undefined.
+def metric(value: float, lo: float, hi: float, n: float, states: float | None = math.nan) -> tuple[str, str, str, bool]:
+    """(value, CI, counts, low n) of one estimate: '[lo, hi]' and 'n=N, S states, low n', undefined parts left
+    out, both empty when the value is undefined.
 
     "low n" marks an interval over fewer than LOW_N independent units (distinct states where n counts evaluation
     points): its coverage is checked by simulation, but it is wide and rests on few units."""
     if math.isnan(value):
-        return UNDEFINED, "", False
-    detail = []
+        return UNDEFINED, "", "", False
+    ci = "" if math.isnan(lo) or math.isnan(hi) else f"[{lo:.3f}, {hi:.3f}]"
+    counts = []
     low_n = False
-    if not (math.isnan(lo) or math.isnan(hi)):
-        detail.append(f"[{lo:.3f}, {hi:.3f}]")
     if not math.isnan(n):
-        counts = [f"n={int(n)}"]
+        counts.append(f"n={int(n)}")
         units = n
         if states is not None and not math.isnan(states):
             counts.append(f"{int(states)} states")
@@ -55,8 +62,7 @@ def metric(value: float, lo: float, hi: float, n: float, states: float | None = 
         if units < LOW_N:
             counts.append("low n")
             low_n = True
-        detail.append(f"({', '.join(counts)})")
-    return f"{value:.3f}", " ".join(detail), low_n
+    return f"{value:.3f}", ci, ", ".join(counts), low_n
 
 
 def count(value: float) -> str:

@@ -92,7 +92,17 @@ _ENV = Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+_ENV.filters["short"] = fmt.short
+
+
+def _breakable(value: object) -> Markup:
+    """A column label that may wrap after each underscore (metric names are long single words), escaped."""
+    return Markup(html.escape(fmt.text(value), quote=True).replace("_", "_<wbr>"))
+
+
+_ENV.filters["breakable"] = _breakable
 _ENV.globals.update(
+    short_label=fmt.SHORT_LABEL,
     ci_note=CI_NOTE,
     load_flag=LOAD_FLAG,
     load_note=LOAD_NOTE,

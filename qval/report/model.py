@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
+
+# The family of the methods that bracket the others (oracle, random, a heuristic; AR for decoding): the reports
+# never average them into a family aggregate, and draw them as references rather than as competitors.
+BASELINE_FAMILY = "baseline"
 
 # Columns of TrackBoard.samples (decode only; one row per sample of a cell).
 SAMPLE_COLUMNS = ("cell_id", "sample_id", "tau", "decode_s", "new_tokens")
@@ -32,6 +36,8 @@ class TrackBoard:
     families: pd.DataFrame | None = None
     # decode only: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
     knob_headroom: pd.DataFrame | None = None
+    # Per metric, its value of no effect where it has one (Metric.reference), drawn as a reference line.
+    references: dict[str, float] = field(default_factory=dict)
 
     def label(self, metric: str) -> str:
         return self.labels.get(metric, metric)

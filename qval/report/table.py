@@ -33,12 +33,18 @@ class Cell:
     n: int | None = None
     n_states: int | None = None  # distinct states behind a count n of evaluation points
     low_n: bool = False  # the CI rests on fewer than stats.LOW_N independent units
-    detail: str = ""  # CI and counts as they read: "[lo, hi] (n=N, S states, low n)"
+    ci_text: str = ""  # the CI as it reads: "[lo, hi]"
+    n_text: str = ""  # the counts as they read: "n=N, S states, low n"
     sort: str | None = None  # sort key (the exact number; "" sorts last); None: sorted by its text
     flag: str = ""  # a warning shown after the text (timed under load)
     flag_title: str = ""  # what the warning means
     undefined: bool = False  # an undefined estimate (shown muted)
     whisker: Whisker | None = None
+
+    @property
+    def detail(self) -> str:
+        """CI and counts on one line, as Markdown shows them: "[lo, hi] (n=N, S states, low n)"."""
+        return " ".join(part for part in (self.ci_text, f"({self.n_text})" if self.n_text else "") if part)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ...models.requests import Requests
     from ..envs.base import Environment
 
-FAMILIES = ("direct", "code", "intrinsic", "ranking", "self-distillation", "embedding", "baseline")
+FAMILIES = ("direct", "code", "intrinsic", "ranking", "self-distillation", "embedding", "other", "baseline")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,9 @@ class ScorerContext:
 
 
 class Scorer(Plugin):
-    family: ClassVar[str] = "baseline"
+    # Reports group methods by family; "baseline" is reserved for references (oracle, random, heuristic) that are
+    # shown apart, so a scorer that names no family is "other", never a baseline.
+    family: ClassVar[str] = "other"
     uses_model: ClassVar[bool] = False  # False: the cell does not depend on the model (one cell, not one per model)
     batch_points: ClassVar[int] = 1  # points handed to score_batch at once (resume granularity too)
 

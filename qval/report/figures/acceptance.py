@@ -41,7 +41,7 @@ def _acceptance_png(group: Group, positions: list[int], shown: pd.DataFrame, lab
         ax.set_xticks(x)
     ax.set_xlabel("draft position i")
     ax.set_ylabel("acceptance rate at position i")
-    ax.set_title(fmt.one_line(group.title), fontsize=10)
+    common.title(ax, fmt.text(group.title))
     ax.grid(color="#eee")
     ax.set_axisbelow(True)
     common.text_legend(fig, legend_x, [(label, *common.style(i)) for i, label in enumerate(labels)])

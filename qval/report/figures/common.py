@@ -7,6 +7,7 @@ host process's backend, and no figure is registered globally, so none can leak o
 from __future__ import annotations
 
 import io
+import textwrap
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
@@ -130,14 +132,41 @@ def line_layout(
 
 
 def text_legend(fig: Figure, x: float, entries: list[tuple[str, str, str]]) -> None:
-    """A legend of (label, colour, line style) drawn as plain lines and text at figure x."""
+    """A legend of (label, colour, mark) drawn as plain marks and text at figure x. The mark is the chart's own:
+    a line style ("-", "--", ":") for a line, "bar" for a bar (a filled square)."""
     width, height = fig.get_size_inches()
     top = 1 - 0.45 / height
     step = 0.16 / height
-    for k, (label, color, style) in enumerate(entries):
+    for k, (label, color, mark) in enumerate(entries):
         y = top - k * step
-        fig.add_artist(Line2D([x, x + 0.3 / width], [y, y], color=color, ls=style, lw=1.5))
+        if mark == "bar":
+            side = 0.1  # inches
+            fig.add_artist(
+                Rectangle((x + 0.1 / width, y - side / 2 / height), side / width, side / height, color=color, lw=0)
+            )
+        else:
+            fig.add_artist(Line2D([x, x + 0.3 / width], [y, y], color=color, ls=mark, lw=1.5))
         fig.text(x + 0.38 / width, y, label, fontsize=LEGEND_SIZE, va="center")
+
+
+def title(ax, text: str, fontsize: float = 10) -> None:
+    """A title that wraps to the width of its axes instead of being cut (at most three lines; the caption under
+    the figure always carries the full text), the figure grown at the top to hold the extra lines. Call it before
+    drawing anything placed in figure coordinates (text_legend)."""
+    fig = ax.figure
+    width, height = fig.get_size_inches()
+    chars = max(20, int(ax.get_position().width * width / (0.078 * fontsize / 10)))
+    lines = textwrap.wrap(" ".join(str(text).split()), chars, break_long_words=True)[:3] or [""]
+    # Panels side by side share the room made for the longest of their titles.
+    added = getattr(fig, "_qval_title_lines", 0)
+    extra = max(0, len(lines) - 1 - added) * fontsize * 1.3 / 72  # inches per added line
+    fig._qval_title_lines = max(added, len(lines) - 1)  # type: ignore[attr-defined]
+    if extra:
+        for other in fig.axes:
+            x0, y0, w, h = other.get_position().bounds
+            other.set_position((x0, y0 * height / (height + extra), w, h * height / (height + extra)))
+        fig.set_size_inches(width, height + extra)
+    ax.set_title("\n".join(lines), fontsize=fontsize)
 
 
 def whiskers(ax, segments: list, colors: list) -> None:

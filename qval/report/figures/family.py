@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from .. import format as fmt
 from ..analysis import BoardAnalysis
-from ..model import TrackBoard
+from ..model import BASELINE_FAMILY, TrackBoard
 from . import common
 from .common import MAX_SERIES
 from .registry import Figures, figure
@@ -24,7 +24,6 @@ _QALIGN_FAMILIES = (
     "ranking",
     "self-distillation",
     "embedding",
-    "baseline",
 )
 
 
@@ -36,18 +35,25 @@ def _ordered_families(families: Iterable[str]) -> list[str]:
 
 @matplotlib.rc_context(common.RC)
 def _family_png(
-    board: TrackBoard, temperature: float, envs: list[str], families: list[str], best: pd.DataFrame
+    board: TrackBoard,
+    temperature: float,
+    envs: list[str],
+    families: list[str],
+    best: pd.DataFrame,
+    baselines: pd.DataFrame,
 ) -> bytes:
     main = board.main_metric
     env_labels = [fmt.one_line(e or fmt.UNDEFINED) for e in envs]
     family_labels = [fmt.one_line(f or fmt.UNDEFINED) for f in families]
+    references = list(dict.fromkeys(baselines["method"]))[: len(common.LINE_STYLES)]
+    reference_labels = [fmt.one_line(f"{m} ({BASELINE_FAMILY})") for m in references]
     fig = Figure(dpi=100)
     bottom = common.rotated_label_height(fig, env_labels)
-    legend_width = common.text_width(fig, family_labels, common.LEGEND_SIZE) + 0.55
+    legend_width = common.text_width(fig, family_labels + reference_labels, common.LEGEND_SIZE) + 0.55
     plot = min(14.0, max(4.0, 0.18 * len(envs) * len(families) + 0.3 * len(envs)))
     left, top = 0.8, 0.45
     width = left + plot + 0.15 + legend_width
-    height = max(3.0 + bottom + top, 0.16 * len(families) + 0.6)
+    height = max(3.0 + bottom + top, 0.16 * (len(families) + len(references)) + 0.6)
     fig.set_size_inches(width, height)
     ax = fig.add_axes((left / width, bottom / height, plot / width, 3.0 / height))
     bar = 0.8 / len(families)
@@ -67,18 +73,25 @@ def _family_png(
         segments += [((a, b), (a, c)) for a, b, c in zip(x[ok], lo[ok], hi[ok])]
         colors += ["#333"] * int(ok.sum())
     common.whiskers(ax, segments, colors)
+    # Baselines bracket the families rather than compete with them: a line across each environment's bars.
+    for style, method in zip(common.LINE_STYLES, references):
+        part = baselines[(baselines["method"] == method) & baselines["dataset"].isin(env_at)]
+        for dataset, value in zip(part["dataset"], part[main].to_numpy(float)):
+            at = env_at[dataset]
+            ax.plot([at - 0.45, at + 0.45], [value, value], color="#333", ls=style, lw=1.2)
     ax.autoscale_view()
     ax.axhline(0, color="#999", lw=0.8)
     ax.set_xticks(np.arange(len(envs)), labels=env_labels, rotation=30, ha="right", fontsize=common.FONT_SIZE)
     ax.set_xlim(-0.5, len(envs) - 0.5)
     ax.set_ylabel(fmt.one_line(f"{main} {fmt.direction(board.higher_is_better, main)[0]}"))
-    ax.set_title(f"best method per family, T={fmt.temperature(temperature)}", fontsize=10)
+    common.title(ax, f"best method per family, T={fmt.temperature(temperature)}")
     ax.grid(axis="y", color="#eee")
     ax.set_axisbelow(True)
     common.text_legend(
         fig,
         (width - legend_width + 0.1) / width,
-        [(label, common.COLORS[i % len(common.COLORS)], "-") for i, label in enumerate(family_labels)],
+        [(label, common.COLORS[i % len(common.COLORS)], "bar") for i, label in enumerate(family_labels)]
+        + [(label, "#333", style) for style, label in zip(common.LINE_STYLES, reference_labels)],
     )
     return common.png(fig)
 
@@ -97,7 +110,11 @@ def family(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     )
     figures = []
     for temperature, sub in defined.groupby("temperature", dropna=False, sort=True):
-        best = sub.drop_duplicates(["dataset", "family"])
+        is_baseline = (sub["family"] == BASELINE_FAMILY).to_numpy()
+        if is_baseline.all():
+            continue  # no family to compare, only references
+        baselines = sub[is_baseline].drop_duplicates(["dataset", "method"])
+        best = sub[~is_baseline].drop_duplicates(["dataset", "family"])
         envs = sorted(best["dataset"].unique())
         families = _ordered_families(best["family"].unique())
         notes = []
@@ -113,7 +130,8 @@ def family(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             f"{board.title}, T={fmt.temperature(float(temperature))}: {board.label(main)} "
             f"({fmt.direction(board.higher_is_better, main)[1]}) by environment and method family; each bar is the "
             "best model \u00b7 method of that family in that environment, whiskers are its 95% "
-            f"bootstrap CI where defined.{capped}"
+            f"bootstrap CI where defined; baselines are drawn as lines across each environment, not as "
+            f"families.{capped}"
         )
-        figures.append((caption, _family_png(board, float(temperature), envs, families, best)))
+        figures.append((caption, _family_png(board, float(temperature), envs, families, best, baselines)))
     return figures

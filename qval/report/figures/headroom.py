@@ -40,7 +40,7 @@ def _headroom_png(room: Headroom, bars: list[tuple[str, float, str]]) -> bytes:
     ax.set_xlim(0, values.max() * 1.15 if values.max() > 0 else 1)
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlabel("mean acceptance length per sample (tau)")
-    ax.set_title(fmt.one_line(f"headroom: {room.group.title}"), fontsize=10)
+    common.title(ax, fmt.text(f"headroom: {room.group.title}"))
     ax.grid(axis="x", color="#eee")
     ax.set_axisbelow(True)
     return common.png(fig)

@@ -49,7 +49,7 @@ def _heatmap_png(board: TrackBoard, temperature: float, table: pd.DataFrame) -> 
     ax.set_xticks(np.arange(len(env_labels)), labels=env_labels, rotation=30, ha="right", fontsize=common.FONT_SIZE)
     ax.set_yticks(np.arange(len(row_labels)), labels=row_labels, fontsize=common.FONT_SIZE)
     ax.tick_params(length=0)
-    ax.set_title(fmt.one_line(f"{main}, T={fmt.temperature(temperature)}"), fontsize=10)
+    common.title(ax, fmt.text(f"{main}, T={fmt.temperature(temperature)}"))
     return common.png(fig)
 
 

@@ -45,8 +45,13 @@ def _bar_chart_png(board: TrackBoard, group: Group, shown: pd.DataFrame, labels:
     for position, label in zip(y.tolist(), labels):
         ax.text(-0.01, position, label, transform=label_at, ha="right", va="center", fontsize=common.FONT_SIZE)
     ax.axvline(0, color="#999", lw=0.8)
-    ax.set_xlabel(fmt.one_line(f"{board.label(main)} ({fmt.direction(board.higher_is_better, main)[1]})"))
-    ax.set_title(fmt.one_line(f"{board.title}: {group.title}"))
+    reference = board.references.get(main)
+    if reference is not None and reference != 0:
+        # The value of no effect (a speedup of 1): bars left of it lose to the baseline.
+        ax.axvline(reference, color="#c0392b", lw=1.0, ls="--")
+    # The metric's name, not its definition (the caption carries that): a label must fit under the plot.
+    ax.set_xlabel(f"{main} ({fmt.direction(board.higher_is_better, main)[1]})")
+    common.title(ax, fmt.text(group.title), fontsize=12)
     ax.grid(axis="x", color="#eee")
     ax.set_axisbelow(True)
     return common.png(fig)
@@ -54,10 +59,12 @@ def _bar_chart_png(board: TrackBoard, group: Group, shown: pd.DataFrame, labels:
 
 def _caption(board: TrackBoard, group: Group, shown: int, defined: int) -> str:
     subset = f"top {shown} of {defined} rows" if shown < defined else f"all {defined} rows"
+    reference = board.references.get(board.main_metric)
+    line = f"; the dashed red line marks {reference:g}, no effect" if reference not in (None, 0) else ""
     return (
         f"{board.title}, {group.title}: {board.label(board.main_metric)} "
         f"per model \u00b7 method ({subset} with a defined value; "
-        f"error bars are 95% bootstrap CIs where defined)."
+        f"error bars are 95% bootstrap CIs where defined{line})."
     )
 
 

@@ -32,7 +32,7 @@ def _histogram_png(group: Group, series: list[tuple[str, np.ndarray]]) -> bytes:
         ax.plot(np.r_[edges[0], edges], heights, drawstyle="steps-post", color=color, ls=style, lw=1.3)
     ax.set_xlabel("acceptance length per sample (tau)")
     ax.set_ylabel("fraction of samples")
-    ax.set_title(fmt.one_line(group.title), fontsize=10)
+    common.title(ax, fmt.text(group.title))
     ax.grid(color="#eee")
     ax.set_axisbelow(True)
     common.text_legend(fig, legend_x, [(label, *common.style(i)) for i, label in enumerate(labels)])

@@ -39,7 +39,7 @@ def _temperature_png(
         ax.set_xlabel("temperature")
         arrow = fmt.direction(board.higher_is_better, metric)[0]
         ax.set_ylabel(fmt.one_line(f"{metric} {arrow}"))
-        ax.set_title(fmt.one_line(f"{dataset or fmt.UNDEFINED}: {metric}"), fontsize=10)
+        common.title(ax, fmt.text(f"{dataset or fmt.UNDEFINED}: {metric}"))
         ax.grid(color="#eee")
         ax.set_axisbelow(True)
     common.text_legend(fig, legend_x, [(label, *common.style(i)) for i, label in enumerate(labels)])
