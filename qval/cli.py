@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import sys
@@ -16,7 +17,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import PluginError, QvalError, UsageError, results_not_writable
-from .registry import KINDS, REGISTRY, singular
+from .registry import KINDS, NO_DOCSTRING, REGISTRY, describe, param_specs, singular
 
 app = typer.Typer(
     add_completion=False,
@@ -74,22 +75,48 @@ def _root(
 
 @app.command("list")
 def list_plugins(
-    kind: str | None = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."), as_json: bool = JSON_OPT
+    kind: str | None = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."),
+    params: bool = typer.Option(False, "--params", help="Also show each plugin's parameters: type, default, bounds."),
+    as_json: bool = JSON_OPT,
 ):
-    """List plugin names by kind. A plugin that fails to import is shown with a warning."""
-    entries = REGISTRY.entries(kind)
+    """List plugins by kind, one line each (its docstring's first sentence). A plugin that fails to import is shown
+    with a warning. --json always includes each plugin's description and parameters."""
+    rows = []
+    for e in REGISTRY.entries(kind):
+        problem = e.check()
+        obj = None if problem else e.load()
+        # A plugin that does not import has no docstring or params to show: its status says why.
+        rows.append(
+            (e, problem, describe(obj) if obj is not None else None, param_specs(obj) if obj is not None else None)
+        )
     if as_json:
         _emit_json(
-            [{"kind": e.kind, "name": e.name, "distribution": e.distribution, "error": e.check()} for e in entries]
+            [
+                {
+                    "kind": e.kind,
+                    "name": e.name,
+                    "distribution": e.distribution,
+                    "version": e.version,
+                    "description": text or None,
+                    "params": None if specs is None else [dataclasses.asdict(s) for s in specs],
+                    "error": problem,
+                }
+                for e, problem, text, specs in rows
+            ]
         )
         return
-    table = Table("kind", "name", "distribution", "status")
-    for e in entries:
-        problem = e.check()
-        table.add_row(e.kind, e.name, e.distribution, f"[yellow]warning: {problem}[/]" if problem else "ok")
+    table = Table("kind", "name", "description", "distribution", "status", *(["params"] if params else []))
+    for e, problem, text, specs in rows:
+        cells = [e.kind, e.name, escape(text or (NO_DOCSTRING if text == "" else "–")), e.distribution]
+        cells.append(f"[yellow]warning: {escape(problem)}[/]" if problem else "ok")
+        if params:
+            cells.append(
+                escape("\n".join(s.line() for s in specs) if specs else "(none)") if specs is not None else "–"
+            )
+        table.add_row(*cells)
         if problem:
             err.print(
-                f"[yellow]warning:[/] {singular(e.kind)} '{e.name}' ({e.distribution}) fails to import: {problem}"
+                f"[yellow]warning:[/] {singular(e.kind)} '{e.name}' ({e.distribution}) fails to import: {escape(problem)}"
             )
     out.print(table)
 
