@@ -15,7 +15,7 @@ import importlib
 import os
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -66,6 +66,21 @@ class PluginEntry:
                 ) from exc
             self._obj = obj
         return self._obj
+
+    def listing(self) -> dict[str, Any]:
+        """What `qval list` shows (and --json prints): a description and the params of a plugin that imports; for
+        one that does not, ``error`` says why and there is nothing else to show."""
+        error = self.check()
+        obj = None if error else self.load()
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "description": (describe(obj) or None) if obj is not None else None,
+            "params": [asdict(p) for p in param_specs(obj)] if obj is not None else None,
+            "error": error,
+        }
 
     def check(self) -> str | None:
         """Try to load; return the error text instead of raising (for listings)."""
@@ -150,6 +165,20 @@ class Registry:
             raise PluginError(f"unknown {singular(kind)} '{name}'{hint}")
         return entries[name]
 
+    def find(self, spec: str) -> PluginEntry:
+        """The plugin named ``NAME`` or ``KIND:NAME`` (needed only when two kinds share the name)."""
+        kind, sep, name = spec.rpartition(":")
+        if sep:
+            return self.entry(kind, name)
+        found = [e for e in self.entries() if e.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            kinds = ", ".join(f"{e.kind}:{name}" for e in found)
+            raise PluginError(f"'{name}' names plugins of several kinds; say which: {kinds}")
+        close = close_matches(name, {e.name for e in self.entries()})
+        raise PluginError(f"no plugin is called '{name}'" + (f"; did you mean {close}?" if close else ""))
+
     def get(self, kind: str, name: str) -> Any:
         entry = self.entry(kind, name)
         obj = entry.load()
@@ -210,13 +239,20 @@ class ParamSpec:
     constraints: str  # "≥ 1, ≤ 64", or ''
     description: str  # the field's ``Field(description=...)``, or ''
 
-    def line(self) -> str:
-        text = f"{self.name}: {self.type}" + (" (required)" if self.required else f" = {self.default!r}")
-        return (
+
+def params_text(params: list[dict] | None) -> str:
+    """A listing's params, one per line: ``num_draft: int = 4  [≥ 1, ≤ 64]``; '(none)' or '–' (did not import)."""
+    if params is None:
+        return "–"
+    lines = []
+    for p in params:
+        text = f"{p['name']}: {p['type']}" + (" (required)" if p["required"] else f" = {p['default']!r}")
+        lines.append(
             text
-            + (f"  [{self.constraints}]" if self.constraints else "")
-            + (f"  {self.description}" if self.description else "")
+            + (f"  [{p['constraints']}]" if p["constraints"] else "")
+            + (f"  {p['description']}" if p["description"] else "")
         )
+    return "\n".join(lines) or "(none)"
 
 
 NO_DOCSTRING = "(no description: the class has no docstring)"

@@ -269,6 +269,32 @@ def check_plugin(kind: str, cls, model=None) -> CheckReport:
     return _run_check(singular(kind), cls, named)
 
 
+def check_registered(spec: str, model_source: str = "smollm2-135m-instruct") -> tuple[CheckReport | None, str | None]:
+    """`qval plugins --check [KIND:]NAME`: the contract check of an installed plugin, as (report, the broken rule or
+    None). A scorer with ``uses_model`` and a policy that drafts are checked on ``model_source`` (default params,
+    CPU), loaded only for them. An unknown name or a plugin that does not import raises PluginError."""
+    from .registry import REGISTRY
+
+    entry = REGISTRY.find(spec)
+    cls = REGISTRY.get(entry.kind, entry.name)
+    needs_model = (entry.kind == "scorers" and cls.uses_model) or (
+        entry.kind == "policies" and not getattr(cls, "served_only", False)
+    )
+    model = None
+    try:
+        if needs_model:
+            source = REGISTRY.get("models", model_source)
+            model = source(source.Params()).load(device="cpu")
+        return check_plugin(entry.kind, cls, model), None
+    except ContractError as exc:
+        return exc.report, str(exc)
+    except Exception as exc:  # noqa: BLE001 - whatever the plugin's own code raised is the rule it broke
+        return None, f"{type(exc).__name__}: {exc}"
+    finally:
+        if model is not None:
+            model.close()
+
+
 __all__ = [
     "CheckReport",
     "ContractError",
@@ -277,5 +303,6 @@ __all__ = [
     "check_metric",
     "check_plugin",
     "check_policy",
+    "check_registered",
     "check_scorer",
 ]
