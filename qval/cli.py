@@ -16,7 +16,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import PluginError, QvalError, UsageError, results_not_writable
-from .registry import KINDS, REGISTRY, singular
+from .registry import KINDS, NO_DOCSTRING, REGISTRY, params_text, singular
 
 app = typer.Typer(
     add_completion=False,
@@ -74,30 +74,45 @@ def _root(
 
 @app.command("list")
 def list_plugins(
-    kind: str | None = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."), as_json: bool = JSON_OPT
+    kind: str | None = typer.Argument(None, help=f"One of: {', '.join(KINDS)}. Default: all."),
+    params: bool = typer.Option(False, "--params", help="Also show each plugin's parameters: type, default, bounds."),
+    as_json: bool = JSON_OPT,
 ):
-    """List plugin names by kind. A plugin that fails to import is shown with a warning."""
-    entries = REGISTRY.entries(kind)
+    """List plugins by kind, one line each (its docstring's first sentence). A plugin that fails to import is shown
+    with a warning. --json always includes each plugin's description and parameters."""
+    rows = [e.listing() for e in REGISTRY.entries(kind)]
     if as_json:
-        _emit_json(
-            [{"kind": e.kind, "name": e.name, "distribution": e.distribution, "error": e.check()} for e in entries]
-        )
+        _emit_json(rows)
         return
-    table = Table("kind", "name", "distribution", "status")
-    for e in entries:
-        problem = e.check()
-        table.add_row(e.kind, e.name, e.distribution, f"[yellow]warning: {problem}[/]" if problem else "ok")
+    table = Table("kind", "name", "description", "distribution", "status", *(["params"] if params else []))
+    for row in rows:
+        problem = row["error"]
+        cells = [row["kind"], row["name"], escape(row["description"] or NO_DOCSTRING), row["distribution"]]
+        cells.append(f"[yellow]warning: {escape(problem)}[/]" if problem else "ok")
+        table.add_row(*cells, *([escape(params_text(row["params"]))] if params else []))
         if problem:
-            err.print(
-                f"[yellow]warning:[/] {singular(e.kind)} '{e.name}' ({e.distribution}) fails to import: {problem}"
-            )
+            err.print(f"[yellow]warning:[/] {singular(row['kind'])} '{row['name']}' fails to import: {escape(problem)}")
     out.print(table)
 
 
 @app.command()
-def plugins(as_json: bool = JSON_OPT):
+def plugins(
+    check: str | None = typer.Option(
+        None,
+        "--check",
+        metavar="[KIND:]NAME",
+        help="Run qval.testing's contract check on one plugin and print each rule it passed (exit 1 on a broken one).",
+    ),
+    model: str = typer.Option(
+        "smollm2-135m-instruct", "--model", help="With --check: the model source that model-using plugins run on."
+    ),
+    as_json: bool = JSON_OPT,
+):
     """Show every plugin with its kind, distribution and version, importing each to check that its class's `name`
     is its entry-point name. A mismatch is an error (exit 2); a plugin that fails to import is a warning."""
+    if check is not None:
+        _check_plugin(check, model, as_json)
+        return
     rows = []
     for e in REGISTRY.entries():
         warning = e.check()  # an import failure: `qval list` warns about it too, and using the plugin fails
@@ -132,6 +147,18 @@ def plugins(as_json: bool = JSON_OPT):
         err.print(f"[red]error:[/] {escape(problem)}", soft_wrap=True)
     if mismatched:
         raise PluginError(f"{len(mismatched)} plugin(s) declare a name other than their entry point's")
+
+
+def _check_plugin(spec: str, model: str, as_json: bool) -> None:
+    from .testing import check_registered
+
+    report, problem = check_registered(spec, model)
+    if as_json:
+        _emit_json({"plugin": spec, "passed": report.passed if report else [], "ok": problem is None, "error": problem})
+    elif report is not None:
+        out.print(escape(str(report)), soft_wrap=True)
+    if problem is not None:
+        raise QvalError(f"{spec} breaks its contract: {escape(problem)}")
 
 
 @app.command()

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from typing import Any
 
@@ -65,6 +66,21 @@ class PluginEntry:
                 ) from exc
             self._obj = obj
         return self._obj
+
+    def listing(self) -> dict[str, Any]:
+        """What `qval list` shows (and --json prints): a description and the params of a plugin that imports; for
+        one that does not, ``error`` says why and there is nothing else to show."""
+        error = self.check()
+        obj = None if error else self.load()
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "description": (describe(obj) or None) if obj is not None else None,
+            "params": [asdict(p) for p in param_specs(obj)] if obj is not None else None,
+            "error": error,
+        }
 
     def check(self) -> str | None:
         """Try to load; return the error text instead of raising (for listings)."""
@@ -149,6 +165,20 @@ class Registry:
             raise PluginError(f"unknown {singular(kind)} '{name}'{hint}")
         return entries[name]
 
+    def find(self, spec: str) -> PluginEntry:
+        """The plugin named ``NAME`` or ``KIND:NAME`` (needed only when two kinds share the name)."""
+        kind, sep, name = spec.rpartition(":")
+        if sep:
+            return self.entry(kind, name)
+        found = [e for e in self.entries() if e.name == name]
+        if len(found) == 1:
+            return found[0]
+        if found:
+            kinds = ", ".join(f"{e.kind}:{name}" for e in found)
+            raise PluginError(f"'{name}' names plugins of several kinds; say which: {kinds}")
+        close = close_matches(name, {e.name for e in self.entries()})
+        raise PluginError(f"no plugin is called '{name}'" + (f"; did you mean {close}?" if close else ""))
+
     def get(self, kind: str, name: str) -> Any:
         entry = self.entry(kind, name)
         obj = entry.load()
@@ -195,3 +225,100 @@ def close_matches(name: str, options) -> str:
 
 
 REGISTRY = Registry()
+
+
+# -- what `qval list` says about a plugin ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamSpec:
+    """One field of a plugin's ``Params`` model, as `qval list --params` shows it."""
+
+    name: str
+    type: str
+    required: bool
+    default: Any  # None when required (or when None is the default: see ``required``)
+    constraints: str  # "≥ 1, ≤ 64", or ''
+    description: str  # the field's ``Field(description=...)``, or ''
+
+
+def params_text(params: list[dict] | None) -> str:
+    """A listing's params, one per line: ``num_draft: int = 4  [≥ 1, ≤ 64]``; '(none)' or '–' (did not import)."""
+    if params is None:
+        return "–"
+    lines = []
+    for p in params:
+        text = f"{p['name']}: {p['type']}" + (" (required)" if p["required"] else f" = {p['default']!r}")
+        lines.append(
+            text
+            + (f"  [{p['constraints']}]" if p["constraints"] else "")
+            + (f"  {p['description']}" if p["description"] else "")
+        )
+    return "\n".join(lines) or "(none)"
+
+
+NO_DOCSTRING = "(no description: the class has no docstring)"
+DESCRIPTION_CHARS = 160  # one table line's worth; the docstring itself is one `help()` away
+# A sentence ends at a full stop followed by a capital: "et al. 2023", "e.g. The" and "i.e. Spec" do not end one.
+_SENTENCE_END = re.compile(r"(?<!\be\.g)(?<!\bi\.e)\.\s+(?=[A-Z`(\"'])")
+
+
+def describe(obj: Any) -> str:
+    """One line about a loaded plugin ('' when it has none): the first sentence of its own docstring's first
+    paragraph (a wrapped first line alone would stop mid-sentence). A base class's docstring says nothing about the
+    plugin, so only the class's own counts; a metric without one falls back to its ``label``, which says what the
+    number is."""
+    own = obj.__dict__.get("__doc__") if isinstance(obj, type) else getattr(obj, "__doc__", None)
+    text = own if isinstance(own, str) and own.strip() else getattr(obj, "label", "")
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    paragraph = " ".join(text.strip().split("\n\n")[0].split())
+    end = _SENTENCE_END.search(paragraph)
+    sentence = paragraph[: end.start() + 1] if end else paragraph
+    if len(sentence) <= DESCRIPTION_CHARS:
+        return sentence
+    return sentence[: DESCRIPTION_CHARS - 1].rsplit(" ", 1)[0] + "…"
+
+
+def param_specs(obj: Any) -> list[ParamSpec]:
+    """The fields of a plugin's ``Params`` pydantic model with types, defaults and bounds ([] for a plugin that takes
+    none, such as metrics)."""
+    from pydantic import BaseModel
+
+    params = getattr(obj, "Params", None)
+    if not (isinstance(params, type) and issubclass(params, BaseModel)):
+        return []
+    specs = []
+    for name, info in params.model_fields.items():
+        required = info.is_required()
+        default = None if required else info.get_default(call_default_factory=True)
+        specs.append(
+            ParamSpec(
+                name,
+                _type_name(info.annotation),
+                required,
+                default,
+                _constraints(info.metadata),
+                info.description or "",
+            )
+        )
+    return specs
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+_BOUNDS = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "min length", "max_length": "max length"}
+
+
+def _constraints(metadata: list) -> str:
+    """pydantic keeps ``Field(ge=1, le=64, pattern=...)`` as annotated-types objects; show them the way they read."""
+    parts = []
+    for item in metadata:
+        for attr, symbol in _BOUNDS.items():
+            if getattr(item, attr, None) is not None:
+                parts.append(f"{symbol} {getattr(item, attr)}")
+        if getattr(item, "pattern", None):
+            parts.append(f"matches {item.pattern}")
+    return ", ".join(parts)
