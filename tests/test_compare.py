@@ -84,4 +84,6 @@ def test_cli_compare_two_results_folders(tmp_path):
     rows = json.loads(proc.stdout)
     per_state = [r for r in rows if r["metric"] == "per_state_spearman"]
     assert len(per_state) == 2 and all(r["verdict"] == "no significant change" for r in per_state)
+    table = run_qval("compare", a, tmp_path / "b")  # the human table: no pandas warning, no 'nan' (issue #16)
+    assert table.returncode == 0 and "Warning" not in table.stderr and "nan" not in table.stdout, table.stderr
     assert run_qval("compare", a, f"{a}:nosuch").returncode == 2
