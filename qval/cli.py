@@ -636,7 +636,8 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except QvalError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        # The message is text, not markup: a suite value or a --set value such as [0, 0.7] must show as typed.
+        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

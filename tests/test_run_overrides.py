@@ -147,6 +147,8 @@ def test_set_changes_values_as_the_file_would(tmp_path):
         ("qalign.points.episodes={a: [1", ["field 'qalign.points.episodes'", "not valid YAML"]),
         ("qalign.points.episodes", ["--set takes PATH=VALUE"]),
         ("qalign..points=1", ["not a dotted field path"]),
+        # The value is shown as typed: brackets are not eaten as console markup.
+        ("description=[x, {y: z}]", ["field 'description'", "(from --set description=[x, {y: z}])"]),
     ],
 )
 def test_a_bad_set_exits_2_with_the_field(tmp_path, override, fragments):
