@@ -222,3 +222,25 @@ def test_a_suite_needing_a_model_without_models_names_what_needs_it(tmp_path, se
     path = write_suite(tmp_path / "s.yaml", "name: needs\n" + section)
     _usage_error(run_qval("run", path, "--results", tmp_path / "r"), "field 'models'", named, "--model NAME")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_limited_decode_cell_is_paired_with_a_limited_baseline(tmp_path):
+    """Decoding caps prompts; speedup pairs each policy with the AR cell of the same settings, so with the limit."""
+    path = write_suite(
+        tmp_path / "d.yaml",
+        """\
+        name: dec
+        models: [smollm2-135m-instruct]
+        decode:
+          datasets: [{name: spec-bench, params: {categories: [coding], limit_per_category: 4, max_turns: 1}}]
+          policies: [prompt-lookup]
+        """,
+    )
+    results = tmp_path / "r"
+    out = _plan(path, "--results", results, "--limit", "2", "--emit-manifest")
+    manifest = json.loads((results / "plans" / f"{out['plan_id']}.json").read_text())
+    cells = {c["method"]: c for c in manifest["cells"]}
+    assert set(cells) == {"ar", "prompt-lookup"}
+    assert {c["settings"]["limit"] for c in cells.values()} == {2} and manifest["config"]["limit"] == 2
+    assert cells["prompt-lookup"]["baseline_cell_id"] == cells["ar"]["cell_id"]
+    assert {c["dataset_label"].endswith(" limit=2") for c in cells.values()} == {True}
