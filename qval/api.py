@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,8 +24,12 @@ from .store.parts import is_done, verify_done_cells, write_json_atomic
 from .suite import load_suite
 
 
-def plan_suite(suite_path: str | Path) -> Plan:
-    return build_plan(load_suite(suite_path))
+def plan_suite(
+    suite_path: str | Path, sets: Sequence[str] = (), models: Sequence[str] = (), limit: int | None = None
+) -> Plan:
+    """The suite's plan, with command-line overrides (``--set PATH=VALUE``, ``--model NAME``) validated like the
+    file, and at most ``limit`` samples per cell (cells of their own: see plan.make_cell)."""
+    return build_plan(load_suite(suite_path, sets, models), limit)
 
 
 def cell_status(plan: Plan, results: Path) -> dict[str, bool]:
@@ -55,14 +60,18 @@ def run_suite(
     on_start=None,
     runner_options: dict[str, str] | None = None,
     require_idle: float | None = None,
+    sets: Sequence[str] = (),
+    models: Sequence[str] = (),
+    limit: int | None = None,
 ) -> RunSummary:
     """Plan the suite, run the cells not yet done, ingest. Re-running a finished suite runs nothing.
 
     ``require_idle`` (seconds): wait up to that long for an idle machine before starting, and have decode workers
     re-time any turn timed under load after waiting again (``loadwatch``); a machine that stays busy fails the
-    affected samples with the reason instead of recording a timing taken under load."""
+    affected samples with the reason instead of recording a timing taken under load. ``sets``, ``models``,
+    ``limit``: as plan_suite."""
     results = Path(results)
-    plan = plan_suite(suite_path)  # validates everything before anything is written
+    plan = plan_suite(suite_path, sets, models, limit)  # validates everything before anything is written
     runner_cls = REGISTRY.get("runners", runner)
     runner_cls.parse_options(runner_options or {})  # bad options fail before anything is written
     with results_lock(results, f"run {plan.suite}"):

@@ -31,6 +31,27 @@ err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() el
 RESULTS_OPT = typer.Option(Path("results"), "--results", help="Results folder (DuckDB file and Parquet parts).")
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
 QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress or chatter; errors still go to stderr.")
+# `plan` and `run` take the same suite overrides, so both show the cells the other would run.
+LIMIT_OPT = typer.Option(
+    None,
+    "--limit",
+    min=1,
+    help="At most N samples per cell (Q-alignment points, decoding prompts), the first N: a quick first look. "
+    "Limited cells are cells of their own (label 'limit=N'); the full run later runs the full cells.",
+)
+SET_OPT = typer.Option(
+    [],
+    "--set",
+    help="PATH=VALUE override of the suite file, repeatable: --set qalign.points.episodes=4, "
+    "--set 'decode.temperatures=[0, 0.7]' (VALUE is YAML; lists index by position: qalign.envs.0.params.map=8x8). "
+    "Checked like the file.",
+)
+MODEL_OPT = typer.Option(
+    [],
+    "--model",
+    help="Model to evaluate, repeatable; replaces the suite's models: a source name (see `qval list models`) or a "
+    "YAML mapping such as '{source: hf, params: {path: /models/x}}'.",
+)
 
 
 def _emit_json(obj) -> None:
@@ -168,13 +189,16 @@ def plan(
     emit_manifest: bool = typer.Option(
         False, "--emit-manifest", help="Write RESULTS/plans/<plan_id>.json for an external scheduler."
     ),
+    limit: int | None = LIMIT_OPT,
+    sets: list[str] = SET_OPT,
+    models: list[str] = MODEL_OPT,
     as_json: bool = JSON_OPT,
 ):
     """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
     --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
 
-    p = plan_suite(suite)
+    p = plan_suite(suite, sets, models, limit)
     done = cell_status(p, results)
     if as_json:
         with _writing(results):
@@ -276,6 +300,9 @@ def run(
         "an idle machine before it gives up (exit 2 at the start; a failed "
         "sample, with the reason, during the run).",
     ),
+    limit: int | None = LIMIT_OPT,
+    sets: list[str] = SET_OPT,
+    models: list[str] = MODEL_OPT,
     quiet: bool = QUIET_OPT,
     as_json: bool = JSON_OPT,
 ):
@@ -332,6 +359,9 @@ def run(
                 on_start=on_start,
                 runner_options=options,
                 require_idle=idle_timeout if require_idle else None,
+                sets=sets,
+                models=models,
+                limit=limit,
             )
         finally:
             progress.stop()
@@ -633,7 +663,8 @@ def main() -> None:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except QvalError as exc:
-        err.print(f"[red]error:[/] {exc}", markup=True, soft_wrap=True)
+        # The message is text, not markup: a suite value or a --set value such as [0, 0.7] must show as typed.
+        err.print(f"[red]error:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)

@@ -11,6 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from itertools import product
 from pathlib import Path
+from typing import Any
 
 from .errors import UsageError
 from .fingerprint import hardware_class
@@ -38,7 +39,12 @@ class Cell:
     settings: dict  # track-level knobs that change outputs
     baseline_cell_id: str | None = None
 
-    dataset_label: str = ""  # display only: the name plus its non-default params
+    dataset_label: str = ""  # display only: the name plus its non-default params (and the limit, if any)
+
+    @property
+    def limit(self) -> int | None:
+        """At most this many samples (points, prompts), the first ones in the dataset's order; None: all."""
+        return self.settings.get("limit")
 
 
 def _label(name: str, params: dict, defaults: dict) -> str:
@@ -154,7 +160,13 @@ def make_cell(
     temperature: float,
     seed: int,
     settings: dict,
+    limit: int | None = None,
 ) -> Cell:
+    """The one place a sample limit (`qval run --limit N`) enters a cell: its settings, so its id differs from the
+    full cell's (a first look is never taken for the full result, nor the full run for done), and its label, so
+    every table says so. Unlimited cells carry no key, so their ids are unchanged."""
+    if limit is not None:
+        settings = {**settings, "limit": limit}
     identity = {
         "v": IDENTITY_VERSION,
         "track": track,
@@ -178,14 +190,25 @@ def make_cell(
         temperature=temperature,
         seed=seed,
         settings=settings,
-        dataset_label=_label(dataset_cls.name, dataset_params, dataset_cls.Params().model_dump()),
+        dataset_label=_label(dataset_cls.name, dataset_params, dataset_cls.Params().model_dump())
+        + (f" limit={limit}" if limit is not None else ""),
     )
 
 
-def build_plan(suite: Suite) -> Plan:
+def check_limit(limit) -> int | None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise UsageError(f"--limit must be a whole number >= 1 (samples per cell), got {limit!r}")
+    return limit
+
+
+def build_plan(suite: Suite, limit: int | None = None) -> Plan:
+    """The suite's cells; ``limit`` caps the samples of every cell (Q-alignment points, decoding prompts)."""
+    check_limit(limit)
     cfg = suite.config
     cells: dict[str, Cell] = {}
     model_sources = {name: src for name, src in suite.models}
+    # No models: every method is model-free (load_suite checked), one cell per grid point all the same.
+    models: list[tuple[str | None, Any]] = list(suite.models) or [(None, None)]
 
     if cfg.qalign is not None:
         q = cfg.qalign
@@ -199,14 +222,18 @@ def build_plan(suite: Suite) -> Plan:
         # With an LLM actor (behaviour or Monte-Carlo reference), the points themselves depend on the model.
         llm_points = q.points.behaviour == "llm" or q.reference.policy == "llm"
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
-            suite.models, suite.resolved["qalign.methods"], suite.resolved["qalign.envs"], q.temperatures, cfg.seeds
+            models,
+            suite.resolved["qalign.methods"],
+            suite.resolved["qalign.envs"],
+            q.temperatures,
+            cfg.seeds,
         ):
             uses_model = getattr(scls, "uses_model", False) or llm_points
             # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
             cell = make_cell(
                 "qalign",
                 mname if uses_model else None,
-                src.identity() if uses_model else None,
+                src.identity() if uses_model and src is not None else None,
                 scls,
                 sparams.model_dump(),
                 ecls,
@@ -214,6 +241,7 @@ def build_plan(suite: Suite) -> Plan:
                 temp if uses_model else 0.0,
                 seed,
                 settings,
+                limit,
             )
             cells.setdefault(cell.cell_id, cell)
 
@@ -246,6 +274,7 @@ def build_plan(suite: Suite) -> Plan:
                     temp,
                     seed,
                     settings,
+                    limit,
                 )
                 for _, pcls, pparams in policies
             ]
@@ -267,13 +296,16 @@ def build_plan(suite: Suite) -> Plan:
         shard.cell_ids.append(cell.cell_id)
         shard.exclusive = shard.exclusive or cell.track == "decode"
     plan_id = content_hash({"suite": suite.name, "cells": sorted(cells)}, length=12)
+    config = cfg.model_dump(mode="json")
+    if limit is not None:
+        config["limit"] = limit  # recorded with the suite, beside the per-cell labels
     return Plan(
         plan_id,
         suite.name,
         str(suite.path),
         suite.sha,
         cfg.description,
-        cfg.model_dump(mode="json"),
+        config,
         cells,
         list(shards.values()),
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import PluginError, SuiteError
+from .overrides import Origin, OverrideProblem, apply_overrides
 from .registry import REGISTRY, close_matches
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # suite names become file names: no path separators
@@ -135,7 +137,8 @@ class SuiteConfig(Strict):
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    models: list[ModelRef] = Field(min_length=1)
+    # Optional: a suite of model-free methods needs none; _resolve names the methods that do when it is missing.
+    models: list[ModelRef] = Field(default_factory=list)
     qalign: QAlignSection | None = None
     decode: DecodeSection | None = None
 
@@ -242,7 +245,8 @@ def _parse_yaml(text: str):
         loader.dispose()
 
 
-def load_suite(path: str | Path) -> Suite:
+def load_suite(path: str | Path, sets: Sequence[str] = (), models: Sequence[str] = ()) -> Suite:
+    """Read, override (``--set PATH=VALUE``, ``--model NAME``: see qval.overrides), validate and resolve a suite."""
     path = Path(path)
     if not path.is_file():
         raise SuiteError(path, "<file>", "no such file")
@@ -261,23 +265,40 @@ def load_suite(path: str | Path) -> Suite:
         raise SuiteError(path, "<file>", f"invalid YAML{line}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(data, dict):
         raise SuiteError(path, "<file>", "a suite must be a YAML mapping")
+    origins: list[Origin] = []
     try:
+        data, origins = apply_overrides(data, sets, models, _parse_yaml)
         config = SuiteConfig.model_validate(data)
+        if config.qalign is None and config.decode is None:
+            raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
+        # The overrides are part of what was run: the recorded suite hash covers them.
+        flags = [f"--model {m}" for m in models] + [f"--set {s}" for s in sets]
+        suite = Suite(path, config, text + "".join(f"\n# {f}" for f in flags))
+        _resolve(suite)
+    except OverrideProblem as exc:
+        raise SuiteError(path, exc.field, exc.reason) from None
     except ValidationError as exc:
-        raise _suite_error(path, exc, model=SuiteConfig) from None
-    if config.qalign is None and config.decode is None:
-        raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
-    suite = Suite(path, config, text)
-    _resolve(suite)
+        raise SuiteError.of(path, _from_flags(_problems(exc, "", SuiteConfig), origins)) from None
+    except SuiteError as exc:
+        raise SuiteError.of(path, _from_flags(exc.problems, origins)) from None
     _check_grid_size(suite)
     return suite
+
+
+def _from_flags(problems: Problems, origins: list[Origin]) -> Problems:
+    """Problems caused by a command-line override say which flag: the file alone would not explain them."""
+    out = []
+    for field, reason in problems:
+        flags = [o.flag for o in origins if o.covers(field)]
+        out.append((field, reason + (f" (from {', '.join(flags)})" if flags else "")))
+    return out
 
 
 def _check_grid_size(suite: Suite) -> None:
     """Refuse a grid too large to plan before expanding it (the product of the axes is cheap to compute)."""
     limit = int(os.environ.get("QVAL_MAX_CELLS", MAX_CELLS))
     cfg = suite.config
-    models, seeds = len(cfg.models), len(cfg.seeds)
+    models, seeds = max(1, len(cfg.models)), len(cfg.seeds)  # a model-free suite: one cell per grid point
     total = 0
     if cfg.qalign is not None:
         total += models * len(cfg.qalign.methods) * len(cfg.qalign.envs) * len(cfg.qalign.temperatures) * seeds
@@ -292,12 +313,6 @@ def _check_grid_size(suite: Suite) -> None:
             f"expands to about {total:,} cells, above the limit of {limit:,}; "
             "shrink the grid or set QVAL_MAX_CELLS to allow it",
         )
-
-
-def _suite_error(
-    path: Path, exc: ValidationError, prefix: str = "", model: type[BaseModel] | None = None
-) -> SuiteError:
-    return SuiteError.of(path, _problems(exc, prefix, model))
 
 
 def _problems(exc: ValidationError, prefix: str, model: type[BaseModel] | None) -> list[tuple[str, str]]:
@@ -392,8 +407,38 @@ def _resolve(suite: Suite) -> None:
             close = close_matches(section.main_metric, known)
             hint = f"; did you mean {close}?" if close else ""
             problems.append((f"{track}.main_metric", f"'{section.main_metric}' is not one of {track}.metrics{hint}"))
+    if not cfg.models:
+        problems.extend(_needs_a_model(suite))
     if problems:
         raise SuiteError.of(path, problems)
+
+
+def _needs_a_model(suite: Suite) -> Problems:
+    """A suite without models runs only what needs none: name each entry that does (a scorer that declares
+    ``uses_model``, an LLM actor, and every decoding policy, which all verify against a target model)."""
+    cfg, needs = suite.config, []
+    if cfg.qalign is not None:
+        classes = {id(ref): cls for ref, cls, _ in suite.resolved.get("qalign.methods", [])}
+        for i, ref in enumerate(cfg.qalign.methods):
+            if getattr(classes.get(id(ref)), "uses_model", False):
+                needs.append(f"qalign.methods[{i}] '{ref.name}'")
+        if cfg.qalign.points.behaviour == "llm":
+            needs.append("qalign.points.behaviour: llm")
+        if cfg.qalign.reference.policy == "llm":
+            needs.append("qalign.reference.policy: llm")
+    if cfg.decode is not None:
+        names = ", ".join(f"'{ref.name}'" for ref in cfg.decode.policies)
+        needs.append(f"decode.policies {names} (decoding verifies against a target model)")
+    if not needs:
+        return []
+    return [
+        (
+            "models",
+            f"no models, but {'; '.join(needs)} need{'s' if len(needs) == 1 else ''} one: list one under `models:` "
+            "in the suite (e.g. smollm2-135m-instruct) or pass --model NAME (methods such as oracle-q and random "
+            "need none)",
+        )
+    ]
 
 
 def _model_source(problems: Problems, where: str, ref: ModelRef):

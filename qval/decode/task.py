@@ -214,9 +214,10 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dic
 
 
 def _group_samples(cells: list[Cell]) -> list:
-    """The prompts of a group's dataset (all cells of a group share it)."""
+    """The prompts of a group's dataset (all cells of a group share it, and its limit: the AR baseline is planned
+    with the same settings), the first ``limit`` of them under `qval run --limit`."""
     dataset_cls = REGISTRY.get("datasets", cells[0].dataset)
-    return dataset_cls(dataset_cls.Params.model_validate(cells[0].dataset_params)).samples()
+    return list(dataset_cls(dataset_cls.Params.model_validate(cells[0].dataset_params)).samples())[: cells[0].limit]
 
 
 def _policy(cell: Cell):

@@ -71,7 +71,7 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
             {
                 "env": cell.dataset,
                 "env_params": cell.dataset_params,
-                "settings": cell.settings,
+                "settings": {k: v for k, v in cell.settings.items() if k != "limit"},  # the file has every point
                 "seed": cell.seed,
                 "points": [p.to_dict() for p in points],
             }
@@ -101,7 +101,9 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
-    points = load_or_collect_points(cell, env, env_cls, writer.results, model)
+    # --limit scores the first N points of the full, shared set: a first look measures a prefix of what the full
+    # cell measures, on the same stored points.
+    points = load_or_collect_points(cell, env, env_cls, writer.results, model)[: cell.limit]
     context = ScorerContext(
         env=env, model=model, seed=cell.seed, temperature=cell.temperature, gamma=cell.settings["gamma"]
     )
