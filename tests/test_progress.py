@@ -22,9 +22,9 @@ FAST = {"QVAL_PROGRESS_S": "0.2"}  # progress lines every 0.2 s instead of 30 s
 
 
 def _suite(tmp_path: Path, name: str) -> Path:
-    # ~1000 to 2000 points per cell: seconds per cell, long enough to see (and interrupt) a run between two cells.
+    # ~600 points per cell: seconds per cell, long enough to see (and interrupt) a run between two cells.
     return model_free_suite(
-        tmp_path, name, methods="[oracle-q, random, heuristic]", episodes=150, points=10, lake="8x8"
+        tmp_path, name, methods="[oracle-q, random, heuristic]", episodes=60, points=10, lake="8x8"
     )
 
 
