@@ -23,9 +23,7 @@ FAST = {"QVAL_PROGRESS_S": "0.2"}  # progress lines every 0.2 s instead of 30 s
 
 def _suite(tmp_path: Path, name: str) -> Path:
     # ~600 points per cell: seconds per cell, long enough to see (and interrupt) a run between two cells.
-    return model_free_suite(
-        tmp_path, name, methods="[oracle-q, random, heuristic]", episodes=60, points=10, lake="8x8"
-    )
+    return model_free_suite(tmp_path, name, methods="[oracle-q, random, heuristic]", episodes=60, points=10, lake="8x8")
 
 
 def test_a_piped_run_prints_a_line_per_cell_and_periodic_progress_with_an_eta(tmp_path):
@@ -40,7 +38,9 @@ def test_a_piped_run_prints_a_line_per_cell_and_periodic_progress_with_an_eta(tm
     for method in ("oracle-q", "random", "heuristic"):
         assert any(f": {method} on " in line for line in cells), proc.stdout
     periodic = [line for line in lines if line.startswith("progress: ")]
-    assert any(re.search(r"\d/3 cells, \d+/\d+ samples.*elapsed, ETA ~?\d+[hms]", line) for line in periodic), proc.stdout
+    assert any(re.search(r"\d/3 cells, \d+/\d+ samples.*elapsed, ETA ~?\d+[hms]", line) for line in periodic), (
+        proc.stdout
+    )
     assert "all 3 cell(s) of this run ended" in proc.stdout
     assert "━" not in proc.stderr  # no terminal: no bar drawn at the end either
     # The shard log says what the worker did: each cell started, sample i/n, finished.
