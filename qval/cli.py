@@ -197,9 +197,12 @@ def plan(
     """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
     --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
+    from .progress import partial_status
 
     p = plan_suite(suite, sets, models, limit)
     done = cell_status(p, results)
+    # An unfinished cell a run left samples of: '12/40 samples' (read from its parts; nothing is written)
+    partial = {cid: partial_status(results, cid) for cid, d in done.items() if not d}
     if as_json:
         with _writing(results):
             path = p.write(results) if emit_manifest else None
@@ -220,6 +223,7 @@ def plan(
                         "temperature": c.temperature,
                         "seed": c.seed,
                         "done": done[c.cell_id],
+                        "progress": partial.get(c.cell_id),
                     }
                     for s in p.shards
                     for c in (p.cells[i] for i in s.cell_ids)
@@ -258,11 +262,14 @@ def plan(
                 c.dataset_label,
                 f"{c.temperature:g}",
                 str(c.seed),
-                "[green]done[/]" if done[cid] else "todo",
+                "[green]done[/]" if done[cid] else (partial[cid] or "todo"),
             )
     out.print(table)
-    n_done = sum(done.values())
-    out.print(f"{n_done} done, {len(done) - n_done} to do")
+    n_done, n_partial = sum(done.values()), sum(1 for v in partial.values() if v)
+    out.print(
+        f"{n_done} done, {len(done) - n_done} to do"
+        + (f" ({n_partial} partly done: a run resumes them after their kept samples)" if n_partial else "")
+    )
 
 
 @app.command()
@@ -307,7 +314,10 @@ def run(
     as_json: bool = JSON_OPT,
 ):
     """Run every cell of a suite that is not done yet, then ingest the results into DuckDB."""
+    import signal
+
     from .api import run_suite
+    from .progress import RunProgress, interrupted_message
 
     quiet = quiet or as_json
     bad = [o for o in runner_opt if "=" not in o]
@@ -325,17 +335,29 @@ def run(
         transient=False,
     )
     tasks = {}
+    live = err.is_terminal  # a terminal keeps the live bars; a pipe or file gets plain progress lines on stdout
+    tracker: dict = {}
 
     def on_start(p, done, shards):
         todo = sum(not d for d in done.values())
+        tracker["plan"] = p
         if not quiet:
             out.print(f"suite {p.suite}: {len(p.cells)} cells, {todo} to run in {len(shards)} shard(s)")
-            progress.start()
+            tracker["run"] = RunProgress(
+                p,
+                [c for c, d in done.items() if not d],
+                lambda line: out.print(line, markup=False, highlight=False, soft_wrap=True),
+                periodic=not live,
+            )
+            if live:
+                progress.start()
         tasks["cells"] = progress.add_task("cells", total=todo)
         tasks["samples"] = progress.add_task("samples", total=0)
 
     def on_event(shard, event):
         kind = event.get("event")
+        if "run" in tracker:
+            tracker["run"].event(event)  # the per-cell line, and the counts of the periodic one
         if kind == "cell_start":
             t = progress.tasks[tasks["samples"]]
             progress.update(tasks["samples"], total=(t.total or 0) + event["total"], advance=event["done"])
@@ -343,7 +365,7 @@ def run(
             progress.advance(tasks["samples"])
         elif kind in ("cell_done", "cell_failed"):
             progress.advance(tasks["cells"])
-            if kind == "cell_failed":
+            if kind == "cell_failed" and "run" not in tracker:
                 progress.console.print(f"[red]cell {event.get('cell')} failed:[/] {event.get('error')}")
         elif kind == "worker_failed":
             progress.console.print(f"[red]shard {shard} stopped:[/] {event.get('error')}")
@@ -363,8 +385,18 @@ def run(
                 models=models,
                 limit=limit,
             )
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # The runner has stopped the workers by now: what is on disk is what the run kept.
+            _stop_progress(progress, tracker)
+            sigterm = isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM
+            if "plan" in tracker and (sigterm or isinstance(exc, KeyboardInterrupt)):
+                how = "terminated (SIGTERM)" if sigterm else "interrupted"
+                err.print(interrupted_message(tracker["plan"], results, how), markup=False, soft_wrap=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise typer.Exit(130) from None
+            raise
         finally:
-            progress.stop()
+            _stop_progress(progress, tracker)
     ing = summary.ingest
     if as_json:
         _emit_json(
@@ -416,6 +448,13 @@ def run(
             "are kept; re-running retries unfinished cells only"
         )
         raise typer.Exit(4)
+
+
+def _stop_progress(progress: Progress, tracker: dict) -> None:
+    if progress.live.is_started:  # stopping bars never drawn (no terminal) would print an empty line
+        progress.stop()
+    if "run" in tracker:
+        tracker["run"].stop()
 
 
 @app.command()

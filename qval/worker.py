@@ -12,6 +12,7 @@ import argparse
 import errno
 import json
 import os
+import signal
 import sys
 import traceback
 from contextlib import ExitStack
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from .fingerprint import fingerprint
 from .plan import Plan
+from .progress import ShardReporter
 from .registry import REGISTRY
 from .store.parts import CellBusy, CellLease, PartWriter, is_done
 from .timeouts import PluginTimeout
@@ -67,6 +69,7 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
     fp = fingerprint()
     base = {"run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"]}
     errors = 0
+    report = ShardReporter(plan, results, emit)  # emit, plus the shard log's account of what this worker does
 
     def finish(cell, writer, outcome, started):
         nonlocal errors
@@ -76,13 +79,13 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
             error = f"{type(outcome).__name__}: {outcome}"
             trace = "".join(traceback.format_exception(outcome))
             writer.fail({**manifest, "error": error, "traceback": trace})
-            emit("cell_failed", cell=cell.cell_id, error=error)
+            report("cell_failed", cell=cell.cell_id, error=error)
             print(trace, file=sys.stderr)
             return
         n, failed, *extras = outcome
         extra = extras[0] if extras else {"n_errored": failed}  # a failed decode sample is always an exception
         writer.finish({**manifest, "n_samples": n, "n_failed": failed, **extra})
-        emit("cell_done", cell=cell.cell_id, n=n, failed=failed)
+        report("cell_done", cell=cell.cell_id, n=n, failed=failed)
 
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
@@ -92,16 +95,20 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
             with CellLease(results, cell.cell_id, say=say):
                 if is_done(results, cell.cell_id):
                     continue  # the worker that held the lease finished it
+                report.begin([cell])
                 writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
                 outcome: tuple[int, int, dict] | BaseException
                 try:
-                    outcome = run_qalign_cell(cell, model, writer, emit, qalign_timeout)
+                    outcome = run_qalign_cell(cell, model, writer, report, qalign_timeout)
                 except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - any plugin error fails this cell only
                     outcome = exc
+                except BaseException:  # SIGTERM or Ctrl-C: write the finished samples, so a re-run resumes after them
+                    writer.flush()
+                    raise
                 finish(cell, writer, outcome, started)
         except CellBusy as exc:
             errors += 1
-            emit("cell_failed", cell=cell.cell_id, error=str(exc))
+            report("cell_failed", cell=cell.cell_id, error=str(exc))
 
     # Timed cells run in groups that share an AR baseline, interleaved sample by sample.
     groups: dict[str, list] = {}
@@ -115,18 +122,23 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
             except CellBusy as exc:
                 errors += 1
                 for cell in cells:
-                    emit("cell_failed", cell=cell.cell_id, error=str(exc))
+                    report("cell_failed", cell=cell.cell_id, error=str(exc))
                 continue
             cells = [c for c in cells if not is_done(results, c.cell_id)]
             if not cells:
                 continue
+            report.begin(cells)
             writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
             started = _now()
             outcomes: dict[str, tuple[int, int] | BaseException]
             try:
-                outcomes = run_decode_group(cells, model, writers, emit, warmup=warmup)
+                outcomes = run_decode_group(cells, model, writers, report, warmup=warmup)
             except Exception as exc:  # noqa: BLE001 - the group could not start (e.g. the dataset failed to load)
                 outcomes = {c.cell_id: exc for c in cells}
+            except BaseException:  # SIGTERM or Ctrl-C: write the finished samples, so a re-run resumes after them
+                for writer in writers.values():
+                    writer.flush()
+                raise
             for cell in cells:
                 finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
     return 1 if errors else 0
@@ -134,6 +146,12 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
 
 def _now() -> str:
     return datetime.now(UTC).isoformat()
+
+
+def _exit_on_sigterm(signum, frame):
+    # The runner stops a worker with SIGTERM (Ctrl-C or SIGTERM of `qval run`): unwinding, rather than dying on the
+    # spot, lets the running cell write the samples it finished (see _run_cells) and release its lease.
+    raise SystemExit(128 + signum)
 
 
 def main(argv=None) -> int:
@@ -145,6 +163,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     # Inherited by every process the worker (or a plugin) starts, so the runner can find and end them afterwards.
     os.environ["QVAL_WORKER_PID"] = str(os.getpid())
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     threads = os.environ.get("QVAL_TORCH_THREADS")
     if threads:
         import torch
@@ -153,6 +172,11 @@ def main(argv=None) -> int:
     plan = Plan.read(args.plan)
     try:
         return run_shard(plan, args.shard, args.results, args.run_id)
+    except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C in a terminal reaches the workers too, SIGTERM from
+        # the runner arrives as SystemExit (above): either way the finished samples were written, and the log says so
+        how = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped (exit {exc.code})"
+        print(f"worker {how}: every finished sample is kept in its cell's parts", file=sys.stderr, flush=True)
+        return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise

@@ -20,6 +20,9 @@ from ..errors import QvalError
 from .tables import SCHEMAS
 
 DONE, FAILED = "DONE.json", "FAILED.json"
+# Written when a worker starts a cell: how many samples the cell has, so `qval plan` can say "12/40 samples" of a
+# cell a run left unfinished (the size of a Q-alignment cell is known only once its points are collected).
+STARTED = "STARTED.json"
 
 
 def parts_root(results: Path) -> Path:
@@ -38,6 +41,29 @@ def is_done(results: Path, cell_id: str) -> bool:
 
 def part_files(directory: Path) -> list[Path]:
     return sorted(directory.glob("part-*.parquet"))
+
+
+def held_samples(results: Path, cell_id: str) -> int:
+    """Distinct samples the cell's parts hold, read without side effects: only the sample_id column is read, and an
+    unreadable part counts nothing here (ingest and verify_done_cells quarantine it; `qval plan` writes nothing)."""
+    ids: set[str] = set()
+    for part in part_files(cell_dir(results, cell_id)):
+        try:
+            ids.update(pq.read_table(part, columns=["sample_id"]).column("sample_id").to_pylist())
+        except Exception:  # noqa: BLE001 - pyarrow raises several types for truncated/corrupt files
+            continue
+    return len(ids)
+
+
+def write_started(results: Path, cell_id: str, total: int) -> None:
+    write_json_atomic(cell_dir(results, cell_id) / STARTED, {"cell_id": cell_id, "total": total})
+
+
+def started_total(results: Path, cell_id: str) -> int | None:
+    """The sample count a worker recorded when it started the cell, or None (never started, or unreadable)."""
+    manifest = read_manifest(cell_dir(results, cell_id) / STARTED)
+    total = manifest.get("total") if manifest else None
+    return total if isinstance(total, int) and total > 0 else None
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -168,7 +194,10 @@ class PartWriter:
 
     def add_sample(self, rows: list[dict]) -> None:
         """Add all rows of one sample; a sample is never split across parts, so resume is per sample."""
-        self._rows.extend({**r, "cell_id": self.cell_id} for r in rows)
+        # Built first, then added in one step: an interrupt (a signal raises between bytecodes) adds all or none,
+        # so the flush on an interrupt (qval.worker) never writes part of a sample.
+        stamped = [{**r, "cell_id": self.cell_id} for r in rows]
+        self._rows.extend(stamped)
         if len(self._rows) >= self.flush_rows or time.monotonic() - self._last >= self.flush_seconds:
             self.flush()
 
