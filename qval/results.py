@@ -209,15 +209,14 @@ def cell_samples(cell: str, results="results", limit: int | None = None) -> pd.D
     rows. The frame's ``attrs["cell"]`` holds the cell's row of the cells table."""
     info = find_cell(results, cell)
     table = SAMPLE_TABLES.get(info["track"], SAMPLE_TABLES["qalign"])
-    order = {"qalign_samples": "sample_id, candidate", "decode_samples": "sample_id, turn"}.get(table, "sample_id")
-    keep = "SELECT sample_id FROM {t} WHERE cell_id = ? GROUP BY sample_id ORDER BY sample_id"
-    if limit is not None:
-        keep += f" LIMIT {max(int(limit), 0)}"
+    column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")  # within a sample
+    select = "* EXCLUDE (cell_id, output_ids)" if table == "decode_samples" else "* EXCLUDE (cell_id)"
+    # Only constants are formatted in; the cell id and the limit are parameters (a NULL limit keeps every sample).
     frame = _query(
         results,
-        f"SELECT * EXCLUDE (cell_id{', output_ids' if table == 'decode_samples' else ''}) FROM {table} "
-        f"WHERE cell_id = ? AND sample_id IN ({keep.format(t=table)}) ORDER BY {order}",
-        [info["cell_id"], info["cell_id"]],
+        f"SELECT {select} FROM {table} WHERE cell_id = ? AND sample_id IN (SELECT sample_id FROM {table} "
+        f"WHERE cell_id = ? GROUP BY sample_id ORDER BY sample_id LIMIT ?) ORDER BY sample_id, {column}",
+        [info["cell_id"], info["cell_id"], None if limit is None else max(int(limit), 0)],
     )
     frame.attrs["cell"] = info
     return frame
