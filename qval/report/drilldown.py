@@ -18,7 +18,7 @@ from markupsafe import Markup
 from .. import results as R
 from .. import samples_view
 from .html import CSP, CSS, SCRIPT
-from .links import FOLDER, cell_page
+from .links import FOLDER, page_file
 
 MAX_PAGE_SAMPLES = 500  # a page lists the first ones and says so; `qval samples CELL --json` has them all
 _HERE = Path(__file__).parent
@@ -68,7 +68,7 @@ def write_pages(results, target: Path, cell_ids) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for cell_id in dict.fromkeys(cell_ids):
-        path = Path(target) / cell_page(cell_id)
+        path = folder / page_file(cell_id)
         path.write_text(render(R.cell_samples(cell_id, results, MAX_PAGE_SAMPLES)), encoding="utf-8")
         written.append(path)
     return written
