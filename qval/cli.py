@@ -552,6 +552,25 @@ def report(
 
 
 @app.command()
+def samples(
+    cell: str = typer.Argument(..., help="Cell id, or a unique prefix of one (as `qval plan` and reports show)."),
+    results: Path = RESULTS_OPT,
+    limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
+    as_json: bool = JSON_OPT,
+):
+    """A cell's stored samples: Q-alignment candidates, scores and the model's prompts, replies and parses;
+    decoding outputs with their acceptance. What to read when a number looks wrong."""
+    from . import results as R
+    from . import samples_view
+
+    frame = R.cell_samples(cell, results, limit)
+    if as_json:
+        _emit_json({"cell": samples_view.plain(frame.attrs["cell"]), "samples": samples_view.records(frame)})
+    else:
+        print(samples_view.text(frame))  # print, not rich: model text must not be read as rich markup
+
+
+@app.command()
 def export(
     results: Path = RESULTS_OPT, out_dir: Path = typer.Option(..., "--out", help="Folder to write Parquet files into.")
 ):

@@ -167,3 +167,56 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
     return out.reset_index().rename(
         columns={"dataset_label": "dataset", "method": "method_name", "method_label": "method"}
     )
+
+
+def find_cell(results, cell: str) -> dict:
+    """The cells row of a cell id or a unique prefix of one (as `qval plan` and reports show them). An unknown or
+    ambiguous id is a usage error that names the closest cells."""
+    import difflib
+
+    from .errors import UsageError
+
+    frame = _query(
+        results, "SELECT cell_id, track, model, method, dataset_label, temperature, seed, status, n_samples FROM cells"
+    )
+    wanted = cell.strip().lower()
+    matches = frame[frame["cell_id"].str.startswith(wanted)] if wanted else frame.iloc[0:0]
+    if len(matches) == 1:
+        return matches.iloc[0].to_dict()
+
+    def show(rows: pd.DataFrame) -> str:
+        return "; ".join(
+            f"{r.cell_id[:12]} ({r.model or '–'}/{r.method}, {r.dataset_label})" for r in rows.itertuples()
+        )
+
+    if len(matches) > 1:
+        raise UsageError(
+            f"cell id prefix {cell!r} matches {len(matches)} cells: {show(matches.head(8))}; give more of it"
+        )
+    close = difflib.get_close_matches(wanted, [c[: max(len(wanted), 8)] for c in frame["cell_id"]], n=5, cutoff=0.3)
+    near = frame[frame["cell_id"].map(lambda c: c[: max(len(wanted), 8)] in close)] if close else frame.head(5)
+    hint = f"closest: {show(near)}" if len(near) else "the database holds no cells"
+    raise UsageError(f"no cell {cell!r} in {Path(results)}; {hint}. `qval plan SUITE` or a report lists the cell ids")
+
+
+def cell_samples(cell: str, results="results", limit: int | None = None) -> pd.DataFrame:
+    """The stored samples of one cell (an id or a unique prefix), in order: what a researcher reads to debug it.
+
+    Q-alignment: one row per candidate (action, ref_q, score, error); the point's transcript, ``requests`` (a list
+    of dicts: kind, prompt, reply, parsed, parse_error, memo, capped), sits on its first candidate's row. Decoding:
+    one row per turn with ``output_text`` and the acceptance per target step (``drafted``, ``accepted``,
+    ``accepted_chars``); token ids are left out. ``limit`` keeps the first N samples (points or prompts), all their
+    rows. The frame's ``attrs["cell"]`` holds the cell's row of the cells table."""
+    info = find_cell(results, cell)
+    table = SAMPLE_TABLES.get(info["track"], SAMPLE_TABLES["qalign"])
+    column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")  # within a sample
+    select = "* EXCLUDE (cell_id, output_ids)" if table == "decode_samples" else "* EXCLUDE (cell_id)"
+    # Only constants are formatted in; the cell id and the limit are parameters (a NULL limit keeps every sample).
+    frame = _query(
+        results,
+        f"SELECT {select} FROM {table} WHERE cell_id = ? AND sample_id IN (SELECT sample_id FROM {table} "
+        f"WHERE cell_id = ? GROUP BY sample_id ORDER BY sample_id LIMIT ?) ORDER BY sample_id, {column}",
+        [info["cell_id"], info["cell_id"], None if limit is None else max(int(limit), 0)],
+    )
+    frame.attrs["cell"] = info
+    return frame

@@ -126,3 +126,32 @@ def test_ranking_above_the_fold_and_tables_fit_the_window(browser, report_page):
     assert page.locator("details.env").evaluate("d => d.open") is True
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "leaderboard-first-screen.png"))
+
+
+def test_drill_down_page_from_a_row(browser, report_page):
+    """A row's method links to its cell's samples: the page renders under the same CSP (its script sorts the states
+    by rank disagreement), and the echo cell's hostile reply stays text."""
+    page, problems, dialogs = _open(browser, report_page)
+    page.locator("table.board a", has_text="random").first.click()
+    page.wait_for_load_state("load")
+    assert "/cells/" in page.url
+    table = page.locator("table.samples")
+    rows = table.locator(":scope > tbody > tr")
+    assert rows.count() > 1
+    header = table.locator("thead th.main")
+    index = table.locator(":scope > thead th").evaluate_all("ths => ths.findIndex(t => t.classList.contains('main'))")
+    values = lambda: _defined(  # noqa: E731
+        rows.evaluate_all(f"rows => rows.map(r => r.children[{index}].getAttribute('data-sort'))")
+    )
+    header.click()  # the script ran under the page's CSP: a first click sorts worst first
+    worst_first = values()
+    assert header.get_attribute("aria-sort") == "descending" and worst_first == sorted(worst_first, reverse=True)
+    header.click()
+    assert values() == sorted(worst_first)
+    page.screenshot(path=str(ARTIFACTS / "drill-down.png"), full_page=True)
+    page.go_back()
+    page.locator("table.board a", has_text="example-echo").first.click()
+    page.wait_for_load_state("load")
+    assert page.locator("script").count() == 1 and page.locator("img[src='x']").count() == 0
+    assert any(XSS in t for t in page.locator("td.err").all_inner_texts())  # the reply, as text
+    assert problems == [] and dialogs == []

@@ -8,6 +8,7 @@ import zlib
 
 from .. import loadwatch
 from ..errors import QvalError
+from ..models import transcript
 from ..models.base import LocalModel, Model, ServedModel
 from ..plan import Cell
 from ..registry import REGISTRY
@@ -102,7 +103,9 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             ], True
-        messages.append({"role": "assistant", "content": model.tokenizer.decode(token_ids, skip_special_tokens=True)})
+        output = model.tokenizer.decode(token_ids, skip_special_tokens=True)
+        messages.append({"role": "assistant", "content": output})
+        shown, capped = transcript.cap(output)
         rows.append(
             {
                 "sample_id": sample.sample_id,
@@ -114,9 +117,41 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
                 "output_ids": token_ids,
                 "error": None,
                 **fields,
+                "output_text": shown,
+                "output_capped": capped,
+                "accepted_chars": accepted_spans(model.tokenizer, token_ids, output, fields.get("accepted")),
             }
         )
     return rows, False
+
+
+def accepted_spans(tokenizer, token_ids: list[int], text: str, accepted: list[int] | None) -> list[int] | None:
+    """Character spans [start, end) of the accepted draft tokens in the turn's text, flattened, for highlighting.
+
+    The first token comes from the prefill; then each target step emits its accepted drafts followed by one token
+    of the target's own (the last step may be cut by EOS or the token cap). Spans are found by decoding the
+    prefixes at their edges; None when the trace does not fit that layout or a prefix does not decode to a prefix
+    of the text (a multi-byte character split across tokens), so a page never highlights the wrong characters."""
+    if accepted is None:
+        return None
+    spans, pos = [], 1
+    for n in accepted:
+        end = min(pos + n, len(token_ids))
+        if n and end > pos:
+            spans.append((pos, end))
+        pos += n + 1
+    if pos < len(token_ids):  # more tokens than the steps account for: not this layout
+        return None
+    if not spans:
+        return []
+    chars: list[int] = []
+    for start, end in spans:
+        for k in (start, end):
+            prefix = tokenizer.decode(token_ids[:k], skip_special_tokens=True)
+            if not text.startswith(prefix):
+                return None
+            chars.append(len(prefix))
+    return chars
 
 
 def under_watch(timed_call):

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from . import transcript
+
 
 @dataclass
 class ForwardCounter:
@@ -39,6 +41,35 @@ class Requests:
     def continuation_logprobs(self, prefix: list[int], continuations: list[list[int]]) -> list[list[float]]:
         """Per-token log-probs of each continuation after the prefix."""
         raise NotImplementedError
+
+    # -- the transcript (qval.models.transcript): what each request asked and got, when a point is being scored --
+    def decode(self, ids) -> str:
+        """Token ids as the text the model saw (special tokens and chat template included)."""
+        return self.model.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def note_generate(self, prompt: list[int], text: str, memo: bool) -> None:
+        if transcript.active():
+            transcript.note_request("generate", lambda: self.decode(prompt), lambda: text, memo)
+
+    def note_continuations(self, prefix: list[int], continuations: list[list[int]], out, memo: bool) -> None:
+        """A log-prob request's reply: each continuation's text and its summed log-prob."""
+        if transcript.active():
+            transcript.note_request(
+                "logprobs",
+                lambda: self.decode(prefix),
+                lambda: transcript.listing([(self.decode(c), float(sum(lp))) for c, lp in zip(continuations, out)]),
+                memo,
+            )
+
+    def note_tokens(self, kind: str, prompt: list[int], token_ids: list[int], logprobs, memo: bool) -> None:
+        """A next-token request's reply: the log-probs of the given tokens."""
+        if transcript.active():
+            transcript.note_request(
+                kind,
+                lambda: self.decode(prompt),
+                lambda: transcript.listing([(self.decode([t]), float(v)) for t, v in zip(token_ids, logprobs)]),
+                memo,
+            )
 
     def next_token_logprobs(self, prompt: list[int]):
         """Log-probs over the vocabulary of the token after the prompt (a float32 CPU tensor)."""

@@ -21,14 +21,15 @@ class HTTPRequests(Requests):
         self._memo: dict = {}
 
     def _memoised(self, key, compute):
+        """(value, whether the memo answered)."""
         self.counter.requests += 1
         if self.shared and key in self._memo:
             self.counter.memo_hits += 1
-            return self._memo[key]
+            return self._memo[key], True
         value = compute()
         if self.shared:
             self._memo[key] = value
-        return value
+        return value, False
 
     def continuation_logprobs(self, prefix: list[int], continuations: list[list[int]]) -> list[list[float]]:
         def compute():
@@ -50,7 +51,9 @@ class HTTPRequests(Requests):
             return out
 
         self.counter.naive += sum(len(prefix) + len(c) for c in continuations)
-        return self._memoised(("cont", tuple(prefix), tuple(map(tuple, continuations))), compute)
+        out, memo = self._memoised(("cont", tuple(prefix), tuple(map(tuple, continuations))), compute)
+        self.note_continuations(prefix, continuations, out, memo)
+        return out
 
     def token_logprobs(self, prompt: list[int], token_ids: list[int]) -> torch.Tensor:
         values = self.continuation_logprobs(prompt, [[t] for t in token_ids])
@@ -77,4 +80,6 @@ class HTTPRequests(Requests):
             return reply["choices"][0].get("text") or ""
 
         self.counter.naive += len(prompt) + max_new_tokens
-        return self._memoised(("gen", tuple(prompt), max_new_tokens, float(temperature), int(seed)), compute)
+        text, memo = self._memoised(("gen", tuple(prompt), max_new_tokens, float(temperature), int(seed)), compute)
+        self.note_generate(prompt, text, memo)
+        return text

@@ -20,9 +20,11 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
+from ..models import transcript
 from ..models.requests import ForwardCounter, Requests
 
 PREFIX_CACHE_SIZE = 8  # prompts whose KV cache is kept; scorers walk points one by one, so recent ones matter
+TOP_SHOWN = 5  # next-token requests: the most likely tokens a transcript shows (the reply is a distribution)
 
 
 class LLMRequests(Requests):
@@ -43,6 +45,7 @@ class LLMRequests(Requests):
         key = ("cont", tuple(prefix), tuple(map(tuple, continuations)))
         if self.shared and key in self._memo:
             self.counter.memo_hits += len(continuations)
+            self.note_continuations(prefix, continuations, self._memo[key], memo=True)
             return self._memo[key]
         if self.shared:
             out = self._continuations_shared(prefix, continuations)
@@ -50,24 +53,36 @@ class LLMRequests(Requests):
             out = [self._continuations_shared(prefix, [c], cache_prefix=False)[0] for c in continuations]
         if self.shared:
             self._memo[key] = out
+        self.note_continuations(prefix, continuations, out, memo=False)
         return out
 
     def next_token_logprobs(self, prompt: list[int]):
         """Log-probs over the vocabulary of the token after the prompt (a float32 CPU tensor)."""
+        last, memo = self._next(prompt)
+        if transcript.active():  # the reply as read: the most likely next tokens
+            top = last.topk(min(TOP_SHOWN, last.numel()))
+            self.note_tokens("next", prompt, top.indices.tolist(), top.values.tolist(), memo)
+        return last
+
+    def token_logprobs(self, prompt: list[int], token_ids: list[int]):
+        """Log-probs of the given candidate next tokens after the prompt (a float32 CPU tensor)."""
+        last, memo = self._next(prompt)
+        chosen = last[token_ids]
+        self.note_tokens("tokens", prompt, list(token_ids), chosen.tolist(), memo)
+        return chosen
+
+    def _next(self, prompt: list[int]):
+        """(next-token log-probs, whether the memo answered)."""
         self.counter.requests += 1
         self.counter.naive += len(prompt)
         key = ("next", tuple(prompt))
         if self.shared and key in self._memo:
             self.counter.memo_hits += 1
-            return self._memo[key]
+            return self._memo[key], True
         _, last = self._prefix_state(prompt, cache_prefix=self.shared)
         if self.shared:
             self._memo[key] = last
-        return last
-
-    def token_logprobs(self, prompt: list[int], token_ids: list[int]):
-        """Log-probs of the given candidate next tokens after the prompt (a float32 CPU tensor)."""
-        return self.next_token_logprobs(prompt)[token_ids]
+        return last, False
 
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, seed: int) -> str:
         """Sampled (T > 0) or greedy text after the prompt; the seed makes a sample reproducible."""
@@ -78,6 +93,7 @@ class LLMRequests(Requests):
         if self.shared and key in self._memo:
             self.counter.memo_hits += 1
             self.counter.naive += self._memo[key][1]
+            self.note_generate(prompt, self._memo[key][0], memo=True)
             return self._memo[key][0]
         lm, tok = self.model.model, self.model.tokenizer
         ids = torch.tensor([prompt], device=self.model.device)
@@ -102,6 +118,7 @@ class LLMRequests(Requests):
         self.counter.naive += cost
         if self.shared:
             self._memo[key] = (text, cost)
+        self.note_generate(prompt, text, memo=False)
         return text
 
     # -- internals ---------------------------------------------------------------------------------------------

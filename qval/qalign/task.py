@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..models import transcript
 from ..plan import Cell
 from ..registry import REGISTRY
 from ..timeouts import PluginTimeout, time_limit
@@ -129,21 +130,11 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     failed = errored = 0  # failed: any candidate without a score; errored: the plugin raised or timed out
     for start in range(0, len(todo), step):
         batch = todo[start : start + step]
-        try:
-            with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
-                # The scorer gets copies: the stored action, reference Q and behaviour flag come from the points
-                # as collected, never from objects a plugin held (and might have changed).
-                outcomes = list(scorer.score_batch(copy.deepcopy(batch)))
-                if len(outcomes) != len(batch):
-                    raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
-                # Converted inside the limit: a score object's own __float__ is plugin code too.
-                checked = [
-                    o if isinstance(o, BaseException) else _checked(o, len(p.candidates))
-                    for p, o in zip(batch, outcomes)
-                ]
-        except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - a crashing or hung plugin fails these points only
-            checked = [exc] * len(batch)
-        for point, outcome in zip(batch, checked):
+        # The batch's requests (prompts, replies, parses), recorded even when the scorer raises or times out: then
+        # they are what explains the failure.
+        with transcript.recording() as requests:
+            checked = _score(scorer, batch, cell, timeout_per_point_s)
+        for k, (point, outcome) in enumerate(zip(batch, checked)):
             if isinstance(outcome, BaseException):
                 errors = [f"{type(outcome).__name__}: {_safe_text(outcome)}"] * len(point.candidates)
                 scores = [None] * len(point.candidates)
@@ -162,6 +153,9 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                         "ref_q": c.ref_q,
                         "error": errors[i],
                         "is_behaviour": c.index == point.behaviour_action,
+                        # One copy per point, on its first row. A batch of several points is scored in one call, so
+                        # its requests cannot be told apart per point: they go with the batch's first point.
+                        "requests": (requests or None) if i == 0 and k == 0 else None,
                     }
                     for i, c in enumerate(point.candidates)
                 ]
@@ -171,6 +165,23 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     if counter is not None and before is not None:
         extras["forward_tokens"] = {k: v - before[k] for k, v in counter.as_dict().items()}
     return len(points), failed, extras
+
+
+def _score(scorer, batch: list[EvalPoint], cell: Cell, timeout_per_point_s: float | None) -> list:
+    """Per point of the batch: (scores, errors), or the exception that failed it."""
+    try:
+        with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
+            # The scorer gets copies: the stored action, reference Q and behaviour flag come from the points
+            # as collected, never from objects a plugin held (and might have changed).
+            outcomes = list(scorer.score_batch(copy.deepcopy(batch)))
+            if len(outcomes) != len(batch):
+                raise ValueError(f"score_batch returned {len(outcomes)} results for {len(batch)} points")
+            # Converted inside the limit: a score object's own __float__ is plugin code too.
+            return [
+                o if isinstance(o, BaseException) else _checked(o, len(p.candidates)) for p, o in zip(batch, outcomes)
+            ]
+    except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - a crashing or hung plugin fails these points only
+        return [exc] * len(batch)
 
 
 def _safe_repr(value, limit: int = 60) -> str:

@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..registry import REGISTRY
 from ..stats import MetricValue, bootstrap_batched
 from .model import BASELINE_FAMILY
+from .drilldown import write_pages
 from .render import SuiteReport, TrackBoard, render_report
 
 TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
@@ -164,5 +165,7 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
         markdown, page = render_report(report)
         md.write_text(markdown, encoding="utf-8")
         html.write_text(page, encoding="utf-8")
+        # One drill-down page per leaderboard row: the links document.py put on the rows' method names.
+        write_pages(results, target, [c for board in report.tracks for c in board.rows.get("cell_id", [])])
         written += [md, html]
     return written

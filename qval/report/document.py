@@ -21,6 +21,7 @@ from .analysis import (
     paired_p_values,
     under_load,
 )
+from .links import cell_page
 from .model import SuiteReport, TrackBoard
 from .prepare import CI_SUFFIXES, Group
 from .table import Cell, Column, Row, Table, Whisker
@@ -168,7 +169,12 @@ def board_table(board: TrackBoard, group: Group) -> Table:
                 rank, value=None if rank == fmt.UNDEFINED else float(rank), sort="" if rank == fmt.UNDEFINED else rank
             ),
             Cell(record["model"]),
-            Cell(record["method"], flag=LOAD_FLAG if loaded else "", flag_title=LOAD_NOTE if loaded else ""),
+            Cell(
+                record["method"],
+                flag=LOAD_FLAG if loaded else "",
+                flag_title=LOAD_NOTE if loaded else "",
+                href=cell_page(record["cell_id"]),
+            ),
             Cell(record["family"]),
         ]
         for metric in board.metrics:

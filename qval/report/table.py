@@ -40,6 +40,7 @@ class Cell:
     flag_title: str = ""  # what the warning means
     undefined: bool = False  # an undefined estimate (shown muted)
     whisker: Whisker | None = None
+    href: str | None = None  # a relative link the text leads to (HTML only): a row's drill-down page
 
     @property
     def detail(self) -> str:

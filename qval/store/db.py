@@ -90,6 +90,18 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "CREATE TABLE metric_units (cell_id VARCHAR, metric VARCHAR, unit VARCHAR, cluster VARCHAR, value DOUBLE)",
         ],
     ),
+    (
+        7,
+        [
+            # Samples a researcher can read (`qval samples`, drill-down pages): a Q-alignment point's requests (prompt,
+            # reply, parse) and a decoding turn's text. Rows ingested before stay NULL there.
+            "ALTER TABLE qalign_samples ADD COLUMN requests STRUCT(kind VARCHAR, prompt VARCHAR, reply VARCHAR, "
+            "parsed VARCHAR, parse_error VARCHAR, memo BOOLEAN, capped BOOLEAN)[]",
+            "ALTER TABLE decode_samples ADD COLUMN output_text VARCHAR",
+            "ALTER TABLE decode_samples ADD COLUMN output_capped BOOLEAN",
+            "ALTER TABLE decode_samples ADD COLUMN accepted_chars INTEGER[]",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -4,6 +4,21 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# One request a scorer sent while scoring a point (qval/models/transcript.py): prompt and reply as text, what the
+# scorer's reader parsed from a generated reply (or why it could not), whether the request layer's memo answered,
+# and whether a text was cut at transcript.MAX_CHARS.
+REQUEST = pa.struct(
+    [
+        ("kind", pa.string()),  # generate, logprobs (continuations), next (top next tokens) or tokens (given ones)
+        ("prompt", pa.string()),
+        ("reply", pa.string()),
+        ("parsed", pa.string()),
+        ("parse_error", pa.string()),
+        ("memo", pa.bool_()),
+        ("capped", pa.bool_()),
+    ]
+)
+
 QALIGN_SAMPLES = pa.schema(
     [
         ("cell_id", pa.string()),
@@ -16,6 +31,8 @@ QALIGN_SAMPLES = pa.schema(
         ("error", pa.string()),
         # The action the behaviour policy took at this point: QVal's pooled statistics use these rows only.
         ("is_behaviour", pa.bool_()),
+        # The point's transcript, on its first candidate's row only (NULL on the others: one copy per point).
+        ("requests", pa.list_(REQUEST)),
     ]
 )
 
@@ -46,6 +63,11 @@ DECODE_SAMPLES = pa.schema(
         ("load_other_cores", pa.float64()),
         ("load_steal", pa.float64()),
         ("load_avg1", pa.float64()),
+        # The turn's output as text (special tokens skipped), cut at transcript.MAX_CHARS with output_capped set, and
+        # the [start, end) character spans of accepted draft tokens in it, flattened: s0, e0, s1, e1, ...
+        ("output_text", pa.string()),
+        ("output_capped", pa.bool_()),
+        ("accepted_chars", pa.list_(pa.int32())),
     ]
 )
 

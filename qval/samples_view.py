@@ -1,0 +1,215 @@
+"""A cell's samples as a researcher reads them: per Q-alignment state its candidates, reference Q, scores, the
+rank disagreement between scores and reference, and the model's requests; per decoding turn its text and
+acceptance. Shared by `qval samples` (text and JSON) and the report's drill-down pages (qval/report/drilldown.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+def plain(value: Any) -> Any:
+    """A DataFrame value as JSON-ready Python: NaN → None, arrays → lists, numpy scalars → Python numbers."""
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is pd.NA or value is pd.NaT:
+        return None
+    return value
+
+
+def disagreement(scores: list[float | None], ref_q: list[float | None]) -> float | None:
+    """Share of candidate pairs with different reference Q that the scores order the other way (a tie in the scores
+    counts half; a candidate without a score is left out). 0: the scores rank as the reference does; 1: reversed.
+    None when no pair is left to compare."""
+    pairs = [(s, q) for s, q in zip(scores, ref_q) if s is not None and q is not None]
+    bad, total = 0.0, 0
+    for i in range(len(pairs)):
+        for j in range(i + 1, len(pairs)):
+            (si, qi), (sj, qj) = pairs[i], pairs[j]
+            if qi == qj:
+                continue
+            total += 1
+            if si == sj:
+                bad += 0.5
+            elif (si - sj) * (qi - qj) < 0:
+                bad += 1
+    return bad / total if total else None
+
+
+@dataclass
+class State:
+    """One Q-alignment evaluation point."""
+
+    sample_id: str
+    state_key: str
+    candidates: list[dict]  # candidate, action, ref_q, score, error, is_behaviour
+    requests: list[dict] = field(default_factory=list)
+    disagreement: float | None = None
+    failed: int = 0  # candidates without a score
+
+
+def states(frame: pd.DataFrame) -> list[State]:
+    """The rows of a Q-alignment cell (results.cell_samples) grouped per point, in order."""
+    out = []
+    for sample_id, group in frame.groupby("sample_id", sort=False):
+        candidates = [
+            {k: plain(r.get(k)) for k in ("candidate", "action", "ref_q", "score", "error", "is_behaviour")}
+            for r in group.to_dict("records")
+        ]
+        stored = group["requests"] if "requests" in group else []
+        requests = [plain(q) for r in stored if isinstance(r, list | np.ndarray) for q in r]
+        out.append(
+            State(
+                str(sample_id),
+                str(group["state_key"].iloc[0]),
+                candidates,
+                requests,
+                disagreement([c["score"] for c in candidates], [c["ref_q"] for c in candidates]),
+                sum(c["score"] is None for c in candidates),
+            )
+        )
+    return out
+
+
+@dataclass
+class Turn:
+    """One decoding turn: its text split into segments (``accepted``: drafted and accepted) and its acceptance."""
+
+    sample_id: str
+    turn: int
+    category: str | None
+    new_tokens: int | None
+    target_steps: int | None
+    drafted: int
+    accepted: int
+    segments: list[tuple[str, bool]]
+    highlighted: bool  # per-step spans were stored and applied
+    capped: bool
+    error: str | None
+    steps: list[tuple[int, int]]  # (drafted, accepted) per target step
+
+    @property
+    def tau(self) -> float | None:
+        """Tokens per target step: 1 + accepted drafts per step."""
+        return 1 + self.accepted / self.target_steps if self.target_steps else None
+
+
+def turns(frame: pd.DataFrame) -> list[Turn]:
+    out = []
+    for r in frame.to_dict("records"):
+        drafted, accepted = plain(r.get("drafted")) or [], plain(r.get("accepted")) or []
+        text = plain(r.get("output_text")) or ""
+        spans = plain(r.get("accepted_chars"))
+        out.append(
+            Turn(
+                str(r["sample_id"]),
+                int(r["turn"]),
+                plain(r.get("category")),
+                plain(r.get("new_tokens")),
+                plain(r.get("target_steps")),
+                int(sum(drafted)),
+                int(sum(accepted)),
+                split(text, spans),
+                spans is not None,
+                bool(plain(r.get("output_capped"))),
+                plain(r.get("error")),
+                list(zip(drafted, accepted)),
+            )
+        )
+    return out
+
+
+def split(text: str, spans: list[int] | None) -> list[tuple[str, bool]]:
+    """The text as (piece, accepted) segments from flattened [start, end) spans (within the stored, maybe capped,
+    text)."""
+    if not spans:
+        return [(text, False)] if text else []
+    out, pos = [], 0
+    for start, end in zip(spans[0::2], spans[1::2]):
+        start, end = min(max(start, pos), len(text)), min(end, len(text))
+        if start > pos:
+            out.append((text[pos:start], False))
+        if end > start:
+            out.append((text[start:end], True))
+        pos = max(pos, end)
+    if pos < len(text):
+        out.append((text[pos:], False))
+    return out
+
+
+def _safe(text: Any) -> str:
+    """Model text for a terminal: control characters (an ANSI escape in a reply) shown escaped, never obeyed."""
+    return "".join(ch if ch in "\n\t" or ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def text(frame: pd.DataFrame) -> str:
+    """`qval samples` as text."""
+    info = frame.attrs["cell"]
+    shown = frame["sample_id"].nunique() if len(frame) else 0
+    total = plain(info.get("n_samples")) or 0
+    lines = [
+        _safe(
+            f"cell {info['cell_id']}  {info['track']}  {info['model'] or '–'} / {info['method']}  "
+            f"{info['dataset_label']}  T={info['temperature']:g}  seed {info['seed']}  ({info['status']})"
+        ),
+        f"{shown} of {total} sample(s) shown",
+    ]
+    if info["track"] == "decode":
+        for t in turns(frame):
+            head = f"── sample {t.sample_id} turn {t.turn} [{t.category or '–'}]"
+            if t.error:
+                lines += [_safe(head), _safe(f"   error: {t.error}")]
+                continue
+            lines.append(
+                _safe(
+                    f"{head}  {t.new_tokens} tokens in {t.target_steps} steps, τ={_num(t.tau)}, "
+                    f"accepted {t.accepted}/{t.drafted} drafted" + ("  (text capped)" if t.capped else "")
+                )
+            )
+            lines += ["   " + _safe(line) for line in "".join(s for s, _ in t.segments).splitlines() or [""]]
+        return "\n".join(lines)
+    if "state_key" not in frame:  # per-state values only (imported QVal summaries)
+        for r in frame.to_dict("records"):
+            lines.append(_safe(f"── sample {r['sample_id']}  state {r['state_key']}  value {_num(plain(r['value']))}"))
+        return "\n".join(lines)
+    for s in states(frame):
+        lines.append(_safe(f"── sample {s.sample_id}  state {s.state_key}  rank disagreement {_num(s.disagreement)}"))
+        for c in s.candidates:
+            mark = "*" if c["is_behaviour"] else " "
+            row = f"  {mark}{c['candidate']:>3}  {c['action']:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
+            lines.append(_safe(row + (f"  error: {c['error']}" if c["error"] else "")))
+        for i, q in enumerate(s.requests, 1):
+            flags = ", ".join(f for f, on in (("memo", q["memo"]), ("capped", q["capped"])) if on)
+            lines.append(_safe(f"   request {i}: {q['kind']}" + (f" ({flags})" if flags else "")))
+            lines += ["     prompt │ " + _safe(line) for line in (q["prompt"] or "").splitlines() or [""]]
+            lines += ["     reply  │ " + _safe(line) for line in (q["reply"] or "").splitlines() or [""]]
+            if q["parsed"] is not None or q["parse_error"] is not None:
+                lines.append(
+                    _safe(
+                        f"     parsed │ {q['parsed'] or '–'}"
+                        + (f"  error: {q['parse_error']}" if q["parse_error"] else "")
+                    )
+                )
+    return "\n".join(lines)
+
+
+def records(frame: pd.DataFrame) -> list[dict]:
+    """`qval samples --json`: the rows as JSON-ready dicts (NaN → null)."""
+    return [{k: plain(v) for k, v in r.items()} for r in frame.to_dict("records")]

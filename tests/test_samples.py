@@ -1,0 +1,173 @@
+"""Samples a researcher can read: `qval samples` (text, --json, --limit, unknown cells), the stored transcripts of
+an LLM scorer and the text of decoding turns, and the report's drill-down pages (one per leaderboard row, hostile
+model text escaped)."""
+
+import json
+import re
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+from conftest import install_plugin, pip, run_qval, write_suite
+
+import qval.results as R
+from qval.models.packaged import SmolLM2Instruct
+from qval.report.links import cell_page
+
+XSS = "<script>alert('xss')</script>"
+
+
+@pytest.fixture(scope="module")
+def model_free(tmp_path_factory):
+    """A model-free run: oracle-q, and the example plugin's echo scorer, whose every candidate fails quoting a
+    hostile reply."""
+    root = tmp_path_factory.mktemp("samples")
+    install_plugin("qval-example-plugin")
+    try:
+        suite = write_suite(
+            root / "s.yaml",
+            f"""\
+            name: seen
+            models: [smollm2-135m-instruct]
+            qalign:
+              envs: [{{name: frozenlake, params: {{map: 4x4}}}}]
+              methods: [oracle-q, {{name: example-echo, params: {{reply: "{XSS}"}}}}]
+              points: {{episodes: 2, max_points_per_episode: 2}}
+            """,
+        )
+        proc = run_qval("run", suite, "--results", root / "r")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        proc = run_qval("report", "--results", root / "r", "--out", root / "rep")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    finally:
+        pip("uninstall", "-y", "qval-example-plugin")
+    cells = R.cells(root / "r").set_index("method")["cell_id"].to_dict()
+    return root, cells
+
+
+def test_samples_text_json_and_limit(model_free):
+    root, cells = model_free
+    oracle = cells["oracle-q"]
+    proc = run_qval("samples", oracle[:6], "--results", root / "r")
+    assert proc.returncode == 0, proc.stderr
+    states = R.cell_samples(oracle, root / "r")
+    assert proc.stdout.count("── sample ") == states["sample_id"].nunique() > 0
+    assert f"cell {oracle}" in proc.stdout and "rank disagreement 0" in proc.stdout  # oracle ranks as Q does
+    for action in states["action"]:
+        assert action in proc.stdout
+    data = json.loads(run_qval("samples", oracle, "--results", root / "r", "--json").stdout)
+    assert data["cell"]["cell_id"] == oracle and data["cell"]["method"] == "oracle-q"
+    assert len(data["samples"]) == len(states)
+    assert {"sample_id", "candidate", "action", "score", "ref_q", "error", "requests"} <= set(data["samples"][0])
+    assert all(s["requests"] is None for s in data["samples"])  # oracle-q asks no model
+    limited = json.loads(run_qval("samples", oracle, "--results", root / "r", "--json", "--limit", "1").stdout)
+    assert len({s["sample_id"] for s in limited["samples"]}) == 1
+    assert "1 of " in run_qval("samples", oracle, "--results", root / "r", "--limit", "1").stdout
+
+
+def test_failed_parse_is_shown_as_text(model_free):
+    root, cells = model_free
+    proc = run_qval("samples", cells["example-echo"], "--results", root / "r")
+    assert proc.returncode == 0 and f"error: no number in the reply {XSS!r}" in proc.stdout
+
+
+def test_unknown_or_ambiguous_cell_exits_2_with_suggestions(model_free):
+    root, cells = model_free
+    proc = run_qval("samples", "zz" + cells["oracle-q"][2:], "--results", root / "r")
+    assert proc.returncode == 2 and "no cell" in proc.stderr and "closest" in proc.stderr
+    assert "Traceback" not in proc.stderr and cells["oracle-q"][:12] in proc.stderr
+    proc = run_qval("samples", "", "--results", root / "r")  # an empty id names no cell (not all of them)
+    assert proc.returncode == 2 and "no cell ''" in proc.stderr
+
+
+def test_database_of_an_older_qval_asks_for_one_ingest(model_free, tmp_path):
+    root, cells = model_free
+    shutil.copytree(root / "r", tmp_path / "r")
+    con = duckdb.connect(str(tmp_path / "r" / "qval.duckdb"))
+    con.execute("UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    con.close()
+    proc = run_qval("samples", cells["oracle-q"], "--results", tmp_path / "r")
+    assert proc.returncode == 2 and "Run `qval ingest" in proc.stderr
+
+
+def test_each_leaderboard_row_links_its_drill_down_page(model_free):
+    root, cells = model_free
+    folder = root / "rep" / "seen"
+    index = (folder / "index.html").read_text()
+    links = re.findall(r'<a href="(cells/[0-9a-f]+\.html)"', index)
+    assert sorted(links) == sorted(cell_page(c) for c in cells.values())
+    for link in links:
+        page = (folder / link).read_text()
+        assert page.count("<script") == 1  # the leaderboard's own hash-pinned script, nothing else
+        assert '<a href="../index.html">' in page
+    oracle = (folder / cell_page(cells["oracle-q"])).read_text()
+    assert oracle.count("<tr data-i=") == R.cell_samples(cells["oracle-q"], root / "r")["sample_id"].nunique()
+    echo = (folder / cell_page(cells["example-echo"])).read_text()
+    assert XSS not in echo and "&lt;script&gt;alert(" in echo  # the model's reply is text
+
+
+SMOL_SUITE = """\
+name: transcripts
+seeds: [0]
+models: [smollm2-135m-instruct]
+qalign:
+  envs: [{name: frozenlake, params: {map: 4x4}}]
+  methods: [{name: direct, params: {max_new_tokens: 8}}, action-logprob]
+  points: {episodes: 1, max_points_per_episode: 2}
+decode:
+  datasets: [{name: spec-bench, params: {categories: [coding], limit_per_category: 1, max_turns: 1}}]
+  policies: [ar, {name: prompt-lookup, params: {num_draft: 4}}]
+  max_new_tokens: 16
+"""
+
+
+@pytest.fixture(scope="module")
+def smol_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("transcripts")
+    suite = write_suite(root / "s.yaml", SMOL_SUITE)
+    proc = run_qval("run", suite, "--results", root / "r")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cells = R.cells(root / "r").set_index("method")["cell_id"].to_dict()
+    return root, cells
+
+
+def test_llm_scorer_keeps_prompt_reply_and_parse(smol_run):
+    root, cells = smol_run
+    frame = R.cell_samples(cells["direct"], root / "r")
+    for _, point in frame.groupby("sample_id"):
+        first, rest = point.iloc[0], point.iloc[1:]
+        assert not any(isinstance(r, list | np.ndarray) for r in rest["requests"])  # one copy per point
+        requests = list(first["requests"])
+        assert len(requests) == len(point)  # direct: one request per candidate
+        for q, (_, cand) in zip(requests, point.iterrows()):
+            assert q["kind"] == "generate" and not q["capped"]
+            assert "<|im_start|>" in q["prompt"] and cand["action"] in q["prompt"]  # as the model saw it
+            assert (q["parsed"] is None) != (q["parse_error"] is None)
+            if q["parsed"] is not None:
+                assert float(q["parsed"]) == pytest.approx(cand["score"])
+            else:
+                assert cand["error"] == q["parse_error"]
+    proc = run_qval("samples", cells["direct"], "--results", root / "r", "--limit", "1")
+    assert proc.returncode == 0 and "request 1: generate" in proc.stdout and "prompt │" in proc.stdout
+    logprob = R.cell_samples(cells["action-logprob"], root / "r")
+    kinds = {q["kind"] for r in logprob["requests"] if isinstance(r, list | np.ndarray) for q in r}
+    assert kinds and kinds <= {"next", "logprobs", "tokens"}
+
+
+def test_decoding_turns_keep_their_text(smol_run, smollm):
+    root, cells = smol_run
+    con = duckdb.connect(str(root / "r" / "qval.duckdb"), read_only=True)
+    stored = con.execute("SELECT cell_id, output_ids, output_text, accepted_chars FROM decode_samples").fetchall()
+    con.close()
+    assert len(stored) == 2
+    for cell_id, ids, text, spans in stored:
+        assert text and text == smollm.tokenizer.decode(ids, skip_special_tokens=True)
+        assert spans is not None and len(spans) % 2 == 0
+        assert all(0 <= a < b <= len(text) for a, b in zip(spans[0::2], spans[1::2]))
+        if cell_id == cells["ar"]:
+            assert spans == []  # AR drafts nothing
+    proc = run_qval("samples", cells["prompt-lookup"], "--results", root / "r", "--json")
+    turn = json.loads(proc.stdout)["samples"][0]
+    assert "output_ids" not in turn and turn["output_text"] and turn["accepted"] is not None
+    assert SmolLM2Instruct.name in {c for c in R.cells(root / "r")["model"]}
