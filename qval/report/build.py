@@ -15,8 +15,8 @@ from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
 from ..stats import MetricValue, bootstrap_batched
-from .model import BASELINE_FAMILY
 from .drilldown import write_pages
+from .model import BASELINE_FAMILY
 from .render import SuiteReport, TrackBoard, render_report
 
 TRACK_TITLES = {"qalign": "Q-alignment (scores vs reference Q)", "decode": "Decoding policies (vs same-run AR)"}
