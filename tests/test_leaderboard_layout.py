@@ -61,9 +61,10 @@ def test_family_table_never_averages_baselines():
     by_state = {c: pd.Series(np.full(8, v), index=states) for c, v in zip(rows["cell_id"], rows["score"])}
     families = family_aggregates(rows, by_state, "score")
     frozen = families[families["dataset"] == "frozenlake(map=4x4)"]
-    baselines = frozen[frozen["family"] == "baseline"].set_index("best_method")
-    # One row per baseline with its own value: the oracle (1.0) is never averaged with random (0.0).
+    baselines = frozen[frozen["family"].str.startswith("baseline")].set_index("best_method")
+    # One row per baseline with its own value, named: the oracle (1.0) is never averaged with random (0.0).
     assert sorted(baselines.index) == ["heuristic", "oracle-q", "random"]
+    assert sorted(baselines["family"]) == ["baseline: heuristic", "baseline: oracle-q", "baseline: random"]
     assert (baselines["methods"] == 1).all()
     assert baselines.loc["oracle-q", "value"] == pytest.approx(1.0)
     assert baselines.loc["random", "value"] == pytest.approx(0.0)
@@ -146,7 +147,7 @@ def test_page_puts_environment_and_definitions_in_collapsed_blocks():
     # The long dataset label: shortened in headings and filter choices, the full label as the tooltip.
     heading = re.search(r"<h3 title=\"([^\"]+)\">([^<]+)</h3>", page)
     assert heading and heading.group(1).startswith("spec-bench(categories=") and heading.group(1).endswith(" · T=0")
-    assert heading.group(2).endswith("\u2026") and len(heading.group(2)) <= 48
+    assert heading.group(2).endswith("\u2026) \u00b7 T=0") and len(heading.group(2)) <= 48
     assert re.search(r"<option value=\"spec-bench\(categories=[^\"]+\" title=\"spec-bench", page)
     # Value and CI on one line, n on the next: the columns stay narrow.
     assert re.search(r"1\.000 <span class=\"ci\">\[0\.900, 1\.100\]</span><span class=\"n\">n=3, low n</span>", page)
@@ -159,3 +160,16 @@ def test_markdown_keeps_full_labels_and_one_line_cells():
     markdown, _ = lr.render_report(make_report(board))
     assert f"### {long} · T=0" in markdown
     assert "1.000 [0.900, 1.100] (n=3, low n)" in markdown
+
+
+def test_shortened_headings_keep_what_tells_groups_apart():
+    """Only the parameter list is cut: a limited cell's 'limit=N' and the group's temperature always show."""
+    board = decode_board(rows=None)
+    rows = board.rows
+    long = "spec-bench(categories=summarization+rag+translation+qa+math_reasoning+writing)"
+    rows["dataset"] = [f"{long} limit=5" if i % 2 else long for i in range(len(rows))]
+    _, page = lr.render_report(make_report(board))
+    headings = re.findall(r"<h3 title=\"[^\"]+\">([^<]+)</h3>", page)
+    assert len(headings) == len(set(headings)) == 4  # (limited or not) x (T=0, T=0.7): all distinct
+    assert sum("limit=5 \u00b7 T=" in h for h in headings) == 2
+    assert all(len(h) <= 48 and "\u2026)" in h for h in headings)

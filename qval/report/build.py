@@ -128,7 +128,8 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
         record = {
             "dataset": dataset,
             "temperature": temperature,
-            "family": family,
+            # A baseline's row names it: "baseline: oracle-q", not one of several identical "baseline" rows.
+            "family": f"{family}: {group['method'].iloc[0]}" if family == BASELINE_FAMILY else family,
             "methods": len(series),
             "value": None,
             "ci_low": None,

@@ -30,10 +30,22 @@ def text(value: object) -> str:
 
 
 def short(value: object, limit: int = SHORT_LABEL) -> str:
-    """A long label (e.g. a dataset with all its parameters) cut to `limit` characters with an ellipsis, so that
-    headings and filter menus keep the page's width; the page shows the full label as a tooltip."""
+    """A long label (e.g. a dataset with all its parameters) shortened to `limit` characters so that headings and
+    filter menus keep the page's width; the page shows the full label as a tooltip.
+
+    Only the parameter list is cut: what follows it (a cell's ``limit=N``, a group's ``· T=0.7``) tells rows apart
+    and always stays. A label without one keeps its start and its end."""
     line = text(value)
-    return line if len(line) <= limit else line[: limit - 1] + "\u2026"
+    if len(line) <= limit:
+        return line
+    first, last = line.find("("), line.rfind(")")
+    if 0 <= first < last:
+        head, params, tail = line[: first + 1], line[first + 1 : last], line[last:]
+        room = limit - len(head) - len(tail) - 1
+        if room >= 4:
+            return head + params[:room] + "\u2026" + tail
+    front = (limit - 1) * 2 // 3
+    return line[:front] + "\u2026" + line[len(line) - (limit - 1 - front) :]
 
 
 def one_line(value: object) -> str:
