@@ -261,3 +261,26 @@ def bounded_mean(values, low: float, high: float, clusters=None) -> MetricValue:
     lo = (-b1 - np.sqrt(disc)) / (2.0 * a2)
     hi = (-b1 + np.sqrt(disc)) / (2.0 * a2)
     return MetricValue(mean, float(max(low, min(lo, mean))), float(min(high, max(hi, mean))), n)
+
+
+def wilson_proportion(hits, clusters=None) -> MetricValue:
+    """A share of successes with a Wilson score interval: the standard interval for a binomial proportion, which
+    keeps its level near 0 and 1 where a percentile bootstrap does not (measured at n = 50 and a true share of
+    0.96: bootstrap 0.86, Wilson 0.95).
+
+    ``clusters`` (one label per hit): hits that share a label (one state visited by several evaluation points) are
+    not independent, so the interval counts distinct labels, not hits; conservative when a label's hits differ.
+    ``tests/test_ci_coverage.py`` checks the coverage by simulation at the suites' sizes."""
+    from scipy import stats as sps
+
+    x = np.asarray(hits, float)
+    n = x.size
+    if n == 0:
+        return MetricValue.undefined()
+    share = float(x.mean())
+    units = n if clusters is None else int(np.unique(np.asarray(clusters)).size)
+    z = float(sps.norm.ppf(0.5 + CONFIDENCE / 2))
+    c = z * z / units
+    centre = (share + c / 2) / (1 + c)
+    half = z * np.sqrt(share * (1 - share) / units + c / (4 * units)) / (1 + c)
+    return MetricValue(share, float(max(0.0, centre - half)), float(min(1.0, centre + half)), n)

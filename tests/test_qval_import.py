@@ -97,9 +97,20 @@ def test_scipy_cross_check_from_the_raw_json(raw, summary):
 def test_qval_metrics_reproduce_the_pooled_numbers(summary, fast_bootstrap):
     """qval's own metric classes, fed the rows ingest would give them (error IS NULL; columns cell_id, sample_id,
     candidate, score, ref_q), give QVal's pooled correlations."""
-    from qval.qalign.metrics import PerStateSpearman, PooledKendall, PooledPearson, PooledSpearman
+    from qval.qalign.metrics import (
+        PerStateSpearman,
+        PooledKendall,
+        PooledPearson,
+        PooledSignAgreement,
+        PooledSpearman,
+    )
 
-    metrics = {"spearman": PooledSpearman(), "kendall_tau": PooledKendall(), "pearson": PooledPearson()}
+    metrics = {
+        "spearman": PooledSpearman(),
+        "kendall_tau": PooledKendall(),
+        "pearson": PooledPearson(),
+        "sign_agreement": PooledSignAgreement(),
+    }
     compared = 0
     for e in summary.pointwise:
         frame = qi.metric_frame(e.rows)
@@ -119,7 +130,7 @@ def test_qval_metrics_reproduce_the_pooled_numbers(summary, fast_bootstrap):
             assert value.value == pytest.approx(expected.correlation, abs=1e-9)
             compared += e.stored is not None
         assert PerStateSpearman().compute(frame).value is None  # one candidate per state: nothing to rank
-    assert compared == 144  # 48 cells x 3 correlations (sign agreement is checked by check_summary)
+    assert compared == 192  # 48 cells x 4 statistics, each against the number QVal's own pipeline stored
 
 
 def test_ranking_entries_keep_per_state_values(summary):
@@ -251,7 +262,7 @@ def test_rules_prefix_nulls_threshold_and_constants():
 
 
 def test_qval_metrics_follow_the_same_rules(fast_bootstrap):
-    from qval.qalign.metrics import PooledKendall, PooledPearson, PooledSpearman
+    from qval.qalign.metrics import PooledKendall, PooledPearson, PooledSignAgreement, PooledSpearman
 
     rng = np.random.default_rng(1)
     gt = [float(x) for x in rng.choice([0.9025, 0.95, 0.857], 100)]
@@ -268,6 +279,7 @@ def test_qval_metrics_follow_the_same_rules(fast_bootstrap):
             (PooledSpearman(), "spearman"),
             (PooledKendall(), "kendall_tau"),
             (PooledPearson(), "pearson"),
+            (PooledSignAgreement(), "sign_agreement"),
         ):
             v = metric.compute(frame)
             assert v.n == e.stored[key].num_points

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from ..metrics.base import Metric, MetricView
-from ..stats import MetricValue, bootstrap_units, bounded_mean
+from ..stats import MetricValue, bootstrap_units, bounded_mean, wilson_proportion
 
 # What Q-alignment metrics read. A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a
 # state with a failed candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than
@@ -132,6 +132,34 @@ class PooledPearson(_Pooled):
     name = "pooled_pearson"
     label = f"Pearson r pooled {_QVAL_ROWS} (skewed labels make Pearson unreliable)"
     _corr = staticmethod(_pearson)
+
+
+class PooledSignAgreement(_Pooled):
+    """QVal's sign agreement (the formula qval_import's check reproduces from QVal's stored numbers): the share of
+    pooled pairs whose score and reference Q have the same numpy sign, so a zero agrees only with a zero. A share
+    near 1 is common, where a percentile bootstrap under-covers, so the interval is Wilson's over distinct states."""
+
+    name = "pooled_sign_agreement"
+    reference = None  # chance depends on the labels' signs: QVal's reference Q is never negative (about 0.96 there)
+    label = (
+        "QVal's sign agreement: the share of the behaviour policy's (score, reference Q) pairs, one per evaluation "
+        "point, whose signs agree (a zero matches only a zero); null below 50 pairs as in QVal; n = points, "
+        "Wilson 95% interval over distinct states (coverage checked by simulation). Reference Q ≥ 0 in QVal's "
+        "environments makes it mostly the share of non-negative scores, not an ordering measure"
+    )
+
+    def compute(self, samples, baseline=None, cell=None):
+        samples = self.rows(samples)
+        if len(samples) < MIN_POOLED_PAIRS:
+            return MetricValue.undefined(len(samples), _n_states(samples))
+        agree = np.sign(samples["score"].to_numpy(float)) == np.sign(samples["ref_q"].to_numpy(float))
+        states = None
+        if "state_key" in samples:  # a point without a state key (older rows) is its own state
+            keys = samples["state_key"].astype(object)
+            keys = keys.where(keys.notna(), "point:" + samples["sample_id"].astype(str))
+            states = pd.factorize(keys)[0]
+        value = wilson_proportion(agree, states)
+        return MetricValue(value.value, value.ci_low, value.ci_high, len(samples), _n_states(samples))
 
 
 class PooledSpearmanAll(_Pooled):
