@@ -13,15 +13,57 @@ from qval.qalign.scorers.base import Scorer
 from qval.registry import NO_DOCSTRING
 from qval.testing import CheckReport, ContractError, check_scorer
 
+UNDOCUMENTED = """
+from qval.decode.policies import AutoregressivePolicy
 
-def test_list_shows_the_first_sentence_of_each_docstring_and_never_none():
-    proc = run_qval("list", "policies")
+
+class Quiet(AutoregressivePolicy):
+    name = "quiet"
+"""
+
+
+@pytest.fixture(scope="module")
+def undocumented_env(tmp_path_factory):
+    """A policy plugin whose class has no docstring of its own (its base class has one, which says nothing about
+    it), exposed as an installed package: the env for ``run_qval``."""
+    root = tmp_path_factory.mktemp("undocumented")
+    project = root / "quiet"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        '[project]\nname = "quiet-policy"\nversion = "0.1.0"\n\n'
+        '[project.entry-points."qval.policies"]\nquiet = "quiet_policy:Quiet"\n'
+    )
+    (project / "quiet_policy.py").write_text(UNDOCUMENTED)
+    return expose_package(root / "site", project)
+
+
+def test_list_shows_the_first_sentence_of_each_docstring_and_never_none(undocumented_env):
+    proc = run_qval("list", "policies", env=undocumented_env)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("│")[2].strip(): line for line in proc.stdout.splitlines() if line.startswith("│ policies")}
     assert "The baseline every speedup is measured against" in rows["ar"]
     # A sentence is not cut at "et al. 2023".
     assert "(Leviathan et al. 2023; Chen et al. 2023)." in rows["draft-model"]
-    assert NO_DOCSTRING in rows["prompt-lookup"] and "None" not in rows["prompt-lookup"]
+    # A class without a docstring says so (its base class's docstring is not taken for its own), never "None".
+    assert NO_DOCSTRING in rows["quiet"] and "None" not in rows["quiet"]
+    assert "The baseline every speedup" not in rows["quiet"]
+
+
+def test_every_built_in_plugin_has_a_description():
+    proc = run_qval("list", "--json")
+    assert proc.returncode == 0, proc.stderr
+    built_in = [r for r in json.loads(proc.stdout) if r["distribution"] == "qval"]
+    assert len(built_in) >= 60  # every kind is listed, not an empty or partial registry
+    assert {r["kind"] for r in built_in} == {"scorers", "policies", "envs", "datasets", "models", "metrics", "runners"}
+    # A plugin that fails to import has no description either; say why, so that is not mistaken for a missing one.
+    undescribed = sorted(
+        f"{r['kind']}:{r['name']}" + (f" (fails to import: {r['error']})" if r["error"] else "")
+        for r in built_in
+        if not r["description"]
+    )
+    assert undescribed == [], (
+        f"give these classes a docstring (its first sentence is what `qval list` shows): {undescribed}"
+    )
 
 
 def test_list_params_shows_types_defaults_and_bounds():
@@ -34,12 +76,13 @@ def test_list_params_shows_types_defaults_and_bounds():
     assert "params" not in run_qval("list", "policies").stdout.splitlines()[1]  # only with --params
 
 
-def test_list_json_has_description_and_params_for_every_plugin():
-    proc = run_qval("list", "--json")
+def test_list_json_has_description_and_params_for_every_plugin(undocumented_env):
+    proc = run_qval("list", "--json", env=undocumented_env)
     assert proc.returncode == 0, proc.stderr
     rows = {(r["kind"], r["name"]): r for r in json.loads(proc.stdout)}
     assert all({"description", "params", "version"} <= set(r) for r in rows.values())
-    assert rows["policies", "prompt-lookup"]["description"] is None  # no docstring: null, not the string "None"
+    assert rows["policies", "quiet"]["description"] is None  # no docstring: null, not the string "None"
+    assert rows["policies", "prompt-lookup"]["description"].startswith("Prompt lookup (Saxena 2023)")
     assert rows["scorers", "oracle-q"]["description"].startswith("Scores are the reference Q")
     num_draft = next(p for p in rows["policies", "prompt-lookup"]["params"] if p["name"] == "num_draft")
     assert num_draft == {

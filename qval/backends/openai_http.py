@@ -68,6 +68,13 @@ class OpenAIClient:
 
 
 class OpenAIModel(ServedModelSource):
+    """Any OpenAI-compatible server at ``base_url``, fed the model's own token ids: decoding cells, and scorers needing
+    only generation or continuation log-probs.
+
+    Prompts are made with ``tokenizer`` (an HF folder or a qval model source), so they are byte-identical to the other
+    backends'. The AR baseline is this server; the ``served`` policy points at a second one that speculates. The API key
+    is read from ``api_key_env``, and neither it nor ``base_url`` is part of the identity."""
+
     name = "openai"
     Params = OpenAIParams
 

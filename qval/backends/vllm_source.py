@@ -36,6 +36,12 @@ class VLLMParams(ModelParams):
 
 
 class VLLMModel(ServedModelSource):
+    """vLLM's offline engine on an HF folder (``path``) or a qval model source's (``model``), run in a child process
+    under vLLM's interpreter: decoding cells only.
+
+    The engine restarts whenever the policy's speculative config changes (vLLM fixes it per engine), outside any timed
+    region. ``python`` (or ``$QVAL_VLLM_PYTHON``) names that interpreter and is not part of the identity."""
+
     name = "vllm"
     Params = VLLMParams
 

@@ -90,6 +90,14 @@ class NgramDrafter:
 
 
 class PromptLookupPolicy(DecodePolicy):
+    """Prompt lookup (Saxena 2023): drafts the tokens that followed an earlier occurrence of the trailing n-gram in the
+    prompt and output so far; no draft model.
+
+    Drafting costs no forward pass; the longest n-gram (``max_ngram`` down to ``min_ngram``) that recurs wins, and up to
+    ``num_draft`` tokens are copied. ``match: latest`` copies from the most recent occurrence (transformers'
+    ``prompt_lookup_num_tokens``), ``match: earliest`` from the first (vLLM's n-gram proposer); on the vLLM backend only
+    ``earliest`` is accepted, so the policy means the same on both."""
+
     name = "prompt-lookup"
     family = "n-gram"
     Params = PromptLookupParams

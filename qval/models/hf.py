@@ -15,6 +15,11 @@ class HFPathParams(ModelParams):
 
 
 class HFPathModel(LocalModelSource):
+    """Any Hugging Face model folder, or a hub id already in the local HF cache, loaded with transformers in the worker:
+    decoding cells and every scorer.
+
+    ``qval plan`` refuses a ``path`` that is neither, before any worker starts."""
+
     name = "hf"
     Params = HFPathParams
 

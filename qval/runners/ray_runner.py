@@ -99,6 +99,13 @@ def run_shard_task(plan_path: str, shard: int, results: str, run_id: str, thread
 
 
 class RayRunner(Runner):
+    """Ray: one task per shard, each supervising the ordinary worker subprocess (a crashing engine never takes a Ray
+    worker down); timed shards run last.
+
+    Each timed shard holds a whole node's CPUs, so nothing shares its clock. A worker killed by a signal is retried
+    (``max_retries``) and resumes inside its cells; one that exits with an error is not. The results folder must be on a
+    filesystem every node shares."""
+
     name = "ray"
     options = {
         "address": str,

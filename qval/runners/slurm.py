@@ -58,6 +58,11 @@ def make_executor(folder: Path, opts: dict, job_name: str):
 
 
 class SubmititRunner(Runner):
+    """SLURM through submitit: one job array per plan, one element per shard, requeued on preemption or timeout and
+    resuming inside its cells.
+
+    ``cluster=local`` runs the same code path in local subprocesses, without SLURM (what CI tests)."""
+
     name = "submitit"
     options = {
         "cluster": str,

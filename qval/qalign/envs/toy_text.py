@@ -88,6 +88,14 @@ class FrozenLakeParams(BaseModel):
 
 
 class FrozenLakeEnv(ToyTextEnv):
+    """Gymnasium's FrozenLake-v1 (4x4, 8x8, seeded random or custom map): reach G without falling into a hole,
+    optionally slippery; exact Q* by value iteration.
+
+    The only one of the three toy-text envs whose moves can be stochastic, and the only one with failure states: a hole
+    ends the episode with reward 0. Unlike gymnasium's default the ice is not slippery unless ``slippery: true`` (then a
+    move can go sideways, and Q* accounts for it). Gymnasium's reward (1 on reaching G) already is QVal's sparse success
+    reward. ``heuristic`` is minus the Manhattan distance to the nearest G."""
+
     name = "frozenlake"
     version = "2"
     gym_id = "FrozenLake-v1"
@@ -131,6 +139,13 @@ class FrozenLakeEnv(ToyTextEnv):
 
 
 class CliffWalkingEnv(ToyTextEnv):
+    """Gymnasium's CliffWalking-v1, a deterministic 4x12 grid: walk to G along a cliff that sends you back to the start;
+    exact Q* by value iteration.
+
+    Gymnasium's rewards (-1 per step, -100 for the cliff) are replaced by QVal's sparse success reward (1 on reaching G,
+    0 otherwise, discounted by gamma), so no move ends the episode in failure: stepping onto the cliff costs only the
+    discounting of the steps it loses. ``heuristic`` is minus the Manhattan distance to G."""
+
     name = "cliffwalking"
     gym_id = "CliffWalking-v1"
     action_names = ("up", "right", "down", "left")
@@ -161,6 +176,13 @@ class CliffWalkingEnv(ToyTextEnv):
 
 
 class TaxiEnv(ToyTextEnv):
+    """Gymnasium's Taxi-v4 (500 states, deterministic): pick the passenger up, then drop them off at the destination, a
+    two-stage task; exact Q* by value iteration.
+
+    Gymnasium's shaped rewards (-1 per step, -10 for an illegal pick-up or drop-off, +20 for the drop-off) are replaced
+    by QVal's sparse success reward: 1 on the correct drop-off, 0 otherwise, discounted by gamma. ``heuristic`` is minus
+    the Manhattan length of the remaining route (walls ignored) plus pick-up and drop-off."""
+
     name = "taxi"
     gym_id = "Taxi-v4"
     action_names = ("south", "north", "east", "west", "pickup", "dropoff")

@@ -34,6 +34,15 @@ class CodeParams(BaseModel):
 
 
 class CodeScorer(LLMScorer):
+    """Code family: the model writes ``score(observation, action, task)`` programs once per cell; the sandbox runs them
+    on every candidate and averages.
+
+    The model is asked only in ``prepare``: the programs, not the model, score the points. The mean over the
+    ``programs`` that returned a number is QVal's codegen-avg; ``program: i`` scores with program i alone (its
+    per-sample codegen). Differs from QVal's codegen, whose ``signal_function(state, action, next_state)`` also sees the
+    next state, runs on the actor's action only and is shown no example state; qval's sees one example state and its
+    action list."""
+
     name = "codegen"
     family = "code"
     version = "1-v1"

@@ -54,6 +54,14 @@ class _NumericScorer(LLMScorer):
 
 
 class DirectScorer(_NumericScorer):
+    """Direct prompting, one prompt per candidate: the model states the action's value as a number (asked for 0 to 1),
+    and that number is the score.
+
+    ``samples: k`` averages k replies sampled at ``sample_temperature`` (QVal's direct-16 with k = 16), over the replies
+    that parsed; a candidate none of whose replies holds a number is a recorded failure. Unlike direct-batched, each
+    candidate is asked about alone; unlike gvl, the prompt names the action and asks for its value, not for the progress
+    of its outcome."""
+
     name = "direct"
     version = "1-v1"
 
@@ -106,6 +114,14 @@ class DirectBatchedScorer(_NumericScorer):
 
 
 class GVLScorer(_NumericScorer):
+    """GVL-style: the model rates the task progress (0 to 100%) of the candidate's outcome, shown after the trajectory's
+    observations so far in shuffled order.
+
+    The prompt names no action, only observations: the score depends on the outcome alone (direct asks for the action's
+    value). Differs from GVL (Ma et al., 2024), which shows a vision-language model the shuffled frames of one video and
+    asks for the progress of every frame: qval's observations are text, shuffled with a seed per point, the outcome is
+    always last, and only its number is read. ``samples: k`` averages k sampled replies, as for direct."""
+
     name = "gvl"
     version = "1-v1"
 

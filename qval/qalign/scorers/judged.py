@@ -84,6 +84,12 @@ class RankingParams(BaseModel):
 
 
 class RankingScorer(LLMScorer):
+    """Ranking: the model orders a state's lettered candidates best first in one reply; a candidate's score is its place
+    (n for the best, 1 for the worst).
+
+    Candidates are shown in a seeded random order (``shuffle``, default on) so that list position carries no signal. A
+    reply that does not name every candidate fails the whole state: a partial order is not a ranking."""
+
     name = "ranking"
     family = "ranking"
     version = "1-v1"

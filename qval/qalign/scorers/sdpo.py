@@ -35,6 +35,13 @@ Stored expert rollout outcome: {outcome}
 
 
 class SDPOScorer(LLMScorer):
+    """Self-distillation (QVal's sdpo): mean token log-prob of the action when the policy prompt adds hindsight, the
+    action's outcome, minus the same without it.
+
+    The teacher sees the outcome and nothing privileged, unlike sdpo-gt (the expert's continuation from the outcome) and
+    sdpo-best-action (the best move at this state). Differs from QVal in wording: qval's prompts are its own and the
+    student sees no history."""
+
     name = "sdpo"
     family = "self-distillation"
     version = "1-v1"
