@@ -27,12 +27,27 @@ class Origin:
     flag: str  # as the user typed it: --set qalign.envs.0.params.map=8x8
 
     def covers(self, field: str) -> bool:
-        """A problem at, under or above the overridden field (a bad value, an unknown key inside a mapping given as
-        the value, or the unknown key the path itself created)."""
-        return any(
-            a == b or a.startswith(b + ".") or a.startswith(b + "[")
-            for a, b in ((field, self.field), (self.field, field))
-        )
+        """Whether a problem at ``field`` may come from this override: the problem is at or under the overridden
+        field (a bad value, an unknown key inside a mapping given as the value), above it (the unknown key the path
+        itself created; a section set to null), or the override is inside the list entry the problem is in
+        (``--set qalign.envs.0.name=taxi`` makes the entry's ``params.map`` an unknown key). Compared by path
+        components, so ``a.0.b`` and ``a[0].b`` are one path; ``qalign/decode`` (either section) is each of them."""
+        mine = _parts(self.field)
+        for alternative in field.split("/"):
+            theirs = _parts(alternative)
+            entry = max((i + 1 for i, p in enumerate(theirs) if isinstance(p, int)), default=0)
+            if _under(theirs, mine) or _under(mine, theirs) or (entry and _under(mine, theirs[:entry])):
+                return True
+        return False
+
+
+def _parts(field: str) -> list[str | int]:
+    """A field path's components, indexes as ints whichever way they were written."""
+    return [int(p.strip("[]")) if p.startswith("[") or p.isdigit() else p for p in _PART.findall(field)]
+
+
+def _under(path: list[str | int], prefix: list[str | int]) -> bool:
+    return bool(prefix) and path[: len(prefix)] == prefix
 
 
 class OverrideProblem(Exception):
@@ -57,8 +72,12 @@ def parse_path(text: str) -> list[str | int]:
         raise UsageError(
             f"--set {text!r}: not a dotted field path; write it as in the suite file, e.g. --set qalign.points.episodes=4"
         )
-    pieces = _PART.findall(text)
-    return [int(p.strip("[]")) if p.startswith("[") or p.isdigit() else p for p in pieces]
+    return _parts(text)
+
+
+def dotted(parts: Sequence[str | int]) -> str:
+    """The path as --set takes it, for suggestions: ``qalign.envs.0.name``."""
+    return ".".join(map(str, parts))
 
 
 def apply_overrides(
@@ -83,7 +102,7 @@ def apply_overrides(
         field = loc(parts)
         value = _value(parse, raw, f"--set {text}", field)
         try:
-            _put(data, parts, value)
+            _put(data, parts, value, raw.strip())
         except OverrideProblem as exc:
             raise OverrideProblem(exc.field, f"{exc.reason} (from --set {text})") from None
         origins.append(Origin(field, f"--set {text}"))
@@ -98,14 +117,16 @@ def _value(parse: Callable[[str], Any], raw: str, flag: str, field: str):
         raise OverrideProblem(field, f"the value of {flag} is not valid YAML: {problem}") from None
 
 
-def _put(data: dict, parts: list[str | int], value) -> None:
+def _put(data: dict, parts: list[str | int], value, raw: str) -> None:
     node: Any = data
     for depth, part in enumerate(parts):
         here = loc(parts[: depth + 1])
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not isinstance(part, int):
-                raise OverrideProblem(loc(parts[:depth]), f"is a list: index it by position, e.g. {here}.0")
+                # The index goes where the list is: qalign.envs.name → qalign.envs.0.name.
+                example = dotted([*parts[:depth], 0, *parts[depth:]])
+                raise OverrideProblem(loc(parts[:depth]), f"is a list: index it by position, e.g. {example}")
             if not 0 <= part < len(node):
                 raise OverrideProblem(here, f"no entry {part}: the list has {len(node)} (indices from 0)")
         elif isinstance(node, dict):
@@ -119,7 +140,23 @@ def _put(data: dict, parts: list[str | int], value) -> None:
         axis = parts[depth - 1] if isinstance(part, int) and depth else None
         if isinstance(child, str) and isinstance(axis, str) and axis in _SHORTHAND:
             child = {_SHORTHAND[axis]: child}  # `envs: [frozenlake]` entry 0 is {name: frozenlake}
+        elif child is None and isinstance(parts[depth + 1], int):
+            # An index into a list the file leaves out: which entries would the others be? Only the whole list says.
+            raise OverrideProblem(
+                here,
+                f"is not in the file; set the whole list: --set {dotted(parts[: depth + 1])}={_listed(parts[depth + 2 :], raw)}",
+            )
         elif child is None:
             child = {}  # a section or params mapping the file leaves out
         node[part] = child
         node = child
+
+
+def _listed(rest: Sequence[str | int], raw: str) -> str:
+    """The whole-list value to suggest for an absent list: ``[0.5]``, or ``[{name: x}]`` for ``models.0.name=x``."""
+    if any(isinstance(p, int) for p in rest):
+        return "[...]"  # a list inside the entry too: no one-line example would be the user's value
+    value = raw
+    for key in reversed(rest):
+        value = f"{{{key}: {value}}}"
+    return f"[{value}]"

@@ -149,11 +149,63 @@ def test_set_changes_values_as_the_file_would(tmp_path):
         ("qalign..points=1", ["not a dotted field path"]),
         # The value is shown as typed: brackets are not eaten as console markup.
         ("description=[x, {y: z}]", ["field 'description'", "(from --set description=[x, {y: z}])"]),
+        # The index goes where the list is, not at the end of the path.
+        ("qalign.envs.name=taxi", ["field 'qalign.envs'", "is a list: index it by position, e.g. qalign.envs.0.name"]),
+        # An index into a list the file leaves out: set the whole list (not "Input should be a valid list").
+        (
+            "qalign.temperatures.0=0.5",
+            ["field 'qalign.temperatures'", "is not in the file; set the whole list: --set qalign.temperatures=[0.5]"],
+        ),
+        # A problem the override caused elsewhere in the list entry it wrote, or above it, still names the flag.
+        (
+            "qalign.envs[0].name=taxi",
+            ["field 'qalign.envs[0].params.map'", "unknown key", "(from --set qalign.envs[0].name=taxi)"],
+        ),
+        ("qalign=null", ["field 'qalign/decode'", "needs at least one track section", "(from --set qalign=null)"]),
     ],
 )
 def test_a_bad_set_exits_2_with_the_field(tmp_path, override, fragments):
     suite = model_free_suite(tmp_path, "over")
     _usage_error(run_qval("plan", suite, "--set", override), *fragments)
+
+
+@pytest.mark.parametrize(
+    "override, whole",
+    [
+        ("models.0=smollm2-135m-instruct", "--set models=[smollm2-135m-instruct]"),
+        ("models.0.source=x", "--set models=[{source: x}]"),
+    ],
+)
+def test_an_index_into_a_list_the_file_leaves_out_says_to_set_the_whole_list(tmp_path, override, whole):
+    path = write_suite(
+        tmp_path / "free.yaml",
+        """\
+        name: free
+        qalign:
+          envs: [frozenlake]
+          methods: [oracle-q]
+        """,
+    )
+    stderr = _usage_error(run_qval("plan", path, "--set", override), "field 'models'", "is not in the file", whole)
+    assert "valid list" not in stderr
+
+
+def test_a_problem_of_the_file_does_not_name_an_unrelated_flag(tmp_path):
+    path = write_suite(
+        tmp_path / "bad.yaml",
+        """\
+        name: bad
+        qalign:
+          envs: [{name: frozenlake, params: {mapp: 4x4}}]
+          methods: [oracle-q, random]
+        """,
+    )
+    stderr = _usage_error(
+        run_qval("plan", path, "--set", "qalign.points.episodes=2", "--set", "seeds=[1]"),
+        "field 'qalign.envs[0].params.mapp'",
+        "did you mean 'map'",
+    )
+    assert "(from" not in stderr
 
 
 def test_run_refuses_a_bad_set_before_writing_anything(tmp_path):
@@ -244,3 +296,37 @@ def test_a_limited_decode_cell_is_paired_with_a_limited_baseline(tmp_path):
     assert {c["settings"]["limit"] for c in cells.values()} == {2} and manifest["config"]["limit"] == 2
     assert cells["prompt-lookup"]["baseline_cell_id"] == cells["ar"]["cell_id"]
     assert {c["dataset_label"].endswith(" limit=2") for c in cells.values()} == {True}
+
+
+def _points_files(results) -> dict[str, list[dict]]:
+    return {p.name: json.loads(p.read_text())["points"] for p in (results / "points").glob("*.json")}
+
+
+def test_a_limited_cell_collects_only_the_first_points_of_the_full_run(tmp_path):
+    """--limit N stops collection (and Monte-Carlo labelling) after N points, and those N are the full run's first
+    N: same states, candidates and labels, stored apart so that the full run still collects every point."""
+    path = write_suite(
+        tmp_path / "mc.yaml",
+        """\
+        name: mc
+        qalign:
+          envs: [{name: frozenlake, params: {map: 4x4}}]
+          methods: [oracle-q, random]
+          points: {episodes: 3, max_points_per_episode: 3}
+          reference: {method: mc, rollouts: 4}
+        """,
+    )
+    limited, full = tmp_path / "limited", tmp_path / "full"
+    assert _ok(run_qval("run", path, "--results", limited, "--limit", "2", "--json"))["cells_run"] == 2
+    (name, first), *others = _points_files(limited).items()
+    assert not others and name.endswith(".limit2.json") and len(first) == 2  # one collection, shared by both cells
+
+    assert _ok(run_qval("run", path, "--results", full, "--json"))["cells_run"] == 2
+    (full_name, every), *others = _points_files(full).items()
+    assert not others and full_name == name.replace(".limit2", "") and len(every) > 2
+    assert every[:2] == first  # ids, states, candidates, Monte-Carlo labels: the same points
+
+    # With the full set stored, a limited cell reads its prefix from it: nothing is collected again.
+    assert _ok(run_qval("run", path, "--results", full, "--limit", "3", "--json"))["cells_run"] == 2
+    assert list(_points_files(full)) == [full_name]
+    assert sorted(_stored_points(full).values()) == [3, 3, len(every), len(every)]

@@ -70,12 +70,17 @@ def collect_points(
     max_candidates: int | None = None,
     behaviour: str = "optimal",
     actor=None,
+    limit: int | None = None,
 ) -> list[EvalPoint]:
     # ``behaviour`` is the suite's setting (stored with the points); ``actor`` is what carries it out.
     """Deterministic given the seed: the same cell always scores the same points.
 
     ``label(state) -> Q values`` labels the candidates; by default the reference Q row. The behaviour policy is
     ε-noisy around ``actor(env, state, rng) -> action`` (default: greedy in Q*, i.e. scripted optimal).
+
+    ``limit`` stops after that many points, which are the first ``limit`` of the full collection: every random
+    stream, label and actor call up to a point happens in the same order either way, and stopping only leaves out
+    what comes after.
     """
     rng = np.random.default_rng(seed)
     outcome_rng = np.random.default_rng([seed, 2])  # its own stream: outcomes do not shift the trajectories
@@ -115,6 +120,8 @@ def collect_points(
             points.append(
                 EvalPoint(f"e{ep:04d}t{t:04d}", s, env.describe(s), env.task(s), tuple(cands), history, taken)
             )
+            if limit is not None and len(points) >= limit:
+                return points
     return points
 
 

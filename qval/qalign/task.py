@@ -53,18 +53,26 @@ def _uses_llm_actor(cell: Cell) -> bool:
 
 
 def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> list[EvalPoint]:
-    path = Path(results) / "points" / f"{points_key(cell, env_cls)}.json"
-    if path.exists():
-        try:
-            return [EvalPoint.from_dict(p) for p in json.loads(path.read_text())["points"]]
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged file is recomputed below and replaced
+    """The cell's points: the full stored set (sliced to a limit), else a limited cell's own stored prefix, else
+    collected. A limited cell collects only its first N points (with an LLM actor or Monte-Carlo labels that is what
+    a first look saves) and stores them apart (``<key>.limit<N>.json``), never as the full set a full cell reads."""
+    key, limit = points_key(cell, env_cls), cell.limit
+    full = Path(results) / "points" / f"{key}.json"
+    path = full if limit is None else full.with_name(f"{key}.limit{limit}.json")  # what this cell collects
+    for stored in dict.fromkeys([full, path]):
+        if stored.exists():
+            try:
+                return [EvalPoint.from_dict(p) for p in json.loads(stored.read_text())["points"]][:limit]
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged file is recomputed below and replaced
     q = env.reference_q(cell.settings["gamma"])  # only when collecting: stored points carry their labels
     ref = cell.settings.get("reference", {"method": "exact"})
     llm_actor = LLMActor(model) if _uses_llm_actor(cell) else None
     label = _mc_labeller(cell, env, q, llm_actor) if ref["method"] == "mc" else None
     behaviour_actor = llm_actor if cell.settings["points"].get("behaviour") == "llm" else None
-    points = collect_points(env, q, seed=cell.seed, label=label, actor=behaviour_actor, **cell.settings["points"])
+    points = collect_points(
+        env, q, seed=cell.seed, label=label, actor=behaviour_actor, limit=limit, **cell.settings["points"]
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(
@@ -72,7 +80,7 @@ def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) 
             {
                 "env": cell.dataset,
                 "env_params": cell.dataset_params,
-                "settings": {k: v for k, v in cell.settings.items() if k != "limit"},  # the file has every point
+                "settings": cell.settings,  # with the limit, if any: such a file holds only the first N points
                 "seed": cell.seed,
                 "points": [p.to_dict() for p in points],
             }
@@ -102,9 +110,9 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     env_cls = REGISTRY.get("envs", cell.dataset)
     scorer_cls = REGISTRY.get("scorers", cell.method)
     env = env_cls(env_cls.Params.model_validate(cell.dataset_params))
-    # --limit scores the first N points of the full, shared set: a first look measures a prefix of what the full
-    # cell measures, on the same stored points.
-    points = load_or_collect_points(cell, env, env_cls, writer.results, model)[: cell.limit]
+    # --limit scores the first N points of the full set: a first look measures a prefix of what the full cell
+    # measures (collected only that far when the full set is not stored yet).
+    points = load_or_collect_points(cell, env, env_cls, writer.results, model)
     context = ScorerContext(
         env=env, model=model, seed=cell.seed, temperature=cell.temperature, gamma=cell.settings["gamma"]
     )
