@@ -93,6 +93,17 @@ def test_prepare_requests_are_stored_once_per_cell(model_free):
     assert "while preparing the cell" not in oracle
 
 
+def test_unreadable_prepare_requests_warn_and_keep_the_cell(model_free, tmp_path):
+    root, cells = model_free
+    cell = cells["example-transcript"]
+    shutil.copytree(root / "r", tmp_path / "r")
+    (tmp_path / "r" / "parts" / cell / "prepare-requests.parquet").write_bytes(b"not parquet")
+    proc = run_qval("ingest", "--results", tmp_path / "r")
+    assert proc.returncode == 0 and "warning: skipped unreadable" in proc.stderr and "prepare-requests" in proc.stderr
+    data = json.loads(run_qval("samples", cell, "--results", tmp_path / "r", "--json").stdout)
+    assert data["prepare_requests"] == [] and data["cell"]["status"] == "done" and data["samples"]
+
+
 def test_batched_requests_are_labelled_as_the_batch(model_free):
     """A scorer that scores two points per call: the batch's requests on its first point, labelled as the
     batch's; the other point names that point instead of "none recorded"."""
