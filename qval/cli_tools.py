@@ -57,7 +57,13 @@ def samples(
 
     frame = R.cell_samples(cell, results, limit)
     if as_json:
-        emit_json({"cell": samples_view.plain(frame.attrs["cell"]), "samples": samples_view.records(frame)})
+        emit_json(
+            {
+                "cell": samples_view.plain(frame.attrs["cell"]),
+                "prepare_requests": samples_view.prepare_requests(frame),
+                "samples": samples_view.records(frame),
+            }
+        )
     else:
         print(samples_view.text(frame))  # print, not rich: model text must not be read as rich markup
 

@@ -170,8 +170,8 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
 
 
 def find_cell(results, cell: str) -> dict:
-    """The cells row of a cell id or a unique prefix of one (as `qval plan` and reports show them). An unknown or
-    ambiguous id is a usage error that names the closest cells."""
+    """The cells row of a cell id, or of a unique prefix of one (as `qval plan` and reports show them). An unknown
+    id, or a prefix of several ids none of which it equals, is a usage error that names the closest cells."""
     import difflib
 
     from .errors import UsageError
@@ -180,7 +180,9 @@ def find_cell(results, cell: str) -> dict:
         results, "SELECT cell_id, track, model, method, dataset_label, temperature, seed, status, n_samples FROM cells"
     )
     wanted = cell.strip().lower()
-    matches = frame[frame["cell_id"].str.startswith(wanted)] if wanted else frame.iloc[0:0]
+    # An exact id wins over the longer ids it is a prefix of: a full id must always name its cell.
+    exact = frame[frame["cell_id"] == wanted]
+    matches = exact if len(exact) else frame[frame["cell_id"].str.startswith(wanted)] if wanted else frame.iloc[0:0]
     if len(matches) == 1:
         return matches.iloc[0].to_dict()
 
@@ -206,7 +208,9 @@ def cell_samples(cell: str, results="results", limit: int | None = None) -> pd.D
     of dicts: kind, prompt, reply, parsed, parse_error, memo, capped), sits on its first candidate's row. Decoding:
     one row per turn with ``output_text`` and the acceptance per target step (``drafted``, ``accepted``,
     ``accepted_chars``); token ids are left out. ``limit`` keeps the first N samples (points or prompts), all their
-    rows. The frame's ``attrs["cell"]`` holds the cell's row of the cells table."""
+    rows. A point scored in one call with others lists them in ``batch`` (the batch's requests sit on the first).
+    The frame's ``attrs["cell"]`` holds the cell's row of the cells table, ``attrs["prepare_requests"]`` the
+    requests the scorer sent while preparing the cell (once per cell, before any point; a list of dicts)."""
     info = find_cell(results, cell)
     table = SAMPLE_TABLES.get(info["track"], SAMPLE_TABLES["qalign"])
     column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")  # within a sample
@@ -219,4 +223,6 @@ def cell_samples(cell: str, results="results", limit: int | None = None) -> pd.D
         [info["cell_id"], info["cell_id"], None if limit is None else max(int(limit), 0)],
     )
     frame.attrs["cell"] = info
+    prepared = _query(results, "SELECT requests FROM prepare_requests WHERE cell_id = ?", [info["cell_id"]])
+    frame.attrs["prepare_requests"] = [q for r in prepared["requests"] if r is not None for q in list(r)]
     return frame

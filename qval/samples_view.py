@@ -59,6 +59,19 @@ class State:
     requests: list[dict] = field(default_factory=list)
     disagreement: float | None = None
     failed: int = 0  # candidates without a score
+    # The points scored in one call with this one, in order (None: scored alone). The batch's requests sit on the
+    # first of them: ``requests`` is then the batch's, and on the other points it is empty.
+    batch: list[str] | None = None
+
+    @property
+    def holds_batch(self) -> bool:
+        """This point's requests are its batch's (several points), not its own."""
+        return bool(self.batch) and self.batch[0] == self.sample_id
+
+    @property
+    def in_batch_of(self) -> str | None:
+        """The point holding the requests of the batch this one was scored in, when that is another point."""
+        return self.batch[0] if self.batch and self.batch[0] != self.sample_id else None
 
 
 def states(frame: pd.DataFrame) -> list[State]:
@@ -71,6 +84,7 @@ def states(frame: pd.DataFrame) -> list[State]:
         ]
         stored = group["requests"] if "requests" in group else []
         requests = [plain(q) for r in stored if isinstance(r, list | np.ndarray) for q in r]
+        batches = [plain(b) for b in (group["batch"] if "batch" in group else []) if isinstance(b, list | np.ndarray)]
         out.append(
             State(
                 str(sample_id),
@@ -79,6 +93,7 @@ def states(frame: pd.DataFrame) -> list[State]:
                 requests,
                 disagreement([c["score"] for c in candidates], [c["ref_q"] for c in candidates]),
                 sum(c["score"] is None for c in candidates),
+                [str(b) for b in batches[0]] if batches else None,
             )
         )
     return out
@@ -171,6 +186,10 @@ def text(frame: pd.DataFrame) -> str:
         ),
         f"{shown} of {total} sample(s) shown",
     ]
+    prepared = prepare_requests(frame)
+    if prepared:
+        lines.append(f"── requests made while preparing the cell (once, before any point): {len(prepared)}")
+        lines += _request_lines(prepared, "   ")
     if info["track"] == "decode":
         for t in turns(frame):
             head = f"── sample {t.sample_id} turn {t.turn} [{t.category or '–'}]"
@@ -195,19 +214,39 @@ def text(frame: pd.DataFrame) -> str:
             mark = "*" if c["is_behaviour"] else " "
             row = f"  {mark}{c['candidate']:>3}  {c['action']:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
             lines.append(_safe(row + (f"  error: {c['error']}" if c["error"] else "")))
-        for i, q in enumerate(s.requests, 1):
-            flags = ", ".join(f for f, on in (("memo", q["memo"]), ("capped", q["capped"])) if on)
-            lines.append(_safe(f"   request {i}: {q['kind']}" + (f" ({flags})" if flags else "")))
-            lines += ["     prompt │ " + _safe(line) for line in (q["prompt"] or "").splitlines() or [""]]
-            lines += ["     reply  │ " + _safe(line) for line in (q["reply"] or "").splitlines() or [""]]
-            if q["parsed"] is not None or q["parse_error"] is not None:
-                lines.append(
-                    _safe(
-                        f"     parsed │ {q['parsed'] or '–'}"
-                        + (f"  error: {q['parse_error']}" if q["parse_error"] else "")
-                    )
+        if s.holds_batch and s.batch:
+            lines.append(
+                _safe(
+                    f"   requests of the batch of points {', '.join(s.batch)} (scored in one call: not told apart "
+                    f"per point): {len(s.requests)}"
                 )
+            )
+        elif s.in_batch_of:
+            lines.append(_safe(f"   requests: in the batch of point {s.in_batch_of}"))
+        lines += _request_lines(s.requests, "   ")
     return "\n".join(lines)
+
+
+def _request_lines(requests: list[dict], indent: str) -> list[str]:
+    lines = []
+    for i, q in enumerate(requests, 1):
+        flags = ", ".join(f for f, on in (("memo", q["memo"]), ("capped", q["capped"])) if on)
+        lines.append(_safe(f"{indent}request {i}: {q['kind']}" + (f" ({flags})" if flags else "")))
+        lines += [f"{indent}  prompt │ " + _safe(line) for line in (q["prompt"] or "").splitlines() or [""]]
+        lines += [f"{indent}  reply  │ " + _safe(line) for line in (q["reply"] or "").splitlines() or [""]]
+        if q["parsed"] is not None or q["parse_error"] is not None:
+            lines.append(
+                _safe(
+                    f"{indent}  parsed │ {q['parsed'] or '–'}"
+                    + (f"  error: {q['parse_error']}" if q["parse_error"] else "")
+                )
+            )
+    return lines
+
+
+def prepare_requests(frame: pd.DataFrame) -> list[dict]:
+    """The requests the scorer sent while preparing the cell (results.cell_samples), JSON-ready."""
+    return [plain(q) for q in frame.attrs.get("prepare_requests", [])]
 
 
 def records(frame: pd.DataFrame) -> list[dict]:

@@ -9,39 +9,39 @@ import shutil
 import duckdb
 import numpy as np
 import pytest
-from conftest import install_plugin, pip, run_qval, write_suite
+from conftest import PLUGINS, run_qval, write_suite
+from path_plugins import expose_package
 
 import qval.results as R
 from qval.models.packaged import SmolLM2Instruct
-from qval.report.links import cell_page
+from qval.report.drilldown import write_pages
+from qval.report.links import cell_page, page_file
+from qval.store.db import connect_writer
 
 XSS = "<script>alert('xss')</script>"
 
 
 @pytest.fixture(scope="module")
 def model_free(tmp_path_factory):
-    """A model-free run: oracle-q, and the example plugin's echo scorer, whose every candidate fails quoting a
-    hostile reply."""
+    """A model-free run: oracle-q; the example plugin's echo scorer, whose every candidate fails quoting a hostile
+    reply; and its transcript scorer, which "asks the model" in prepare() and scores two points per call."""
     root = tmp_path_factory.mktemp("samples")
-    install_plugin("qval-example-plugin")
-    try:
-        suite = write_suite(
-            root / "s.yaml",
-            f"""\
-            name: seen
-            models: [smollm2-135m-instruct]
-            qalign:
-              envs: [{{name: frozenlake, params: {{map: 4x4}}}}]
-              methods: [oracle-q, {{name: example-echo, params: {{reply: "{XSS}"}}}}]
-              points: {{episodes: 2, max_points_per_episode: 2}}
-            """,
-        )
-        proc = run_qval("run", suite, "--results", root / "r")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        proc = run_qval("report", "--results", root / "r", "--out", root / "rep")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    finally:
-        pip("uninstall", "-y", "qval-example-plugin")
+    env = expose_package(root / "site", PLUGINS / "qval-example-plugin")  # seen by every qval process of the run
+    suite = write_suite(
+        root / "s.yaml",
+        f"""\
+        name: seen
+        models: [smollm2-135m-instruct]
+        qalign:
+          envs: [{{name: frozenlake, params: {{map: 4x4}}}}]
+          methods: [oracle-q, {{name: example-echo, params: {{reply: "{XSS}"}}}}, example-transcript]
+          points: {{episodes: 2, max_points_per_episode: 2}}
+        """,
+    )
+    proc = run_qval("run", suite, "--results", root / "r", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_qval("report", "--results", root / "r", "--out", root / "rep", env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = R.cells(root / "r").set_index("method")["cell_id"].to_dict()
     return root, cells
 
@@ -61,6 +61,7 @@ def test_samples_text_json_and_limit(model_free):
     assert len(data["samples"]) == len(states)
     assert {"sample_id", "candidate", "action", "score", "ref_q", "error", "requests"} <= set(data["samples"][0])
     assert all(s["requests"] is None for s in data["samples"])  # oracle-q asks no model
+    assert data["prepare_requests"] == [] and "while preparing" not in proc.stdout
     limited = json.loads(run_qval("samples", oracle, "--results", root / "r", "--json", "--limit", "1").stdout)
     assert len({s["sample_id"] for s in limited["samples"]}) == 1
     assert "1 of " in run_qval("samples", oracle, "--results", root / "r", "--limit", "1").stdout
@@ -72,6 +73,63 @@ def test_failed_parse_is_shown_as_text(model_free):
     assert proc.returncode == 0 and f"error: no number in the reply {XSS!r}" in proc.stdout
 
 
+def test_prepare_requests_are_stored_once_per_cell(model_free):
+    """codegen asks the model in prepare(), before any point: those requests are the cell's, shown at the top."""
+    root, cells = model_free
+    cell = cells["example-transcript"]
+    n = R.cell_samples(cell, root / "r")["sample_id"].nunique()
+    assert n >= 3  # two batches of points, one of them full
+    data = json.loads(run_qval("samples", cell, "--results", root / "r", "--json").stdout)
+    assert [q["prompt"] for q in data["prepare_requests"]] == [f"write a scorer for {n} points"]
+    assert data["prepare_requests"][0]["reply"] == "def score" and data["prepare_requests"][0]["kind"] == "generate"
+    prompts = [q["prompt"] for s in data["samples"] for q in s["requests"] or []]
+    assert not any("write a scorer" in p for p in prompts)  # in no sample's transcript
+    text = run_qval("samples", cell, "--results", root / "r", "--limit", "1").stdout
+    assert "── requests made while preparing the cell (once, before any point): 1" in text
+    assert f"prompt │ write a scorer for {n} points" in text and text.index("preparing") < text.index("── sample")
+    page = (root / "rep" / "seen" / cell_page(cell)).read_text()
+    assert "Requests made while preparing the cell" in page and f"write a scorer for {n} points" in page
+    oracle = (root / "rep" / "seen" / cell_page(cells["oracle-q"])).read_text()
+    assert "while preparing the cell" not in oracle
+
+
+def test_unreadable_prepare_requests_warn_and_keep_the_cell(model_free, tmp_path):
+    root, cells = model_free
+    cell = cells["example-transcript"]
+    shutil.copytree(root / "r", tmp_path / "r")
+    (tmp_path / "r" / "parts" / cell / "prepare-requests.parquet").write_bytes(b"not parquet")
+    proc = run_qval("ingest", "--results", tmp_path / "r")
+    assert proc.returncode == 0 and "warning: skipped unreadable" in proc.stderr and "prepare-requests" in proc.stderr
+    data = json.loads(run_qval("samples", cell, "--results", tmp_path / "r", "--json").stdout)
+    assert data["prepare_requests"] == [] and data["cell"]["status"] == "done" and data["samples"]
+
+
+def test_batched_requests_are_labelled_as_the_batch(model_free):
+    """A scorer that scores two points per call: the batch's requests on its first point, labelled as the
+    batch's; the other point names that point instead of "none recorded"."""
+    root, cells = model_free
+    cell = cells["example-transcript"]
+    frame = R.cell_samples(cell, root / "r")
+    ids = list(dict.fromkeys(frame["sample_id"]))
+    batches = [ids[i : i + 2] for i in range(0, len(ids), 2)]
+    data = json.loads(run_qval("samples", cell, "--results", root / "r", "--json").stdout)
+    firsts = {s["sample_id"]: s for s in data["samples"] if s["candidate"] == 0}
+    for batch in batches:
+        head = firsts[batch[0]]
+        assert [q["prompt"] for q in head["requests"]] == ["score points " + " ".join(batch)]
+        if len(batch) == 1:  # a batch of one point: its requests are its own
+            assert head["batch"] is None
+            continue
+        assert head["batch"] == batch and firsts[batch[1]]["batch"] == batch and firsts[batch[1]]["requests"] is None
+    text = run_qval("samples", cell, "--results", root / "r").stdout
+    assert f"requests of the batch of points {batches[0][0]}, {batches[0][1]} (scored in one call" in text
+    assert f"requests: in the batch of point {batches[0][0]}" in text
+    page = (root / "rep" / "seen" / cell_page(cell)).read_text()
+    assert f"the batch's requests: points {batches[0][0]}, {batches[0][1]}, scored in one call" in page
+    assert f"in the batch of point {batches[0][0]}" in page and "none recorded" not in page
+    assert page.count("<details>") == len(batches) + 1  # one request per batch, one while preparing
+
+
 def test_unknown_or_ambiguous_cell_exits_2_with_suggestions(model_free):
     root, cells = model_free
     proc = run_qval("samples", "zz" + cells["oracle-q"][2:], "--results", root / "r")
@@ -79,6 +137,32 @@ def test_unknown_or_ambiguous_cell_exits_2_with_suggestions(model_free):
     assert "Traceback" not in proc.stderr and cells["oracle-q"][:12] in proc.stderr
     proc = run_qval("samples", "", "--results", root / "r")  # an empty id names no cell (not all of them)
     assert proc.returncode == 2 and "no cell ''" in proc.stderr
+
+
+def test_exact_id_wins_over_the_ids_it_prefixes(tmp_path):
+    """Two cells whose ids share a prefix (one id is a prefix of the other): the exact id names its cell, the shared
+    prefix is ambiguous and lists both, and the report's drill-down pages are written for both."""
+    results = tmp_path / "r"
+    con = connect_writer(results)
+    for cell_id, method in (("abc123", "oracle-q"), ("abc1234", "random")):
+        con.execute(
+            "INSERT INTO cells (cell_id, track, model, method, dataset, dataset_label, temperature, seed, status, "
+            "n_samples) VALUES (?, 'qalign', NULL, ?, 'frozenlake', 'frozenlake', 0, 0, 'done', 0)",
+            [cell_id, method],
+        )
+    con.close()
+    proc = run_qval("samples", "abc123", "--results", results, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cell"]["method"] == "oracle-q"
+    proc = run_qval("samples", "ABC1234 ", "--results", results)  # case and spaces as pasted
+    assert proc.returncode == 0 and "cell abc1234 " in proc.stdout and "random" in proc.stdout
+    proc = run_qval("samples", "abc", "--results", results)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "prefix 'abc' matches 2 cells" in proc.stderr and "give more of it" in proc.stderr
+    assert "abc123 (–/oracle-q, frozenlake)" in proc.stderr and "abc1234 (–/random, frozenlake)" in proc.stderr
+    pages = write_pages(results, tmp_path / "rep", ["abc123", "abc1234"])
+    assert [p.name for p in pages] == [page_file(c) for c in ("abc123", "abc1234")]
+    assert "oracle-q" in pages[0].read_text() and "random" in pages[1].read_text()
 
 
 def test_database_of_an_older_qval_asks_for_one_ingest(model_free, tmp_path):

@@ -1,11 +1,13 @@
 """The transcript of a Q-alignment evaluation point: every request its scorer sent to the model (the prompt as the
 model saw it, chat template included), the raw reply, and what the scorer's reader made of a generated reply (the
 parsed value or the parse error). Stored with the point's rows (``qalign_samples.requests``) so a researcher can
-see why a method scored what it did (``qval samples``, the report's drill-down pages).
+see why a method scored what it did (``qval samples``, the report's drill-down pages). Requests sent while the
+scorer prepares its cell are the cell's, stored once (``prepare_requests``).
 
-Recording is on only inside ``recording()`` (the worker wraps each scored batch of points in it); elsewhere, e.g.
-point collection with an LLM actor or a benchmark, the request layers skip it at the cost of one lookup. It uses a
-context variable, not an attribute of the request layer: the layer is shared by every scorer and cell of a worker.
+Recording is on only inside ``recording()`` (the worker wraps the scorer's prepare() and each scored batch of points
+in it); elsewhere, e.g. point collection with an LLM actor or a benchmark, the request layers skip it at the cost of
+one lookup. It uses a context variable, not an attribute of the request layer: the layer is shared by every scorer
+and cell of a worker.
 
 Text is stored, never token ids. A text longer than ``MAX_CHARS`` keeps its first ``MAX_CHARS`` characters and the
 entry's ``capped`` flag says so: nothing is cut silently.

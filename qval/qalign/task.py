@@ -119,9 +119,15 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     scorer = build_scorer(scorer_cls, scorer_cls.Params.model_validate(cell.method_params), context)
     counter = model.requests().counter if model is not None else None
     before = counter.as_dict() if counter else None
-    with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
-        # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
-        scorer.prepare(copy.deepcopy(points))
+    # prepare()'s requests (codegen writes its programs here) are the cell's, not a point's: stored once per cell,
+    # and also when prepare fails, since they are then what explains the failure.
+    with transcript.recording() as prepared:
+        try:
+            with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
+                # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
+                scorer.prepare(copy.deepcopy(points))
+        finally:
+            writer.write_prepare_requests(prepared)
     if scorer.artifacts:
         (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
     done = writer.done_sample_ids()
@@ -142,6 +148,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
         # they are what explains the failure.
         with transcript.recording() as requests:
             checked = _score(scorer, batch, cell, timeout_per_point_s)
+        # Several points scored in one call: each of their rows names the whole batch (see store/tables.py).
+        together = [p.point_id for p in batch] if len(batch) > 1 else None
         for k, (point, outcome) in enumerate(zip(batch, checked)):
             if isinstance(outcome, BaseException):
                 errors = [f"{type(outcome).__name__}: {_safe_text(outcome)}"] * len(point.candidates)
@@ -164,6 +172,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                         # One copy per point, on its first row. A batch of several points is scored in one call, so
                         # its requests cannot be told apart per point: they go with the batch's first point.
                         "requests": (requests or None) if i == 0 and k == 0 else None,
+                        "batch": together if i == 0 else None,
                     }
                     for i, c in enumerate(point.candidates)
                 ]

@@ -1,6 +1,7 @@
 """Drill-down pages: one static page per leaderboard row listing that cell's samples (qval.samples_view), linked
 from the row's method name. Q-alignment: each state with its candidates, reference Q, scores and the model's
-requests, sortable by rank disagreement. Decoding: each turn's text with the accepted draft tokens highlighted
+requests (those of a batch of points on its first point; those made while preparing the cell at the top), sortable
+by rank disagreement. Decoding: each turn's text with the accepted draft tokens highlighted
 (where the per-step spans were stored) and its acceptance per target step.
 
 Same design as the leaderboard (html.py): offline, its stylesheet and its one hash-pinned script (whose table
@@ -52,6 +53,7 @@ def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
         shown=shown,
         total=info.get("n_samples") or shown,
         limit=limit,
+        prepared=samples_view.prepare_requests(frame),
         states=samples_view.states(frame) if kind == "states" else [],
         turns=samples_view.turns(frame) if kind == "decode" else [],
         columns=list(frame.columns) if kind == "rows" else [],

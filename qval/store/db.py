@@ -102,6 +102,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE decode_samples ADD COLUMN accepted_chars INTEGER[]",
         ],
     ),
+    (
+        8,
+        [
+            # Requests a scorer sent while preparing its cell (once per cell), and which points a batched scorer
+            # scored in one call (the batch's requests sit on its first point). Rows ingested before stay NULL.
+            "CREATE TABLE prepare_requests (cell_id VARCHAR, requests STRUCT(kind VARCHAR, prompt VARCHAR, "
+            "reply VARCHAR, parsed VARCHAR, parse_error VARCHAR, memo BOOLEAN, capped BOOLEAN)[])",
+            "ALTER TABLE qalign_samples ADD COLUMN batch VARCHAR[]",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

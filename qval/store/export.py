@@ -17,6 +17,7 @@ TABLES = (
     "qalign_samples",
     "qalign_state_values",
     "decode_samples",
+    "prepare_requests",
 )
 
 

@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from ..errors import UsageError
 from ..metrics.stage import compute_metrics
 from ..plan import Plan, plan_sequence
 from .db import connect_writer
-from .parts import DONE, FAILED, manifest_shortfall, parts_root, read_manifest, read_valid_parts
+from .parts import DONE, FAILED, PREPARE, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 from .tables import SAMPLE_TABLES
 
 
@@ -97,10 +99,29 @@ def _signature(directory: Path, parts: list[Path]) -> str:
     h = hashlib.sha256()
     for p in parts:
         h.update(f"{p.name}:{p.stat().st_size};".encode())
-    for marker in (DONE, FAILED):
+    for marker in (DONE, FAILED, PREPARE):
         if (directory / marker).exists():
             h.update(marker.encode() + (directory / marker).read_bytes())
     return h.hexdigest()[:16]
+
+
+def _ingest_prepare_requests(con, cells: list[tuple[str, Path, list[Path], str]]) -> None:
+    """Replace the changed cells' prepare() requests. The cell id is the folder's, never the file's (a misplaced
+    file must not add requests to another cell). An unreadable file is left in place with a warning: the cell's
+    scores do not depend on it, so it does not fail the ingest or the cell."""
+    con.execute("DELETE FROM prepare_requests WHERE cell_id IN (SELECT unnest(?))", [[c[0] for c in cells]])
+    for cell_id, directory, _, _ in cells:
+        path = directory / PREPARE
+        if not path.exists():
+            continue
+        try:
+            pq.read_metadata(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for truncated/corrupt files
+            print(f"warning: skipped unreadable {path} ({type(exc).__name__}: {exc})", file=sys.stderr)
+            continue
+        con.execute(
+            "INSERT INTO prepare_requests SELECT ? AS cell_id, requests FROM read_parquet(?)", [cell_id, str(path)]
+        )
 
 
 def _status(directory: Path) -> tuple[str, str | None, str | None, dict | None]:
@@ -127,6 +148,7 @@ def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]
     single = [str(c[2][0]) for c in cells if len(c[2]) == 1]
     several = [str(p) for c in cells if len(c[2]) > 1 for p in c[2]]
     con.execute(f"DELETE FROM {table} WHERE cell_id IN (SELECT unnest(?))", [ids])
+    _ingest_prepare_requests(con, cells)
     # BY NAME: parts written before a column existed still load (the new column is NULL for them).
     if single:
         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM read_parquet(?, union_by_name = true)", [single])

@@ -1,7 +1,8 @@
 """Worker-side storage: per-cell Parquet parts written atomically, and DONE/FAILED manifests.
 
-Layout: ``RESULTS/parts/<cell_id>/part-<n>-<pid>.parquet`` plus ``DONE.json`` or ``FAILED.json``. A part is written
-to a temp name and renamed, so a killed worker leaves whole parts or none. Workers never open the database.
+Layout: ``RESULTS/parts/<cell_id>/part-<n>-<pid>.parquet`` plus ``DONE.json`` or ``FAILED.json``, and for a scorer
+whose prepare() asked the model, ``prepare-requests.parquet``. A file is written to a temp name and renamed, so a
+killed worker leaves whole files or none. Workers never open the database.
 """
 
 from __future__ import annotations
@@ -17,12 +18,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import QvalError
-from .tables import SCHEMAS
+from .tables import PREPARE_REQUESTS, SCHEMAS
 
 DONE, FAILED = "DONE.json", "FAILED.json"
 # Written when a worker starts a cell: how many samples the cell has, so `qval plan` can say "12/40 samples" of a
 # cell a run left unfinished (the size of a Q-alignment cell is known only once its points are collected).
 STARTED = "STARTED.json"
+# The requests a scorer sent while preparing the cell (once per cell, not per sample: beside the parts, not in them).
+PREPARE = "prepare-requests.parquet"
 
 
 def parts_root(results: Path) -> Path:
@@ -216,6 +219,22 @@ class PartWriter:
         self._seq += 1
         self._rows = []
         self._last = time.monotonic()
+
+    def write_prepare_requests(self, requests: list[dict]) -> None:
+        """The requests of this attempt's prepare() (a resumed cell prepares again: the latest attempt's replace
+        the earlier ones; none removes them)."""
+        path = self.dir / PREPARE
+        if not requests:
+            path.unlink(missing_ok=True)
+            return
+        table = pa.Table.from_pylist([{"cell_id": self.cell_id, "requests": requests}], schema=PREPARE_REQUESTS)
+        tmp = self.dir / f".{PREPARE}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def finish(self, manifest: dict) -> None:
         self.flush()

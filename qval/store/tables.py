@@ -33,8 +33,16 @@ QALIGN_SAMPLES = pa.schema(
         ("is_behaviour", pa.bool_()),
         # The point's transcript, on its first candidate's row only (NULL on the others: one copy per point).
         ("requests", pa.list_(REQUEST)),
+        # A scorer that scores several points in one call (batch_points > 1) sends requests that cannot be told apart
+        # per point: the batch's requests sit on its first point, and every point of the batch lists the batch's
+        # sample ids here, in order (so the first names the point that holds them). NULL for a point scored alone.
+        ("batch", pa.list_(pa.string())),
     ]
 )
+
+# The requests a scorer sent in prepare(), once per cell before any point is scored (codegen writes its programs
+# there). One row, in RESULTS/parts/<cell>/prepare-requests.parquet (qval/store/parts.py), rewritten by each attempt.
+PREPARE_REQUESTS = pa.schema([("cell_id", pa.string()), ("requests", pa.list_(REQUEST))])
 
 DECODE_SAMPLES = pa.schema(
     [

@@ -4,6 +4,7 @@ import time
 
 from pydantic import BaseModel, ConfigDict
 
+from qval.models import transcript
 from qval.qalign.scorers.base import Failed, Scorer
 
 MOVES = {"left": (0, -1), "down": (1, 0), "right": (0, 1), "up": (-1, 0)}
@@ -65,6 +66,26 @@ class EchoScorer(Scorer):
 
     def score(self, point):
         return [Failed(f"no number in the reply {self.params.reply!r}")] * len(point.candidates)
+
+
+class TranscriptScorer(Scorer):
+    """Stands in for a model-calling scorer that asks the model while preparing its cell (as codegen writes its
+    programs there) and scores two points per call, with no model loaded: it records its "requests" where a request
+    layer would (qval.models.transcript), so the transcripts' bookkeeping is tested in seconds."""
+
+    name = "example-transcript"
+    family = "other"
+    batch_points = 2
+
+    def prepare(self, points):
+        transcript.note_request(
+            "generate", lambda: f"write a scorer for {len(points)} points", lambda: "def score", False
+        )
+
+    def score_batch(self, points):
+        ids = " ".join(p.point_id for p in points)
+        transcript.note_request("generate", lambda: f"score points {ids}", lambda: "the reference Q", False)
+        return [[c.ref_q for c in p.candidates] for p in points]
 
 
 class HostileParams(BaseModel):
