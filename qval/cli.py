@@ -148,12 +148,16 @@ def plan(
     """Validate a suite and show its cells (todo/done), grouped into shards by model. Writes nothing unless
     --emit-manifest: then any scheduler can run `qval worker --plan ID --shard I` per shard and `qval ingest`."""
     from .api import cell_status, plan_suite
-    from .progress import partial_status
+    from .store.parts import partial_progress
 
     p = plan_suite(suite, sets, models, limit)
     done = cell_status(p, results)
-    # An unfinished cell a run left samples of: '12/40 samples' (read from its parts; nothing is written)
-    partial = {cid: partial_status(results, cid) for cid, d in done.items() if not d}
+    # An unfinished cell a run left samples of: '12/40 samples', or '12 samples' when its size was never recorded
+    # (read from its parts; nothing is written)
+    partial = {}
+    for cid in (c for c, d in done.items() if not d):
+        if held := partial_progress(results, cid):
+            partial[cid] = f"{held[0]}/{held[1]} samples" if held[1] else f"{held[0]} samples"
     if as_json:
         with writing(results):
             path = p.write(results) if emit_manifest else None
@@ -213,7 +217,7 @@ def plan(
                 c.dataset_label,
                 f"{c.temperature:g}",
                 str(c.seed),
-                "[green]done[/]" if done[cid] else (partial[cid] or "todo"),
+                "[green]done[/]" if done[cid] else partial.get(cid, "todo"),
             )
     out.print(table)
     n_done, n_partial = sum(done.values()), sum(1 for v in partial.values() if v)
@@ -342,7 +346,8 @@ def run(
             sigterm = isinstance(exc, SystemExit) and exc.code == 128 + signal.SIGTERM
             if "plan" in tracker and (sigterm or isinstance(exc, KeyboardInterrupt)):
                 how = "terminated (SIGTERM)" if sigterm else "interrupted"
-                err.print(interrupted_message(tracker["plan"], results, how), markup=False, soft_wrap=True)
+                counts = tracker["run"].reported() if "run" in tracker else None
+                err.print(interrupted_message(tracker["plan"], results, how, counts), markup=False, soft_wrap=True)
             if isinstance(exc, KeyboardInterrupt):
                 raise typer.Exit(130) from None
             raise
@@ -378,8 +383,6 @@ def run(
     for q in ing.quarantined:
         err.print(f"[yellow]quarantined corrupt part[/] {q}; its cell will be recomputed on the next run")
     for problem in summary.problems:
-        from rich.markup import escape
-
         err.print(
             f"[red]cell {problem['cell']}[/] "
             + escape(f"({problem['method']} on {problem['dataset']}): {problem['problem']}"),
@@ -418,6 +421,7 @@ def worker(
     """Run one shard of an emitted plan (for SLURM arrays or any scheduler). Writes parts only, never the
     database: run `qval ingest` once the shards are done. Re-running resumes where the shard stopped."""
     from .api import read_plan_file
+    from .stopping import install_worker_handlers
     from .worker import run_shard
 
     if not plan_id.endswith(".json") and not plan_id.isalnum():  # an id names a file under RESULTS/plans, nothing else
@@ -426,6 +430,9 @@ def worker(
     p = read_plan_file(path)
     if shard >= len(p.shards):
         raise UsageError(f"--shard {shard} is out of range: plan {p.plan_id} has {len(p.shards)} shard(s)")
+    # A scheduler's SIGTERM (or a Ctrl-C) unwinds so the running cell writes its finished samples; a second one
+    # during that write is ignored (qval.stopping), the scheduler's SIGKILL still ends it.
+    install_worker_handlers()
     with writing(results):
         code = run_shard(p, shard, results, run_id)
     raise typer.Exit(code)
@@ -475,15 +482,13 @@ def report(
 from . import cli_tools  # noqa: E402,F401
 
 
-def _exit_on_sigterm(signum, frame):
-    # SystemExit unwinds through `finally` blocks, so the runner stops its worker processes (none are orphaned).
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
     import signal
 
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    from .stopping import exit_on_sigterm
+
+    # SystemExit unwinds through `finally` blocks, so the runner stops its worker processes (none are orphaned).
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         # Without standalone mode click returns (not raises) the code of typer.Exit: pass it on.
         code = app(standalone_mode=False)

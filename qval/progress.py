@@ -1,23 +1,21 @@
-"""Progress for people: the lines `qval run` prints while it runs and when it is interrupted, and what a worker
-writes in its shard log.
+"""Progress for people: the lines `qval run` prints while it runs, and what an interrupted run kept.
 
 A run with no terminal attached (CI, SLURM, `qval run ... > log`) gets plain lines: one per finished cell, and a
 progress line every ``QVAL_PROGRESS_S`` seconds (default 30) with cells and samples done and an ETA. A terminal
-keeps its live bars (cli.py) and gets the per-cell lines above them. Workers log, through the same events they send
-the runner: a cell started, sample i/n every ``QVAL_PROGRESS_S`` seconds, a cell finished.
+keeps its live bars (cli.py) and gets the per-cell lines above them. What a worker writes in its shard log is
+qval.shard_log's.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store.parts import cell_dir, held_samples, is_done, started_total, write_started
+from .store.parts import held_samples, is_done
 
 PROGRESS_ENV = "QVAL_PROGRESS_S"
 DEFAULT_EVERY_S = 30.0
@@ -60,11 +58,22 @@ class RunProgress:
     """Counts a run's events (they arrive on the runner's reader threads) and writes the per-cell and periodic
     lines through ``write``; ``periodic`` is off under a live terminal display, which shows the same."""
 
-    def __init__(self, plan, todo: list[str], write: Callable[[str], None], periodic: bool, every: float | None = None):
-        self.plan, self.write = plan, write
+    def __init__(
+        self,
+        plan,
+        todo: list[str],
+        write: Callable[[str], None],
+        periodic: bool,
+        every: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.plan, self.write, self.clock = plan, write, clock
         self.cells = {cid: _Cell() for cid in todo}
         self.finished = 0
-        self.started_at = time.monotonic()
+        self.started_at = clock()
+        # The sample rate is measured from the first finished sample: start-up (loading a model, collecting the
+        # points) is not sampling, and counting it made an 8 s run show "ETA ~2m51s".
+        self.first_sample_at: float | None = None
         self.every = every_s() if every is None else every
         self.lock = threading.Lock()
         self._stop = threading.Event()
@@ -82,12 +91,14 @@ class RunProgress:
                 cell.total, cell.before = _count(event.get("total")), _count(event.get("done")) or 0
             elif kind == "sample":
                 cell.now += 1
+                if self.first_sample_at is None:
+                    self.first_sample_at = self.clock()
             elif kind in ("cell_done", "cell_failed") and not cell.finished:
                 cell.finished = True
                 self.finished += 1
                 self.write(self._cell_line(event, cell))
                 if self.finished == len(self.cells):
-                    took = duration(time.monotonic() - self.started_at)
+                    took = duration(self.clock() - self.started_at)
                     self.write(f"all {len(self.cells)} cell(s) of this run ended in {took}; ingesting the results next")
                     self._stop.set()  # no more progress lines: nothing is left to count
 
@@ -108,7 +119,8 @@ class RunProgress:
     def line(self) -> str:
         """cells done / total, samples done / total of the cells whose size is known, elapsed, ETA."""
         with self.lock:
-            elapsed = time.monotonic() - self.started_at
+            clock = self.clock()
+            elapsed = clock - self.started_at
             known = [c for c in self.cells.values() if c.total is not None]
             unknown = len(self.cells) - len(known)
             done = sum(min(c.total or 0, c.before + c.now) for c in known)
@@ -118,13 +130,19 @@ class RunProgress:
             samples = f"{done}/{total} samples" + (f" ({unknown} cell(s) not started, size unknown)" if unknown else "")
             if self.finished == len(self.cells):
                 eta = "ETA 0s"
-            elif now == 0:
-                eta = "ETA unknown until a sample finishes"
+            elif self.first_sample_at is None or now < 2 or clock <= self.first_sample_at:
+                eta = "ETA unknown"  # no rate yet: the first sample only starts its clock
             else:
                 # Cells not started yet are assumed the size of those known: the estimate says so with '~'.
                 left += unknown * (total / len(known)) if known else 0
-                eta = f"ETA {'~' if unknown else ''}{duration(left * elapsed / now)}"
+                rate = (now - 1) / (clock - self.first_sample_at)  # samples after the first, per second since it
+                eta = f"ETA {'~' if unknown else ''}{duration(left / rate)}"
             return f"progress: {self.finished}/{len(self.cells)} cells, {samples}, {duration(elapsed)} elapsed, {eta}"
+
+    def reported(self) -> dict[str, int]:
+        """Per started, unfinished cell: the samples it holds by the workers' events (earlier runs' plus this one's)."""
+        with self.lock:
+            return {cid: c.before + c.now for cid, c in self.cells.items() if c.total is not None and not c.finished}
 
     def _tick(self) -> None:
         while not self._stop.wait(self.every):
@@ -138,74 +156,28 @@ def _count(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
-def interrupted_message(plan, results: Path, how: str = "interrupted") -> str:
+def interrupted_message(plan, results: Path, how: str = "interrupted", reported: dict[str, int] | None = None) -> str:
     """What an interrupted run kept, read from disk after its workers stopped, and how to resume. Finished cells
     keep their parts and DONE manifest; an unfinished cell keeps every sample written to a part and resumes after
     them (a stopped worker writes the samples it buffered before it exits; one killed after the runner's grace loses
-    them, and they are run again). Nothing of this run reached the database yet: the re-run ingests it."""
+    them, and they are run again). ``reported`` (RunProgress.reported) is what the workers said they finished: the
+    message gives it, and says how many of those never reached the disk. Nothing of this run reached the database
+    yet: the re-run ingests it."""
     results = Path(results)
     done = sum(is_done(results, cid) for cid in plan.cells)
     held = {cid: held_samples(results, cid) for cid in plan.cells if not is_done(results, cid)}
     kept, partial = sum(held.values()), sum(1 for n in held.values() if n)
+    said = ""
+    if reported is not None:
+        # A sample written but not yet reported when the signal came makes held one more than reported: not a loss.
+        # A cell whose DONE was written but not yet reported is finished, not lost: only unfinished ones count.
+        reported = {cid: n for cid, n in reported.items() if cid in held}
+        lost = sum(max(0, n - held[cid]) for cid, n in reported.items())
+        said = f" (the workers reported {sum(reported.values())} finished)"
+        if lost:
+            said += f"; {lost} of those were lost (a worker killed before it wrote them) and are run again"
     return (
         f"{how}: {done} of {len(plan.cells)} cells finished and kept in {results / 'parts'}; "
-        f"{kept} sample(s) of {partial} unfinished cell(s) kept (a re-run continues each after them); "
-        f"re-run the same command to resume (it also ingests everything into {results / 'qval.duckdb'})"
+        f"{kept} sample(s) of {partial} unfinished cell(s) kept{said}; a re-run continues each cell after its kept "
+        f"samples: re-run the same command to resume (it also ingests everything into {results / 'qval.duckdb'})"
     )
-
-
-def partial_status(results: Path, cell_id: str) -> str | None:
-    """`qval plan`'s status of an unfinished cell with samples on disk: '12/40 samples', or '12 samples' when the
-    cell's size is unknown (it never started in a worker that records it); None when nothing is held."""
-    if not cell_dir(results, cell_id).is_dir():
-        return None
-    held = held_samples(results, cell_id)
-    if not held:
-        return None
-    total = started_total(results, cell_id)
-    return f"{held}/{total} samples" if total else f"{held} samples"
-
-
-class ShardReporter:
-    """The worker's ``emit``: sends each event to the runner unchanged (plus ``elapsed_s`` on a finished cell),
-    records a started cell's size for `qval plan`, and says in the shard log what the worker is doing."""
-
-    def __init__(self, plan, results: Path, emit: Callable[..., None], log: Callable[[str], None] | None = None):
-        self.plan, self.results, self.emit = plan, Path(results), emit
-        self.log = log or (lambda message: print(message, file=sys.stderr, flush=True))
-        self.every = every_s()
-        self.began: dict[str, float] = {}
-        self.counts: dict[str, list[int]] = {}  # cell -> [samples finished, total]
-        self.last_line = time.monotonic()
-
-    def begin(self, cells) -> None:
-        """The worker took these cells (a Q-alignment cell, or a decode group interleaved sample by sample)."""
-        for cell in cells:
-            self.began[cell.cell_id] = time.monotonic()
-            self.log(f"cell {cell.cell_id} {cell_label(cell)}: starting")
-
-    def __call__(self, event: str, **fields) -> None:
-        cid = fields.get("cell")
-        label = cell_label(self.plan.cells[cid]) if cid in self.plan.cells else cid
-        if event in ("cell_done", "cell_failed") and cid in self.began:
-            fields["elapsed_s"] = round(time.monotonic() - self.began.pop(cid), 3)
-        self.emit(event, **fields)
-        if event == "cell_start":
-            total, done = fields.get("total", 0), fields.get("done", 0)
-            self.counts[cid] = [done, total]
-            try:
-                write_started(self.results, cid, total)
-            except (OSError, ValueError):  # only `qval plan`'s "12/40" needs it: never fail a cell over it
-                pass
-            self.log(f"cell {cid} {label}: {total} samples, {done} already done, {total - done} to run")
-        elif event == "sample" and cid in self.counts:
-            count = self.counts[cid]
-            count[0] += 1
-            if time.monotonic() - self.last_line >= self.every:
-                self.last_line = time.monotonic()
-                self.log(f"cell {cid}: sample {count[0]}/{count[1]}")
-        elif event == "cell_done":
-            took = duration(fields.get("elapsed_s", 0))
-            self.log(f"cell {cid} {label}: finished, n={fields.get('n')}, {fields.get('failed')} failed, in {took}")
-        elif event == "cell_failed":
-            self.log(f"cell {cid} {label}: failed: {fields.get('error')}")

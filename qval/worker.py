@@ -21,8 +21,9 @@ from pathlib import Path
 
 from .fingerprint import fingerprint
 from .plan import Plan
-from .progress import ShardReporter
 from .registry import REGISTRY
+from .shard_log import ShardReporter
+from .stopping import install_worker_handlers
 from .store.parts import CellBusy, CellLease, PartWriter, is_done
 from .timeouts import PluginTimeout
 
@@ -148,12 +149,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
-def _exit_on_sigterm(signum, frame):
-    # The runner stops a worker with SIGTERM (Ctrl-C or SIGTERM of `qval run`): unwinding, rather than dying on the
-    # spot, lets the running cell write the samples it finished (see _run_cells) and release its lease.
-    raise SystemExit(128 + signum)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="qval-worker", description=__doc__)
     ap.add_argument("--plan", required=True, type=Path)
@@ -163,7 +158,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     # Inherited by every process the worker (or a plugin) starts, so the runner can find and end them afterwards.
     os.environ["QVAL_WORKER_PID"] = str(os.getpid())
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    # The runner stops a worker with SIGTERM, a terminal's Ctrl-C sends it SIGINT as well: either unwinds (rather
+    # than dying on the spot), so the running cell writes the samples it finished (see _run_cells); the second
+    # signal is ignored, so it cannot cut that write short.
+    install_worker_handlers()
     threads = os.environ.get("QVAL_TORCH_THREADS")
     if threads:
         import torch
@@ -173,7 +171,7 @@ def main(argv=None) -> int:
     try:
         return run_shard(plan, args.shard, args.results, args.run_id)
     except (KeyboardInterrupt, SystemExit) as exc:  # Ctrl-C in a terminal reaches the workers too, SIGTERM from
-        # the runner arrives as SystemExit (above): either way the finished samples were written, and the log says so
+        # the runner arrives as SystemExit (qval.stopping): either way the finished samples were written, and the log says so
         how = "interrupted" if isinstance(exc, KeyboardInterrupt) else f"stopped (exit {exc.code})"
         print(f"worker {how}: every finished sample is kept in its cell's parts", file=sys.stderr, flush=True)
         return 130 if isinstance(exc, KeyboardInterrupt) else 128 + signal.SIGTERM

@@ -11,12 +11,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow.parquet as pq
 import pytest
 from conftest import ROOT, model_free_suite, run_qval
 
 import qval.results as R
+from qval.progress import RunProgress, interrupted_message
 
 FAST = {"QVAL_PROGRESS_S": "0.2"}  # progress lines every 0.2 s instead of 30 s
 
@@ -68,7 +70,8 @@ def _held(results: Path) -> dict[str, set]:
 
 
 def _interrupt(suite: Path, results: Path, how: int) -> tuple[int, str, str]:
-    """Start `qval run`, wait for its first finished cell and a part of an unfinished one, then send `how`."""
+    """Start `qval run`, wait for its first finished cell and a part of an unfinished one, then send `how` to its
+    whole process group, as a terminal's Ctrl-C does: the workers get it too, and then the runner's SIGTERM."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "qval", "run", str(suite), "--results", str(results)],
         cwd=ROOT,
@@ -76,6 +79,7 @@ def _interrupt(suite: Path, results: Path, how: int) -> tuple[int, str, str]:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **FAST},
+        start_new_session=True,  # a group of its own: the signal below must not reach pytest's group
     )
     seen = []
     try:
@@ -87,7 +91,7 @@ def _interrupt(suite: Path, results: Path, how: int) -> tuple[int, str, str]:
         deadline = time.time() + 60
         while time.time() < deadline and not any(_held(results).values()):
             time.sleep(0.02)
-        proc.send_signal(how)
+        os.killpg(proc.pid, how)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -110,10 +114,18 @@ def test_an_interrupted_run_says_what_it_kept_and_a_rerun_resumes_it(tmp_path, h
     partial = sum(1 for ids in held.values() if ids)
     assert 1 <= done < 3 and kept > 0, (out, err)
     word = "interrupted" if how == signal.SIGINT else "terminated (SIGTERM)"
-    assert (
-        f"{word}: {done} of 3 cells finished and kept in {results / 'parts'}; "
-        f"{kept} sample(s) of {partial} unfinished cell(s) kept"
-    ) in err, err
+    said = re.search(
+        rf"{re.escape(word)}: (\d+) of 3 cells finished and kept in {re.escape(str(results / 'parts'))}; "
+        r"(\d+) sample\(s\) of (\d+) unfinished cell\(s\) kept \(the workers reported (\d+) finished\); ",
+        err,
+    )
+    assert said, err
+    assert [int(n) for n in said.groups()[:3]] == [done, kept, partial], err
+    # Every sample the runner counted is on disk: the workers' buffered tail was written, not cut short by the
+    # runner's SIGTERM arriving during that write. One more per cell is a sample written but not yet reported.
+    reported = int(said.group(4))
+    assert reported <= kept <= reported + partial, err
+    assert "were lost" not in err, err
     assert "re-run the same command to resume" in err, err
     if how == signal.SIGTERM:
         return  # the resume path is the same as after SIGINT, checked below
@@ -142,3 +154,43 @@ def test_an_interrupted_run_says_what_it_kept_and_a_rerun_resumes_it(tmp_path, h
     assert all(len({s for s, _ in truth[c]}) == n for c, n in zip(cells["cell_id"], cells["n_samples"]))
     for cell, ids in held.items():  # the samples kept at the interrupt were resumed after, not recomputed away
         assert ids <= {s for s, _ in truth[cell]}
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_eta_counts_from_the_first_sample_not_from_the_start_up():
+    clock, lines = _Clock(), []
+    progress = RunProgress(SimpleNamespace(cells={}), ["a", "b"], lines.append, periodic=False, clock=clock)
+    clock.now += 120  # two minutes loading a model and collecting points: no sample yet
+    progress.event({"event": "cell_start", "cell": "a", "total": 100, "done": 0})
+    progress.event({"event": "cell_start", "cell": "b", "total": 100, "done": 0})
+    assert progress.line().endswith("2m00s elapsed, ETA unknown")
+    progress.event({"event": "sample", "cell": "a"})  # the first sample starts the rate's clock
+    clock.now += 1
+    assert progress.line().endswith("ETA unknown")
+    for _ in range(10):  # then 10 samples a second
+        progress.event({"event": "sample", "cell": "a"})
+    # 189 samples left at 10 per second, not 189 * 121 s / 11
+    assert progress.line() == "progress: 0/2 cells, 11/200 samples, 2m01s elapsed, ETA 19s"
+
+
+def test_the_interrupt_message_says_what_the_workers_reported_and_what_was_lost(tmp_path):
+    from qval.store.parts import PartWriter
+
+    writer = PartWriter(tmp_path, "c1", "qalign", flush_rows=10**6, flush_seconds=10**6)
+    for i in range(5):
+        writer.add_sample([{"sample_id": f"s{i}", "state_key": "x", "candidate": 0, "action": "a"}])
+    writer.flush()
+    plan = SimpleNamespace(cells={"c1": None, "c2": None})
+    assert "5 sample(s) of 1 unfinished cell(s) kept (the workers reported 5 finished); a re-run" in (
+        interrupted_message(plan, tmp_path, reported={"c1": 5})
+    )
+    assert "were lost" not in interrupted_message(plan, tmp_path, reported={"c1": 4})  # written, not yet reported
+    lost = interrupted_message(plan, tmp_path, reported={"c1": 8, "c2": 2})
+    assert "kept (the workers reported 10 finished); 5 of those were lost (a worker killed before" in lost

@@ -58,6 +58,15 @@ def held_samples(results: Path, cell_id: str) -> int:
     return len(ids)
 
 
+def partial_progress(results: Path, cell_id: str) -> tuple[int, int | None] | None:
+    """How far an unfinished cell got, from disk: (samples held, the cell's size or None when no worker recorded it),
+    or None when it holds nothing. `qval plan` shows it as '12/40 samples'."""
+    if not cell_dir(results, cell_id).is_dir():
+        return None
+    held = held_samples(results, cell_id)
+    return (held, started_total(results, cell_id)) if held else None
+
+
 def write_started(results: Path, cell_id: str, total: int) -> None:
     write_json_atomic(cell_dir(results, cell_id) / STARTED, {"cell_id": cell_id, "total": total})
 
