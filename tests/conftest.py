@@ -34,6 +34,17 @@ def run_qval(*args, cwd=None, timeout=900, env=None) -> subprocess.CompletedProc
     )
 
 
+def usage_error(proc: subprocess.CompletedProcess, *fragments: str) -> str:
+    """Assert a usage error as users must see it: exit 2, every fragment in stderr, no internal error or
+    traceback. Returns stderr."""
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text
+    assert "internal error" not in text and "Traceback" not in text, text
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+    return proc.stderr
+
+
 def write_suite(path: Path, text: str) -> Path:
     path.write_text(textwrap.dedent(text))
     return path

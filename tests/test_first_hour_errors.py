@@ -7,23 +7,13 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY_SUITE, model_free_suite, run_qval, write_suite
-
-
-def _usage_error(proc, *fragments: str) -> str:
-    """Assert exit 2 with every fragment in stderr, and no internal error or traceback."""
-    text = proc.stderr + proc.stdout
-    assert proc.returncode == 2, text
-    assert "internal error" not in text and "Traceback" not in text, text
-    for fragment in fragments:
-        assert fragment in proc.stderr, proc.stderr
-    return proc.stderr
+from conftest import TINY_SUITE, model_free_suite, run_qval, usage_error, write_suite
 
 
 def test_metric_typo_gets_a_suggestion(tmp_path):
     suite = model_free_suite(tmp_path, "typo")
     suite.write_text(suite.read_text() + "  metrics: [per_state_spearmann]\n  main_metric: per_state_spearmann\n")
-    _usage_error(
+    usage_error(
         run_qval("plan", suite, "--results", tmp_path / "r"),
         "qalign.metrics[0]",
         "unknown metric 'per_state_spearmann'; did you mean 'per_state_spearman'",
@@ -33,7 +23,7 @@ def test_metric_typo_gets_a_suggestion(tmp_path):
 def test_plugin_param_typo_gets_a_suggestion(tmp_path):
     suite = model_free_suite(tmp_path, "typo")
     suite.write_text(suite.read_text().replace("map: 4x4", "map: 4x4, slipery: true"))
-    _usage_error(
+    usage_error(
         run_qval("plan", suite, "--results", tmp_path / "r"),
         "qalign.envs[0].params.slipery",
         "unknown key; did you mean 'slippery'",
@@ -42,7 +32,7 @@ def test_plugin_param_typo_gets_a_suggestion(tmp_path):
 
 def test_suite_key_typo_gets_a_suggestion(tmp_path):
     path = write_suite(tmp_path / "s.yaml", TINY_SUITE.replace("max_new_tokens: 16", "max_new_tokenz: 16"))
-    _usage_error(run_qval("plan", path), "decode.max_new_tokenz", "did you mean 'max_new_tokens'")
+    usage_error(run_qval("plan", path), "decode.max_new_tokenz", "did you mean 'max_new_tokens'")
 
 
 def test_every_problem_is_listed_each_on_its_own_line(tmp_path):
@@ -51,7 +41,7 @@ def test_every_problem_is_listed_each_on_its_own_line(tmp_path):
         .replace("seeds: [0]", "seeds: [-1]")
         .replace("colour", "")
     ) + "colour: blue\n"
-    stderr = _usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", text)), "4 problems")
+    stderr = usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", text)), "4 problems")
     lines = [line.strip() for line in stderr.splitlines()]
     for field in ("seeds", "colour", "decode.max_new_tokens", "decode.warmup"):
         assert any(line.startswith(f"field '{field}':") for line in lines), stderr
@@ -64,7 +54,7 @@ def test_plugin_problems_are_listed_together(tmp_path):
         .replace("num_draft: 4", "num_drafts: 4")
         .replace("metrics: [speedup,", "metrics: [sped,")
     )
-    _usage_error(
+    usage_error(
         run_qval("plan", write_suite(tmp_path / "s.yaml", text)),
         "3 problems",
         "field 'qalign.methods[2].name'",
@@ -75,14 +65,14 @@ def test_plugin_problems_are_listed_together(tmp_path):
 
 def test_a_long_list_of_problems_is_capped(tmp_path):
     keys = "".join(f"typo{i}: 1\n" for i in range(25))
-    stderr = _usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", TINY_SUITE + keys)), "25 problems")
+    stderr = usage_error(run_qval("plan", write_suite(tmp_path / "s.yaml", TINY_SUITE + keys)), "25 problems")
     assert "… and 5 more" in stderr
     assert sum("unknown key" in line for line in stderr.splitlines()) == 20
 
 
 def test_unknown_policy_is_called_a_policy(tmp_path):
     path = write_suite(tmp_path / "s.yaml", TINY_SUITE.replace("name: prompt-lookup,", "name: prompt-lookupp,"))
-    stderr = _usage_error(run_qval("plan", path), "unknown policy 'prompt-lookupp'; did you mean 'prompt-lookup'")
+    stderr = usage_error(run_qval("plan", path), "unknown policy 'prompt-lookupp'; did you mean 'prompt-lookup'")
     assert "policie '" not in stderr
 
 
@@ -104,7 +94,7 @@ def test_a_model_path_that_does_not_exist_fails_plan_and_run(tmp_path):
     missing = tmp_path / "models" / "Qwen2.5-0.5B"
     suite = _hf_suite(tmp_path, missing)
     for command in ("plan", "run"):
-        _usage_error(
+        usage_error(
             run_qval(command, suite, "--results", tmp_path / "r"), "models[0].params.path", f"{missing} does not exist"
         )
     assert not (tmp_path / "r").exists()
@@ -113,7 +103,7 @@ def test_a_model_path_that_does_not_exist_fails_plan_and_run(tmp_path):
 def test_a_model_path_without_config_json_fails_plan(tmp_path):
     folder = tmp_path / "weights"
     folder.mkdir()
-    _usage_error(run_qval("plan", _hf_suite(tmp_path, folder)), "models[0].params.path", "has no config.json")
+    usage_error(run_qval("plan", _hf_suite(tmp_path, folder)), "models[0].params.path", "has no config.json")
 
 
 def test_a_model_folder_passes_plan(tmp_path):
@@ -126,7 +116,7 @@ def test_a_model_folder_passes_plan(tmp_path):
 
 def test_ingest_of_a_folder_that_is_not_a_results_folder_writes_nothing(tmp_path):
     for folder in (tmp_path / "reslts", tmp_path):  # a mistyped path; an existing folder with no results in it
-        _usage_error(
+        usage_error(
             run_qval("ingest", "--results", folder),
             f"{folder} is not a qval results folder",
             "qval run SUITE --results",
@@ -137,7 +127,7 @@ def test_ingest_of_a_folder_that_is_not_a_results_folder_writes_nothing(tmp_path
 def test_run_into_a_file_instead_of_a_folder(tmp_path):
     (tmp_path / "file").write_text("")
     results = tmp_path / "file" / "results"
-    _usage_error(
+    usage_error(
         run_qval("run", model_free_suite(tmp_path, "x"), "--results", results),
         f"cannot write to {results}",
         "is a file, not a folder",
@@ -150,7 +140,7 @@ def test_run_into_a_folder_it_cannot_write(tmp_path):
     results = Path("/sys/qval-results")
     if not Path("/sys").is_dir():
         pytest.skip("no /sys on this system")
-    _usage_error(
+    usage_error(
         run_qval("run", model_free_suite(tmp_path, "x"), "--results", results),
         f"cannot write to {results}: permission denied; choose another --results folder or fix its permissions",
     )
@@ -162,7 +152,7 @@ def test_ingest_into_a_read_only_results_folder(tmp_path):
     (results / "plans").mkdir(parents=True)
     results.chmod(0o500)
     try:
-        _usage_error(run_qval("ingest", "--results", results), f"cannot write to {results}: permission denied")
+        usage_error(run_qval("ingest", "--results", results), f"cannot write to {results}: permission denied")
     finally:
         results.chmod(0o700)
 

@@ -7,7 +7,7 @@ import json
 
 import duckdb
 import pytest
-from conftest import model_free_suite, run_qval, write_suite
+from conftest import model_free_suite, run_qval, usage_error, write_suite
 
 import qval.results as R
 
@@ -18,15 +18,6 @@ def _ok(proc) -> dict | str:
         return json.loads(proc.stdout)
     except ValueError:
         return proc.stdout
-
-
-def _usage_error(proc, *fragments: str) -> str:
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 2, text
-    assert "Traceback" not in text and "internal error" not in text, text
-    for fragment in fragments:
-        assert fragment in proc.stderr, proc.stderr
-    return proc.stderr
 
 
 def _plan(*args) -> dict:
@@ -94,7 +85,7 @@ def test_a_limited_cell_is_not_the_full_cell(tmp_path):
 @pytest.mark.parametrize("command, value", [("plan", "0"), ("plan", "two"), ("plan", "1.5"), ("run", "-3")])
 def test_a_bad_limit_exits_2(tmp_path, command, value):
     suite = model_free_suite(tmp_path, "lim")
-    _usage_error(run_qval(command, suite, "--results", tmp_path / "r", "--limit", value), "--limit")
+    usage_error(run_qval(command, suite, "--results", tmp_path / "r", "--limit", value), "--limit")
     assert not (tmp_path / "r").exists()  # nothing written
 
 
@@ -166,7 +157,7 @@ def test_set_changes_values_as_the_file_would(tmp_path):
 )
 def test_a_bad_set_exits_2_with_the_field(tmp_path, override, fragments):
     suite = model_free_suite(tmp_path, "over")
-    _usage_error(run_qval("plan", suite, "--set", override), *fragments)
+    usage_error(run_qval("plan", suite, "--set", override), *fragments)
 
 
 @pytest.mark.parametrize(
@@ -186,7 +177,7 @@ def test_an_index_into_a_list_the_file_leaves_out_says_to_set_the_whole_list(tmp
           methods: [oracle-q]
         """,
     )
-    stderr = _usage_error(run_qval("plan", path, "--set", override), "field 'models'", "is not in the file", whole)
+    stderr = usage_error(run_qval("plan", path, "--set", override), "field 'models'", "is not in the file", whole)
     assert "valid list" not in stderr
 
 
@@ -200,7 +191,7 @@ def test_a_problem_of_the_file_does_not_name_an_unrelated_flag(tmp_path):
           methods: [oracle-q, random]
         """,
     )
-    stderr = _usage_error(
+    stderr = usage_error(
         run_qval("plan", path, "--set", "qalign.points.episodes=2", "--set", "seeds=[1]"),
         "field 'qalign.envs[0].params.mapp'",
         "did you mean 'map'",
@@ -210,7 +201,7 @@ def test_a_problem_of_the_file_does_not_name_an_unrelated_flag(tmp_path):
 
 def test_run_refuses_a_bad_set_before_writing_anything(tmp_path):
     suite = model_free_suite(tmp_path, "over")
-    _usage_error(
+    usage_error(
         run_qval("run", suite, "--results", tmp_path / "r", "--set", "qalign.points.episode=4"),
         "field 'qalign.points.episode'",
         "did you mean 'episodes'",
@@ -233,7 +224,7 @@ def test_model_replaces_the_suites_models(tmp_path):
     assert before == {None, "smollm2-135m-instruct", "second"}
     after = _plan(path, "--results", tmp_path / "r", "--model", "{source: smollm2-135m-instruct, name: small}")
     assert {c["model"] for c in after["cells"]} == {None, "small"}
-    _usage_error(
+    usage_error(
         run_qval("plan", path, "--model", "smollm2-135m-instruc"),
         "field 'models[0].source'",
         "unknown model 'smollm2-135m-instruc'",
@@ -272,7 +263,7 @@ def test_a_model_free_suite_needs_no_models(tmp_path):
 )
 def test_a_suite_needing_a_model_without_models_names_what_needs_it(tmp_path, section, named):
     path = write_suite(tmp_path / "s.yaml", "name: needs\n" + section)
-    _usage_error(run_qval("run", path, "--results", tmp_path / "r"), "field 'models'", named, "--model NAME")
+    usage_error(run_qval("run", path, "--results", tmp_path / "r"), "field 'models'", named, "--model NAME")
     assert not (tmp_path / "r").exists()
 
 
