@@ -41,6 +41,10 @@ decode:
 def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -> int:
     """Fill every cell of the plan with rows_per_cell synthetic samples (one part per cell) and a DONE marker."""
     rng = np.random.default_rng(seed)
+    # Output texts as decoding stores them (issue #16's transcripts): a few hundred characters per turn, varied, so
+    # the benchmark pays for text the way real results do rather than for one string compressed away.
+    words = np.array("the of a to in is that for it as with was on be by at this are from or an".split())
+    texts = [" ".join(rng.choice(words, 60)) for _ in range(997)]
     total = 0
     for cell in plan.cells.values():
         n = rows_per_cell
@@ -68,6 +72,9 @@ def write_decode_parts(results: Path, plan, rows_per_cell: int, seed: int = 0) -
             "load_other_cores": rng.random(n) * 0.2,
             "load_steal": np.zeros(n),
             "load_avg1": rng.random(n),
+            "output_text": [texts[i % len(texts)] for i in rng.integers(0, len(texts), n)],
+            "output_capped": np.zeros(n, bool),
+            "accepted_chars": [[0, 12, 30, 41]] * n,
         }
         # Fail loudly, naming the columns, when the schema grows: a benchmark that crashes on a KeyError deep in
         # pyarrow (as this one once did, unnoticed) says nothing about what to add here.
