@@ -169,6 +169,10 @@ def leaderboard(results="results", suite: str | None = None, track: str = "qalig
     )
 
 
+# The cells row a samples frame carries (attrs["cell"]), as find_cell returns it.
+_CELL_FIELDS = ("cell_id", "track", "model", "method", "dataset_label", "temperature", "seed", "status", "n_samples")
+
+
 def find_cell(results, cell: str) -> dict:
     """The cells row of a cell id, or of a unique prefix of one (as `qval plan` and reports show them). An unknown
     id, or a prefix of several ids none of which it equals, is a usage error that names the closest cells."""
@@ -176,9 +180,7 @@ def find_cell(results, cell: str) -> dict:
 
     from .errors import UsageError
 
-    frame = _query(
-        results, "SELECT cell_id, track, model, method, dataset_label, temperature, seed, status, n_samples FROM cells"
-    )
+    frame = _query(results, f"SELECT {', '.join(_CELL_FIELDS)} FROM cells")
     wanted = cell.strip().lower()
     # An exact id wins over the longer ids it is a prefix of: a full id must always name its cell.
     exact = frame[frame["cell_id"] == wanted]
@@ -212,17 +214,45 @@ def cell_samples(cell: str, results="results", limit: int | None = None) -> pd.D
     The frame's ``attrs["cell"]`` holds the cell's row of the cells table, ``attrs["prepare_requests"]`` the
     requests the scorer sent while preparing the cell (once per cell, before any point; a list of dicts)."""
     info = find_cell(results, cell)
-    table = SAMPLE_TABLES.get(info["track"], SAMPLE_TABLES["qalign"])
-    column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")  # within a sample
-    select = "* EXCLUDE (cell_id, output_ids)" if table == "decode_samples" else "* EXCLUDE (cell_id)"
-    # Only constants are formatted in; the cell id and the limit are parameters (a NULL limit keeps every sample).
-    frame = _query(
-        results,
-        f"SELECT {select} FROM {table} WHERE cell_id = ? AND sample_id IN (SELECT sample_id FROM {table} "
-        f"WHERE cell_id = ? GROUP BY sample_id ORDER BY sample_id LIMIT ?) ORDER BY sample_id, {column}",
-        [info["cell_id"], info["cell_id"], None if limit is None else max(int(limit), 0)],
-    )
-    frame.attrs["cell"] = info
-    prepared = _query(results, "SELECT requests FROM prepare_requests WHERE cell_id = ?", [info["cell_id"]])
-    frame.attrs["prepare_requests"] = [q for r in prepared["requests"] if r is not None for q in list(r)]
-    return frame
+    return cells_samples([info["cell_id"]], results, limit)[info["cell_id"]]
+
+
+def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict[str, pd.DataFrame]:
+    """``cell_samples`` of many cells (full ids) at once: one connection and one query per track, not one per cell
+    (a report writes a drill-down page for every row)."""
+    wanted = list(dict.fromkeys(cell_ids))
+    con = connect_reader(Path(results))
+    try:
+        info = con.execute("SELECT * FROM cells WHERE cell_id IN (SELECT unnest(?))", [wanted]).df()
+        prepared = con.execute(
+            "SELECT cell_id, requests FROM prepare_requests WHERE cell_id IN (SELECT unnest(?))", [wanted]
+        ).df()
+        frames: dict[str, pd.DataFrame] = {}
+        for track, group in info.groupby("track", sort=False):
+            table = SAMPLE_TABLES.get(track, SAMPLE_TABLES["qalign"])
+            column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")
+            drop = "output_ids, _k" if table == "decode_samples" else "_k"
+            # Only constants are formatted in; ids and the limit are parameters (a NULL limit keeps every sample).
+            rows = con.execute(
+                f"SELECT * EXCLUDE ({drop}) FROM (SELECT *, dense_rank() OVER (PARTITION BY cell_id ORDER BY "
+                f"sample_id) AS _k FROM {table} WHERE cell_id IN (SELECT unnest(?))) WHERE ? IS NULL OR _k <= ? "
+                f"ORDER BY cell_id, sample_id, {column}",
+                [group["cell_id"].tolist(), limit, None if limit is None else max(int(limit), 0)],
+            ).df()
+            by_cell = dict(tuple(rows.groupby("cell_id", sort=False))) if len(rows) else {}
+            for cell_id in group["cell_id"]:
+                frame = by_cell.get(cell_id, rows.iloc[0:0]).drop(columns="cell_id").reset_index(drop=True)
+                frames[cell_id] = frame
+    finally:
+        con.close()
+    out = {}
+    records = {r["cell_id"]: r for r in info.to_dict("records")}
+    for cell_id in wanted:
+        if cell_id not in frames:
+            continue
+        frame = frames[cell_id]
+        frame.attrs["cell"] = {k: records[cell_id][k] for k in _CELL_FIELDS}
+        mine = prepared[prepared["cell_id"] == cell_id]["requests"]
+        frame.attrs["prepare_requests"] = [q for r in mine if r is not None for q in list(r)]
+        out[cell_id] = frame
+    return out

@@ -69,8 +69,8 @@ def write_pages(results, target: Path, cell_ids) -> list[Path]:
     folder = Path(target) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     written = []
-    for cell_id in dict.fromkeys(cell_ids):
+    for cell_id, frame in R.cells_samples(cell_ids, results, MAX_PAGE_SAMPLES).items():
         path = folder / page_file(cell_id)
-        path.write_text(render(R.cell_samples(cell_id, results, MAX_PAGE_SAMPLES)), encoding="utf-8")
+        path.write_text(render(frame), encoding="utf-8")
         written.append(path)
     return written
