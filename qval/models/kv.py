@@ -6,9 +6,9 @@ the cache in place, so the cache is never read back from the model's output, and
 
 transformers 5.24 renamed the forward keyword ``past_key_values`` to ``cache`` (the old name warns from 5.24 and
 goes in 5.40; outputs' ``.past_key_values`` warns too). qval supports transformers from 5.17, whose models know only
-``past_key_values``. Passing ``cache`` there would not fail: the model would take it as an unknown keyword, run
-without the context and return wrong logits. So the keyword is read from the model's own ``forward`` signature,
-once per model class.
+``past_key_values``; there ``cache`` would land in the forward's catch-all ``**kwargs`` instead of being rejected
+(not checked on those releases). So the keyword is read from the model's own ``forward`` signature, once per model
+class.
 """
 
 from __future__ import annotations
