@@ -15,6 +15,7 @@ import torch
 
 from qval.decode.drafters import ModelDrafter, int8_copy
 from qval.decode.engine import Engine
+from qval.models import kv
 from qval.models.base import ModelParams
 from qval.models.packaged import SmolLM2Instruct
 
@@ -101,9 +102,9 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
 
             def bare():
                 with torch.inference_mode():
-                    cache = state.cache
+                    cache = {kv.cache_keyword(model.model): state.cache}  # bare: the model call and nothing else
                     for tok in tokens:
-                        out = model.model(input_ids=torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+                        out = model.model(input_ids=torch.tensor([[tok]]), use_cache=True, **cache)
                         out.logits[0].float().argmax(dim=-1).tolist()
 
             _, t = _timed(bare)

@@ -10,6 +10,7 @@ import copy
 
 import torch
 
+from ..models import kv
 from .engine import Draft
 
 
@@ -33,10 +34,8 @@ class ModelDrafter:
 
     def _sync(self, context: list[int]) -> torch.Tensor:
         """Bring the cache to context[:-1] + feed the rest; return logits for the next position."""
-        from transformers import DynamicCache
-
         if self.cache is None:
-            self.cache, self.cached = DynamicCache(config=self.model.config), []
+            self.cache, self.cached = kv.new_cache(self.model), []
         common = 0
         limit = min(len(self.cached), len(context) - 1)  # always feed at least one token to get logits
         while common < limit and self.cached[common] == context[common]:
@@ -45,7 +44,7 @@ class ModelDrafter:
             self.cache.crop(-(len(self.cached) - common))
             self.cached = self.cached[:common]
         ids = torch.tensor([context[common:]], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+        out = kv.forward(self.model, ids, self.cache, logits_to_keep=1)
         self.cached = list(context)
         return out.logits[0, -1].float()
 
@@ -64,9 +63,7 @@ class ModelDrafter:
                 tok = int(logits.argmax())
             tokens.append(tok)
             if i + 1 < self.k:
-                out = self.model(
-                    input_ids=torch.tensor([[tok]], device=self.device), past_key_values=self.cache, use_cache=True
-                )
+                out = kv.forward(self.model, torch.tensor([[tok]], device=self.device), self.cache)
                 self.cached.append(tok)
                 logits = out.logits[0, -1].float()
         return Draft(tokens, torch.stack(probs) if probs and temperature > 0 else None)

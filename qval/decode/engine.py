@@ -23,6 +23,8 @@ from typing import Protocol
 
 import torch
 
+from ..models import kv
+
 
 @dataclass
 class Draft:
@@ -60,7 +62,7 @@ class PrefillState:
 
 
 class Engine:
-    """Draft-and-verify over a Hugging Face causal LM with a DynamicCache."""
+    """Draft-and-verify over a Hugging Face causal LM with a DynamicCache (built and fed through ``models.kv``)."""
 
     def __init__(self, model, eos_token_ids: set[int]):
         self.model = model
@@ -69,12 +71,10 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillState:
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
+        cache = kv.new_cache(self.model)
         ids = torch.tensor([prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-        return PrefillState(out.past_key_values, out.logits[0, -1].float(), list(prompt_ids))
+        out = kv.forward(self.model, ids, cache, logits_to_keep=1)
+        return PrefillState(cache, out.logits[0, -1].float(), list(prompt_ids))
 
     @torch.inference_mode()
     def decode(
@@ -114,7 +114,7 @@ class Engine:
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
             ids = torch.tensor([[pending, *tokens]], device=self.device)
-            out = self.model(input_ids=ids, past_key_values=cache, use_cache=True)
+            out = kv.forward(self.model, ids, cache)
             logits = out.logits[0].float()  # position i predicts the token after input i
             if coupled is not None:
                 emitted, accepted = coupled.verify(logits, tokens, len(trace.token_ids))

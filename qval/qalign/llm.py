@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 
-from ..models import transcript
+from ..models import kv, transcript
 from ..models.requests import ForwardCounter, Requests
 
 PREFIX_CACHE_SIZE = 8  # prompts whose KV cache is kept; scorers walk points one by one, so recent ones matter
@@ -125,18 +125,17 @@ class LLMRequests(Requests):
     def _prefix_state(self, prefix: list[int], cache_prefix: bool):
         """(KV cache after the prefix, log-probs of the next token), from the prefix cache when possible."""
         import torch
-        from transformers import DynamicCache
 
         key = tuple(prefix)
         if cache_prefix and key in self._prefixes:
             self._prefixes.move_to_end(key)
             return self._prefixes[key]
-        cache = DynamicCache(config=self.model.model.config)
+        cache = kv.new_cache(self.model.model)
         ids = torch.tensor([prefix], device=self.model.device)
         with torch.inference_mode():
-            out = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+            out = kv.forward(self.model.model, ids, cache, logits_to_keep=1)
         self.counter.computed += len(prefix)
-        state = (out.past_key_values, torch.log_softmax(out.logits[0, -1].float(), -1).cpu())
+        state = (cache, torch.log_softmax(out.logits[0, -1].float(), -1).cpu())
         if cache_prefix:
             self._prefixes[key] = state
             while len(self._prefixes) > PREFIX_CACHE_SIZE:
@@ -157,7 +156,7 @@ class LLMRequests(Requests):
             batch_cache = copy.deepcopy(cache)
             batch_cache.batch_repeat_interleave(len(continuations))
             with torch.inference_mode():
-                logits = self.model.model(input_ids=ids, past_key_values=batch_cache, use_cache=True).logits
+                logits = kv.forward(self.model.model, ids, batch_cache).logits
             self.counter.computed += sum(len(c) - 1 for c in continuations if c)
             logp = torch.log_softmax(logits.float(), -1).cpu()
             for i, c in enumerate(continuations):

@@ -1,0 +1,45 @@
+"""How qval runs a Hugging Face causal LM over its own KV cache.
+
+qval builds each ``DynamicCache`` itself, passes it to every forward and keeps its own reference: a forward fills
+the cache in place, so the cache is never read back from the model's output, and it is cropped with its own
+``crop`` method. No legacy tuple cache is ever built.
+
+transformers 5.24 renamed the forward keyword ``past_key_values`` to ``cache`` (the old name warns from 5.24 and
+goes in 5.40; outputs' ``.past_key_values`` warns too). qval supports transformers from 5.17, whose models know only
+``past_key_values``; there ``cache`` would land in the forward's catch-all ``**kwargs`` instead of being rejected
+(not checked on those releases). So the keyword is read from the model's own ``forward`` signature, once per model
+class.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+_KEYWORD: dict[type, str] = {}  # model class -> the keyword its forward takes the cache under
+
+
+def cache_keyword(model: Any) -> str:
+    """``cache`` for models of transformers >= 5.24, ``past_key_values`` for older ones."""
+    cls = type(model)
+    if cls not in _KEYWORD:
+        params = inspect.signature(model.forward).parameters
+        if "cache" in params:
+            _KEYWORD[cls] = "cache"
+        elif "past_key_values" in params:
+            _KEYWORD[cls] = "past_key_values"
+        else:
+            raise TypeError(f"{cls.__name__}.forward takes no KV cache (neither `cache` nor `past_key_values`)")
+    return _KEYWORD[cls]
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``DynamicCache`` laid out for the model (its layer types come from the config)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=model.config)
+
+
+def forward(model: Any, input_ids: Any, cache: Any, **kwargs: Any) -> Any:
+    """One forward pass that reads and extends ``cache`` in place; returns the model's output (logits)."""
+    return model(input_ids=input_ids, use_cache=True, **{cache_keyword(model): cache}, **kwargs)
