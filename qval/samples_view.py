@@ -117,6 +117,11 @@ class Turn:
     steps: list[tuple[int, int]]  # (drafted, accepted) per target step
 
     @property
+    def steps_text(self) -> str:
+        """Accepted/drafted per target step, one string (a page renders it as one escaped text, not per step)."""
+        return " ".join(f"{a}/{d}" for d, a in self.steps)
+
+    @property
     def tau(self) -> float | None:
         """Tokens per target step: 1 + accepted drafts per step."""
         return 1 + self.accepted / self.target_steps if self.target_steps else None
@@ -125,9 +130,9 @@ class Turn:
 def turns(frame: pd.DataFrame) -> list[Turn]:
     out = []
     for r in frame.to_dict("records"):
-        drafted, accepted = plain(r.get("drafted")) or [], plain(r.get("accepted")) or []
+        drafted, accepted = _ints(r.get("drafted")), _ints(r.get("accepted"))
         text = plain(r.get("output_text")) or ""
-        spans = plain(r.get("accepted_chars"))
+        spans = None if _missing(r.get("accepted_chars")) else _ints(r.get("accepted_chars"))
         out.append(
             Turn(
                 str(r["sample_id"]),
@@ -145,6 +150,15 @@ def turns(frame: pd.DataFrame) -> list[Turn]:
             )
         )
     return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _ints(value: Any) -> list[int]:
+    """A stored list of counts as Python ints, in one conversion (per-element `plain` dominated a report's pages)."""
+    return [] if _missing(value) else np.asarray(value, dtype=np.int64).tolist()
 
 
 def split(text: str, spans: list[int] | None) -> list[tuple[str, bool]]:
