@@ -231,10 +231,10 @@ def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict
         for track, group in info.groupby("track", sort=False):
             table = SAMPLE_TABLES.get(track, SAMPLE_TABLES["qalign"])
             column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")
-            drop = "output_ids, _k" if table == "decode_samples" else "_k"
+            select = "* EXCLUDE (output_ids, _k)" if table == "decode_samples" else "* EXCLUDE (_k)"
             # Only constants are formatted in; ids and the limit are parameters (a NULL limit keeps every sample).
             rows = con.execute(
-                f"SELECT * EXCLUDE ({drop}) FROM (SELECT *, dense_rank() OVER (PARTITION BY cell_id ORDER BY "
+                f"SELECT {select} FROM (SELECT *, dense_rank() OVER (PARTITION BY cell_id ORDER BY "
                 f"sample_id) AS _k FROM {table} WHERE cell_id IN (SELECT unnest(?))) WHERE ? IS NULL OR _k <= ? "
                 f"ORDER BY cell_id, sample_id, {column}",
                 [group["cell_id"].tolist(), limit, None if limit is None else max(int(limit), 0)],
