@@ -113,13 +113,10 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
 
     out = []
     # A baseline (oracle, random, heuristic) brackets the methods rather than competing as a family: averaging the
-    # oracle with random would describe neither, so each baseline is its own row.
-    rows = rows.assign(
-        _unit=np.where(rows["family"] == BASELINE_FAMILY, rows["method"].astype(str), rows["family"].astype(str))
-    )
-    for (dataset, temperature, family, _), group in rows.groupby(
-        ["dataset", "temperature", "family", "_unit"], dropna=False
-    ):
+    # oracle with random would describe neither, so each baseline is its own row, named "baseline: oracle-q".
+    baseline = rows["family"] == BASELINE_FAMILY
+    rows = rows.assign(family=rows["family"].where(~baseline, BASELINE_FAMILY + ": " + rows["method"].astype(str)))
+    for (dataset, temperature, family), group in rows.groupby(["dataset", "temperature", "family"], dropna=False):
         series = [by_state[c] for c in group["cell_id"] if c in by_state and len(by_state[c])]
         if not series:
             continue
@@ -128,8 +125,7 @@ def family_aggregates(rows: pd.DataFrame, by_state: dict[str, pd.Series], main_m
         record = {
             "dataset": dataset,
             "temperature": temperature,
-            # A baseline's row names it: "baseline: oracle-q", not one of several identical "baseline" rows.
-            "family": f"{family}: {group['method'].iloc[0]}" if family == BASELINE_FAMILY else family,
+            "family": family,
             "methods": len(series),
             "value": None,
             "ci_low": None,
