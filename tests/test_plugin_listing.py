@@ -22,19 +22,27 @@ class Quiet(AutoregressivePolicy):
 """
 
 
+def _one_module_package(root, dist: str, kind: str, name: str, source: str) -> dict:
+    """A package ``dist`` of one module holding ``source``, whose class ``name.capitalize()`` is the ``qval.<kind>``
+    plugin ``name``, exposed as installed: the env for ``run_qval``."""
+    module = dist.replace("-", "_")
+    project = root / dist
+    project.mkdir()
+    (project / "pyproject.toml").write_text(
+        f'[project]\nname = "{dist}"\nversion = "0.1.0"\n\n'
+        f'[project.entry-points."qval.{kind}"]\n{name} = "{module}:{name.capitalize()}"\n'
+    )
+    (project / f"{module}.py").write_text(source)
+    return expose_package(root / "site", project)
+
+
 @pytest.fixture(scope="module")
 def undocumented_env(tmp_path_factory):
     """A policy plugin whose class has no docstring of its own (its base class has one, which says nothing about
     it), exposed as an installed package: the env for ``run_qval``."""
-    root = tmp_path_factory.mktemp("undocumented")
-    project = root / "quiet"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[project]\nname = "quiet-policy"\nversion = "0.1.0"\n\n'
-        '[project.entry-points."qval.policies"]\nquiet = "quiet_policy:Quiet"\n'
+    return _one_module_package(
+        tmp_path_factory.mktemp("undocumented"), "quiet-policy", "policies", "quiet", UNDOCUMENTED
     )
-    (project / "quiet_policy.py").write_text(UNDOCUMENTED)
-    return expose_package(root / "site", project)
 
 
 def test_list_shows_the_first_sentence_of_each_docstring_and_never_none(undocumented_env):
@@ -125,14 +133,7 @@ class Short(Scorer):
 
 
 def test_plugins_check_of_a_broken_scorer_names_the_rule_and_exits_1(tmp_path):
-    project = tmp_path / "broken"
-    project.mkdir()
-    (project / "pyproject.toml").write_text(
-        '[project]\nname = "broken-scorer"\nversion = "0.1.0"\n\n'
-        '[project.entry-points."qval.scorers"]\nshort = "broken_scorer:Short"\n'
-    )
-    (project / "broken_scorer.py").write_text(BROKEN)
-    env = expose_package(tmp_path / "site", project)
+    env = _one_module_package(tmp_path, "broken-scorer", "scorers", "short", BROKEN)
     proc = run_qval("plugins", "--check", "short", env=env)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "ok  prepare() accepted the cell's 6 points" in proc.stdout  # the rules passed before the broken one
