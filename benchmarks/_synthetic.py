@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qval.decode.tables import DECODE_SAMPLES
 from qval.plan import build_plan
 from qval.store.parts import DONE, cell_dir, write_json_atomic
-from qval.store.tables import DECODE_SAMPLES
 from qval.suite import load_suite
 
 

@@ -28,7 +28,7 @@ def plan_suite(
     suite_path: str | Path, sets: Sequence[str] = (), models: Sequence[str] = (), limit: int | None = None
 ) -> Plan:
     """The suite's plan, with command-line overrides (``--set PATH=VALUE``, ``--model NAME``) validated like the
-    file, and at most ``limit`` samples per cell (cells of their own: see plan.make_cell)."""
+    file, and at most ``limit`` samples per cell (cells of their own: see cell.make_cell)."""
     return build_plan(load_suite(suite_path, sets, models), limit)
 
 
@@ -133,9 +133,9 @@ def run_suite(
 def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
     """What went wrong in the cells a run ran, from their manifests and stored rows (see RunSummary.problems)."""
     from .store.parts import DONE, FAILED, cell_dir, read_manifest
-    from .store.tables import SAMPLE_TABLES
+    from .tracks import sample_tables
 
-    out = []
+    out, tables = [], sample_tables()
     for cell_id in cell_ids:
         cell, directory = plan.cells[cell_id], cell_dir(results, cell_id)
         problem = None
@@ -167,7 +167,7 @@ def problem_cells(results: Path, plan: Plan, cell_ids: list[str]) -> list[dict]:
                     "method": cell.method,
                     "dataset": cell.dataset_label or cell.dataset,
                     "problem": problem,
-                    "reasons": _top_reasons(results, SAMPLE_TABLES[cell.track], cell_id),
+                    "reasons": _top_reasons(results, tables[cell.track].table, cell_id) if cell.track in tables else [],
                 }
             )
     return out

@@ -1,8 +1,9 @@
 """Compare two suites or two results folders: what changed, and whether the change is significant.
 
-Cells are matched on (track, model, method label, dataset, temperature, seed). For per-state ρ (Q-alignment) and
-per-sample acceptance length (decoding) the verdict comes from a paired sign-flip permutation test over the
-samples both sides share; for other metrics, from whether the two 95% CIs overlap (labelled so).
+Cells are matched on (track, model, method label, dataset, temperature, seed). For each track's paired metric
+(qval.tracks.Track.paired_metric: per-state ρ for Q-alignment, per-sample acceptance length for decoding) the verdict
+comes from a paired sign-flip permutation test over the samples both sides share; for other metrics, from whether
+the two 95% CIs overlap (labelled so).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import pandas as pd
 from . import results as R
 from .errors import UsageError
 from .stats import paired_permutation_test
+from .tracks import all_tracks, get_track
 
 KEY = ["track", "model", "method", "dataset", "temperature", "seed"]
 ALPHA = 0.05
@@ -45,7 +47,7 @@ def parse_side(text: str, default_results: Path) -> Side:
 
 
 def _cells(side: Side) -> pd.DataFrame:
-    frames = [R.leaderboard(side.results, side.suite, track).assign(track=track) for track in ("qalign", "decode")]
+    frames = [R.leaderboard(side.results, side.suite, t.name).assign(track=t.name) for t in all_tracks()]
     frame = (
         pd.concat([f for f in frames if not f.empty], ignore_index=True)
         if any(not f.empty for f in frames)
@@ -58,23 +60,12 @@ def _cells(side: Side) -> pd.DataFrame:
 
 
 def _per_sample(side: Side, track: str) -> dict[str, pd.Series]:
-    """Per cell of one side, the per-sample values its paired test resamples, read once for the whole side."""
-    if track == "qalign":  # the per-state values the metric stage stored (failed candidates' states left out)
-        units = R.units(side.results, side.suite, PAIRED["qalign"])
-        return {
-            cell: pd.Series(rows["value"].to_numpy(float), index=rows["unit"].to_numpy(), dtype=float)
-            for cell, rows in units.groupby("cell_id", sort=False)
-        }
-    summary = R.decode_sample_summary(side.results, side.suite)
-    return {
-        cell: pd.Series(
-            rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str)
-        )
-        for cell, rows in summary.groupby("cell_id", sort=False)
-    }
+    """Per cell of one side, the per-unit values its paired test resamples (the track's own), read once per side."""
+    return get_track(track).paired_units(side.results, side.suite)
 
 
-PAIRED = {"qalign": "per_state_spearman", "decode": "acceptance_length_per_sample"}
+def _paired_metric(track: str) -> str | None:
+    return next((t.paired_metric for t in all_tracks() if t.name == track), None)
 
 
 def compare(a: Side, b: Side) -> pd.DataFrame:
@@ -116,7 +107,7 @@ def compare(a: Side, b: Side) -> pd.DataFrame:
                 "p_value": None,
                 "test": None,
             }
-            if metric == PAIRED.get(rec["track"]):
+            if metric == _paired_metric(rec["track"]):
                 sa = values(a, rec["cell_id_a"], rec["track"])
                 sb = values(b, rec["cell_id_b"], rec["track"])
                 common = sa.index.intersection(sb.index)

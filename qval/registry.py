@@ -21,7 +21,7 @@ from typing import Any
 
 from .errors import PluginError
 
-KINDS = ("scorers", "policies", "envs", "datasets", "models", "metrics", "runners")
+KINDS = ("scorers", "policies", "envs", "datasets", "models", "metrics", "runners", "tracks")
 AUTOLOAD_SWITCH = "QVAL_DISABLE_PLUGIN_AUTOLOAD"  # set to 1 to load qval's own plugins only
 # Spelled out: dropping the last letter makes "policie" of "policies".
 _SINGULAR = {
@@ -32,6 +32,7 @@ _SINGULAR = {
     "models": "model",
     "metrics": "metric",
     "runners": "runner",
+    "tracks": "track",
 }
 
 

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import UsageError
 from .store.db import connect_reader
-from .store.tables import BOARD_TRACKS, SAMPLE_TABLES
+from .tracks import board_kinds, sample_tables
 
 
-def _query(results, sql: str, params=None) -> pd.DataFrame:
+def query(results, sql: str, params=None) -> pd.DataFrame:
+    """One read-only query's result (tracks' own readers use it too)."""
     con = connect_reader(Path(results))
     try:
         return con.execute(sql, params or []).df()
@@ -21,17 +23,17 @@ def _query(results, sql: str, params=None) -> pd.DataFrame:
 
 
 def suites(results="results") -> pd.DataFrame:
-    return _query(results, "SELECT * FROM suites ORDER BY suite")
+    return query(results, "SELECT * FROM suites ORDER BY suite")
 
 
 def runs(results="results") -> pd.DataFrame:
-    return _query(results, "SELECT * FROM runs ORDER BY started_at")
+    return query(results, "SELECT * FROM runs ORDER BY started_at")
 
 
 def cells(results="results", suite: str | None = None) -> pd.DataFrame:
     if suite is None:
-        return _query(results, "SELECT * FROM cells ORDER BY track, model, method, dataset, temperature, seed")
-    return _query(
+        return query(results, "SELECT * FROM cells ORDER BY track, model, method, dataset, temperature, seed")
+    return query(
         results,
         "SELECT c.* FROM cells c JOIN suite_cells s USING (cell_id) WHERE s.suite = ? "
         "ORDER BY track, model, method, dataset, temperature, seed",
@@ -71,9 +73,9 @@ def metrics(results="results", suite: str | None = None) -> pd.DataFrame:
         "c.status, c.n_samples, c.n_failed, c.identity, m.* FROM cell_metrics m JOIN cells c USING (cell_id)"
     )
     if suite is None:
-        frame = _query(results, base)
+        frame = query(results, base)
     else:
-        frame = _query(results, base + " JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
+        frame = query(results, base + " JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
     labels = {}
     for _, track in frame.drop_duplicates("cell_id").groupby("track"):
         labels.update(method_labels(track))
@@ -81,25 +83,22 @@ def metrics(results="results", suite: str | None = None) -> pd.DataFrame:
     return frame.drop(columns=["identity"])
 
 
-def decode_sample_summary(results="results", suite: str | None = None) -> pd.DataFrame:
-    """Per (cell, sample, turn): acceptance length τ = 1 + accepted/steps, decode time, tokens (for plots)."""
-    sql = (
-        "SELECT t.cell_id, t.sample_id, t.turn, 1 + coalesce(list_sum(t.accepted), 0) / t.target_steps AS tau, "
-        "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}"
-    )
-    if suite is None:
-        return _query(results, sql.format(join="", where=""))
-    return _query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
+def _table(track: str) -> str:
+    """The sample table of a track (or of a kind of cells it shows); an unknown name is a usage error."""
+    tables = sample_tables()
+    if track not in tables:
+        raise UsageError(f"no track '{track}'; installed: {', '.join(sorted(tables)) or 'none'}")
+    return tables[track].table
 
 
-def failure_reasons(results="results", suite: str = "", track: str = "qalign", top: int = 5) -> pd.DataFrame:
-    """Per cell with failed samples: its most frequent error messages and how many samples each hit."""
-    table = SAMPLE_TABLES[track]
+def failure_reasons(results="results", suite: str = "", track: str = "", top: int = 5) -> pd.DataFrame:
+    """Per cell of one track with failed samples: its most frequent error messages and how many samples each hit."""
+    table = _table(track)
     sql = (
         f"SELECT cell_id, error, count(DISTINCT sample_id) AS samples FROM {table} t "
         "JOIN suite_cells s USING (cell_id) WHERE s.suite = ? AND t.error IS NOT NULL GROUP BY 1, 2"
     )
-    frame = _query(results, sql, [suite])
+    frame = query(results, sql, [suite])
     if frame.empty:
         return frame
     frame = frame.sort_values(["cell_id", "samples", "error"], ascending=[True, False, True])
@@ -110,12 +109,12 @@ def units(results="results", suite: str | None = None, metric: str = "per_state_
     """The per-unit values behind a metric (per evaluation point, with its state as ``cluster``), as the metric
     stage stored them: what paired tests and family aggregates resample. Columns cell_id, unit, cluster, value."""
     if suite is None:
-        return _query(
+        return query(
             results,
             "SELECT cell_id, unit, cluster, value FROM metric_units WHERE metric = ? ORDER BY cell_id, unit",
             [metric],
         )
-    return _query(
+    return query(
         results,
         "SELECT u.cell_id, u.unit, u.cluster, u.value FROM metric_units u JOIN suite_cells s "
         "USING (cell_id) WHERE s.suite = ? AND u.metric = ? ORDER BY u.cell_id, u.unit",
@@ -123,18 +122,19 @@ def units(results="results", suite: str | None = None, metric: str = "per_state_
     )
 
 
-def samples(results="results", track: str = "decode", suite: str | None = None) -> pd.DataFrame:
-    table = SAMPLE_TABLES[track]
+def samples(results="results", track: str = "", suite: str | None = None) -> pd.DataFrame:
+    """Every stored row of one track's sample table (of one suite, or all)."""
+    table = _table(track)
     if suite is None:
-        return _query(results, f"SELECT * FROM {table}")
-    return _query(results, f"SELECT t.* FROM {table} t JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
+        return query(results, f"SELECT * FROM {table}")
+    return query(results, f"SELECT t.* FROM {table} t JOIN suite_cells s USING (cell_id) WHERE s.suite = ?", [suite])
 
 
-def leaderboard(results="results", suite: str | None = None, track: str = "qalign") -> pd.DataFrame:
+def leaderboard(results="results", suite: str | None = None, track: str = "") -> pd.DataFrame:
     """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and
     ``<metric>__n_states`` (distinct states behind a count of evaluation points; NaN where not applicable)."""
     long = metrics(results, suite)
-    long = long[long["track"].isin(BOARD_TRACKS.get(track, (track,)))]
+    long = long[long["track"].isin(board_kinds(track))]
     keys = [
         "cell_id",
         "model",
@@ -178,9 +178,7 @@ def find_cell(results, cell: str) -> dict:
     id, or a prefix of several ids none of which it equals, is a usage error that names the closest cells."""
     import difflib
 
-    from .errors import UsageError
-
-    frame = _query(results, f"SELECT {', '.join(_CELL_FIELDS)} FROM cells")
+    frame = query(results, f"SELECT {', '.join(_CELL_FIELDS)} FROM cells")
     wanted = cell.strip().lower()
     # An exact id wins over the longer ids it is a prefix of: a full id must always name its cell.
     exact = frame[frame["cell_id"] == wanted]
@@ -229,9 +227,12 @@ def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict
         ).df()
         frames: dict[str, pd.DataFrame] = {}
         for track, group in info.groupby("track", sort=False):
-            table = SAMPLE_TABLES.get(track, SAMPLE_TABLES["qalign"])
-            column = {"qalign_samples": "candidate", "decode_samples": "turn"}.get(table, "sample_id")
-            select = "* EXCLUDE (output_ids, _k)" if table == "decode_samples" else "* EXCLUDE (_k)"
+            spec = sample_tables().get(track)
+            if spec is None:  # a cell of a track not installed here: its rows cannot be read, only its record
+                frames.update({c: pd.DataFrame({"sample_id": []}) for c in group["cell_id"]})
+                continue
+            table, column = spec.table, spec.listing_order
+            select = "* EXCLUDE (" + ", ".join((*spec.listing_drop, "_k")) + ")"
             # Only constants are formatted in; ids and the limit are parameters (a NULL limit keeps every sample).
             rows = con.execute(
                 f"SELECT {select} FROM (SELECT *, dense_rank() OVER (PARTITION BY cell_id ORDER BY "

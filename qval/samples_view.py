@@ -204,7 +204,8 @@ def text(frame: pd.DataFrame) -> str:
     if prepared:
         lines.append(f"── requests made while preparing the cell (once, before any point): {len(prepared)}")
         lines += _request_lines(prepared, "   ")
-    if info["track"] == "decode":
+    kind = shape(info["track"])
+    if kind == "turns":
         for t in turns(frame):
             head = f"── sample {t.sample_id} turn {t.turn} [{t.category or '–'}]"
             if t.error:
@@ -218,9 +219,10 @@ def text(frame: pd.DataFrame) -> str:
             )
             lines += ["   " + _safe(line) for line in "".join(s for s, _ in t.segments).splitlines() or [""]]
         return "\n".join(lines)
-    if "state_key" not in frame:  # per-state values only (imported QVal summaries)
+    if kind != "states":  # one row per sample: per-state values of imported QVal summaries, or another track's rows
         for r in frame.to_dict("records"):
-            lines.append(_safe(f"── sample {r['sample_id']}  state {r['state_key']}  value {_num(plain(r['value']))}"))
+            fields = "  ".join(f"{k} {_num(plain(v)) if isinstance(v, float) else plain(v)}" for k, v in r.items())
+            lines.append(_safe(f"── sample {r['sample_id']}  " + fields.removeprefix(f"sample_id {r['sample_id']}  ")))
         return "\n".join(lines)
     for s in states(frame):
         lines.append(_safe(f"── sample {s.sample_id}  state {s.state_key}  rank disagreement {_num(s.disagreement)}"))
@@ -256,6 +258,14 @@ def _request_lines(requests: list[dict], indent: str) -> list[str]:
                 )
             )
     return lines
+
+
+def shape(track: str) -> str:
+    """How a track's rows are laid out for reading (qval.tracks.SampleTable.shape): "turns", "states" or "rows"."""
+    from .tracks import sample_tables
+
+    spec = sample_tables().get(track)
+    return spec.shape if spec is not None else "rows"
 
 
 def prepare_requests(frame: pd.DataFrame) -> list[dict]:

@@ -283,4 +283,5 @@ def wilson_proportion(hits, clusters=None) -> MetricValue:
     c = z * z / units
     centre = (share + c / 2) / (1 + c)
     half = z * np.sqrt(share * (1 - share) / units + c / (4 * units)) / (1 + c)
-    return MetricValue(share, float(max(0.0, centre - half)), float(min(1.0, centre + half)), n)
+    # At a share of 0 or 1 the bound is the share itself; rounding would otherwise leave it a hair inside (2.8e-17).
+    return MetricValue(share, float(min(share, max(0.0, centre - half))), float(max(share, min(1.0, centre + half))), n)

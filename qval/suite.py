@@ -9,31 +9,18 @@ import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
 
 from .errors import PluginError, SuiteError
 from .overrides import Origin, OverrideProblem, apply_overrides
 from .registry import REGISTRY, close_matches
+from .section import PluginRef, Strict
+from .tracks import Track, all_tracks
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # suite names become file names: no path separators
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PluginRef(Strict):
-    name: str = Field(min_length=1)
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-def _as_refs(value):
-    if isinstance(value, list):
-        return [{"name": v} if isinstance(v, str) else v for v in value]
-    return value
 
 
 class ModelRef(Strict):
@@ -42,105 +29,14 @@ class ModelRef(Strict):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-class PointsConfig(Strict):
-    episodes: int = Field(default=10, ge=1, le=100_000)
-    epsilon: float = Field(default=0.3, ge=0.0, le=1.0)
-    max_points_per_episode: int = Field(default=5, ge=1, le=10_000)
-    max_steps: int = Field(default=50, ge=1, le=10_000)
-    discard_early: int = Field(default=0, ge=0, le=10_000)  # QVal drops the first and last turns of a trajectory
-    discard_late: int = Field(default=0, ge=0, le=10_000)
-    max_candidates: int | None = Field(default=None, ge=2, le=1_000)  # None: every legal action is a candidate
-    behaviour: Literal["optimal", "llm"] = "optimal"  # llm: the cell's model acts (ε-noisy), as QVal's LLM actors
-
-
-class ReferenceConfig(Strict):
-    method: Literal["exact", "mc"] = "exact"  # mc: Monte-Carlo rollouts of the reference policy
-    rollouts: int = Field(default=16, ge=1, le=100_000)
-    agg: Literal["mean", "max"] = "max"  # QVal's headline label is the max over rollouts
-    max_steps: int = Field(default=200, ge=1, le=100_000)
-    policy: Literal["optimal", "llm"] = "optimal"  # who plays the Monte-Carlo rollouts: scripted optimal or the LLM
-
-    @model_validator(mode="after")
-    def _llm_needs_mc(self):
-        if self.policy == "llm" and self.method != "mc":
-            raise ValueError("an LLM reference policy needs Monte-Carlo labels: set method: mc")
-        return self
-
-
-class TrackSection(Strict):
-    """What both tracks share: a temperature axis, the metrics to report and the one to rank by."""
-
-    temperatures: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
-    metrics: list[str] = Field(min_length=1)
-    main_metric: str
-
-    @field_validator("temperatures")
-    @classmethod
-    def _temps(cls, value):
-        return _check_temperatures(value)
-
-
-class QAlignSection(TrackSection):
-    envs: list[PluginRef] = Field(min_length=1)
-    methods: list[PluginRef] = Field(min_length=1)
-    gamma: float = Field(default=0.95, gt=0.0, le=1.0)
-    points: PointsConfig = Field(default_factory=PointsConfig)
-    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
-    metrics: list[str] = Field(
-        default_factory=lambda: [
-            "per_state_spearman",
-            "pairwise_accuracy",
-            "top1",
-            "pooled_spearman",
-            "pooled_kendall",
-        ],
-        min_length=1,
-    )
-    main_metric: str = "per_state_spearman"
-    # Seconds one point may take to score: a hung plugin fails that point (recorded), the run goes on.
-    timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
-
-    @field_validator("envs", "methods", mode="before")
-    @classmethod
-    def _refs(cls, value):
-        return _as_refs(value)
-
-
-class DecodeSection(TrackSection):
-    datasets: list[PluginRef] = Field(min_length=1)
-    policies: list[PluginRef] = Field(min_length=1)
-    max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
-    # At T > 0: "rejection" = the standard min(1, p/q) rule, each cell with its own random stream; "coupled" =
-    # position-seeded Gumbel sampling shared by all cells + exact-match verification (token-exact vs AR).
-    sampling: Literal["rejection", "coupled"] = "rejection"
-    warmup: int = Field(default=1, ge=0, le=100)
-    hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
-    metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)
-    main_metric: str = "speedup"
-
-    @field_validator("datasets", "policies", mode="before")
-    @classmethod
-    def _refs(cls, value):
-        return _as_refs(value)
-
-
-def _check_temperatures(values: list[float]) -> list[float]:
-    for t in values:
-        if not (0.0 <= t <= 10.0):
-            raise ValueError(f"temperature {t} is out of range [0, 10]")
-    if len(set(values)) != len(values):
-        raise ValueError("temperatures repeat")
-    return values
-
-
 class SuiteConfig(Strict):
+    """What every suite has; suite_model() adds one optional section per installed track (qval.tracks)."""
+
     name: str = Field(pattern=NAME_RE)
     description: str = ""
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     # Optional: a suite of model-free methods needs none; _resolve names the methods that do when it is missing.
     models: list[ModelRef] = Field(default_factory=list)
-    qalign: QAlignSection | None = None
-    decode: DecodeSection | None = None
 
     @field_validator("models", mode="before")
     @classmethod
@@ -161,6 +57,20 @@ class SuiteConfig(Strict):
         return values
 
 
+_MODELS: dict[tuple[str, ...], type[SuiteConfig]] = {}
+
+
+def suite_model() -> type[SuiteConfig]:
+    """SuiteConfig with an optional section per installed track, keyed by the track's name (built once per set of
+    tracks): a suite is validated strictly, and a mistyped section name gets "did you mean" like any key."""
+    tracks = all_tracks()
+    key = tuple(t.name for t in tracks)
+    if key not in _MODELS:
+        fields: dict[str, Any] = {t.name: (t.Section | None, None) for t in tracks}
+        _MODELS[key] = create_model("SuiteConfig", __base__=SuiteConfig, **fields)
+    return _MODELS[key]
+
+
 class Suite:
     """A validated suite: its config, resolved plugin classes and parsed params."""
 
@@ -173,6 +83,10 @@ class Suite:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def sections(self) -> list[tuple[Track, Any]]:
+        """(track, its section) for every track section the suite has, in report order."""
+        return [(t, s) for t in all_tracks() if (s := getattr(self.config, t.name, None)) is not None]
 
 
 MAX_SEED = 2**31 - 1
@@ -268,9 +182,11 @@ def load_suite(path: str | Path, sets: Sequence[str] = (), models: Sequence[str]
     origins: list[Origin] = []
     try:
         data, origins = apply_overrides(data, sets, models, _parse_yaml)
-        config = SuiteConfig.model_validate(data)
-        if config.qalign is None and config.decode is None:
-            raise SuiteError(path, "qalign/decode", "a suite needs at least one track section (qalign or decode)")
+        model = suite_model()
+        config = model.model_validate(data)
+        names = [t.name for t in all_tracks()]
+        if not any(getattr(config, name, None) is not None for name in names):
+            raise SuiteError(path, "/".join(names), f"a suite needs at least one track section ({' or '.join(names)})")
         # The overrides are part of what was run: the recorded suite hash covers them.
         flags = [f"--model {m}" for m in models] + [f"--set {s}" for s in sets]
         suite = Suite(path, config, text + "".join(f"\n# {f}" for f in flags))
@@ -278,7 +194,7 @@ def load_suite(path: str | Path, sets: Sequence[str] = (), models: Sequence[str]
     except OverrideProblem as exc:
         raise SuiteError(path, exc.field, exc.reason) from None
     except ValidationError as exc:
-        raise SuiteError.of(path, _from_flags(_problems(exc, "", SuiteConfig), origins)) from None
+        raise SuiteError.of(path, _from_flags(_problems(exc, "", suite_model()), origins)) from None
     except SuiteError as exc:
         raise SuiteError.of(path, _from_flags(exc.problems, origins)) from None
     _check_grid_size(suite)
@@ -299,13 +215,7 @@ def _check_grid_size(suite: Suite) -> None:
     limit = int(os.environ.get("QVAL_MAX_CELLS", MAX_CELLS))
     cfg = suite.config
     models, seeds = max(1, len(cfg.models)), len(cfg.seeds)  # a model-free suite: one cell per grid point
-    total = 0
-    if cfg.qalign is not None:
-        total += models * len(cfg.qalign.methods) * len(cfg.qalign.envs) * len(cfg.qalign.temperatures) * seeds
-    if cfg.decode is not None:
-        total += (
-            models * (len(cfg.decode.policies) + 1) * len(cfg.decode.datasets) * len(cfg.decode.temperatures) * seeds
-        )
+    total = sum(track.grid_size(section, models, seeds) for track, section in suite.sections())
     if total > limit:
         raise SuiteError(
             suite.path,
@@ -376,15 +286,9 @@ def _resolve(suite: Suite) -> None:
     names = [n for n, _ in suite.models]
     if len(set(names)) != len(names):
         problems.append(("models", "two models share a name; give each a distinct 'name'"))
-    sections = {
-        "qalign": {"envs": "envs", "methods": "scorers"},
-        "decode": {"datasets": "datasets", "policies": "policies"},
-    }
-    for track, axes in sections.items():
-        section = getattr(cfg, track)
-        if section is None:
-            continue
-        for axis, kind in axes.items():
+    for track_plugin, section in suite.sections():
+        track = track_plugin.name
+        for axis, kind in track_plugin.axes.items():
             resolved = []
             for i, ref in enumerate(getattr(section, axis)):
                 cls = _load(problems, f"{track}.{axis}[{i}].name", kind, ref.name)
@@ -414,21 +318,8 @@ def _resolve(suite: Suite) -> None:
 
 
 def _needs_a_model(suite: Suite) -> Problems:
-    """A suite without models runs only what needs none: name each entry that does (a scorer that declares
-    ``uses_model``, an LLM actor, and every decoding policy, which all verify against a target model)."""
-    cfg, needs = suite.config, []
-    if cfg.qalign is not None:
-        classes = {id(ref): cls for ref, cls, _ in suite.resolved.get("qalign.methods", [])}
-        for i, ref in enumerate(cfg.qalign.methods):
-            if getattr(classes.get(id(ref)), "uses_model", False):
-                needs.append(f"qalign.methods[{i}] '{ref.name}'")
-        if cfg.qalign.points.behaviour == "llm":
-            needs.append("qalign.points.behaviour: llm")
-        if cfg.qalign.reference.policy == "llm":
-            needs.append("qalign.reference.policy: llm")
-    if cfg.decode is not None:
-        names = ", ".join(f"'{ref.name}'" for ref in cfg.decode.policies)
-        needs.append(f"decode.policies {names} (decoding verifies against a target model)")
+    """A suite without models runs only what needs none: name each entry that does (each track says which)."""
+    needs = [need for track, section in suite.sections() for need in track.needs_model(suite, section)]
     if not needs:
         return []
     return [

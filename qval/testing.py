@@ -225,12 +225,13 @@ def check_metric(cls) -> CheckReport:
 
 
 def _metric_rules(report: CheckReport, cls) -> None:
-    from .store.tables import SAMPLE_TABLES
+    from .tracks import sample_tables
 
     assert isinstance(cls, type) and issubclass(cls, Metric), f"{cls!r} must subclass Metric"
     report.ok("subclasses Metric")
     assert cls.name, f"{cls.__name__} needs a name (the column it writes)"
-    assert cls.track in SAMPLE_TABLES, f"{cls.__name__}.track must be one of {sorted(SAMPLE_TABLES)}"
+    kinds = sorted(sample_tables())
+    assert cls.track in kinds, f"{cls.__name__}.track must be one of {kinds} (a track's sample tables)"
     report.ok(f"name {cls.name!r} on track {cls.track!r}")
     assert cls.label, f"{cls.__name__} needs a label saying what the number is"
     report.ok("has a label saying what the number is")
@@ -240,6 +241,37 @@ def _metric_rules(report: CheckReport, cls) -> None:
         f"{cls.__name__}.reads must be a tuple of column names"
     )
     report.ok(f"reads {', '.join(cls.reads) if cls.reads else 'every column'}")
+
+
+def check_track(cls) -> CheckReport:
+    return _run_check("track", cls, lambda report: _track_rules(report, cls))
+
+
+def _track_rules(report: CheckReport, cls) -> None:
+    import importlib
+
+    from .section import TrackSection
+    from .tracks import Track
+
+    assert isinstance(cls, type) and issubclass(cls, Track), f"{cls!r} must subclass qval.tracks.Track"
+    report.ok("subclasses Track")
+    assert issubclass(cls.Section, TrackSection) and cls.Section is not TrackSection, (
+        f"{cls.__name__}.Section must be its own subclass of qval.section.TrackSection (its suite section)"
+    )
+    report.ok(f"declares its suite section ({cls.Section.__name__})")
+    assert all(axis in cls.Section.model_fields for axis in cls.axes), f"{cls.__name__}.axes names fields of Section"
+    report.ok(f"axes {', '.join(cls.axes) or 'none'} are fields of its section")
+    assert cls.tables, f"{cls.__name__}.tables must declare at least one sample table"
+    for table in cls.tables:
+        names = set(table.schema.names)
+        missing = {"cell_id", "sample_id", "error"} - names
+        assert not missing, f"sample table {table.table!r} lacks {sorted(missing)} (every table has them)"
+        module, _, attr = table.view.partition(":")
+        view = getattr(importlib.import_module(module), attr)
+        assert {"cell_id", "sample_id"} <= set(view.columns), f"the view of {table.table!r} lacks cell_id/sample_id"
+        report.ok(f"sample table {table.table!r} has cell_id, sample_id, error and a metric view")
+    assert cls.run is not Track.run and cls.expand is not Track.expand, f"{cls.__name__} must define expand and run"
+    report.ok("defines expand and run")
 
 
 def check_plugin(kind: str, cls, model=None) -> CheckReport:
@@ -258,6 +290,7 @@ def check_plugin(kind: str, cls, model=None) -> CheckReport:
         "envs": check_env,
         "datasets": check_dataset,
         "metrics": check_metric,
+        "tracks": check_track,
     }
     if kind in checks:
         return checks[kind](cls)

@@ -26,6 +26,7 @@ from .shard_log import ShardReporter
 from .stopping import install_worker_handlers
 from .store.parts import CellBusy, CellLease, PartWriter, is_done
 from .timeouts import PluginTimeout
+from .tracks import Outcome, all_tracks
 
 _EVENTS = None
 
@@ -53,20 +54,15 @@ def run_shard(plan: Plan, shard_index: int, results: Path, run_id: str) -> int:
     todo = [plan.cells[c] for c in shard.cell_ids if not is_done(results, c)]
     if not todo:
         return 0
-    warmup = (plan.config.get("decode") or {}).get("warmup", 1)
-    qalign_timeout = (plan.config.get("qalign") or {}).get("timeout_per_point_s")
     model = load_model(shard)  # once per shard
     try:
-        return _run_cells(plan, todo, model, results, run_id, qalign_timeout, warmup)
+        return _run_cells(plan, todo, model, results, run_id)
     finally:
         if model is not None:  # a served model stops the engine process it started
             model.close()
 
 
-def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, warmup) -> int:
-    from .decode.task import run_decode_group
-    from .qalign.task import run_qalign_cell
-
+def _run_cells(plan, todo, model, results: Path, run_id: str) -> int:
     fp = fingerprint()
     base = {"run_id": run_id, "plan_id": plan.plan_id, "hardware": fp["hardware"]}
     errors = 0
@@ -91,57 +87,40 @@ def _run_cells(plan, todo, model, results: Path, run_id: str, qalign_timeout, wa
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    for cell in [c for c in todo if c.track == "qalign"]:
-        try:
-            with CellLease(results, cell.cell_id, say=say):
-                if is_done(results, cell.cell_id):
-                    continue  # the worker that held the lease finished it
-                report.begin([cell])
-                writer, started = PartWriter(results, cell.cell_id, cell.track), _now()
-                outcome: tuple[int, int, dict] | BaseException
-                try:
-                    outcome = run_qalign_cell(cell, model, writer, report, qalign_timeout)
-                except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - any plugin error fails this cell only
-                    outcome = exc
-                except BaseException:  # SIGTERM or Ctrl-C: write the finished samples, so a re-run resumes after them
-                    writer.flush()
-                    raise
-                finish(cell, writer, outcome, started)
-        except CellBusy as exc:
+    installed = {track.name for track in all_tracks()}
+    for cell in todo:
+        if cell.track not in installed:  # planned where its track's plugin was installed, run where it is not
             errors += 1
-            report("cell_failed", cell=cell.cell_id, error=str(exc))
-
-    # Timed cells run in groups that share an AR baseline, interleaved sample by sample.
-    groups: dict[str, list] = {}
-    for cell in [c for c in todo if c.track == "decode"]:
-        groups.setdefault(cell.baseline_cell_id or cell.cell_id, []).append(cell)
-    for cells in groups.values():
-        with ExitStack() as leases:
-            try:
-                for cell in sorted(cells, key=lambda c: c.cell_id):  # one order everywhere: no deadlock
-                    leases.enter_context(CellLease(results, cell.cell_id, say=say))
-            except CellBusy as exc:
-                errors += 1
+            report("cell_failed", cell=cell.cell_id, error=f"no track '{cell.track}' is installed in this worker")
+    for track in all_tracks():  # in a fixed order; each track groups its cells (timed ones share a baseline)
+        section = plan.config.get(track.name) or {}
+        for cells in track.groups([c for c in todo if c.track == track.name]):
+            with ExitStack() as leases:
+                try:
+                    for cell in sorted(cells, key=lambda c: c.cell_id):  # one order everywhere: no deadlock
+                        leases.enter_context(CellLease(results, cell.cell_id, say=say))
+                except CellBusy as exc:
+                    errors += 1
+                    for cell in cells:
+                        report("cell_failed", cell=cell.cell_id, error=str(exc))
+                    continue
+                cells = [c for c in cells if not is_done(results, c.cell_id)]  # the lease's last holder finished them
+                if not cells:
+                    continue
+                report.begin(cells)
+                writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
+                started = _now()
+                outcomes: dict[str, Outcome]
+                try:
+                    outcomes = track.run(cells, model, writers, report, section)
+                except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - the group could not start (a dataset failed to load)
+                    outcomes = {c.cell_id: exc for c in cells}
+                except BaseException:  # SIGTERM or Ctrl-C: write the finished samples, so a re-run resumes after them
+                    for writer in writers.values():
+                        writer.flush()
+                    raise
                 for cell in cells:
-                    report("cell_failed", cell=cell.cell_id, error=str(exc))
-                continue
-            cells = [c for c in cells if not is_done(results, c.cell_id)]
-            if not cells:
-                continue
-            report.begin(cells)
-            writers = {c.cell_id: PartWriter(results, c.cell_id, c.track) for c in cells}
-            started = _now()
-            outcomes: dict[str, tuple[int, int] | BaseException]
-            try:
-                outcomes = run_decode_group(cells, model, writers, report, warmup=warmup)
-            except Exception as exc:  # noqa: BLE001 - the group could not start (e.g. the dataset failed to load)
-                outcomes = {c.cell_id: exc for c in cells}
-            except BaseException:  # SIGTERM or Ctrl-C: write the finished samples, so a re-run resumes after them
-                for writer in writers.values():
-                    writer.flush()
-                raise
-            for cell in cells:
-                finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
+                    finish(cell, writers[cell.cell_id], outcomes[cell.cell_id], started)
     return 1 if errors else 0
 
 

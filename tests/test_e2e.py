@@ -145,4 +145,4 @@ def test_scriptable_json_and_quiet(tiny_run):
     quiet = run_qval("report", "--results", results, "--out", root / "q", "--quiet")
     assert quiet.returncode == 0 and quiet.stdout == ""
     kinds = {p["kind"] for p in json.loads(run_qval("plugins", "--json").stdout)}
-    assert kinds == {"scorers", "policies", "envs", "datasets", "models", "metrics", "runners"}
+    assert kinds == {"scorers", "policies", "envs", "datasets", "models", "metrics", "runners", "tracks"}

@@ -14,8 +14,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 from test_report_render import decode_board, make_board, make_report, qalign_rows
 
+from qval.qalign.board import family_aggregates
 from qval.report import render as lr
-from qval.report.build import family_aggregates
 from qval.report.figures import common, make_figures
 
 

@@ -62,7 +62,16 @@ def test_every_built_in_plugin_has_a_description():
     assert proc.returncode == 0, proc.stderr
     built_in = [r for r in json.loads(proc.stdout) if r["distribution"] == "qval"]
     assert len(built_in) >= 60  # every kind is listed, not an empty or partial registry
-    assert {r["kind"] for r in built_in} == {"scorers", "policies", "envs", "datasets", "models", "metrics", "runners"}
+    assert {r["kind"] for r in built_in} == {
+        "scorers",
+        "policies",
+        "envs",
+        "datasets",
+        "models",
+        "metrics",
+        "runners",
+        "tracks",
+    }
     # A plugin that fails to import has no description either; say why, so that is not mistaken for a missing one.
     undescribed = sorted(
         f"{r['kind']}:{r['name']}" + (f" (fails to import: {r['error']})" if r["error"] else "")

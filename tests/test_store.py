@@ -4,8 +4,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from qval.decode.tables import DECODE_SAMPLES
 from qval.store import db
-from qval.store.tables import DECODE_SAMPLES
 
 
 def test_v1_database_is_migrated_in_place_and_keeps_its_rows(tmp_path):

@@ -7,10 +7,10 @@ import time
 import zlib
 
 from .. import loadwatch
+from ..cell import Cell
 from ..errors import QvalError
 from ..models import transcript
 from ..models.base import LocalModel, Model, ServedModel
-from ..plan import Cell
 from ..registry import REGISTRY
 from .engine import Engine
 

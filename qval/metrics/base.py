@@ -25,7 +25,7 @@ class MetricView:
 
 class Metric:
     name: ClassVar[str] = ""
-    track: ClassVar[str] = ""  # "qalign" | "decode" | "qalign_state"
+    track: ClassVar[str] = ""  # the kind of the sample table it reads (qval.tracks.SampleTable.kind)
     higher_is_better: ClassVar[bool] = True
     label: ClassVar[str] = ""  # what the number is, shown once in every report
     needs_baseline: ClassVar[bool] = False  # decode metrics paired with the same-run AR cell

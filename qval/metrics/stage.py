@@ -18,12 +18,12 @@ import pandas as pd
 
 from ..errors import PluginError
 from ..registry import REGISTRY
-from ..store.tables import BOARD_TRACKS, METRIC_VIEWS, SAMPLE_TABLES
+from ..tracks import board_of, sample_tables
 from .base import Metric, MetricView
 
 
 def _view(track: str) -> MetricView:
-    module, _, attr = METRIC_VIEWS[track].partition(":")
+    module, _, attr = sample_tables()[track].view.partition(":")
     return getattr(importlib.import_module(module), attr)
 
 
@@ -60,8 +60,8 @@ def _catalogue(suites: dict[str, dict]) -> dict[tuple[str, str], Metric]:
 def _check_reads(metric: Metric) -> None:
     """A name in ``reads`` that the track's view does not have would be silently absent from the samples, and the
     metric would quietly report "undefined": refuse it instead."""
-    if metric.track not in METRIC_VIEWS:
-        raise PluginError(f"metric '{metric.name}' belongs to track '{metric.track}', which qval does not have")
+    if metric.track not in sample_tables():
+        raise PluginError(f"metric '{metric.name}' belongs to track '{metric.track}', which is not installed")
     unknown = [c for c in metric.reads if c not in _view(metric.track).columns]
     if unknown:
         raise PluginError(
@@ -71,8 +71,8 @@ def _check_reads(metric: Metric) -> None:
 
 
 def _section_of(track: str) -> str:
-    """The suite section a track's cells come from (per-state cells sit in the qalign section)."""
-    return next((board for board, tracks in BOARD_TRACKS.items() if track in tracks), track)
+    """The suite section a kind of cells comes from (imported per-state cells sit in the Q-alignment section)."""
+    return board_of(track)
 
 
 def wanted(con, suites: dict[str, dict], catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
@@ -235,9 +235,9 @@ def _samples_by_cell(
         reads = {c for m in metrics for c in m.reads}
         names = [c for c in view.columns if c in reads or c in ("cell_id", "sample_id")]
     select = ", ".join(f"{view.columns[c]} AS {c}" for c in names)
+    table = sample_tables()[track].table
     frame = con.execute(
-        f"SELECT {select} FROM {SAMPLE_TABLES[track]} WHERE cell_id IN (SELECT unnest(?)) "
-        f"AND {view.keep} ORDER BY {view.order}",
+        f"SELECT {select} FROM {table} WHERE cell_id IN (SELECT unnest(?)) AND {view.keep} ORDER BY {view.order}",
         [cell_ids],
     ).df()
     by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cell import Cell
 from ..models import transcript
-from ..plan import Cell
 from ..registry import REGISTRY
 from ..timeouts import PluginTimeout, time_limit
 from .actor import LLMActor

@@ -45,7 +45,7 @@ _ENV.filters["num"] = _num
 def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
     """The page of one cell from its samples (results.cell_samples, read with ``limit``)."""
     info = {k: samples_view.plain(v) for k, v in frame.attrs["cell"].items()}
-    kind = "decode" if info["track"] == "decode" else "states" if "candidate" in frame else "rows"
+    kind = samples_view.shape(info["track"])
     shown = frame["sample_id"].nunique() if len(frame) else 0
     return _ENV.get_template("cell.html.j2").render(
         cell=info,
@@ -55,7 +55,7 @@ def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
         limit=limit,
         prepared=samples_view.prepare_requests(frame),
         states=samples_view.states(frame) if kind == "states" else [],
-        turns=samples_view.turns(frame) if kind == "decode" else [],
+        turns=samples_view.turns(frame) if kind == "turns" else [],
         columns=list(frame.columns) if kind == "rows" else [],
         rows=samples_view.records(frame) if kind == "rows" else [],
         css=Markup(CSS + _CELL_CSS),

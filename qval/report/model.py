@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from ..tracks import all_tracks
+
 # The family of the methods that bracket the others (oracle, random, a heuristic; AR for decoding): the reports
 # never average them into a family aggregate, and draw them as references rather than as competitors.
 BASELINE_FAMILY = "baseline"
@@ -23,21 +25,32 @@ class TrackBoard:
     higher_is_better: dict[str, bool]
     labels: dict[str, str]
     rows: pd.DataFrame
-    # decode only: one row per sample with columns cell_id, sample_id,
+    # Decoding: one row per sample with columns cell_id, sample_id,
     # tau (float, per-sample acceptance length), decode_s, new_tokens.
     samples: pd.DataFrame | None = None
     # Per cell with failed samples: columns cell_id, error, samples (the most frequent messages; they may quote
     # model output, so they are untrusted text).
     failures: pd.DataFrame | None = None
-    # qalign only, when the main metric is a per-state mean: cell_id -> its value per state. It gives the paired
+    # Q-alignment, when the main metric is a per-state mean: cell_id -> its value per state. It gives the paired
     # test between each row and the next one, on the states both scored.
     by_state: dict[str, pd.Series] | None = None
-    # qalign only: family aggregates (build.family_aggregates).
+    # Q-alignment: family aggregates (qval.qalign.board.family_aggregates).
     families: pd.DataFrame | None = None
-    # decode only: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
+    # Decoding: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
     knob_headroom: pd.DataFrame | None = None
     # Per metric, its value of no effect where it has one (Metric.reference), drawn as a reference line.
     references: dict[str, float] = field(default_factory=dict)
+    # The figure kinds drawn for this board and the columns read beyond ``metrics``: by default the installed track's
+    # (Track.figures, Track.report_metrics); a board of a track not installed here gets the ranking only.
+    figures: tuple[str, ...] | None = None
+    report_metrics: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        track = next((t for t in all_tracks() if t.name == self.track), None)
+        if self.figures is None:
+            self.figures = track.figures if track is not None else ("ranking",)
+        if self.report_metrics is None:
+            self.report_metrics = track.report_metrics if track is not None else ()
 
     def label(self, metric: str) -> str:
         return self.labels.get(metric, metric)

@@ -65,8 +65,7 @@ def accept_positions(board: TrackBoard) -> list[int]:
 def _metric_columns(board: TrackBoard) -> list[str]:
     """Every numeric column the report reads for this board's metrics."""
     metrics = [*board.metrics, board.main_metric]
-    if board.track == "decode":
-        metrics += [*TEMPERATURE_METRICS, LOAD_METRIC, *(f"accept_rate@{i}" for i in accept_positions(board))]
+    metrics += [*(board.report_metrics or ()), *(f"accept_rate@{i}" for i in accept_positions(board))]
     metrics = list(dict.fromkeys(metrics))
     return [f"{m}{suffix}" for m in metrics for suffix in CI_SUFFIXES]
 

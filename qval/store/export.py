@@ -6,6 +6,9 @@ from pathlib import Path
 
 from .db import connect_reader
 
+from ..tracks import sample_tables
+
+# The store's own tables; each installed track adds its sample tables (those present in the database).
 TABLES = (
     "runs",
     "suites",
@@ -14,9 +17,6 @@ TABLES = (
     "cell_metrics",
     "metric_versions",
     "metric_units",
-    "qalign_samples",
-    "qalign_state_values",
-    "decode_samples",
     "prepare_requests",
 )
 
@@ -27,7 +27,9 @@ def export_parquet(results: Path, out_dir: Path) -> list[Path]:
     con = connect_reader(Path(results))
     written = []
     try:
-        for table in TABLES:
+        present = {row[0] for row in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        tracks = [spec.table for spec in sample_tables().values() if spec.table in present]
+        for table in (*TABLES, *tracks):
             path = out_dir / f"{table}.parquet"
             con.execute(f"COPY {table} TO ? (FORMAT parquet)", [str(path)])
             written.append(path)

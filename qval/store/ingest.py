@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from ..errors import UsageError
 from ..metrics.stage import compute_metrics
 from ..plan import Plan, plan_sequence
+from ..tracks import SampleTable, sample_tables
 from .db import connect_writer
 from .parts import DONE, FAILED, PREPARE, manifest_shortfall, parts_root, read_manifest, read_valid_parts
-from .tables import SAMPLE_TABLES
 
 
 @dataclass
@@ -55,7 +55,9 @@ def ingest(results: Path, progress=None) -> IngestReport:
             cid: (track, sig)
             for cid, track, sig in con.execute("SELECT cell_id, track, parts_sig FROM cells").fetchall()
         }
-        changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {track: [] for track in SAMPLE_TABLES}
+        tables = sample_tables()
+        changed: dict[str, list[tuple[str, Path, list[Path], str]]] = {kind: [] for kind in tables}
+        uninstalled: dict[str, int] = {}
         for directory in cell_dirs:
             if directory.name not in known:  # parts of a cell no plan describes: leave them alone
                 continue
@@ -67,10 +69,19 @@ def ingest(results: Path, progress=None) -> IngestReport:
             if old_sig == sig:
                 report.cells_unchanged += 1
                 continue
+            if track not in changed:  # its track's plugin is not installed here: its parts wait on disk
+                uninstalled[track] = uninstalled.get(track, 0) + 1
+                continue
             changed[track].append((directory.name, directory, parts, sig))
+        for track, count in uninstalled.items():
+            print(
+                f"qval: {count} cell(s) of track '{track}' not ingested: no such track is installed; their parts "
+                "are kept, install the track's plugin and run `qval ingest` again",
+                file=sys.stderr,
+            )
         for track, cells in changed.items():
             if cells:
-                report.rows += _ingest_cells(con, track, cells)
+                report.rows += _ingest_cells(con, tables[track], cells)
                 report.cells_ingested += len(cells)
                 if progress:
                     progress(len(cells))
@@ -84,6 +95,18 @@ def ingest(results: Path, progress=None) -> IngestReport:
     finally:
         con.close()
     return report
+
+
+def _create_table(con, spec: SampleTable) -> None:
+    """A track without a migration of its own (a third-party one) gets its table from its Arrow schema."""
+    if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [spec.table]).fetchall()[0][0]:
+        return
+    con.register("_qval_schema", spec.schema.empty_table())
+    try:
+        table = spec.table  # a plain identifier (SampleTable checks)
+        con.execute(f"CREATE TABLE {table} AS SELECT * FROM _qval_schema")
+    finally:
+        con.unregister("_qval_schema")
 
 
 def _fault_point(name: str) -> None:
@@ -135,12 +158,13 @@ def _status(directory: Path) -> tuple[str, str | None, str | None, dict | None]:
     return "partial", None, None, None  # parts of an unfinished cell (a killed worker): ingested, marked partial
 
 
-def _ingest_cells(con, track: str, cells: list[tuple[str, Path, list[Path], str]]) -> int:
+def _ingest_cells(con, spec: SampleTable, cells: list[tuple[str, Path, list[Path], str]]) -> int:
     """Replace the rows of the changed cells (inside the ingest's transaction: each cell entirely old or new).
 
     One DELETE and one INSERT for all cells: per-cell statements would each scan the whole sample table.
     """
-    table = SAMPLE_TABLES[track]
+    table = spec.table
+    _create_table(con, spec)
     ids = [c[0] for c in cells]
     # A sample that two workers both wrote (an orphaned worker finishing its point while a re-run scores it again)
     # is taken from the first part that holds it, so a duplicate never reaches a metric. Workers hold a lease per

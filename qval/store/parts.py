@@ -18,7 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import QvalError
-from .tables import PREPARE_REQUESTS, SCHEMAS
+from ..tracks import sample_tables
+from .tables import PREPARE_REQUESTS
 
 DONE, FAILED = "DONE.json", "FAILED.json"
 # Written when a worker starts a cell: how many samples the cell has, so `qval plan` can say "12/40 samples" of a
@@ -192,7 +193,7 @@ class PartWriter:
     """Buffers rows of one cell and writes them as atomic Parquet parts."""
 
     def __init__(self, results: Path, cell_id: str, track: str, flush_rows: int = 256, flush_seconds: float = 2.0):
-        self.results, self.cell_id, self.schema = Path(results), cell_id, SCHEMAS[track]
+        self.results, self.cell_id, self.schema = Path(results), cell_id, sample_tables()[track].schema
         self.dir = cell_dir(results, cell_id)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds

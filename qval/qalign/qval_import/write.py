@@ -18,7 +18,7 @@ import pandas as pd
 
 from qval.errors import UsageError
 from qval.identity import IDENTITY_VERSION, content_hash
-from qval.plan import QALIGN_ROW_FORMAT
+from qval.qalign.track import QALIGN_ROW_FORMAT
 
 from .summary import ImportedSummary, PointwiseEntry, RankingEntry
 
@@ -66,7 +66,7 @@ def import_cells(s: ImportedSummary, model: str | None = None, temperature: floa
     """One qval ``Cell`` per (estimator, method): pointwise cells in track "qalign", ranking ones in STATE_TRACK.
 
     Returns ``[(cell, entry)]``. The cell id is a content hash of (source sha256, estimator, method)."""
-    from qval.plan import Cell
+    from qval.cell import Cell
 
     model = model or s.model_token
     if not model:

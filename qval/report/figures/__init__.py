@@ -46,6 +46,6 @@ def make_figures(
     for board, analysis in zip(report.tracks, analyses if analyses is not None else analyse(report)):
         for name in FIGURE_KINDS:
             kind = KINDS[name]
-            if name in wanted and (kind.tracks is None or board.track in kind.tracks):
+            if name in wanted and name in (board.figures or ()):
                 figures += kind.draw(board, analysis)
     return figures

@@ -48,7 +48,7 @@ def _acceptance_png(group: Group, positions: list[int], shown: pd.DataFrame, lab
     return common.png(fig)
 
 
-@figure("acceptance", tracks=("decode",))
+@figure("acceptance")
 def acceptance(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     positions = accept_positions(board)
     if not positions:

@@ -96,7 +96,7 @@ def _family_png(
     return common.png(fig)
 
 
-@figure("family", tracks=("qalign",))
+@figure("family")
 def family(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     main = board.main_metric
     rows = analysis.rows

@@ -53,7 +53,7 @@ def _heatmap_png(board: TrackBoard, temperature: float, table: pd.DataFrame) -> 
     return common.png(fig)
 
 
-@figure("heatmap", tracks=("qalign",))
+@figure("heatmap")
 def heatmap(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     main = board.main_metric
     rows = analysis.rows

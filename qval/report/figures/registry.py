@@ -1,5 +1,5 @@
-"""Figure kinds by name: each module of this package draws one kind and registers it here, with the tracks it
-draws for."""
+"""Figure kinds by name: each module of this package draws one kind and registers it here. Which kinds a board gets
+is the track's choice (qval.tracks.Track.figures); a track package can register kinds of its own."""
 
 from __future__ import annotations
 
@@ -16,20 +16,19 @@ Draw = Callable[[TrackBoard, BoardAnalysis], Figures]
 @dataclass(frozen=True)
 class FigureKind:
     name: str
-    tracks: tuple[str, ...] | None  # the tracks it draws for; None: any
     draw: Draw
 
 
 KINDS: dict[str, FigureKind] = {}
 
 
-def figure(name: str, tracks: tuple[str, ...] | None = None) -> Callable[[Draw], Draw]:
+def figure(name: str) -> Callable[[Draw], Draw]:
     """Register a function drawing every figure of one kind for a board (none where its data is absent)."""
 
     def register(draw: Draw) -> Draw:
         if name in KINDS:
             raise ValueError(f"figure kind {name!r} registered twice")
-        KINDS[name] = FigureKind(name, tracks, draw)
+        KINDS[name] = FigureKind(name, draw)
         return draw
 
     return register

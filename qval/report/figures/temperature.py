@@ -46,7 +46,7 @@ def _temperature_png(
     return common.png(fig)
 
 
-@figure("temperature", tracks=("decode",))
+@figure("temperature")
 def temperature(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
     rows = analysis.rows
     if rows.empty:

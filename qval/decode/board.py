@@ -1,0 +1,28 @@
+"""What the decoding leaderboard and `qval compare` read beyond the metric table: per-sample acceptance."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from .. import results as R
+
+
+def sample_summary(results="results", suite: str | None = None) -> pd.DataFrame:
+    """Per (cell, sample, turn): acceptance length τ = 1 + accepted/steps, decode time, tokens (for plots)."""
+    sql = (
+        "SELECT t.cell_id, t.sample_id, t.turn, 1 + coalesce(list_sum(t.accepted), 0) / t.target_steps AS tau, "
+        "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}"
+    )
+    if suite is None:
+        return R.query(results, sql.format(join="", where=""))
+    return R.query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
+
+
+def per_sample_tau(summary: pd.DataFrame) -> dict[str, pd.Series]:
+    """Per cell, τ of each (sample, turn), indexed "sample:turn" (what `qval compare` pairs)."""
+    return {
+        cell: pd.Series(
+            rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str)
+        )
+        for cell, rows in summary.groupby("cell_id", sort=False)
+    }

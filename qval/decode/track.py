@@ -1,0 +1,128 @@
+"""The decoding track: its suite section, how it expands into cells (each policy beside a same-run AR baseline), how
+a worker runs a group of cells sharing that baseline, and its board."""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from ..cell import Cell, make_cell
+from ..fingerprint import hardware_class
+from ..registry import REGISTRY
+from ..section import PluginRef, TrackSection, as_refs
+from ..tracks import SampleTable, Track
+from .tables import DECODE_SAMPLES
+
+BASELINE_POLICY = "ar"
+
+
+class DecodeSection(TrackSection):
+    datasets: list[PluginRef] = Field(min_length=1)
+    policies: list[PluginRef] = Field(min_length=1)
+    max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
+    # At T > 0: "rejection" = the standard min(1, p/q) rule, each cell with its own random stream; "coupled" =
+    # position-seeded Gumbel sampling shared by all cells + exact-match verification (token-exact vs AR).
+    sampling: Literal["rejection", "coupled"] = "rejection"
+    warmup: int = Field(default=1, ge=0, le=100)
+    hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
+    metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)
+    main_metric: str = "speedup"
+
+    @field_validator("datasets", "policies", mode="before")
+    @classmethod
+    def _refs(cls, value):
+        return as_refs(value)
+
+
+class DecodeTrack(Track):
+    """Decoding policies scored by acceptance length and speedup over a same-run AR baseline on the same engine."""
+
+    title = "Decoding policies (vs same-run AR)"
+    position = 20
+    Section = DecodeSection
+    axes = {"datasets": "datasets", "policies": "policies"}
+    tables = (
+        SampleTable(
+            "decode", "decode_samples", DECODE_SAMPLES, "qval.decode.metrics:VIEW", "turn", ("output_ids",), "turns"
+        ),
+    )
+    timed = True  # decode cells measure time: their shard runs alone
+    paired_metric = "acceptance_length_per_sample"
+    figures = ("ranking", "temperature", "acceptance", "tau_histogram", "headroom")
+    # Read by the temperature figure and the load flag whether or not the suite lists them.
+    report_metrics = ("speedup", "acceptance_length", "load_other_cores")
+
+    def grid_size(self, section: DecodeSection, models: int, seeds: int) -> int:
+        # Every policy is paired with the AR baseline, which the plan adds when the suite does not list it.
+        return models * (len(section.policies) + 1) * len(section.datasets) * len(section.temperatures) * seeds
+
+    def needs_model(self, suite, section: DecodeSection) -> list[str]:
+        names = ", ".join(f"'{ref.name}'" for ref in section.policies)
+        return [f"decode.policies {names} (decoding verifies against a target model)"]
+
+    def expand(self, suite, section: DecodeSection, limit: int | None) -> list[Cell]:
+        settings = {
+            "max_new_tokens": section.max_new_tokens,
+            "hardware": hardware_class() if section.hardware == "auto" else section.hardware,
+        }
+        if section.sampling != "rejection":  # only when set, so the ids of existing (rejection-sampling) cells stay
+            settings["sampling"] = section.sampling
+        policies = list(suite.resolved["decode.policies"])
+        if not any(getattr(cls, "name", None) == BASELINE_POLICY for _, cls, _ in policies):
+            # Speedup always needs the same-run AR baseline: added when the suite does not list it.
+            ar_cls = REGISTRY.get("policies", BASELINE_POLICY)
+            policies.insert(0, (None, ar_cls, ar_cls.Params()))  # type: ignore[arg-type]  # no suite entry
+        cells: list[Cell] = []
+        for (mname, src), (_, dcls, dparams), temp, seed in product(
+            suite.models, suite.resolved["decode.datasets"], section.temperatures, suite.config.seeds
+        ):
+            row = [
+                make_cell(
+                    self.name,
+                    mname,
+                    src.identity(),
+                    pcls,
+                    pparams.model_dump(),
+                    dcls,
+                    dparams.model_dump(),
+                    temp,
+                    seed,
+                    settings,
+                    limit,
+                )
+                for _, pcls, pparams in policies
+            ]
+            baseline = next(c for c in row if c.method == BASELINE_POLICY)
+            for cell in row:
+                if cell is not baseline:
+                    cell.baseline_cell_id = baseline.cell_id
+            cells += row
+        return cells
+
+    def groups(self, cells: list[Cell]) -> list[list[Cell]]:
+        """Timed cells run in groups that share an AR baseline, interleaved sample by sample."""
+        groups: dict[str, list[Cell]] = {}
+        for cell in cells:
+            groups.setdefault(cell.baseline_cell_id or cell.cell_id, []).append(cell)
+        return list(groups.values())
+
+    def run(self, cells, model, writers, report, section):
+        from .task import run_decode_group
+
+        return run_decode_group(cells, model, writers, report, warmup=section.get("warmup", 1))
+
+    def board(self, results, suite, section, rows):
+        from .board import sample_summary
+        from .sweeps import headroom_rows, own_sweeps
+
+        return {
+            "samples": sample_summary(results, suite),
+            "knob_headroom": headroom_rows(own_sweeps(results, suite)),
+        }
+
+    def paired_units(self, results, suite):
+        from .board import per_sample_tau, sample_summary
+
+        return per_sample_tau(sample_summary(results, suite))

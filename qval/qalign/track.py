@@ -1,0 +1,161 @@
+"""The Q-alignment track: its suite section, how it expands into cells, how a worker runs one, and its board."""
+
+from __future__ import annotations
+
+from itertools import product
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from ..cell import Cell, make_cell
+from ..section import PluginRef, Strict, TrackSection, as_refs
+from ..tracks import SampleTable, Track
+from .tables import QALIGN_SAMPLES, QALIGN_STATE_VALUES
+
+QALIGN_ROW_FORMAT = 2  # part of every Q-alignment cell's identity: bump when its rows gain what a metric needs
+
+
+class PointsConfig(Strict):
+    episodes: int = Field(default=10, ge=1, le=100_000)
+    epsilon: float = Field(default=0.3, ge=0.0, le=1.0)
+    max_points_per_episode: int = Field(default=5, ge=1, le=10_000)
+    max_steps: int = Field(default=50, ge=1, le=10_000)
+    discard_early: int = Field(default=0, ge=0, le=10_000)  # QVal drops the first and last turns of a trajectory
+    discard_late: int = Field(default=0, ge=0, le=10_000)
+    max_candidates: int | None = Field(default=None, ge=2, le=1_000)  # None: every legal action is a candidate
+    behaviour: Literal["optimal", "llm"] = "optimal"  # llm: the cell's model acts (ε-noisy), as QVal's LLM actors
+
+
+class ReferenceConfig(Strict):
+    method: Literal["exact", "mc"] = "exact"  # mc: Monte-Carlo rollouts of the reference policy
+    rollouts: int = Field(default=16, ge=1, le=100_000)
+    agg: Literal["mean", "max"] = "max"  # QVal's headline label is the max over rollouts
+    max_steps: int = Field(default=200, ge=1, le=100_000)
+    policy: Literal["optimal", "llm"] = "optimal"  # who plays the Monte-Carlo rollouts: scripted optimal or the LLM
+
+    @model_validator(mode="after")
+    def _llm_needs_mc(self):
+        if self.policy == "llm" and self.method != "mc":
+            raise ValueError("an LLM reference policy needs Monte-Carlo labels: set method: mc")
+        return self
+
+
+class QAlignSection(TrackSection):
+    envs: list[PluginRef] = Field(min_length=1)
+    methods: list[PluginRef] = Field(min_length=1)
+    gamma: float = Field(default=0.95, gt=0.0, le=1.0)
+    points: PointsConfig = Field(default_factory=PointsConfig)
+    reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    metrics: list[str] = Field(
+        default_factory=lambda: [
+            "per_state_spearman",
+            "pairwise_accuracy",
+            "top1",
+            "pooled_spearman",
+            "pooled_kendall",
+        ],
+        min_length=1,
+    )
+    main_metric: str = "per_state_spearman"
+    # Seconds one point may take to score: a hung plugin fails that point (recorded), the run goes on.
+    timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
+
+    @field_validator("envs", "methods", mode="before")
+    @classmethod
+    def _refs(cls, value):
+        return as_refs(value)
+
+
+class QAlignTrack(Track):
+    """Scores of (state, action) pairs against reference Q-values, without a training run."""
+
+    title = "Q-alignment (scores vs reference Q)"
+    position = 10
+    Section = QAlignSection
+    axes = {"envs": "envs", "methods": "scorers"}
+    tables = (
+        SampleTable("qalign", "qalign_samples", QALIGN_SAMPLES, "qval.qalign.metrics:VIEW", "candidate", (), "states"),
+        # Imported QVal summaries hold per-state values only: shown on the same board as the computed cells.
+        SampleTable("qalign_state", "qalign_state_values", QALIGN_STATE_VALUES, "qval.qalign.metrics:STATE_VIEW"),
+    )
+    paired_metric = "per_state_spearman"
+    figures = ("ranking", "family", "heatmap")
+
+    def needs_model(self, suite, section: QAlignSection) -> list[str]:
+        classes = {id(ref): cls for ref, cls, _ in suite.resolved.get("qalign.methods", [])}
+        needs = [
+            f"qalign.methods[{i}] '{ref.name}'"
+            for i, ref in enumerate(section.methods)
+            if getattr(classes.get(id(ref)), "uses_model", False)
+        ]
+        if section.points.behaviour == "llm":
+            needs.append("qalign.points.behaviour: llm")
+        if section.reference.policy == "llm":
+            needs.append("qalign.reference.policy: llm")
+        return needs
+
+    def expand(self, suite, section: QAlignSection, limit: int | None) -> list[Cell]:
+        # rows 2: rows carry is_behaviour (QVal's pooled statistics need it); cells from before are recomputed.
+        settings = {
+            "gamma": section.gamma,
+            "points": section.points.model_dump(),
+            "reference": section.reference.model_dump(),
+            "rows": QALIGN_ROW_FORMAT,
+        }
+        # With an LLM actor (behaviour or Monte-Carlo reference), the points themselves depend on the model.
+        llm_points = section.points.behaviour == "llm" or section.reference.policy == "llm"
+        # No models: every method is model-free (load_suite checked), one cell per grid point all the same.
+        models: list[tuple[str | None, Any]] = list(suite.models) or [(None, None)]
+        cells = []
+        for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
+            models,
+            suite.resolved["qalign.methods"],
+            suite.resolved["qalign.envs"],
+            section.temperatures,
+            suite.config.seeds,
+        ):
+            uses_model = getattr(scls, "uses_model", False) or llm_points
+            # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
+            cells.append(
+                make_cell(
+                    self.name,
+                    mname if uses_model else None,
+                    src.identity() if uses_model and src is not None else None,
+                    scls,
+                    sparams.model_dump(),
+                    ecls,
+                    eparams.model_dump(),
+                    temp if uses_model else 0.0,
+                    seed,
+                    settings,
+                    limit,
+                )
+            )
+        return cells
+
+    def run(self, cells, model, writers, report, section):
+        from ..timeouts import PluginTimeout
+        from .task import run_qalign_cell
+
+        outcomes: dict[str, Any] = {}
+        for cell in cells:
+            try:
+                outcomes[cell.cell_id] = run_qalign_cell(
+                    cell, model, writers[cell.cell_id], report, section.get("timeout_per_point_s")
+                )
+            except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - any plugin error fails this cell only
+                outcomes[cell.cell_id] = exc
+        return outcomes
+
+    def board(self, results, suite, section, rows):
+        from .board import by_state, family_aggregates
+
+        states = by_state(results, suite, section["main_metric"])
+        if states is None:
+            return {}
+        return {"by_state": states, "families": family_aggregates(rows, states, section["main_metric"])}
+
+    def paired_units(self, results, suite):
+        from .board import units_by_cell
+
+        return units_by_cell(results, suite, self.paired_metric)
