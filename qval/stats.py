@@ -76,6 +76,29 @@ def bootstrap_batched(
     return MetricValue(float(value), lo, hi, n_units)
 
 
+def bootstrap_clusters(
+    clusters: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    value: float | None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> MetricValue:
+    """Percentile CI of a statistic of rows that come in clusters (the evaluation points of one state), resampling
+    whole clusters with replacement. ``statistic`` takes (resamples, rows) weights, each row's weight being how
+    often its cluster was drawn, and returns one value per resample. n is the number of rows."""
+    labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    n_rows = inverse.size
+    if value is None or not np.isfinite(value) or labels.size < 2:
+        return MetricValue(_finite_or_none(value), None, None, n_rows)
+    stats = []
+    for block in _resample_counts(labels.size, n_boot, seed):
+        for start in range(0, block.shape[0], max(1, _CHUNK // n_rows)):  # bound the (resamples, rows) weights
+            weights = block[start : start + max(1, _CHUNK // n_rows)].astype(np.float64)[:, inverse]
+            stats.append(np.asarray(statistic(weights), float))
+    lo, hi = _interval(np.concatenate(stats))
+    return MetricValue(float(value), lo, hi, n_rows)
+
+
 _CACHE_LIMIT = 20_000_000  # B×n resample counts kept in memory for reuse (float32: 80 MB at most)
 _counts_cache: dict[tuple[int, int, int], np.ndarray] = {}
 
