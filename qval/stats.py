@@ -54,32 +54,6 @@ def bootstrap_units(
     return MetricValue(float(value), lo, hi, n_units)
 
 
-_counts64: list = [None, None]
-
-
-def bootstrap_mean_ratio(
-    a: np.ndarray, b: np.ndarray, value: float | None, n_boot: int = N_BOOT, seed: int = 0
-) -> MetricValue:
-    """CI of mean(a)/mean(b) over paired units: the same draws as ``bootstrap_units`` with that statistic (so the
-    same interval up to float64 rounding), computed from cached resample counts as one float64 matrix product."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    n = a.size
-    if value is None or not np.isfinite(value) or n < 2:
-        return MetricValue(_finite_or_none(value), None, None, n)
-    stacked = np.stack([a, b], axis=1)
-    key = (n, n_boot, seed)
-    if n * n_boot > _CACHE_LIMIT:  # too large to keep: one block at a time, nothing held
-        sums = np.concatenate([block.astype(np.float64) @ stacked for block in _resample_counts(n, n_boot, seed)])
-    else:
-        if _counts64[0] != key:  # the float64 counts of the last (n, B, seed): one sweep's rows all share them
-            blocks = _resample_counts(n, n_boot, seed)
-            _counts64[:] = [key, np.concatenate([block.astype(np.float64) for block in blocks])]
-        sums = _counts64[1] @ stacked
-    with np.errstate(divide="ignore", invalid="ignore"):
-        lo, hi = _interval(sums[:, 0] / sums[:, 1])
-    return MetricValue(float(value), lo, hi, n)
-
-
 def bootstrap_batched(
     n_units: int,
     statistic: Callable[[np.ndarray], np.ndarray],
@@ -100,6 +74,29 @@ def bootstrap_batched(
     ]
     lo, hi = _interval(np.concatenate(stats))
     return MetricValue(float(value), lo, hi, n_units)
+
+
+def bootstrap_clusters(
+    clusters: np.ndarray,
+    statistic: Callable[[np.ndarray], np.ndarray],
+    value: float | None,
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+) -> MetricValue:
+    """Percentile CI of a statistic of rows that come in clusters (the evaluation points of one state), resampling
+    whole clusters with replacement. ``statistic`` takes (resamples, rows) weights, each row's weight being how
+    often its cluster was drawn, and returns one value per resample. n is the number of rows."""
+    labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
+    n_rows = inverse.size
+    if value is None or not np.isfinite(value) or labels.size < 2:
+        return MetricValue(_finite_or_none(value), None, None, n_rows)
+    stats = []
+    for block in _resample_counts(labels.size, n_boot, seed):
+        for start in range(0, block.shape[0], max(1, _CHUNK // n_rows)):  # bound the (resamples, rows) weights
+            weights = block[start : start + max(1, _CHUNK // n_rows)].astype(np.float64)[:, inverse]
+            stats.append(np.asarray(statistic(weights), float))
+    lo, hi = _interval(np.concatenate(stats))
+    return MetricValue(float(value), lo, hi, n_rows)
 
 
 _CACHE_LIMIT = 20_000_000  # B×n resample counts kept in memory for reuse (float32: 80 MB at most)
@@ -133,49 +130,59 @@ def _resample_counts(n: int, n_boot: int, seed: int):
         _counts_cache[key] = np.concatenate(blocks)
 
 
-def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, den_b=None) -> MetricValue:
-    """Ratio of sums Σnum/Σden over paired units, optionally divided by a second paired ratio Σnum_b/Σden_b.
+def _count_blocks(n: int, n_boot: int, seed: int, dtype):
+    """``_resample_counts`` in ``dtype``. float64 counts of the last (n, B, seed) are kept whole: a replay sweep's
+    rows all share them, and converting the float32 cache for each row would cost more than the product."""
+    if dtype == np.float32:
+        yield from _resample_counts(n, n_boot, seed)
+        return
+    key = (n, n_boot, seed)
+    if n * n_boot > _CACHE_LIMIT:  # too large to keep: one block at a time, nothing held
+        for block in _resample_counts(n, n_boot, seed):
+            yield block.astype(dtype)
+        return
+    if _counts64[0] != key:
+        _counts64[:] = [key, np.concatenate([block.astype(dtype) for block in _resample_counts(n, n_boot, seed)])]
+    yield _counts64[1]
 
-    Units are resampled together (paired bootstrap): the policy and its baseline see the same resampled samples.
-    """
-    arrays = [np.asarray(a, float) for a in (num, den) + ((num_b, den_b) if num_b is not None else ())]
-    n = arrays[0].size
-    if n == 0:
-        return MetricValue.undefined()
 
-    def ratio(sums):
-        r = sums[0] / sums[1]
-        return r / (sums[2] / sums[3]) if len(sums) == 4 else r
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        value = ratio([a.sum() for a in arrays])
-        if n < 2 or not np.isfinite(value):
-            return MetricValue(_finite_or_none(value), None, None, n)
-        stacked = np.stack(arrays, axis=1).astype(np.float32)  # n × k; sums of ≤ 1e6 terms stay accurate
-        stats = [ratio(list((block @ stacked).T)) for block in _resample_counts(n, n_boot, seed)]
-    lo, hi = _interval(np.concatenate(stats))
-    return MetricValue(float(value), lo, hi, n)
+_counts64: list = [None, None]
 
 
 def bootstrap_ratios(
-    columns: np.ndarray, ratios: list[tuple[int, int]], n_boot: int = N_BOOT, seed: int = 0
+    columns: np.ndarray,
+    ratios: list[tuple[int, ...]],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    dtype=np.float32,
 ) -> list[MetricValue]:
-    """Several ratios of sums Σcolumns[:, i] / Σcolumns[:, j] over the same units, from one resampling: each
-    equals ``bootstrap_ratio(columns[:, i], columns[:, j])`` (same draws), at the cost of one matrix product."""
+    """Ratios of column sums over the same units (rows), all from one resampling: one matrix product of the resample
+    counts with the columns, whatever the number of ratios.
+
+    A ratio ``(i, j)`` is Σcolumns[:, i] / Σcolumns[:, j]; ``(i, j, k, l)`` is that divided by Σcolumns[:, k] /
+    Σcolumns[:, l] (a policy's ratio over its baseline's, the units resampled together: a paired bootstrap). The
+    products are in ``dtype``: float32 halves their memory traffic on million-row cells (sums of ≤ 1e6 terms stay
+    accurate to about 1e-6, far below the bootstrap's own error); the values are float64 sums either way.
+    """
     columns = np.asarray(columns, float)
     n = columns.shape[0]
     if n == 0:
         return [MetricValue.undefined() for _ in ratios]
-    num, den = [i for i, _ in ratios], [j for _, j in ratios]
+
+    def apply(sums: np.ndarray) -> np.ndarray:  # sums: (..., columns) → (..., ratios)
+        out = sums[..., [r[0] for r in ratios]] / sums[..., [r[1] for r in ratios]]
+        for k, r in enumerate(ratios):
+            if len(r) == 4:
+                out[..., k] = out[..., k] / (sums[..., r[2]] / sums[..., r[3]])
+        return out
+
     with np.errstate(divide="ignore", invalid="ignore"):
-        sums = columns.sum(axis=0)
-        values = sums[num] / sums[den]
+        # Each column summed on its own (numpy's pairwise sum), not columns.sum(axis=0), which adds row after row.
+        values = apply(np.array([columns[:, i].sum() for i in range(columns.shape[1])]))
         if n < 2:
             return [MetricValue(_finite_or_none(v), None, None, n) for v in values]
-        stacked = columns.astype(np.float32)
-        blocks = [block @ stacked for block in _resample_counts(n, n_boot, seed)]
-        resampled = np.concatenate(blocks)  # n_boot × columns
-        stats = resampled[:, num] / resampled[:, den]
+        stacked = columns.astype(dtype)
+        stats = np.concatenate([apply(block @ stacked) for block in _count_blocks(n, n_boot, seed, dtype)])
     out = []
     for k, value in enumerate(values):
         if not np.isfinite(value):
@@ -184,6 +191,27 @@ def bootstrap_ratios(
         lo, hi = _interval(stats[:, k])
         out.append(MetricValue(float(value), lo, hi, n))
     return out
+
+
+def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, den_b=None) -> MetricValue:
+    """Ratio of sums Σnum/Σden over paired units, optionally divided by a second paired ratio Σnum_b/Σden_b:
+    ``bootstrap_ratios`` with one ratio."""
+    arrays = [np.asarray(a, float) for a in (num, den) + ((num_b, den_b) if num_b is not None else ())]
+    ratio = (0, 1, 2, 3) if len(arrays) == 4 else (0, 1)
+    return bootstrap_ratios(np.stack(arrays, axis=1), [ratio], n_boot=n_boot, seed=seed)[0]
+
+
+def bootstrap_mean_ratio(
+    a: np.ndarray, b: np.ndarray, value: float | None, n_boot: int = N_BOOT, seed: int = 0
+) -> MetricValue:
+    """mean(a)/mean(b), the caller's ``value``, with the CI of Σa/Σb (the same statistic on a resample) from
+    ``bootstrap_ratios`` in float64 (replay's gains keep the digits they had when they came from a float64
+    per-resample statistic)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if value is None or not np.isfinite(value) or a.size < 2:
+        return MetricValue(_finite_or_none(value), None, None, a.size)
+    ci = bootstrap_ratios(np.stack([a, b], axis=1), [(0, 1)], n_boot=n_boot, seed=seed, dtype=np.float64)[0]
+    return MetricValue(float(value), ci.ci_low, ci.ci_high, a.size)
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:

@@ -51,15 +51,34 @@ def browser():
         b.close()
 
 
+# Run in every document before the page's own markup: its CSP violations (a stylesheet, style="" attribute or
+# script the policy refuses) reach Python through a binding; neither is subject to the page's CSP.
+_REPORT_VIOLATIONS = """
+document.addEventListener("securitypolicyviolation", e => window.qvalCspViolation(
+    `CSP: ${e.effectiveDirective} refused ${e.blockedURI || "inline"} at line ${e.lineNumber}: ${e.sample}`));
+"""
+
+
 def _open(browser, path):
+    """A page with a list that collects console errors and warnings (Chromium logs "... violates the following
+    Content Security Policy directive ..." there), uncaught errors and CSP violation events, across every document
+    it navigates to: any fails a test."""
     page = browser.new_page(viewport={"width": 1300, "height": 900})
     problems, dialogs = [], []
     page.on("console", lambda m: problems.append(m.text) if m.type in ("error", "warning") else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.expose_function("qvalCspViolation", lambda text: problems.append(text))
+    page.add_init_script(_REPORT_VIOLATIONS)
     page.goto(path.as_uri())
-    page.wait_for_load_state("load")
+    _loaded(page)
     return page, problems, dialogs
+
+
+def _loaded(page):
+    """Wait for the load, then one task more: violation events are queued as tasks, and reach Python after it."""
+    page.wait_for_load_state("load")
+    page.evaluate("() => new Promise(resolve => setTimeout(resolve, 50))")
 
 
 def _column(page, table, index):
@@ -77,8 +96,28 @@ def test_page_loads_clean_and_hostile_text_is_inert(browser, report_page):
     assert any(XSS in text for text in page.locator("td.reason").all_inner_texts())  # the model reply, as text
     assert any(XSS in t for t in page.locator("td.name").all_inner_texts())  # the method label, as text
     assert page.locator(".controls").first.is_visible()  # the inline script ran under the page's CSP
+    assert page.evaluate("getComputedStyle(document.body).maxWidth") == "1340px"  # so did the stylesheet
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "leaderboard.png"), full_page=True)
+
+
+def test_a_style_the_policy_does_not_pin_is_refused_and_fails_the_check(browser, report_page):
+    """The check above can fail: a style="" attribute and a <style> element added to the page are refused by its
+    CSP (the hash pins only the page's own stylesheet, and there is no 'unsafe-inline'), and both refusals reach
+    the problems list."""
+    page, problems, _ = _open(browser, report_page)
+    assert problems == []
+    page.evaluate(
+        """() => document.body.insertAdjacentHTML("beforeend",
+            '<p id="injected" style="color: rgb(255, 0, 0)">x</p><style>#injected{font-size:40px}</style>')"""
+    )
+    page.evaluate("() => new Promise(resolve => setTimeout(resolve, 50))")
+    assert page.evaluate("getComputedStyle(document.getElementById('injected')).color") != "rgb(255, 0, 0)"
+    assert page.evaluate("getComputedStyle(document.getElementById('injected')).fontSize") != "40px"
+    refused = {p.split()[1] for p in problems if p.startswith("CSP: ")}
+    assert refused == {"style-src-attr", "style-src-elem"}, problems  # the attribute and the element
+    console = [p for p in problems if not p.startswith("CSP: ")]
+    assert console and all("Content Security Policy" in p for p in console), problems  # the console says it too
 
 
 def _defined(values):
@@ -133,8 +172,9 @@ def test_drill_down_page_from_a_row(browser, report_page):
     by rank disagreement), and the echo cell's hostile reply stays text."""
     page, problems, dialogs = _open(browser, report_page)
     page.locator("table.board a", has_text="random").first.click()
-    page.wait_for_load_state("load")
+    _loaded(page)
     assert "/cells/" in page.url
+    assert page.evaluate("getComputedStyle(document.querySelector('p.back')).fontSize") == "14.4px"  # cell.css
     table = page.locator("table.samples")
     rows = table.locator(":scope > tbody > tr")
     assert rows.count() > 1
@@ -151,7 +191,7 @@ def test_drill_down_page_from_a_row(browser, report_page):
     page.screenshot(path=str(ARTIFACTS / "drill-down.png"), full_page=True)
     page.go_back()
     page.locator("table.board a", has_text="example-echo").first.click()
-    page.wait_for_load_state("load")
+    _loaded(page)
     assert page.locator("script").count() == 1 and page.locator("img[src='x']").count() == 0
     assert any(XSS in t for t in page.locator("td.err").all_inner_texts())  # the reply, as text
     assert problems == [] and dialogs == []

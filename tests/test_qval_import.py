@@ -33,7 +33,7 @@ def fast_bootstrap(monkeypatch):
     """qval's metrics bootstrap 1000 resamples; point values do not depend on it, so tests use 30."""
     import qval.qalign.metrics as qm
 
-    monkeypatch.setattr(qm, "bootstrap_units", functools.partial(qm.bootstrap_units, n_boot=30))
+    monkeypatch.setattr(qm, "bootstrap_clusters", functools.partial(qm.bootstrap_clusters, n_boot=30))
 
 
 # ----------------------------------------------------------------------------------------------------------------

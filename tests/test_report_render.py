@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from qval.report import html as lr_html
 from qval.report import render as lr
 
 XSS = "<script>alert(1)</script>"
@@ -300,8 +301,26 @@ def test_csp_pins_the_script_by_hash():
     assert directives["default-src"] == ["'none'"]
     assert directives["script-src"] == [f"'sha256-{digest}'"]
     assert directives["img-src"] == ["data:"]
-    assert directives["style-src"] == ["'unsafe-inline'"]
-    assert "unsafe-eval" not in csp
+    assert directives["style-src"] == [f"'sha256-{sha256(lr_html.CSS)}'", f"'sha256-{sha256(lr_html.CELL_CSS)}'"]
+    assert "unsafe" not in csp  # neither 'unsafe-inline' nor 'unsafe-eval' nor 'unsafe-hashes'
+
+
+def sha256(text):
+    return base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")
+
+
+def test_csp_pins_the_stylesheet_by_hash_and_no_element_has_a_style_attribute():
+    """The page's one <style> is the fixed stylesheet, allowed by its hash; with no 'unsafe-inline', a style=""
+    attribute would be refused by the browser (test_browser.py fails on any CSP violation), so there is none, in
+    the hostile report's markup or in its figures (PNG data: URIs, not inline SVG)."""
+    report = hostile_report()
+    html = lr.render_html(report, lr.make_figures(report))
+    styles = re.findall(r"<style>(.*?)</style>", html, re.S)
+    assert styles == [lr_html.CSS]
+    directives = {d.split()[0]: d.split()[1:] for d in CSP_RE.search(html).group(1).split(";")}
+    assert f"'sha256-{sha256(styles[0])}'" in directives["style-src"]
+    assert not re.search(r"<[^>]*\sstyle\s*=", html, re.I)
+    assert "<svg" not in html.replace('<svg class="wh"', "")  # inline SVG: only the whiskers, styled by class
 
 
 def test_script_is_valid_javascript(tmp_path):

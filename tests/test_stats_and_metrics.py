@@ -6,7 +6,13 @@ import pytest
 from scipy import stats as sps
 
 from qval.decode.metrics import Lossless, MeanAcceptedTokens, MeasuredSpeedup, PerSampleAcceptanceLength
-from qval.qalign.metrics import MIN_POOLED_PAIRS, PerStateSpearman, PooledKendallAll, PooledSpearmanAll
+from qval.qalign.metrics import (
+    MIN_POOLED_PAIRS,
+    PerStateSpearman,
+    PooledKendallAll,
+    PooledSpearman,
+    PooledSpearmanAll,
+)
 from qval.stats import bootstrap_mean, bootstrap_ratio
 
 
@@ -188,3 +194,43 @@ def test_pooled_pearson_matches_scipy_and_is_undefined_for_constant_scores():
     frame["is_behaviour"] = True  # one row per point here: QVal's statistic and the all-candidates one agree
     assert PooledPearson().compute(frame).value == pytest.approx(sps.pearsonr(frame["score"], frame["ref_q"]).statistic)
     assert PooledPearson().compute(frame.assign(score=1.0)).value is None
+
+
+def test_resampled_correlations_equal_scipy_on_the_repeated_sample():
+    """qalign/resampled.py: a resample given as integer weights is the sample with each pair repeated that often
+    (zero drops it), ties included, for every statistic the pooled metrics bootstrap."""
+    from qval.qalign import resampled
+
+    rng = np.random.default_rng(3)
+    x, y = np.round(rng.normal(size=60), 1), rng.integers(0, 5, 60).astype(float)  # ties on both sides
+    weights = rng.integers(0, 4, (6, 60)).astype(float)
+    for ours, theirs in (
+        (resampled.spearman, lambda a, b: sps.spearmanr(a, b).statistic),
+        (resampled.kendall, lambda a, b: sps.kendalltau(a, b).statistic),
+        (resampled.pearson, lambda a, b: sps.pearsonr(a, b).statistic),
+    ):
+        got = ours(x, y, weights)
+        for w, value in zip(weights.astype(int), got, strict=True):
+            assert value == pytest.approx(theirs(np.repeat(x, w), np.repeat(y, w)), abs=1e-12)
+    assert np.isnan(resampled.spearman(x, np.ones(60), weights)).all()  # a constant side: undefined, as in scipy
+
+
+def test_pooled_ci_resamples_states_so_a_revisited_state_counts_once():
+    """Every state visited twice (the same pair twice) is the same evidence as once: the same Spearman ρ and the
+    same interval, as state clusters are resampled whole; n counts the points."""
+    rng = np.random.default_rng(4)
+    once = pd.DataFrame(
+        {
+            "sample_id": [f"p{i:03d}" for i in range(60)],
+            "state_key": [f"s{i}" for i in range(60)],
+            "score": rng.normal(size=60),
+            "ref_q": rng.integers(0, 6, 60) * 0.1,
+            "is_behaviour": True,
+        }
+    )
+    twice = pd.concat([once, once.assign(sample_id=once["sample_id"] + "b")], ignore_index=True)
+    a, b = PooledSpearman().compute(once), PooledSpearman().compute(twice)
+    assert (b.value, b.ci_low, b.ci_high) == pytest.approx((a.value, a.ci_low, a.ci_high), abs=1e-12)
+    assert (a.n, b.n, a.n_states, b.n_states) == (60, 120, 60, 60)
+    points = PooledSpearman().compute(twice.assign(state_key=twice["sample_id"]))  # as if 120 distinct states
+    assert points.ci_high - points.ci_low < 0.8 * (b.ci_high - b.ci_low)

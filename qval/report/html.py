@@ -5,7 +5,7 @@ Every string that can come from a model, suite or plugin is untrusted and is esc
 The page carries one script (sortable, filterable tables and grouping by family). It is fixed text, never built
 from data, and the page's Content-Security-Policy allows exactly that script by its SHA-256 hash, computed here
 from the text inlined; it only reads text and attributes and moves existing rows, so data can never become
-markup through it.
+markup through it. The stylesheet is pinned the same way, so a style injected into the page would not apply.
 """
 
 from __future__ import annotations
@@ -25,13 +25,23 @@ from .document import CI_NOTE, LOAD_FLAG, LOAD_NOTE, Document
 from .table import Whisker
 
 _HERE = Path(__file__).parent
+
+
+def _sha256(text: str) -> str:
+    """The CSP source that allows an inline element with exactly this text."""
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii") + "'"
+
+
 # Inlined as the element's text: a newline, then the file.
 CSS = "\n" + (_HERE / "static" / "report.css").read_text(encoding="utf-8")
+# The drill-down pages' stylesheet (drilldown.py inlines this same text: the leaderboard's, then cell.css).
+CELL_CSS = CSS + (_HERE / "static" / "cell.css").read_text(encoding="utf-8")
 SCRIPT = "\n" + (_HERE / "static" / "report.js").read_text(encoding="utf-8")
-SCRIPT_HASH = base64.b64encode(hashlib.sha256(SCRIPT.encode("utf-8")).digest()).decode("ascii")
-# Defence in depth: the page loads nothing from outside (images are data:
-# URIs, CSS is inline) and runs no script but the one above, pinned by hash.
-CSP = f"default-src 'none'; script-src 'sha256-{SCRIPT_HASH}'; img-src data:; style-src 'unsafe-inline'"
+# Defence in depth: the page loads nothing from outside (images are data: URIs) and runs no script and applies no
+# stylesheet but the ones above, each pinned by its hash (the leaderboard and the drill-down pages share this
+# policy). No element carries a style="" attribute (the whiskers' SVG uses presentation attributes, which CSP does
+# not govern), so none needs 'unsafe-inline' or 'unsafe-hashes'.
+CSP = f"default-src 'none'; script-src {_sha256(SCRIPT)}; img-src data:; style-src {_sha256(CSS)} {_sha256(CELL_CSS)}"
 
 _WHISKER_WIDTH, _WHISKER_HEIGHT, _WHISKER_PAD = 120, 14, 4
 # CSS classes of each kind of table, and the tables whose note reads as a side note.

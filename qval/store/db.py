@@ -10,7 +10,7 @@ import fcntl
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import duckdb
@@ -137,7 +137,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
             con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
             con.execute("COMMIT")
         except Exception:
-            con.execute("ROLLBACK")
+            # A COMMIT that fails has already ended the transaction: ROLLBACK would then raise "no transaction is
+            # active" and hide the error that matters.
+            with suppress(duckdb.TransactionException):
+                con.execute("ROLLBACK")
             raise
     return found
 
@@ -178,7 +181,13 @@ def connect_writer(results: Path, wait_s: float | None = None) -> duckdb.DuckDBP
             f"cannot write {db_path(results)}: another process keeps it open ({exc}). Nothing is lost: the parts "
             f"are on disk; close the other process and run `qval ingest --results {results}`"
         ) from None
-    migrate(con)
+    try:
+        migrate(con)
+    except BaseException:
+        # The failed step was rolled back (the file stays at the version before it); let go of the file, so that
+        # this process, or the next writer, can open it and run the step again.
+        con.close()
+        raise
     return con
 
 
