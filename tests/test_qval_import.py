@@ -558,7 +558,7 @@ def test_write_parts_then_qval_ingest_end_to_end(summary, tmp_path, fast_bootstr
             assert n == st.num_points and value == pytest.approx(st.correlation, abs=1e-9), (e.method, metric)
             pooled += 1
     assert (pooled, ranking) == (144, 6)  # every stored pooled correlation and per-state mean, from DuckDB
-    board = R.leaderboard(tmp_path, w.suite)
+    board = R.leaderboard(tmp_path, w.suite, "qalign")
     assert len(board) == 54 and set(board["model"]) == {"q35-122"}
     # idempotent: a second import writes nothing and a second ingest changes nothing
     again = qi.write_import_parts(summary, tmp_path)

@@ -446,14 +446,17 @@ def decode_board(rows=None, samples=None, title="Decoding"):
 def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
     assert board.samples is None and board.by_state is None and board.families is None and board.failures is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-6:] == [
+    assert list(lr.TrackBoard.__dataclass_fields__)[-8:] == [
         "samples",
         "failures",
         "by_state",
         "families",
         "knob_headroom",
         "references",
+        "figures",
+        "report_metrics",
     ]
+    assert board.figures == ("ranking", "temperature", "acceptance", "tau_histogram", "headroom")  # the track's
     assert board.knob_headroom is None
 
 
