@@ -15,9 +15,11 @@ from collections import defaultdict
 from datetime import UTC, datetime
 
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import PluginError
 from ..registry import REGISTRY
+from ..store.db import rows_view
 from ..store.tables import BOARD_TRACKS, METRIC_VIEWS, SAMPLE_TABLES
 from .base import Metric, MetricView
 
@@ -133,15 +135,17 @@ def compute_metrics(con, changed: list[str]) -> int:
     values, units = _compute(con, todo)
     now = datetime.now(UTC).replace(tzinfo=None)
     if values:
-        con.executemany(
-            "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
-            "label, n_states, metric_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
+        with rows_view(con, "qval_new_values", _VALUES, values):
+            con.execute(
+                "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, label, "
+                "n_states, metric_family) SELECT * FROM qval_new_values"
+            )
+    with rows_view(
+        con, "qval_new_versions", _VERSIONS, [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms]
+    ):
+        con.execute(
+            "INSERT INTO metric_versions (cell_id, metric, version, computed_at) SELECT * FROM qval_new_versions"
         )
-    con.executemany(
-        "INSERT INTO metric_versions VALUES (?, ?, ?, ?)",
-        [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms],
-    )
     if units:
         frame = pd.concat(units, ignore_index=True)
         con.register("qval_metric_units", frame)
@@ -152,6 +156,24 @@ def compute_metrics(con, changed: list[str]) -> int:
     return len(values)
 
 
+# The rows _compute and compute_metrics write, as Arrow types (one INSERT each, not one per row).
+_VALUES = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+        ("higher_is_better", pa.bool_()),
+        ("label", pa.string()),
+        ("n_states", pa.int64()),
+        ("metric_family", pa.string()),
+    ]
+)
+_VERSIONS = pa.schema(
+    [("cell_id", pa.string()), ("metric", pa.string()), ("version", pa.int64()), ("computed_at", pa.timestamp("us"))]
+)
 _TABLE_COLUMNS = (("cell_metrics", "metric_family"), ("metric_versions", "metric"), ("metric_units", "metric"))
 
 
