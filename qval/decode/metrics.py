@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..loadwatch import BUSY_OTHER_CORES
-from ..metrics.base import Metric, MetricView
+from ..metrics.base import ListCount, Metric, MetricView
 from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_ratio, bootstrap_ratios
 
 
@@ -437,10 +437,6 @@ class LoadWhileTimed(Metric):
         return bootstrap_ratio(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float))
 
 
-def _list_count(column: str, at_least: int) -> str:
-    return f"len(list_filter({column}, lambda x: x >= {at_least}))"
-
-
 # What decoding metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
 VIEW = MetricView(
     columns={
@@ -463,8 +459,8 @@ VIEW = MetricView(
         },
         "early_ids": "output_ids[2:33]",
         "accepted_total": "coalesce(list_sum(accepted), 0)",
-        "drafts": _list_count("drafted", 1),
-        **{f"accepted_ge_{i}": _list_count("accepted", i) for i in range(1, MAX_POSITION + 1)},
+        "drafts": ListCount("drafted", 1),
+        **{f"accepted_ge_{i}": ListCount("accepted", i) for i in range(1, MAX_POSITION + 1)},
     },
     keep="error IS NULL",
     order="cell_id, sample_id, turn",
