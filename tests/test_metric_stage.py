@@ -173,3 +173,37 @@ def test_a_metric_of_an_unknown_track_is_refused():
 
     with pytest.raises(PluginError, match="vision"):
         _check_reads(Elsewhere())
+
+
+def test_list_counts_equal_duckdb_list_filter():
+    """The stage counts a ListCount view column in numpy; it must equal len(list_filter(...)) in DuckDB for every
+    shape of list: empty, NULL, with NULL elements, longer than a fetch batch, and thresholds with gaps."""
+    import numpy as np
+    import pandas as pd
+
+    from qval.metrics import stage
+    from qval.metrics.base import ListCount
+
+    rng = np.random.default_rng(1)
+    con = duckdb.connect()
+    lists = [None, [], [None, 3], [0, 0], [7, 1, None, 9]] + [
+        rng.integers(-2, 12, rng.integers(0, 40)).tolist() for _ in range(3000)
+    ]
+    con.execute(
+        "CREATE TABLE t AS SELECT unnest(?::INTEGER[][]) AS l, generate_subscripts(?::INTEGER[][], 1) AS i",
+        [lists, lists],
+    )
+    thresholds = [1, 2, 3, 5, 8]
+    expected = con.execute(
+        "SELECT "
+        + ", ".join(f"len(list_filter(l, lambda x: x >= {t})) AS c{t}" for t in thresholds)
+        + " FROM t ORDER BY i"
+    ).df()
+    counted = {f"c{t}": ListCount("l", t) for t in thresholds}
+    stage_batch, stage._COUNT_BATCH = stage._COUNT_BATCH, 1000  # several batches
+    try:
+        got = stage._with_list_counts(con, "SELECT i, l AS qval_list_l FROM t ORDER BY i", [], ["i", *counted], counted)
+    finally:
+        stage._COUNT_BATCH = stage_batch
+    pd.testing.assert_frame_equal(got.drop(columns="i"), expected)
+    assert got["c1"].isna().sum() == 1 and got.loc[1, "c1"] == 0 and got.loc[2, "c1"] == 1

@@ -234,3 +234,42 @@ def test_pooled_ci_resamples_states_so_a_revisited_state_counts_once():
     assert (a.n, b.n, a.n_states, b.n_states) == (60, 120, 60, 60)
     points = PooledSpearman().compute(twice.assign(state_key=twice["sample_id"]))  # as if 120 distinct states
     assert points.ci_high - points.ci_low < 0.8 * (b.ci_high - b.ci_low)
+
+
+def test_pair_with_baseline_equals_the_merge_whatever_the_rows():
+    """Frames with the same keys in the same order are paired side by side (no merge); every other shape (a prompt
+    missing on one side, another order, a repeated key, nulls) goes through the merge. Both give the same pairs."""
+    from qval.decode.metrics import _same_unique_keys, pair_with_baseline
+
+    rng = np.random.default_rng(3)
+    n = 50
+    base = pd.DataFrame(
+        {
+            "sample_id": pd.array([f"s{i:03d}" for i in range(n)], dtype="str"),
+            "turn": np.zeros(n, np.int32),
+            "new_tokens": rng.integers(1, 100, n).astype(np.int32),
+            "decode_s": rng.random(n),
+        }
+    )
+    own = base.assign(new_tokens=base["new_tokens"] + 1, decode_s=base["decode_s"] / 2)
+    shapes = {
+        "aligned": (own, base),
+        "filtered rows, index kept": (own[own["new_tokens"] > 10], base[base["new_tokens"] > 9]),
+        "missing on one side": (own.iloc[5:], base),
+        "other order": (own.iloc[::-1], base.iloc[::-1]),
+        "repeated key": (pd.concat([own.iloc[:3], own.iloc[2:3]]), pd.concat([base.iloc[:3], base.iloc[2:3]])),
+        "two turns": (
+            pd.concat([own.head(5), own.head(5).assign(turn=1)]).sort_values(["sample_id", "turn"]),
+            pd.concat([base.head(5), base.head(5).assign(turn=1)]).sort_values(["sample_id", "turn"]),
+        ),
+        "null turn": (own.astype({"turn": "Int32"}), base.astype({"turn": "Int32"})),
+    }
+    cols = ["sample_id", "turn", "new_tokens", "decode_s"]
+    for name, (a, b) in shapes.items():
+        merged = a[cols].merge(b[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+        paired = pair_with_baseline(a, b, ["new_tokens", "decode_s"])
+        pd.testing.assert_frame_equal(paired, merged, obj=name)
+    side_by_side = {name for name, (a, b) in shapes.items() if _same_unique_keys(a, b)}
+    assert {"aligned", "filtered rows, index kept", "two turns"} <= side_by_side
+    assert not side_by_side & {"missing on one side", "other order", "repeated key"}
+    assert len(pair_with_baseline(*shapes["repeated key"], ["new_tokens"])) == 3 + 1 + 2  # the merge's cross product

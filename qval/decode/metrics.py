@@ -6,9 +6,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..loadwatch import BUSY_OTHER_CORES
-from ..metrics.base import Metric, MetricView
+from ..metrics.base import ListCount, Metric, MetricView
 from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_ratio, bootstrap_ratios
 
 
@@ -91,7 +93,33 @@ def pair_with_baseline(
 ) -> pd.DataFrame:
     """Rows of this cell and the AR cell for the same (sample, turn), both successful; AR's columns end in _ar."""
     cols = ["sample_id", "turn", *columns]
+    if _same_unique_keys(samples, baseline):
+        # The usual case (both cells decoded every prompt, rows in the metric view's order): row i of one is row i
+        # of the other, so the inner join is the two side by side, in the same order, without hashing string keys
+        # (merge: ~35 ms a pair of 10,000-row cells, the largest share of the speedup metric).
+        return pd.DataFrame({**{c: samples[c].array for c in cols}, **{f"{c}_ar": baseline[c].array for c in columns}})
     return samples[cols].merge(baseline[cols], on=["sample_id", "turn"], suffixes=("", "_ar"))
+
+
+def _same_unique_keys(samples: pd.DataFrame, baseline: pd.DataFrame) -> bool:
+    """True when both frames hold the same (sample_id, turn) keys in the same, strictly increasing, order (hence
+    each once: a repeated key would make the join a cross product of its rows)."""
+    if len(samples) != len(baseline) or len(samples) == 0:
+        return False
+    for key in ("sample_id", "turn"):  # Series.equals: same values and dtype, nulls in the same places
+        if not samples[key].reset_index(drop=True).equals(baseline[key].reset_index(drop=True)):
+            return False
+    turns = samples["turn"].to_numpy()
+    try:
+        ids = pa.array(samples["sample_id"])
+        before, after = ids[:-1], ids[1:]
+        less = pc.less(before, after).to_numpy(zero_copy_only=False)
+        same = pc.equal(before, after).to_numpy(zero_copy_only=False)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+        return False  # keys arrow cannot order (mixed types): the merge decides
+    if turns.dtype.kind not in "iu" or less.dtype != bool or same.dtype != bool:
+        return False  # nulls among the keys: the merge decides
+    return bool(np.all(less | (same & (turns[:-1] < turns[1:]))))
 
 
 def _other_run(cell: dict | None) -> bool:
@@ -409,10 +437,6 @@ class LoadWhileTimed(Metric):
         return bootstrap_ratio(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float))
 
 
-def _list_count(column: str, at_least: int) -> str:
-    return f"len(list_filter({column}, lambda x: x >= {at_least}))"
-
-
 # What decoding metrics read: per-sample scalars only; the bulky token-id lists stay in the database.
 VIEW = MetricView(
     columns={
@@ -435,8 +459,8 @@ VIEW = MetricView(
         },
         "early_ids": "output_ids[2:33]",
         "accepted_total": "coalesce(list_sum(accepted), 0)",
-        "drafts": _list_count("drafted", 1),
-        **{f"accepted_ge_{i}": _list_count("accepted", i) for i in range(1, MAX_POSITION + 1)},
+        "drafts": ListCount("drafted", 1),
+        **{f"accepted_ge_{i}": ListCount("accepted", i) for i in range(1, MAX_POSITION + 1)},
     },
     keep="error IS NULL",
     order="cell_id, sample_id, turn",

@@ -13,12 +13,24 @@ from ..stats import MetricValue
 
 
 @dataclass(frozen=True)
-class MetricView:
-    """What a track's metrics read from its sample table: named column expressions (DuckDB SQL over the table), a
-    row filter and a fixed row order (bootstrap CIs resample row positions, so the same rows must come in the same
-    order however the table was written)."""
+class ListCount:
+    """A view column: per row, how many elements of the list column ``column`` are at least ``at_least`` (NULL for
+    a NULL list; NULL elements are not counted), as ``len(list_filter(column, lambda x: x >= at_least))`` would
+    give. The metric stage counts every such column of one list in a single numpy pass over the fetched list:
+    DuckDB evaluates each lambda over every element (the nine per-position counts of 1,000,000 decoding rows took
+    about half of the stage's query)."""
 
-    columns: dict[str, str]
+    column: str
+    at_least: int
+
+
+@dataclass(frozen=True)
+class MetricView:
+    """What a track's metrics read from its sample table: named column expressions (DuckDB SQL over the table, or a
+    ``ListCount``), a row filter and a fixed row order (bootstrap CIs resample row positions, so the same rows must
+    come in the same order however the table was written)."""
+
+    columns: dict[str, str | ListCount]
     keep: str
     order: str
 

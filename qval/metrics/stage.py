@@ -14,12 +14,15 @@ import sys
 from collections import defaultdict
 from datetime import UTC, datetime
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from ..errors import PluginError
 from ..registry import REGISTRY
+from ..store.db import rows_view
 from ..tracks import board_of, sample_tables
-from .base import Metric, MetricView
+from .base import ListCount, Metric, MetricView
 
 
 def _view(track: str) -> MetricView:
@@ -133,15 +136,17 @@ def compute_metrics(con, changed: list[str]) -> int:
     values, units = _compute(con, todo)
     now = datetime.now(UTC).replace(tzinfo=None)
     if values:
-        con.executemany(
-            "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, "
-            "label, n_states, metric_family) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            values,
+        with rows_view(con, "qval_new_values", _VALUES, values):
+            con.execute(
+                "INSERT INTO cell_metrics (cell_id, metric, value, ci_low, ci_high, n, higher_is_better, label, "
+                "n_states, metric_family) SELECT * FROM qval_new_values"
+            )
+    with rows_view(
+        con, "qval_new_versions", _VERSIONS, [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms]
+    ):
+        con.execute(
+            "INSERT INTO metric_versions (cell_id, metric, version, computed_at) SELECT * FROM qval_new_versions"
         )
-    con.executemany(
-        "INSERT INTO metric_versions VALUES (?, ?, ?, ?)",
-        [[c, m.name, m.version, now] for c, ms in todo.items() for m in ms],
-    )
     if units:
         frame = pd.concat(units, ignore_index=True)
         con.register("qval_metric_units", frame)
@@ -152,6 +157,24 @@ def compute_metrics(con, changed: list[str]) -> int:
     return len(values)
 
 
+# The rows _compute and compute_metrics write, as Arrow types (one INSERT each, not one per row).
+_VALUES = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("metric", pa.string()),
+        ("value", pa.float64()),
+        ("ci_low", pa.float64()),
+        ("ci_high", pa.float64()),
+        ("n", pa.int64()),
+        ("higher_is_better", pa.bool_()),
+        ("label", pa.string()),
+        ("n_states", pa.int64()),
+        ("metric_family", pa.string()),
+    ]
+)
+_VERSIONS = pa.schema(
+    [("cell_id", pa.string()), ("metric", pa.string()), ("version", pa.int64()), ("computed_at", pa.timestamp("us"))]
+)
 _TABLE_COLUMNS = (("cell_metrics", "metric_family"), ("metric_versions", "metric"), ("metric_units", "metric"))
 
 
@@ -234,11 +257,58 @@ def _samples_by_cell(
     else:
         reads = {c for m in metrics for c in m.reads}
         names = [c for c in view.columns if c in reads or c in ("cell_id", "sample_id")]
-    select = ", ".join(f"{view.columns[c]} AS {c}" for c in names)
+    counted = {c: spec for c in names if isinstance(spec := view.columns[c], ListCount)}
+    lists = sorted({spec.column for spec in counted.values()})
+    select = ", ".join(
+        [f"{view.columns[c]} AS {c}" for c in names if c not in counted] + [f"{c} AS qval_list_{c}" for c in lists]
+    )
     table = sample_tables()[track].table
-    frame = con.execute(
-        f"SELECT {select} FROM {table} WHERE cell_id IN (SELECT unnest(?)) AND {view.keep} ORDER BY {view.order}",
-        [cell_ids],
-    ).df()
+    sql = f"SELECT {select} FROM {table} WHERE cell_id IN (SELECT unnest(?)) AND {view.keep} ORDER BY {view.order}"
+    frame = _with_list_counts(con, sql, [cell_ids], names, counted) if counted else con.execute(sql, [cell_ids]).df()
     by_cell = {cid: g.reset_index(drop=True) for cid, g in frame.groupby("cell_id", sort=False)}
     return by_cell, frame.iloc[0:0]
+
+
+_COUNT_BATCH = 65_536  # rows per fetched batch: bounds the memory the list elements of one batch take
+
+
+def _with_list_counts(con, sql: str, params: list, names: list[str], counted: dict[str, ListCount]) -> pd.DataFrame:
+    """The query's rows with each ListCount column counted from its fetched list (which is then dropped), in the
+    order ``names`` gives. Converted to pandas by DuckDB, as the rows without ListCount columns are, so a column
+    has the same dtype either way."""
+    reader = con.sql(sql, params=params).to_arrow_reader(_COUNT_BATCH)
+    schema = pa.schema([pa.field(c, pa.int64()) if c in counted else reader.schema.field(c) for c in names])
+    batches = []
+    for batch in reader:
+        columns = {c: batch.column(c) for c in names if c not in counted}
+        for column in {spec.column for spec in counted.values()}:
+            mine = {c: spec.at_least for c, spec in counted.items() if spec.column == column}
+            columns.update(_list_counts(batch.column(f"qval_list_{column}"), mine))
+        batches.append(pa.RecordBatch.from_pydict({c: columns[c] for c in names}, schema=schema))
+    con.register("qval_view_rows", pa.Table.from_batches(batches, schema=schema))
+    try:
+        return con.execute("SELECT * FROM qval_view_rows").df()
+    finally:
+        con.unregister("qval_view_rows")
+
+
+def _list_counts(lists: pa.ListArray, at_least: dict[str, int]) -> dict[str, pa.Array]:
+    """Per row, the elements of an integer list that are at least each threshold, all thresholds in one pass: each
+    element falls in a bucket (below the lowest threshold, at one of them, above the highest), one bincount gives
+    every row's bucket counts, and a count "at least t" sums the buckets from t's up."""
+    if not pa.types.is_integer(lists.type.value_type):
+        raise TypeError(f"ListCount needs a list of integers, not {lists.type}")
+    offsets = lists.offsets.to_numpy()
+    values = lists.values.slice(offsets[0], offsets[-1] - offsets[0])
+    low, high = min(at_least.values()), max(at_least.values())
+    elements = values.fill_null(low - 1).to_numpy() if values.null_count else values.to_numpy()
+    width = high - low + 2  # bucket 0: below low; bucket b: exactly low + b - 1; the last: high and above
+    buckets = np.clip(elements, low - 1, high).astype(np.int64) - (low - 1)
+    rows = np.repeat(np.arange(len(lists), dtype=np.int64), np.diff(offsets))
+    per_bucket = np.bincount(rows * width + buckets, minlength=len(lists) * width).reshape(len(lists), width)
+    at_or_above = np.cumsum(per_bucket[:, ::-1], axis=1)[:, ::-1]
+    missing = lists.is_null().to_numpy(zero_copy_only=False)
+    return {
+        name: pa.array(at_or_above[:, t - low + 1], type=pa.int64(), mask=missing if missing.any() else None)
+        for name, t in at_least.items()
+    }

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .db import connect_reader
-
 from ..tracks import sample_tables
+from .db import connect_reader
 
 # The store's own tables; each installed track adds its sample tables (those present in the database).
 TABLES = (

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import UsageError
 from ..metrics.stage import compute_metrics
 from ..plan import Plan, plan_sequence
 from ..tracks import SampleTable, sample_tables
-from .db import connect_writer
+from .db import connect_writer, rows_view
 from .parts import DONE, FAILED, PREPARE, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 
 
@@ -31,6 +32,38 @@ class IngestReport:
     rows: int = 0
     quarantined: list[str] = field(default_factory=list)
     metrics_computed: int = 0
+
+
+# Rows written in one statement each (db.rows_view), in the order the statements read them.
+_CELL_UPDATES = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("status", pa.string()),
+        ("n_samples", pa.int64()),
+        ("n_failed", pa.int64()),
+        ("run_id", pa.string()),
+        ("error", pa.string()),
+        ("parts_sig", pa.string()),
+        ("ingested_at", pa.timestamp("us")),
+    ]
+)
+_SUITE_CELLS = pa.schema([("suite", pa.string()), ("cell_id", pa.string())])
+_PLAN_CELLS = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("identity_version", pa.int64()),
+        ("track", pa.string()),
+        ("model", pa.string()),
+        ("method", pa.string()),
+        ("family", pa.string()),
+        ("dataset", pa.string()),
+        ("dataset_label", pa.string()),
+        ("temperature", pa.float64()),
+        ("seed", pa.int64()),
+        ("identity", pa.string()),
+        ("baseline_cell_id", pa.string()),
+    ]
+)
 
 
 def _now():
@@ -184,9 +217,11 @@ def _ingest_cells(con, spec: SampleTable, cells: list[tuple[str, Path, list[Path
         )
     counts = {
         cid: (n, failed, rows)
+        # Per sample first, then per cell: one grouping instead of two DISTINCT aggregates (half the time).
         for cid, n, failed, rows in con.execute(
-            f"SELECT cell_id, count(DISTINCT sample_id), count(DISTINCT sample_id) FILTER (WHERE error IS NOT NULL), "
-            f"count(*) FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id",
+            "SELECT cell_id, count(sample_id), count(sample_id) FILTER (WHERE failed), sum(n_rows)::BIGINT FROM "
+            "(SELECT cell_id, sample_id, bool_or(error IS NOT NULL) AS failed, count(*) AS n_rows "
+            f"FROM {table} WHERE cell_id IN (SELECT unnest(?)) GROUP BY cell_id, sample_id) GROUP BY cell_id",
             [ids],
         ).fetchall()
     }
@@ -198,12 +233,13 @@ def _ingest_cells(con, spec: SampleTable, cells: list[tuple[str, Path, list[Path
         shortfall = manifest_shortfall(manifest, n) if status == "done" else None
         if shortfall:  # never a finished cell with lost samples: `qval run` sets the manifest aside and resumes it
             status, error = "partial", f"not done: {shortfall}; re-run `qval run` to complete it"
-        updates.append([status, n, failed, run_id, error, sig, now, cell_id])
-    con.executemany(
-        "UPDATE cells SET status = ?, n_samples = ?, n_failed = ?, run_id = coalesce(?, run_id), "
-        "error = ?, parts_sig = ?, ingested_at = ? WHERE cell_id = ?",
-        updates,
-    )
+        updates.append([cell_id, status, n, failed, run_id, error, sig, now])
+    with rows_view(con, "qval_cell_updates", _CELL_UPDATES, updates):
+        con.execute(
+            "UPDATE cells SET status = u.status, n_samples = u.n_samples, n_failed = u.n_failed, "
+            "run_id = coalesce(u.run_id, cells.run_id), error = u.error, parts_sig = u.parts_sig, "
+            "ingested_at = u.ingested_at FROM qval_cell_updates u WHERE cells.cell_id = u.cell_id"
+        )
     return sum(rows for _, _, rows in counts.values())
 
 
@@ -263,7 +299,8 @@ def _ingest_plans(con, results: Path) -> None:
             ],
         )
         con.execute("DELETE FROM suite_cells WHERE suite = ?", [plan.suite])
-        con.executemany("INSERT INTO suite_cells VALUES (?, ?)", [[plan.suite, c] for c in plan.cells])
+        with rows_view(con, "qval_suite_cells", _SUITE_CELLS, [[plan.suite, c] for c in plan.cells]):
+            con.execute("INSERT INTO suite_cells (suite, cell_id) SELECT * FROM qval_suite_cells")
         identity_version = plan.to_json()["identity_version"]  # serialises the whole plan: once, not per cell
         rows = [
             [
@@ -289,9 +326,9 @@ def _ingest_plans(con, results: Path) -> None:
             ]
             for c in plan.cells.values()
         ]
-        con.executemany(
-            "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
-            "temperature, seed, identity, baseline_cell_id, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-            "'planned') ON CONFLICT (cell_id) DO NOTHING",
-            rows,
-        )
+        with rows_view(con, "qval_plan_cells", _PLAN_CELLS, rows):
+            con.execute(
+                "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
+                "temperature, seed, identity, baseline_cell_id, status) SELECT *, 'planned' FROM qval_plan_cells "
+                "ON CONFLICT (cell_id) DO NOTHING"
+            )
