@@ -50,24 +50,37 @@ def _update(h, value: Any) -> None:
     """Feed a value into a digest unambiguously (type-tagged; variable-length parts prefixed with their length).
     Frames and arrays by their values (their pickles vary with how they were built)."""
     if isinstance(value, pd.DataFrame):
+        # Columns of one NumPy dtype as one array, the others as one repr: a report's frames have dozens of columns,
+        # and hashing them one by one costs more than the figure it keys.
         h.update(b"F")
-        _update(h, [str(c) for c in value.columns])
+        dtypes = [str(t) for t in value.dtypes]
+        _update(h, [[str(c) for c in value.columns], dtypes])
         _update(h, value.index)
-        for column in value.columns:
-            _update(h, value[column].to_numpy())
+        blocks: dict[str, list[int]] = {}
+        for position, dtype in enumerate(value.dtypes):
+            raw = isinstance(dtype, np.dtype) and dtype.kind in _RAW
+            blocks.setdefault(dtypes[position] if raw else "", []).append(position)
+        for dtype, positions in sorted(blocks.items()):
+            block = value.iloc[:, positions]
+            if dtype:
+                _update(h, block.to_numpy())
+            else:
+                _text(h, block.to_numpy(object).tolist())
     elif isinstance(value, (pd.Series, pd.Index)):
-        h.update(b"S")
+        h.update(b"S" + str(value.dtype).encode() + b";")
         _update(h, str(getattr(value, "name", None)))
         if isinstance(value, pd.Series):
             _update(h, value.index)
-        _update(h, value.to_numpy())
+        if isinstance(value.dtype, np.dtype) and value.dtype.kind in _RAW:
+            _update(h, value.to_numpy())
+        else:  # text, objects, extension types: their Python values in one repr (per-item calls cost seconds)
+            _text(h, value.tolist())
     elif isinstance(value, np.ndarray):
         h.update(b"A" + str((value.dtype.str, value.shape)).encode())
-        if value.dtype.kind == "O":
-            for item in value.ravel().tolist():
-                _update(h, item)
-        else:
+        if value.dtype.kind in _RAW:
             h.update(np.ascontiguousarray(value).tobytes())
+        else:
+            _text(h, value.tolist())
     elif isinstance(value, (list, tuple)):
         h.update(b"L" + str(len(value)).encode() + b";")
         for item in value:
@@ -91,6 +104,16 @@ def _update(h, value: Any) -> None:
         # Anything else by its pickle: a faithful serialisation, so two different values never share a key (equal
         # values pickled differently only cost a recomputation).
         h.update(b"P" + pickle.dumps(value, protocol=5))
+
+
+_RAW = "biufcmM"  # NumPy kinds whose bytes are their values
+
+
+def _text(h, items: list) -> None:
+    """A list of Python values by its repr: exact for the numbers, strings, None and containers of them that frames
+    hold. An object whose repr leaves out part of its state would be the exception, and frames hold none."""
+    text = repr(items).encode()
+    h.update(b"T" + str(len(text)).encode() + b":" + text)
 
 
 def key(*parts: Any) -> str:

@@ -86,9 +86,9 @@ def _page_keys(results, cell_ids: list[str]) -> dict[str, str]:
     """Per cell, the key of its page's content: its cells-table row (ingest gives a cell whose samples it replaced a
     new part signature and ingested_at) and the page code's version."""
     rows = R.cells(results)
-    rows = rows[rows["cell_id"].isin(cell_ids)].set_index("cell_id", drop=False)
+    records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
     version = cache.code_version(*_PAGE_CODE)
-    return {c: cache.key("page", version, MAX_PAGE_SAMPLES, rows.loc[[c]]) for c in cell_ids if c in rows.index}
+    return {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
 
 
 def write_pages(results, target: Path, cell_ids) -> list[Path]:
