@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -87,7 +88,7 @@ def _page_keys(results, cell_ids: list[str]) -> dict[str, str]:
     new part signature and ingested_at) and the page code's version."""
     rows = R.cells(results)
     records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
-    version = cache.code_version(*_PAGE_CODE)
+    version = [cache.code_version(*_PAGE_CODE), *(metadata.version(m) for m in ("jinja2", "markupsafe"))]
     return {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
 
 
