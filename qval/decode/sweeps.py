@@ -144,16 +144,27 @@ def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]
     return features, list(features.columns)
 
 
-def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
-    """Every knob sweep among the finished decode cells (of one suite, or all)."""
+Group = tuple[tuple, str, dict, dict]  # (model, dataset, temperature, seed, method), knob, fixed params, {value: cell}
+
+
+def sweep_groups(results, suite: str | None = None) -> tuple[pd.DataFrame, list[Group]]:
+    """The finished decode cells (of one suite, or all; indexed by cell id) and the knob sweeps among them, read from
+    the cells table only: what a sweep's values are computed from, before any sample is read."""
     cells = R.cells(results, suite)
     cells = cells[(cells["track"] == "decode") & (cells["status"] == "done")]
-    if cells.empty:
-        return []
-    groups = _knob_groups(cells)
+    return cells.set_index("cell_id"), (_knob_groups(cells) if not cells.empty else [])
+
+
+def own_sweeps(results, suite: str | None = None) -> list[OwnSweep]:
+    """Every knob sweep among the finished decode cells (of one suite, or all)."""
+    info, groups = sweep_groups(results, suite)
+    return load_sweeps(results, info, groups)
+
+
+def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSweep]:
+    """The per-sample tables of these sweeps (groups of ``sweep_groups``); a sweep without values is left out."""
     if not groups:
         return []
-    info = cells.set_index("cell_id")
     con = connect_reader(Path(results))
     try:
         # Per-sample values of every cell in any sweep (and of their AR baselines), read in one query.
@@ -228,39 +239,44 @@ def export_sweeps(results, out_dir, suite: str | None = None) -> list[Path]:
 
 def headroom_rows(sweeps: list[OwnSweep], folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """One row per (sweep, metric): best fixed value, per-sample oracle, held-out selector, gains with CIs, n."""
+    return pd.DataFrame([row for sweep in sweeps for row in sweep_headroom(sweep, folds, seed)])
+
+
+def sweep_headroom(sweep: OwnSweep, folds: int = 5, seed: int = 0) -> list[dict]:
+    """The rows of ``headroom_rows`` for one sweep (one per metric it has values for)."""
     rows = []
-    for sweep in sweeps:
-        for metric in sweep.tables:
-            try:
-                result = replay.evaluate(sweep.as_replay(metric), folds=folds, seed=seed)
-            except ValueError:  # e.g. no sample has a value at every setting
-                continue
-            room = replay.headroom(result)
-            selector = next((r for r in result.rows if r.kind == "selector"), None)
-            rows.append(
-                {
-                    "model": sweep.model,
-                    "dataset": sweep.dataset,
-                    "temperature": sweep.temperature,
-                    "policy": sweep.policy,
-                    "knob": sweep.knob,
-                    "metric": metric,
-                    "values": ",".join(str(v) for v in result.candidates),
-                    "best_fixed_value": room["best_fixed_size"],
-                    "best_fixed": room["best_fixed"],
-                    "best_fixed_ci": [result.row("best-fixed").value.ci_low, result.row("best-fixed").value.ci_high],
-                    "oracle": room["oracle"],
-                    "oracle_ci": [result.row("oracle").value.ci_low, result.row("oracle").value.ci_high],
-                    "oracle_gain": room["relative_gain"],
-                    "oracle_gain_ci": room["relative_gain_ci"],
-                    "selector": selector.value.value if selector else None,
-                    "selector_gain": selector.gain_vs_best_fixed if selector else None,
-                    "selector_gain_ci": (
-                        [selector.gain_ci.ci_low, selector.gain_ci.ci_high]
-                        if selector and selector.gain_ci
-                        else [None, None]
-                    ),
-                    "n": room["n"],
-                }
-            )
-    return pd.DataFrame(rows)
+    for metric in sweep.tables:
+        try:
+            result = replay.evaluate(sweep.as_replay(metric), folds=folds, seed=seed)
+        except ValueError:  # e.g. no sample has a value at every setting
+            continue
+        room = replay.headroom(result)
+        selector = next((r for r in result.rows if r.kind == "selector"), None)
+        rows.append(
+            {
+                "model": sweep.model,
+                "dataset": sweep.dataset,
+                "temperature": sweep.temperature,
+                "seed": sweep.seed,
+                "policy": sweep.policy,
+                "knob": sweep.knob,
+                "metric": metric,
+                "values": ",".join(str(v) for v in result.candidates),
+                "best_fixed_value": room["best_fixed_size"],
+                "best_fixed": room["best_fixed"],
+                "best_fixed_ci": [result.row("best-fixed").value.ci_low, result.row("best-fixed").value.ci_high],
+                "oracle": room["oracle"],
+                "oracle_ci": [result.row("oracle").value.ci_low, result.row("oracle").value.ci_high],
+                "oracle_gain": room["relative_gain"],
+                "oracle_gain_ci": room["relative_gain_ci"],
+                "selector": selector.value.value if selector else None,
+                "selector_gain": selector.gain_vs_best_fixed if selector else None,
+                "selector_gain_ci": (
+                    [selector.gain_ci.ci_low, selector.gain_ci.ci_high]
+                    if selector and selector.gain_ci
+                    else [None, None]
+                ),
+                "n": room["n"],
+            }
+        )
+    return rows

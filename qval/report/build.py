@@ -12,6 +12,7 @@ from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
 from ..tracks import all_tracks
+from . import cache
 from .drilldown import write_pages
 from .render import SuiteReport, TrackBoard, render_report
 
@@ -84,14 +85,16 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
     names = [suite] if suite else R.suites(results)["suite"].tolist()
     written = []
     for name in names:
-        report = build_report(results, name)
         target = out_dir / report_folder(name)
-        target.mkdir(parents=True, exist_ok=True)
-        md, html = target / "leaderboard.md", target / "index.html"
-        markdown, page = render_report(report)
-        md.write_text(markdown, encoding="utf-8")
-        html.write_text(page, encoding="utf-8")
-        # One drill-down page per leaderboard row: the links document.py put on the rows' method names.
-        write_pages(results, target, [c for board in report.tracks for c in board.rows.get("cell_id", [])])
+        # What the last report into this folder computed is reused where its inputs did not change (cache.py).
+        with cache.using(target):
+            report = build_report(results, name)
+            target.mkdir(parents=True, exist_ok=True)
+            md, html = target / "leaderboard.md", target / "index.html"
+            markdown, page = render_report(report)
+            md.write_text(markdown, encoding="utf-8")
+            html.write_text(page, encoding="utf-8")
+            # One drill-down page per leaderboard row: the links document.py put on the rows' method names.
+            write_pages(results, target, [c for board in report.tracks for c in board.rows.get("cell_id", [])])
         written += [md, html]
     return written

@@ -322,6 +322,7 @@ def knobs_table(board: TrackBoard) -> Table | None:
         Column("model"),
         Column("dataset"),
         Column("T", "number"),
+        Column("seed", "number"),
         Column("knob"),
         Column("values"),
         Column("metric"),
@@ -335,6 +336,8 @@ def knobs_table(board: TrackBoard) -> Table | None:
                     Cell(str(r["model"])),
                     Cell(str(r["dataset"])),
                     Cell(fmt.temperature(r["temperature"])),
+                    # Cells of different seeds form separate sweeps, otherwise indistinguishable rows.
+                    Cell(str(r["seed"])),
                     Cell(f"{r['policy']}.{r['knob']}"),
                     Cell(str(r["values"])),
                     Cell(str(r["metric"])),

@@ -11,6 +11,9 @@ a model reply is text, never markup.
 
 from __future__ import annotations
 
+import json
+import os
+from importlib import metadata
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
@@ -18,12 +21,12 @@ from markupsafe import Markup
 
 from .. import results as R
 from .. import samples_view
-from .html import CSP, CSS, SCRIPT
+from . import cache
+from .html import CELL_CSS, CSP, SCRIPT
 from .links import FOLDER, page_file
 
 MAX_PAGE_SAMPLES = 500  # a page lists the first ones and says so; `qval samples CELL --json` has them all
 _HERE = Path(__file__).parent
-_CELL_CSS = (_HERE / "static" / "cell.css").read_text(encoding="utf-8")
 
 
 def _num(value) -> str:
@@ -58,19 +61,78 @@ def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
         turns=samples_view.turns(frame) if kind == "turns" else [],
         columns=list(frame.columns) if kind == "rows" else [],
         rows=samples_view.records(frame) if kind == "rows" else [],
-        css=Markup(CSS + _CELL_CSS),
+        css=Markup(CELL_CSS),  # the stylesheet whose hash the CSP names
         script=Markup(SCRIPT),
         csp=Markup(CSP),
     )
 
 
+# Everything a page's bytes depend on besides its cell: the code that reads and renders it, and its template and
+# static files. A change to any of them rewrites every page.
+_PAGE_CODE = (
+    "qval.report.drilldown",
+    "qval.report.html",
+    "qval.samples_view",
+    "qval.results",
+    str(_HERE / "templates" / "cell.html.j2"),
+    str(_HERE / "static" / "cell.css"),
+    str(_HERE / "static" / "report.css"),
+    str(_HERE / "static" / "report.js"),
+)
+MANIFEST = "pages.json"  # in the report folder's cache folder: per cell id, the key and size of the page written
+
+
+def _page_keys(results, cell_ids: list[str]) -> dict[str, str]:
+    """Per cell, the key of its page's content: its cells-table row (ingest gives a cell whose samples it replaced a
+    new part signature and ingested_at) and the page code's version."""
+    rows = R.cells(results)
+    records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
+    version = [cache.code_version(*_PAGE_CODE), *(metadata.version(m) for m in ("jinja2", "markupsafe"))]
+    return {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
+
+
 def write_pages(results, target: Path, cell_ids) -> list[Path]:
-    """Write the page of each cell under ``target/cells/``; returns the paths."""
+    """Write the page of each cell under ``target/cells/``, except a page whose content key is the one recorded when
+    it was written (and which is still there, whole); remove the pages of cells not listed. Returns the paths
+    written."""
     folder = Path(target) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
+    manifest_path = Path(target) / cache.FOLDER / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError):
+        manifest = {}
+    wanted = list(dict.fromkeys(cell_ids))
+    keys = _page_keys(results, wanted)
+    current = {}
+    todo = []
+    for cell_id in wanted:
+        path, seen = folder / page_file(cell_id), manifest.get(cell_id) or {}
+        if cell_id in keys and seen.get("key") == keys[cell_id] and _size(path) == seen.get("size"):
+            current[cell_id] = seen
+        else:
+            todo.append(cell_id)
     written = []
-    for cell_id, frame in R.cells_samples(cell_ids, results, MAX_PAGE_SAMPLES).items():
+    for cell_id, frame in R.cells_samples(todo, results, MAX_PAGE_SAMPLES).items():
         path = folder / page_file(cell_id)
         path.write_text(render(frame), encoding="utf-8")
         written.append(path)
+        if cell_id in keys:
+            current[cell_id] = {"key": keys[cell_id], "size": _size(path)}
+    # The pages of cells no longer shown (a cell left the suite, or the folder held another report's pages).
+    keep = {page_file(c) for c in wanted}
+    for path in folder.glob("*.html"):
+        if path.name not in keep:
+            path.unlink()
+    manifest_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manifest_path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, manifest_path)
     return written
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None

@@ -15,6 +15,7 @@ from .common import MAX_SERIES
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
 def _acceptance_png(group: Group, positions: list[int], shown: pd.DataFrame, labels: list[str]) -> bytes:
     fig, (ax,), legend_x = common.line_layout(1, labels, panel_width=5.0)

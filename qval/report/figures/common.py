@@ -6,12 +6,17 @@ host process's backend, and no figure is registered globally, so none can leak o
 
 from __future__ import annotations
 
+import functools
 import io
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import matplotlib
 import numpy as np
 import pandas as pd
+import PIL
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
@@ -21,6 +26,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from .. import cache
 from ..model import TrackBoard
 
 if TYPE_CHECKING:
@@ -86,6 +92,50 @@ def png(fig: Figure) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="png", compress_level=1)
     return buffer.getvalue()
+
+
+# Besides the drawing function's own module, the code every figure's pixels depend on.
+_FIGURE_CODE = ("qval.report.figures.common", "qval.report.format", "qval.report.prepare", "qval.report.analysis")
+
+
+def cached(draw: Callable[..., bytes]) -> Callable[..., bytes]:
+    """A PNG-drawing function whose result the report folder's cache keeps (cache.py), keyed by its arguments, its
+    code, matplotlib's and Pillow's versions and settings: a rebuild draws only the figures whose data changed,
+    byte for byte the PNG drawing them again would give. Its arguments must be all it reads (pass a BoardTraits,
+    not the board, whose rows hold every group's data)."""
+
+    @functools.wraps(draw)
+    def wrapper(*args: Any) -> bytes:
+        store = cache.active()
+        if store is None:
+            return draw(*args)
+        name = cache.key(
+            "figure",
+            cache.code_version(*_FIGURE_CODE, draw.__module__),
+            [matplotlib.__version__, PIL.__version__, repr(sorted(matplotlib.rcParams.items()))],
+            draw.__qualname__,
+            list(args),
+        )
+        data = store.get("figures", name + ".png")
+        if data is None:
+            data = draw(*args)
+            store.put("figures", name + ".png", data)
+        return data
+
+    return wrapper
+
+
+@dataclass(frozen=True)
+class BoardTraits:
+    """What a figure reads of its board besides its own group's data."""
+
+    main_metric: str
+    higher_is_better: dict[str, bool]
+    references: dict[str, float]
+
+
+def traits(board: TrackBoard) -> BoardTraits:
+    return BoardTraits(board.main_metric, dict(board.higher_is_better), dict(board.references))
 
 
 def dodge(i: int, n: int, step: float) -> float:

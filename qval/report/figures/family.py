@@ -33,9 +33,10 @@ def _ordered_families(families: Iterable[str]) -> list[str]:
     return known + sorted(present - set(known))
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
 def _family_png(
-    board: TrackBoard,
+    board: common.BoardTraits,
     temperature: float,
     envs: list[str],
     families: list[str],
@@ -133,5 +134,7 @@ def family(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             f"bootstrap CI where defined; baselines are drawn as lines across each environment, not as "
             f"families.{capped}"
         )
-        figures.append((caption, _family_png(board, float(temperature), envs, families, best, baselines)))
+        figures.append(
+            (caption, _family_png(common.traits(board), float(temperature), envs, families, best, baselines))
+        )
     return figures

@@ -16,6 +16,7 @@ from .common import MAX_SERIES
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
 def _headroom_png(room: Headroom, bars: list[tuple[str, float, str]]) -> bytes:
     labels = [label for label, _, _ in bars]

@@ -15,8 +15,9 @@ from .common import MAX_SERIES
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
-def _heatmap_png(board: TrackBoard, temperature: float, table: pd.DataFrame) -> bytes:
+def _heatmap_png(board: common.BoardTraits, temperature: float, table: pd.DataFrame) -> bytes:
     main = board.main_metric
     row_labels = [fmt.one_line(r) for r in table.index]
     env_labels = [fmt.one_line(e or fmt.UNDEFINED) for e in table.columns]
@@ -95,5 +96,5 @@ def heatmap(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             + ("; cells with several seeds show their mean" if averaged else "")
             + f".{capped}"
         )
-        figures.append((caption, _heatmap_png(board, float(temperature), table)))
+        figures.append((caption, _heatmap_png(common.traits(board), float(temperature), table)))
     return figures

@@ -16,8 +16,9 @@ from .common import MAX_BARS
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
-def _bar_chart_png(board: TrackBoard, group: Group, shown: pd.DataFrame, labels: list[str]) -> bytes:
+def _bar_chart_png(board: common.BoardTraits, group: Group, shown: pd.DataFrame, labels: list[str]) -> bytes:
     main = board.main_metric
     values = shown[main].to_numpy()
     lo, hi = shown[f"{main}__lo"].to_numpy(), shown[f"{main}__hi"].to_numpy()
@@ -80,5 +81,5 @@ def ranking(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
         # even when its other seeds fall outside the top rows.
         labels = fmt.bar_labels(defined)[:MAX_BARS]
         caption = _caption(board, group, len(shown), len(defined))
-        figures.append((caption, _bar_chart_png(board, group, shown, labels)))
+        figures.append((caption, _bar_chart_png(common.traits(board), group, shown, labels)))
     return figures

@@ -15,6 +15,7 @@ from .common import MAX_SERIES
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
 def _histogram_png(group: Group, series: list[tuple[str, np.ndarray]]) -> bytes:
     labels = [label for label, _ in series]

@@ -15,9 +15,10 @@ from .common import MAX_SERIES
 from .registry import Figures, figure
 
 
+@common.cached
 @matplotlib.rc_context(common.RC)
 def _temperature_png(
-    board: TrackBoard, dataset: str, metrics: list[str], series: list[tuple[str, pd.DataFrame]]
+    board: common.BoardTraits, dataset: str, metrics: list[str], series: list[tuple[str, pd.DataFrame]]
 ) -> bytes:
     labels = [label for label, _ in series]
     fig, axes, legend_x = common.line_layout(len(metrics), labels)
@@ -73,5 +74,5 @@ def temperature(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             + f" vs temperature, one line per {common.series_what(model)} ({note}); "
             "whiskers are 95% bootstrap CIs where defined" + (f"; {common.POOLED_NOTE}." if pooled else ".")
         )
-        figures.append((caption, _temperature_png(board, dataset, metrics, series)))
+        figures.append((caption, _temperature_png(common.traits(board), dataset, metrics, series)))
     return figures

@@ -1,0 +1,121 @@
+"""A report rebuilt into the folder of the last one reuses what did not change (qval/report/cache.py): drill-down
+pages of unchanged cells are not rewritten, knob headroom is computed only for changed sweeps, and the output is byte
+for byte that of a fresh build. Data from the benchmarks' synthetic writer: a real plan, real Parquet parts, real
+ingest, no model."""
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import ROOT, run_qval
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _synthetic import decode_suite, planned, rewrite_cell, write_decode_parts  # noqa: E402
+
+from qval.decode import knobs  # noqa: E402
+from qval.decode.sweeps import headroom_rows, own_sweeps  # noqa: E402
+from qval.report import cache  # noqa: E402
+from qval.report.links import FOLDER, page_file  # noqa: E402
+
+OLD = 1_000_000_000  # an mtime no page written by these tests can have
+ROWS = 30
+
+
+def _report(results: Path, out: Path) -> Path:
+    proc = run_qval("report", "--results", results, "--out", out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out / "bench"
+
+
+def _ingest(results: Path) -> None:
+    proc = run_qval("ingest", "--results", results)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _age_pages(folder: Path) -> dict[str, int]:
+    pages = sorted((folder / FOLDER).glob("*.html"))
+    for page in pages:
+        os.utime(page, (OLD, OLD))
+    return {p.name: p.stat().st_mtime_ns for p in pages}
+
+
+def _rewritten(folder: Path) -> list[str]:
+    return sorted(p.name for p in (folder / FOLDER).glob("*.html") if p.stat().st_mtime_ns != OLD * 10**9)
+
+
+def _same_report(a: Path, b: Path) -> None:
+    """Both folders hold the same report, byte for byte but for the minute it was generated."""
+    for name in ("leaderboard.md", "index.html"):
+        stamp = re.compile(rb"\d{4}-\d\d-\d\d \d\d:\d\d UTC")
+        assert stamp.sub(b"", (a / name).read_bytes()) == stamp.sub(b"", (b / name).read_bytes()), name
+    pages = sorted(p.name for p in (a / FOLDER).glob("*.html"))
+    assert pages == sorted(p.name for p in (b / FOLDER).glob("*.html"))
+    for name in pages:
+        assert (a / FOLDER / name).read_bytes() == (b / FOLDER / name).read_bytes(), name
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    results = tmp_path / "results"
+    plan = planned(decode_suite(tmp_path / "bench.yaml", n_policies=3, n_temps=2, n_seeds=1), results)
+    write_decode_parts(results, plan, ROWS)
+    _ingest(results)
+    return tmp_path, results, plan
+
+
+def test_a_rebuild_after_no_change_rewrites_nothing_and_equals_a_fresh_build(synthetic):
+    root, results, plan = synthetic
+    folder = _report(results, root / "reports")
+    assert len(list((folder / FOLDER).glob("*.html"))) == len(plan.cells)
+    figures = sorted((folder / cache.FOLDER / "figures").iterdir())
+    assert figures and len(list((folder / cache.FOLDER / "headroom").iterdir())) == 2  # a sweep per temperature
+    _age_pages(folder)
+    stale = folder / FOLDER / page_file("0" * 64)  # a page of a cell the report no longer shows
+    stale.write_text("old")
+    _report(results, root / "reports")
+    assert _rewritten(folder) == [] and not stale.exists()
+    assert sorted((folder / cache.FOLDER / "figures").iterdir()) == figures
+    _same_report(folder, _report(results, root / "fresh"))
+    # The knob-headroom table tells the sweeps of different seeds apart.
+    md = (folder / "leaderboard.md").read_text()
+    assert "### Headroom per knob" in md
+    assert re.search(r"\| model \| dataset \| T \| seed \| knob \|", md)
+
+
+def test_a_rebuild_after_one_cell_changed_rewrites_exactly_its_page(synthetic):
+    root, results, plan = synthetic
+    folder = _report(results, root / "reports")
+    before = (folder / "leaderboard.md").read_text()
+    _age_pages(folder)
+    changed = next(c for c in plan.cells.values() if c.baseline_cell_id and c.temperature)
+    rewrite_cell(results, changed.cell_id, ROWS, seed=7)
+    _ingest(results)
+    _report(results, root / "reports")
+    assert _rewritten(folder) == [page_file(changed.cell_id)]
+    assert (folder / "leaderboard.md").read_text() != before
+    # What was reused and what was recomputed together give exactly a fresh build of the changed results.
+    _same_report(folder, _report(results, root / "fresh"))
+
+
+def test_cached_knob_headroom_equals_a_fresh_computation(synthetic, tmp_path, monkeypatch):
+    _, results, _ = synthetic
+    fresh = knobs.knob_headroom(results, "bench")  # no report cache active: computed
+    assert len(fresh) == 4 and sorted(fresh["seed"].unique()) == [0]  # 2 sweeps x (tau, speedup)
+    with cache.using(tmp_path / "rep"):
+        first = knobs.knob_headroom(results, "bench")
+    loaded = []
+    monkeypatch.setattr(knobs, "load_sweeps", lambda r, info, groups: loaded.extend(groups) or [])
+    with cache.using(tmp_path / "rep"):
+        stored = knobs.knob_headroom(results, "bench")
+    assert loaded == []  # every sweep came from the cache: no sample was read
+    pd.testing.assert_frame_equal(stored, fresh)
+    pd.testing.assert_frame_equal(first, fresh)
+    # The same numbers as the sweeps' own computation (the cache stores CIs as lists, NumPy scalars as numbers).
+    direct = headroom_rows(own_sweeps(results, "bench"))
+    assert direct.columns.tolist() == fresh.columns.tolist()
+    exact = lambda frame: json.dumps(frame.to_dict("records"), default=lambda v: v.item())  # noqa: E731
+    assert exact(direct) == exact(fresh)  # NaN as NaN, every float to the last bit
