@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 
@@ -12,14 +16,42 @@ from .errors import UsageError
 from .store.db import connect_reader
 from .tracks import board_kinds, sample_tables
 
+# The connection `reading` opened, with the folder it reads: every read inside it shares that one connection.
+_SHARED: ContextVar[tuple[Path, duckdb.DuckDBPyConnection] | None] = ContextVar("qval_shared_reader", default=None)
+
+
+@contextmanager
+def reading(results) -> Iterator[None]:
+    """One read-only connection for every read inside the block: a report makes dozens, and each connection costs
+    tens of milliseconds to open. The database stays open for reading until the block ends."""
+    path = Path(results).resolve()
+    con = connect_reader(path)
+    token = _SHARED.set((path, con))
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+        con.close()
+
+
+@contextmanager
+def connection(results) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection: the shared one inside ``reading`` for the same folder, otherwise one of its own."""
+    shared = _SHARED.get()
+    if shared is not None and shared[0] == Path(results).resolve():
+        yield shared[1]
+        return
+    con = connect_reader(Path(results))
+    try:
+        yield con
+    finally:
+        con.close()
+
 
 def query(results, sql: str, params=None) -> pd.DataFrame:
     """One read-only query's result (tracks' own readers use it too)."""
-    con = connect_reader(Path(results))
-    try:
+    with connection(results) as con:
         return con.execute(sql, params or []).df()
-    finally:
-        con.close()
 
 
 def suites(results="results") -> pd.DataFrame:
@@ -219,8 +251,7 @@ def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict
     """``cell_samples`` of many cells (full ids) at once: one connection and one query per track, not one per cell
     (a report writes a drill-down page for every row)."""
     wanted = list(dict.fromkeys(cell_ids))
-    con = connect_reader(Path(results))
-    try:
+    with connection(results) as con:
         info = con.execute("SELECT * FROM cells WHERE cell_id IN (SELECT unnest(?))", [wanted]).df()
         prepared = con.execute(
             "SELECT cell_id, requests FROM prepare_requests WHERE cell_id IN (SELECT unnest(?))", [wanted]
@@ -244,8 +275,6 @@ def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict
             for cell_id in group["cell_id"]:
                 frame = by_cell.get(cell_id, rows.iloc[0:0]).drop(columns="cell_id").reset_index(drop=True)
                 frames[cell_id] = frame
-    finally:
-        con.close()
     out = {}
     records = {r["cell_id"]: r for r in info.to_dict("records")}
     for cell_id in wanted:

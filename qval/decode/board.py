@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pyarrow.compute as pc
 
 from .. import results as R
 
@@ -14,8 +15,20 @@ def sample_summary(results="results", suite: str | None = None) -> pd.DataFrame:
         "t.decode_s, t.new_tokens FROM decode_samples t {join} WHERE t.error IS NULL AND t.target_steps > 0 {where}"
     )
     if suite is None:
-        return R.query(results, sql.format(join="", where=""))
-    return R.query(results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite])
+        return _categorical(results, sql.format(join="", where=""), [])
+    return _categorical(
+        results, sql.format(join="JOIN suite_cells s USING (cell_id)", where="AND s.suite = ?"), [suite]
+    )
+
+
+def _categorical(results, sql: str, params: list) -> pd.DataFrame:
+    """The rows with cell_id and sample_id as categoricals: a million ids converted to Python strings one by one cost
+    a report about a second; dictionary-encoded, a tenth of that."""
+    with R.connection(results) as con:
+        table = con.sql(sql, params=params).to_arrow_table()
+    for name in ("cell_id", "sample_id"):
+        table = table.set_column(table.schema.get_field_index(name), name, pc.dictionary_encode(table[name]))
+    return table.to_pandas()
 
 
 def per_sample_tau(summary: pd.DataFrame) -> dict[str, pd.Series]:
@@ -24,5 +37,5 @@ def per_sample_tau(summary: pd.DataFrame) -> dict[str, pd.Series]:
         cell: pd.Series(
             rows["tau"].to_numpy(float), index=rows["sample_id"].astype(str) + ":" + rows["turn"].astype(str)
         )
-        for cell, rows in summary.groupby("cell_id", sort=False)
+        for cell, rows in summary.groupby("cell_id", sort=False, observed=True)
     }

@@ -27,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from .. import results as R
-from ..store.db import connect_reader
 from . import replay
 
 METRICS = ("tau", "speedup")
@@ -165,8 +164,7 @@ def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSwe
     """The per-sample tables of these sweeps (groups of ``sweep_groups``); a sweep without values is left out."""
     if not groups:
         return []
-    con = connect_reader(Path(results))
-    try:
+    with R.connection(results) as con:
         # Per-sample values of every cell in any sweep (and of their AR baselines), read in one query.
         members = {c for _, _, _, values in groups for c in values.values()}
         baselines = {c: info.at[c, "baseline_cell_id"] for c in members}
@@ -194,8 +192,6 @@ def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSwe
                 )
             )
         return sweeps
-    finally:
-        con.close()
 
 
 _NONE = pd.DataFrame({"tau": [], "tokens": [], "decode_s": []}, dtype=float)

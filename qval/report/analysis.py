@@ -59,6 +59,14 @@ def _is_family(family: str, *names: str) -> bool:
     return family.strip().lower() in names
 
 
+def _codes_in(index: pd.Index, column: pd.Series) -> np.ndarray:
+    """Each value's position in ``index`` (-1 where absent); a categorical column looks up its categories only."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        return np.where(codes >= 0, index.get_indexer(column.cat.categories)[codes], -1)
+    return index.get_indexer(column)
+
+
 def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
     """Best fixed policy vs per-sample oracle, per (dataset, temperature) group.
 
@@ -82,11 +90,11 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
     cells = pd.Index(cell_list)
     first = ~cells.duplicated()  # a cell id in two groups (a plugin bug) counts in the first
     cells, group_of_cell = cells[first], np.array(group_list)[first]
-    cell_code = cells.get_indexer(samples["cell_id"])
+    cell_code = _codes_in(cells, samples["cell_id"])
     known = cell_code >= 0
     if not known.any():
         return []
-    sample_code, _ = pd.factorize(samples["sample_id"].to_numpy()[known])
+    sample_code = pd.factorize(samples["sample_id"])[0][known]
     frame = pd.DataFrame({"c": cell_code[known], "s": sample_code, "tau": samples["tau"].to_numpy()[known]})
     per = frame.groupby(["c", "s"], sort=False)["tau"].mean().reset_index()
     per["g"] = group_of_cell[per["c"].to_numpy()]

@@ -87,7 +87,7 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
     for name in names:
         target = out_dir / report_folder(name)
         # What the last report into this folder computed is reused where its inputs did not change (cache.py).
-        with cache.using(target):
+        with cache.using(target), R.reading(results):  # one read-only connection for all of the report's reads
             report = build_report(results, name)
             target.mkdir(parents=True, exist_ok=True)
             md, html = target / "leaderboard.md", target / "index.html"

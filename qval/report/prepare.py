@@ -105,7 +105,7 @@ def rank(board: TrackBoard, rows: pd.DataFrame) -> list[Group]:
 
 
 def prepared_samples(board: TrackBoard) -> pd.DataFrame:
-    """cell_id, sample_id (both str) and tau (float) of every sample with a defined tau.
+    """cell_id, sample_id (both text, as categoricals) and tau (float) of every sample with a defined tau.
 
     Ids are compared as text, as cell ids are in the rows. Only the distinct ids
     are converted, so that 100,000s of samples cost little.
@@ -128,9 +128,15 @@ def prepared_samples(board: TrackBoard) -> pd.DataFrame:
         return empty
     columns = {}
     for column in ("cell_id", "sample_id"):
-        codes, uniques = pd.factorize(samples[column].to_numpy()[keep])
-        texts = np.array([fmt.text(u) for u in uniques], dtype=object)
-        columns[column] = texts[codes]
+        # The whole column at once (fast for the categoricals the decoding track reads), then the kept rows.
+        codes, uniques = pd.factorize(samples[column])
+        texts = [fmt.text(u) for u in uniques]
+        # As categoricals of their texts, so readers group by codes instead of hashing a million strings again.
+        columns[column] = (
+            pd.Categorical.from_codes(codes[keep], categories=texts)
+            if len(set(texts)) == len(texts)
+            else np.array(texts, dtype=object)[codes[keep]]
+        )
     return pd.DataFrame({**columns, "tau": tau[keep]})
 
 

@@ -137,10 +137,17 @@ def db_path(results: Path) -> Path:
     return Path(results) / DB_NAME
 
 
+def _one(con: duckdb.DuckDBPyConnection, sql: str) -> tuple | None:
+    """The first row, with the result read to its end: DuckDB 2 refuses a relation (``con.sql``) on a connection
+    whose last result was left unfinished, as ``fetchone`` leaves it."""
+    rows = con.execute(sql).fetchall()
+    return rows[0] if rows else None
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring the schema to SCHEMA_VERSION, one transaction per step. Returns the version found before."""
     con.execute("CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR)")
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    row = _one(con, "SELECT value FROM meta WHERE key = 'schema_version'")
     found = int(row[0]) if row else 0
     if found > SCHEMA_VERSION:
         raise QvalError(f"{DB_NAME} has schema version {found}, newer than this qval ({SCHEMA_VERSION}); upgrade qval")
@@ -223,7 +230,7 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
         ) from None
     # Readers never migrate (they open the file read-only): a database an older qval wrote lacks tables and columns
     # this one reads, so say how to upgrade it rather than fail on a missing table.
-    row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() if _has_meta(con) else None
+    row = _one(con, "SELECT value FROM meta WHERE key = 'schema_version'") if _has_meta(con) else None
     found = int(row[0]) if row else 0
     if found < SCHEMA_VERSION:
         con.close()
@@ -235,7 +242,7 @@ def connect_reader(results: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _has_meta(con: duckdb.DuckDBPyConnection) -> bool:
-    row = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'").fetchone()
+    row = _one(con, "SELECT count(*) FROM information_schema.tables WHERE table_name = 'meta'")
     return bool(row and row[0])
 
 
