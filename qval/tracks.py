@@ -122,15 +122,23 @@ def _loaded() -> tuple[Track, ...]:
     return _LOADED[key]
 
 
+# Keys every suite has: a track named so would replace one of them in the suite's schema.
+RESERVED = frozenset({"name", "description", "seeds", "models"})
+
+
 def _load() -> tuple[Track, ...]:
     tracks = []
     for name in REGISTRY.names("tracks"):
+        # One broken or hostile third-party track must not take the others (or qval) down: it is skipped, saying why.
         try:
             cls = REGISTRY.get("tracks", name)
-        except PluginError as exc:  # one broken third-party track must not take the others down
+            if not (isinstance(cls, type) and issubclass(cls, Track)):
+                raise PluginError(f"track plugin '{name}' is {cls!r}, not a subclass of qval.tracks.Track")
+            if name in RESERVED:
+                raise PluginError(f"track plugin '{name}' takes a name every suite uses for itself; rename it")
+            tracks.append(cls())
+        except Exception as exc:  # noqa: BLE001 - a plugin's constructor may raise anything
             print(f"qval: track plugin skipped: {exc}", file=sys.stderr)
-            continue
-        tracks.append(cls())
     return tuple(sorted(tracks, key=lambda t: (t.position, t.name)))
 
 

@@ -135,3 +135,30 @@ def test_plugins_check_runs_the_track_contract(walks):
     proc = run_qval("plugins", "--check", "rollout", env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "track RolloutTrack: 5 checks passed" in proc.stdout and "sample table 'rollout_samples'" in proc.stdout
+
+
+def test_a_broken_or_hostile_track_is_skipped_and_the_others_still_load(capsys):
+    """A track plugin that is not a Track, one whose constructor raises, and one named like a key every suite has
+    ("models" would replace the suite's model list): each is skipped with a line saying why, never a traceback."""
+    from qval.registry import REGISTRY
+    from qval.tracks import Track, all_tracks
+
+    class Exploding(Track):
+        def __init__(self):
+            raise RuntimeError("boom")
+
+    class Models(Track):
+        pass
+
+    hostile = {"notatrack": object(), "exploding": Exploding, "models": Models}
+    for name, obj in hostile.items():
+        REGISTRY.register("tracks", name, obj)
+    try:
+        names = [t.name for t in all_tracks()]
+        err = capsys.readouterr().err
+    finally:
+        for name in hostile:
+            REGISTRY.unregister("tracks", name)
+    assert names == ["qalign", "decode"]
+    assert "not a subclass of qval.tracks.Track" in err and "boom" in err and "every suite uses" in err
+    assert [t.name for t in all_tracks()] == ["qalign", "decode"]
