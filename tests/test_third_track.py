@@ -96,6 +96,9 @@ def test_without_its_plugin_the_track_is_an_unknown_section_and_its_parts_wait(w
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert "4 cell(s) of track 'rollout' not ingested" in proc.stderr
     assert len(list((tmp_path / "copy" / "parts").rglob("part-*.parquet"))) >= 4  # kept for when it is installed
+    proc = run_qval("report", "--results", tmp_path / "copy", "--out", tmp_path / "reports")
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "section 'rollout' is left out of the report: no such track is installed" in proc.stderr
 
 
 CORE = [

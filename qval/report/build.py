@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
 from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
-from ..tracks import all_tracks
+from ..tracks import RESERVED, all_tracks
 from . import cache
 from .drilldown import write_pages
 from .render import SuiteReport, TrackBoard, render_report
@@ -48,6 +49,13 @@ def build_report(results, suite: str) -> SuiteReport:
         raise UsageError(f"no suite '{suite}' in {results}; known: {', '.join(suites['suite']) or 'none'}")
     config = json.loads(row.iloc[0]["config"])
     tracks = []
+    installed = {t.name for t in all_tracks()}
+    for key, value in config.items():
+        if value and key not in installed and key not in (*RESERVED, "limit"):  # a section of a track not here
+            print(
+                f"qval: suite {suite}: section '{key}' is left out of the report: no such track is installed",
+                file=sys.stderr,
+            )
     for track in all_tracks():
         section = config.get(track.name)
         if not section:
