@@ -119,3 +119,17 @@ def test_cached_knob_headroom_equals_a_fresh_computation(synthetic, tmp_path, mo
     assert direct.columns.tolist() == fresh.columns.tolist()
     exact = lambda frame: json.dumps(frame.to_dict("records"), default=lambda v: v.item())  # noqa: E731
     assert exact(direct) == exact(fresh)  # NaN as NaN, every float to the last bit
+
+
+def test_a_damaged_cache_entry_is_computed_again(synthetic, tmp_path):
+    _, results, _ = synthetic
+    with cache.using(tmp_path / "rep"):
+        fresh = knobs.knob_headroom(results, "bench")
+    entries = sorted((tmp_path / "rep" / cache.FOLDER / "headroom").glob("*.json"))
+    assert entries
+    for entry in entries:
+        entry.write_text('{"truncated": ')  # damaged outside qval
+    with cache.using(tmp_path / "rep"):
+        again = knobs.knob_headroom(results, "bench")
+    pd.testing.assert_frame_equal(again, fresh)
+    assert all(json.loads(entry.read_text()) for entry in entries)  # rewritten whole

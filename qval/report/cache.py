@@ -151,7 +151,10 @@ class ReportCache:
 
     def get_json(self, kind: str, name: str) -> Any:
         data = self.get(kind, name + ".json")
-        return None if data is None else json.loads(data)
+        try:
+            return None if data is None else json.loads(data)
+        except ValueError:  # an entry damaged outside qval (entries are written whole): computed again
+            return None
 
     def put_json(self, kind: str, name: str, value: Any) -> None:
         self.put(kind, name + ".json", json.dumps(value, default=_plain, allow_nan=True).encode())
