@@ -3,9 +3,9 @@ track section has. A track's own section (qval.tracks.Track.Section) subclasses 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -22,6 +22,10 @@ def as_refs(value):
     if isinstance(value, list):
         return [{"name": v} if isinstance(v, str) else v for v in value]
     return value
+
+
+# A section's list of plugins (a track's ``axes``), each entry a name or {name, params}.
+PluginRefs = Annotated[list[PluginRef], BeforeValidator(as_refs)]
 
 
 def check_temperatures(values: list[float]) -> list[float]:

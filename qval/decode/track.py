@@ -6,12 +6,12 @@ from __future__ import annotations
 from itertools import product
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ..cell import Cell, make_cell
 from ..fingerprint import hardware_class
 from ..registry import REGISTRY
-from ..section import PluginRef, TrackSection, as_refs
+from ..section import PluginRefs, TrackSection
 from ..tracks import SampleTable, Track
 from .tables import DECODE_SAMPLES
 
@@ -19,8 +19,8 @@ BASELINE_POLICY = "ar"
 
 
 class DecodeSection(TrackSection):
-    datasets: list[PluginRef] = Field(min_length=1)
-    policies: list[PluginRef] = Field(min_length=1)
+    datasets: PluginRefs = Field(min_length=1)
+    policies: PluginRefs = Field(min_length=1)
     max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
     # At T > 0: "rejection" = the standard min(1, p/q) rule, each cell with its own random stream; "coupled" =
     # position-seeded Gumbel sampling shared by all cells + exact-match verification (token-exact vs AR).
@@ -29,11 +29,6 @@ class DecodeSection(TrackSection):
     hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
     metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)
     main_metric: str = "speedup"
-
-    @field_validator("datasets", "policies", mode="before")
-    @classmethod
-    def _refs(cls, value):
-        return as_refs(value)
 
 
 class DecodeTrack(Track):

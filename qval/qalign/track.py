@@ -5,10 +5,10 @@ from __future__ import annotations
 from itertools import product
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from ..cell import Cell, make_cell
-from ..section import PluginRef, Strict, TrackSection, as_refs
+from ..section import PluginRefs, Strict, TrackSection
 from ..tracks import SampleTable, Track
 from .tables import QALIGN_SAMPLES, QALIGN_STATE_VALUES
 
@@ -41,8 +41,8 @@ class ReferenceConfig(Strict):
 
 
 class QAlignSection(TrackSection):
-    envs: list[PluginRef] = Field(min_length=1)
-    methods: list[PluginRef] = Field(min_length=1)
+    envs: PluginRefs = Field(min_length=1)
+    methods: PluginRefs = Field(min_length=1)
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
@@ -59,11 +59,6 @@ class QAlignSection(TrackSection):
     main_metric: str = "per_state_spearman"
     # Seconds one point may take to score: a hung plugin fails that point (recorded), the run goes on.
     timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
-
-    @field_validator("envs", "methods", mode="before")
-    @classmethod
-    def _refs(cls, value):
-        return as_refs(value)
 
 
 class QAlignTrack(Track):

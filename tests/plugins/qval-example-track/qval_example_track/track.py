@@ -10,11 +10,11 @@ from itertools import product
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from qval.cell import make_cell
 from qval.registry import REGISTRY
-from qval.section import PluginRef, TrackSection, as_refs
+from qval.section import PluginRefs, TrackSection
 from qval.tracks import SampleTable, Track
 
 ROWS = pa.schema(
@@ -30,17 +30,12 @@ ROWS = pa.schema(
 
 
 class RolloutSection(TrackSection):
-    envs: list[PluginRef] = Field(min_length=1)
+    envs: PluginRefs = Field(min_length=1)
     episodes: int = Field(default=8, ge=1, le=10_000)
     max_steps: int = Field(default=100, ge=1, le=100_000)
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     metrics: list[str] = Field(default_factory=lambda: ["mean_return", "success_rate"], min_length=1)
     main_metric: str = "mean_return"
-
-    @field_validator("envs", mode="before")
-    @classmethod
-    def _refs(cls, value):
-        return as_refs(value)
 
 
 class UniformRandomActor:
