@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from ..errors import PluginError
 from ..registry import REGISTRY
-from ..store.db import rows_view
+from ..store.db import registered, rows_view
 from ..tracks import board_of, sample_tables
 from .base import ListCount, Metric, MetricView
 
@@ -73,11 +73,6 @@ def _check_reads(metric: Metric) -> None:
         )
 
 
-def _section_of(track: str) -> str:
-    """The suite section a kind of cells comes from (imported per-state cells sit in the Q-alignment section)."""
-    return board_of(track)
-
-
 def wanted(con, suites: dict[str, dict], catalogue: dict[tuple[str, str], Metric]) -> dict[str, dict[str, Metric]]:
     """Per ingested cell (one with rows read at least once), the metrics it should have, by name."""
     cells = con.execute(
@@ -92,7 +87,8 @@ def wanted(con, suites: dict[str, dict], catalogue: dict[tuple[str, str], Metric
     for cell_id, track, member_of in cells:
         chosen = dict(always[track])
         for suite in member_of or []:
-            section = (suites.get(suite) or {}).get(_section_of(track)) or {}
+            # The section of the track that shows this kind of cells (imported per-state cells: Q-alignment's).
+            section = (suites.get(suite) or {}).get(board_of(track)) or {}
             for name in section.get("metrics", []):
                 if (track, name) in catalogue:
                     chosen[name] = catalogue[(track, name)]
@@ -149,11 +145,8 @@ def compute_metrics(con, changed: list[str]) -> int:
         )
     if units:
         frame = pd.concat(units, ignore_index=True)
-        con.register("qval_metric_units", frame)
-        try:
+        with registered(con, "qval_metric_units", frame):
             con.execute("INSERT INTO metric_units SELECT cell_id, metric, unit, cluster, value FROM qval_metric_units")
-        finally:
-            con.unregister("qval_metric_units")
     return len(values)
 
 
@@ -180,15 +173,12 @@ _TABLE_COLUMNS = (("cell_metrics", "metric_family"), ("metric_versions", "metric
 
 def _delete_pairs(con, pairs: pd.DataFrame) -> None:
     """Delete the stored values, versions and units of these (cell_id, metric) pairs."""
-    con.register("qval_metric_pairs", pairs)
-    try:
+    with registered(con, "qval_metric_pairs", pairs):
         for table, column in _TABLE_COLUMNS:
             con.execute(
                 f"DELETE FROM {table} USING qval_metric_pairs t WHERE {table}.cell_id = t.cell_id "
                 f"AND {table}.{column} = t.metric"
             )
-    finally:
-        con.unregister("qval_metric_pairs")
 
 
 def _forget_unwanted(con, want: dict[str, dict[str, Metric]]) -> None:
@@ -285,11 +275,8 @@ def _with_list_counts(con, sql: str, params: list, names: list[str], counted: di
             mine = {c: spec.at_least for c, spec in counted.items() if spec.column == column}
             columns.update(_list_counts(batch.column(f"qval_list_{column}"), mine))
         batches.append(pa.RecordBatch.from_pydict({c: columns[c] for c in names}, schema=schema))
-    con.register("qval_view_rows", pa.Table.from_batches(batches, schema=schema))
-    try:
+    with registered(con, "qval_view_rows", pa.Table.from_batches(batches, schema=schema)):
         return con.execute("SELECT * FROM qval_view_rows").df()
-    finally:
-        con.unregister("qval_view_rows")
 
 
 def _list_counts(lists: pa.ListArray, at_least: dict[str, int]) -> dict[str, pa.Array]:

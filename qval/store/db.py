@@ -126,7 +126,14 @@ def rows_view(con: duckdb.DuckDBPyConnection, name: str, schema: pa.Schema, rows
     table = pa.Table.from_arrays(
         [pa.array([r[i] for r in rows], type=f.type) for i, f in enumerate(schema)], schema=schema
     )
-    con.register(name, table)
+    with registered(con, name, table):
+        yield
+
+
+@contextmanager
+def registered(con: duckdb.DuckDBPyConnection, name: str, data):
+    """An Arrow table or pandas frame visible to SQL as the view ``name`` while the block runs."""
+    con.register(name, data)
     try:
         yield
     finally:

@@ -21,7 +21,7 @@ from ..errors import UsageError
 from ..metrics.stage import compute_metrics
 from ..plan import Plan, plan_sequence
 from ..tracks import SampleTable, sample_tables
-from .db import connect_writer, rows_view
+from .db import connect_writer, registered, rows_view
 from .parts import DONE, FAILED, PREPARE, manifest_shortfall, parts_root, read_manifest, read_valid_parts
 
 
@@ -134,12 +134,9 @@ def _create_table(con, spec: SampleTable) -> None:
     """A track without a migration of its own (a third-party one) gets its table from its Arrow schema."""
     if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [spec.table]).fetchall()[0][0]:
         return
-    con.register("_qval_schema", spec.schema.empty_table())
-    try:
+    with registered(con, "_qval_schema", spec.schema.empty_table()):
         table = spec.table  # a plain identifier (SampleTable checks)
         con.execute(f"CREATE TABLE {table} AS SELECT * FROM _qval_schema")
-    finally:
-        con.unregister("_qval_schema")
 
 
 def _fault_point(name: str) -> None:
