@@ -17,7 +17,7 @@ import pandas as pd
 from . import results as R
 from .errors import UsageError
 from .stats import paired_permutation_test
-from .tracks import all_tracks, get_track
+from .tracks import all_tracks, find_track, get_track
 
 KEY = ["track", "model", "method", "dataset", "temperature", "seed"]
 ALPHA = 0.05
@@ -65,7 +65,8 @@ def _per_sample(side: Side, track: str) -> dict[str, pd.Series]:
 
 
 def _paired_metric(track: str) -> str | None:
-    return next((t.paired_metric for t in all_tracks() if t.name == track), None)
+    found = find_track(track)
+    return found.paired_metric if found is not None else None
 
 
 def compare(a: Side, b: Side) -> pd.DataFrame:

@@ -147,10 +147,15 @@ def all_tracks() -> tuple[Track, ...]:
     return _loaded()
 
 
+def find_track(name: str) -> Track | None:
+    """The installed track of this name, or None."""
+    return next((track for track in _loaded() if track.name == name), None)
+
+
 def get_track(name: str) -> Track:
-    for track in _loaded():
-        if track.name == name:
-            return track
+    track = find_track(name)
+    if track is not None:
+        return track
     raise PluginError(f"no track '{name}' is installed (tracks: {', '.join(t.name for t in _loaded()) or 'none'})")
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from ..tracks import all_tracks
+from ..tracks import find_track
 
 # The family of the methods that bracket the others (oracle, random, a heuristic; AR for decoding): the reports
 # never average them into a family aggregate, and draw them as references rather than as competitors.
@@ -46,7 +46,7 @@ class TrackBoard:
     report_metrics: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        track = next((t for t in all_tracks() if t.name == self.track), None)
+        track = find_track(self.track)
         if self.figures is None:
             self.figures = track.figures if track is not None else ("ranking",)
         if self.report_metrics is None:
