@@ -25,7 +25,7 @@ costs one step, so this is the optimal return under QVal's reward (1 on the winn
 No state is a dead end (nothing breaks or is lost), so Q > 0 everywhere.
 
 Episodes start at a layout drawn by ``reset``; layouts cycle through ``task_types``. QVal's ALFWorld uses a
-40-step limit: set ``points.max_steps: 40`` in a suite (optimal plans here are 3-12 commands).
+40-step limit: set ``points.max_steps: 40`` in a suite (optimal plans of the default rooms are 3-10 commands).
 """
 
 from __future__ import annotations
