@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ...errors import QvalError
 from .base import Environment
-from .household import HELD, MIDDLE, TASK_TYPES, Layout, generate
+from .household import HELD, TASK_TYPES, Layout, generate
 
 TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
 
@@ -237,4 +237,4 @@ class _ReferenceQ:
         return np.power(self.gamma, env._distance[children])
 
 
-__all__ = ["MIDDLE", "AlfWorldLikeEnv", "AlfWorldLikeParams"]
+__all__ = ["AlfWorldLikeEnv", "AlfWorldLikeParams"]
