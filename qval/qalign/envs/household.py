@@ -234,27 +234,22 @@ def generate(task_type: str, seed: int, layout: int, n_receptacles: int, n_distr
         "pick_cool_then_place_in_recep": COOLABLE,
     }.get(task_type)
     target = pick(tuple(t for t in spec.objects if able is None or t in able))
-    kinds = [
-        {"pick_clean_then_place_in_recep": "sinkbasin", "pick_heat_then_place_in_recep": "microwave"}.get(
-            task_type, "fridge" if task_type == "pick_cool_then_place_in_recep" else ""
-        )
-    ]
-    kinds = [k for k in kinds if k]
+    kinds: list[str] = []
     place = ""
     if task_type == "look_at_obj_in_light":
         kinds.append(pick(tuple(k for k in LAMP_STANDS if k in spec.kinds)))
     else:
         place = pick(spec.places)
         kinds.append(place)
-    if room == "kitchen":  # a kitchen always has its appliances: a target can be hidden in the fridge
+    if room == "kitchen":  # a kitchen always has the appliances (clean/heat/cool tasks happen only in kitchens)
         kinds += [k for k in ("fridge", "sinkbasin", "microwave") if k not in kinds]
     while len(kinds) < n_receptacles:
         kind = pick(spec.kinds)
         if kind in REPEATABLE or kind not in kinds:
             kinds.append(kind)
-    order = np.argsort([k for k in kinds], kind="stable")
-    kinds = [kinds[i] for i in order]
-    names, counts = [], {}
+    kinds.sort()
+    names: list[str] = []
+    counts: dict[str, int] = {}
     for k in kinds:
         counts[k] = counts.get(k, 0) + 1
         names.append(f"{k} {counts[k]}")
@@ -268,7 +263,8 @@ def generate(task_type: str, seed: int, layout: int, n_receptacles: int, n_distr
     others = [t for t in spec.objects if t != target]
     types += [others[int(i)] for i in rng.choice(len(others), size=min(n_distractors, len(others)), replace=False)]
     positions = [pick(away) for _ in range(n_targets)] + [int(rng.integers(len(kinds))) for _ in types[n_targets:]]
-    objects, seen = [], {}
+    objects: list[str] = []
+    seen: dict[str, int] = {}
     for t in types:
         seen[t] = seen.get(t, 0) + 1
         objects.append(f"{t} {seen[t]}")
