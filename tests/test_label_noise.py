@@ -196,7 +196,9 @@ def test_usage_errors_exit_2_with_the_fix(noise_run, tmp_path):
     usage_error(run_qval("label-noise", "noise", "--results", results, "--agg", "median"), "--agg takes max or mean")
     usage_error(run_qval("label-noise", "noise", "--results", tmp_path / "empty"), "no results database")
 
-    one = write_suite(tmp_path / "one.yaml", SUITE.replace("name: noise", "name: one").replace(", random, heuristic", ""))
+    one = write_suite(
+        tmp_path / "one.yaml", SUITE.replace("name: noise", "name: one").replace(", random, heuristic", "")
+    )
     proc = run_qval("run", one, "--results", results, "--quiet")
     assert proc.returncode == 0, proc.stderr
     usage_error(run_qval("label-noise", "one", "--results", results), "fewer than 2 methods", "qalign.methods")

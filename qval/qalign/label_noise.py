@@ -222,14 +222,10 @@ def _points_of(group: Group, results: Path) -> list[EvalPoint]:
     return points
 
 
-def _label_frame(points: list[EvalPoint], values) -> pd.DataFrame:
-    """(sample_id, candidate, ref_q) rows from ``values(point) -> one label per candidate``."""
+def _label_frame(points: list[EvalPoint], values: list[list[float]]) -> pd.DataFrame:
+    """(sample_id, candidate, ref_q) rows: ``values[i]`` holds one label per candidate of ``points[i]``."""
     return pd.DataFrame(
-        [
-            (p.point_id, c.index, float(v))
-            for p in points
-            for c, v in zip(p.candidates, values(p))
-        ],
+        [(p.point_id, c.index, float(v)) for p, row in zip(points, values) for c, v in zip(p.candidates, row)],
         columns=["sample_id", "candidate", "ref_q"],
     )
 
@@ -258,53 +254,58 @@ def label_noise(
             f"label-noise compares the order of methods, and suite '{suite}' has fewer than 2 methods on every set "
             f"of points ({listed}); list 2 or more in its qalign.methods and run it"
         )
-    out = []
-    for group in usable:
-        points = _points_of(group, results)
-        env = group.env_cls(group.env_cls.Params.model_validate(group.cell.dataset_params))
-        gamma = float(group.cell.settings["gamma"])
-        q = env.reference_q(gamma)
-        for p in points:  # the points store a state id; relabelling is honest only if it restores that state
-            if env.describe(p.state) != p.observation:
-                raise UsageError(
-                    f"{group.title}: the stored state of point {p.point_id} does not restore to its observation; "
-                    f"this {group.cell.dataset} cannot be relabelled from stored points"
-                )
-        steps = max_steps or int(group.cell.settings.get("reference", {}).get("max_steps", 200))
-        index = pd.Index([p.point_id for p in points])
-        states = pd.Series([str(p.state) for p in points], index=index)
-        by_cell = {name: rows[rows["cell_id"] == cid] for name, cid in group.cells.items()}
-        exact_labels = _label_frame(points, lambda p: [q[p.state][c.index] for c in p.candidates])
-        exact = pd.DataFrame({name: _rho(r, exact_labels, index) for name, r in by_cell.items()})
-        comparisons = []
-        for rollouts in sorted({ls.rollouts for ls in label_sets}):
-            spec = mc_labels.label_spec(group.points_name, gamma, rollouts, steps, seed)
-            returns = mc_labels.mc_returns(env, q, points, spec, results)
-            for ls in (x for x in label_sets if x.rollouts == rollouts):
-                labels = _label_frame(points, lambda p: [mc_labels.aggregate(r, ls.agg) for r in returns[p.point_id]])
-                mc = pd.DataFrame({name: _rho(r, labels, index) for name, r in by_cell.items()})
-                comparisons.append(compare_orders(exact, mc, states, ls))
-        out.append(
-            {
-                "group": group.title,
-                "points": len(points),
-                "states": int(states.nunique()),
-                "methods": list(group.cells),
-                "suite_labels": group.cell.settings.get("reference", {}).get("method", "exact"),
-                "gamma": gamma,
-                "rollout_max_steps": steps,
-                "comparisons": [c.to_json() for c in comparisons],
-            }
-        )
+    out = [_group_doc(group, rows, results, label_sets, seed, max_steps) for group in usable]
     skipped = [g.title for g in found if len(g.cells) < 2]
     return {
         "suite": suite,
         "statistic": STATISTIC,
-        "reference_policy": "greedy in exact Q* (first action on exact ties), ε = 0",
+        "reference_policy": "optimal in exact Q*, ε = 0 (per group: how ties between optimal actions go)",
         "label_seed": seed,
         "bootstrap": {"resamples": N_BOOT, "seed": 0, "unit": "state"},
         "groups": out,
         "skipped_groups": skipped,
+    }
+
+
+def _group_doc(
+    group: Group, rows: pd.DataFrame, results: Path, label_sets: list[LabelSet], seed: int, max_steps: int | None
+) -> dict:
+    points = _points_of(group, results)
+    env = group.env_cls(group.env_cls.Params.model_validate(group.cell.dataset_params))
+    gamma = float(group.cell.settings["gamma"])
+    q = env.reference_q(gamma)
+    for p in points:  # the points store a state id; relabelling is honest only if it restores that state
+        if env.describe(p.state) != p.observation:
+            raise UsageError(
+                f"{group.title}: the stored state of point {p.point_id} does not restore to its observation; "
+                f"this {group.cell.dataset} cannot be relabelled from stored points"
+            )
+    steps = max_steps or int(group.cell.settings.get("reference", {}).get("max_steps", 200))
+    index = pd.Index([p.point_id for p in points])
+    states = pd.Series([str(p.state) for p in points], index=index)
+    by_cell = {name: rows[rows["cell_id"] == cid] for name, cid in group.cells.items()}
+    exact_labels = _label_frame(points, [[q[p.state][c.index] for c in p.candidates] for p in points])
+    exact = pd.DataFrame({name: _rho(r, exact_labels, index) for name, r in by_cell.items()})
+    comparisons = []
+    policy_name, policy = mc_labels.reference_policy(env, q)
+    for rollouts in sorted({ls.rollouts for ls in label_sets}):
+        spec = mc_labels.label_spec(group.points_name, gamma, rollouts, steps, seed, policy_name)
+        returns = mc_labels.mc_returns(env, q, points, spec, results, policy)
+        for ls in (x for x in label_sets if x.rollouts == rollouts):
+            values = [[mc_labels.aggregate(r, ls.agg) for r in returns[p.point_id]] for p in points]
+            labels = _label_frame(points, values)
+            mc = pd.DataFrame({name: _rho(r, labels, index) for name, r in by_cell.items()})
+            comparisons.append(compare_orders(exact, mc, states, ls))
+    return {
+        "group": group.title,
+        "points": len(points),
+        "states": int(states.nunique()),
+        "methods": list(group.cells),
+        "suite_labels": group.cell.settings.get("reference", {}).get("method", "exact"),
+        "gamma": gamma,
+        "rollout_max_steps": steps,
+        "reference_policy": policy_name,
+        "comparisons": [c.to_json() for c in comparisons],
     }
 
 
@@ -324,13 +325,16 @@ def to_markdown(doc: dict) -> str:
     lines = [f"# Label noise: suite {doc['suite']}", "", doc["statistic"] + ".", ""]
     lines.append(
         f"Monte-Carlo labels as QVal's: restore the state, force the candidate, then follow the reference policy "
-        f"({doc['reference_policy']}); return Σ γ^t r_t, max or mean over N rollouts (label seed "
+        f"(optimal, ε = 0); return Σ γ^t r_t, max or mean over N rollouts (label seed "
         f"{doc['label_seed']}). Bootstrap: {doc['bootstrap']['resamples']} resamples of states."
     )
     for g in doc["groups"]:
         lines += [
             "",
             f"## {g['group']}: {len(g['methods'])} methods, {g['points']} points ({g['states']} states)",
+            "",
+            f"Rollouts: {g['reference_policy']}, at most {g['rollout_max_steps']} steps, γ = {g['gamma']:g}; the "
+            f"suite's own labels: {g['suite_labels']}.",
             "",
             "| labels | n points (states) | Kendall τ-b [95% CI] | flipped pairs (exact order → MC order) | "
             "order by mean ρ, exact | order by mean ρ, MC |",
