@@ -93,7 +93,7 @@ def test_methods_without_a_defined_rho_and_orders_without_information():
 def test_ci_coverage_by_simulation(mu_exact, mu_mc):
     """200 seeded replications of 20 states with 1-3 evaluation points each (a shared state effect, then point
     noise): the 95% interval holds the population τ-b (of the population mean ρ's) in at least 92% of them. Measured
-    0.98-1.0 (τ takes few values and the percentile interval is conservative)."""
+    1.0 and 0.975 (τ takes few values and the percentile interval is conservative)."""
     mu_exact, mu_mc = np.asarray(mu_exact), np.asarray(mu_mc)
     truth = sps.kendalltau(mu_exact, mu_mc, variant="b").statistic
     rng = np.random.default_rng(15)
