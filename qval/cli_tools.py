@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from .cli_common import JSON_OPT, QUIET_OPT, RESULTS_OPT, app, emit_json, out
+from .cli_common import JSON_OPT, QUIET_OPT, RESULTS_OPT, app, emit_json, out, writing
 from .errors import UsageError
 
 
@@ -203,3 +203,39 @@ def compare_cmd(
             r["verdict"],
         )
     out.print(view)
+
+
+@app.command("label-noise")
+def label_noise_cmd(
+    suite: str = typer.Argument(..., help="A suite already run (its name, as `qval report` shows it)."),
+    results: Path = RESULTS_OPT,
+    rollouts: list[str] = typer.Option(
+        ["1", "16"], "--rollouts", help="Monte-Carlo rollouts per label, repeatable or comma-separated: 1,16."
+    ),
+    agg: list[str] = typer.Option(["max", "mean"], "--agg", help="max (QVal's headline) and/or mean; repeatable."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the Monte-Carlo rollouts (labels are stored per seed)."),
+    max_steps: int | None = typer.Option(
+        None, "--max-steps", min=1, help="Rollout length cap; default: the suite's qalign.reference.max_steps."
+    ),
+    as_json: bool = JSON_OPT,
+):
+    """How the method ranking changes when exact Q* labels are replaced by QVal-style Monte-Carlo labels: Kendall
+    τ-b between the two orders by mean per-state ρ, with a 95% state-bootstrap CI, and the pairs that flip. The
+    stored scores are reused; the labels are rolled out once and stored under RESULTS/labels/."""
+    from .qalign import label_noise as ln
+
+    counts: list[int] = []
+    for item in (part.strip() for text in rollouts for part in text.split(",")):
+        if not item.isdigit() or int(item) < 1:
+            raise UsageError(f"--rollouts takes whole numbers ≥ 1 (e.g. --rollouts 1,16), not {item!r}")
+        counts.append(int(item))
+    bad = [a for a in agg if a not in ln.AGGS]
+    if bad:
+        raise UsageError(f"--agg takes {' or '.join(ln.AGGS)}, not {bad[0]!r}")
+    label_sets = [ln.LabelSet(n, a) for n in dict.fromkeys(counts) for a in dict.fromkeys(agg)]
+    with writing(results):
+        doc = ln.label_noise(results, suite, label_sets, seed=seed, max_steps=max_steps)
+    if as_json:
+        emit_json(doc)
+    else:
+        print(ln.to_markdown(doc), end="")  # print, not rich: method names must not be read as markup

@@ -52,19 +52,34 @@ def _uses_llm_actor(cell: Cell) -> bool:
     )
 
 
+def points_paths(cell: Cell, env_cls, results: Path) -> list[Path]:
+    """Where a cell's points may be stored: the full set, then (for a limited cell) its own prefix."""
+    key, limit = points_key(cell, env_cls), cell.limit
+    full = Path(results) / "points" / f"{key}.json"
+    return list(dict.fromkeys([full, full if limit is None else full.with_name(f"{key}.limit{limit}.json")]))
+
+
+def stored_points(cell: Cell, env_cls, results: Path) -> list[EvalPoint] | None:
+    """The cell's stored points (the full set sliced to its limit, else its own prefix), or None: nothing readable
+    is stored. Readers that must not collect (``qval label-noise``) use this alone."""
+    for stored in points_paths(cell, env_cls, results):
+        if stored.exists():
+            try:
+                return [EvalPoint.from_dict(p) for p in json.loads(stored.read_text())["points"]][: cell.limit]
+            except (ValueError, KeyError, TypeError):
+                pass  # a damaged file is recomputed by load_or_collect_points and replaced
+    return None
+
+
 def load_or_collect_points(cell: Cell, env, env_cls, results: Path, model=None) -> list[EvalPoint]:
     """The cell's points: the full stored set (sliced to a limit), else a limited cell's own stored prefix, else
     collected. A limited cell collects only its first N points (with an LLM actor or Monte-Carlo labels that is what
     a first look saves) and stores them apart (``<key>.limit<N>.json``), never as the full set a full cell reads."""
-    key, limit = points_key(cell, env_cls), cell.limit
-    full = Path(results) / "points" / f"{key}.json"
-    path = full if limit is None else full.with_name(f"{key}.limit{limit}.json")  # what this cell collects
-    for stored in dict.fromkeys([full, path]):
-        if stored.exists():
-            try:
-                return [EvalPoint.from_dict(p) for p in json.loads(stored.read_text())["points"]][:limit]
-            except (ValueError, KeyError, TypeError):
-                pass  # a damaged file is recomputed below and replaced
+    stored = stored_points(cell, env_cls, results)
+    if stored is not None:
+        return stored
+    path = points_paths(cell, env_cls, results)[-1]  # what this cell collects
+    limit = cell.limit
     q = env.reference_q(cell.settings["gamma"])  # only when collecting: stored points carry their labels
     ref = cell.settings.get("reference", {"method": "exact"})
     llm_actor = LLMActor(model) if _uses_llm_actor(cell) else None
