@@ -16,9 +16,9 @@ from typing import Any
 
 SIGNALS = ("q", "v", "advantage")
 WHAT = {
-    "q": "Q signal (one score per state and action)",
-    "v": "V signal (one value per state)",
-    "advantage": "advantage signal (one score per state and action, relative to the state)",
+    "q": "a Q signal (one score per state and action)",
+    "v": "a V signal (one value per state)",
+    "advantage": "an advantage signal (one score per state and action, relative to the state)",
 }
 # What to add when a signal has no metric, or a metric no scorer.
 METRIC_FOR = {"q": "per_state_spearman", "v": "v_spearman", "advantage": "advantage_spearman"}
@@ -79,7 +79,7 @@ def section_problems(methods: list[tuple[int, str, Any]], metrics: list[tuple[in
             problems.append(
                 (
                     f"qalign.metrics[{j}]",
-                    f"metric '{name}' applies to scorers of a {wants}, and none of qalign.methods has one ({have}): "
+                    f"metric '{name}' applies to scorers with {wants}, and none of qalign.methods has one ({have}): "
                     f"add a scorer such as {add}, or drop the metric",
                 )
             )
@@ -97,7 +97,7 @@ def section_problems(methods: list[tuple[int, str, Any]], metrics: list[tuple[in
             problems.append(
                 (
                     f"qalign.methods[{i}]",
-                    f"scorer '{name}' returns a {WHAT[signal]}, and none of qalign.metrics applies to it (a Q metric "
+                    f"scorer '{name}' returns {WHAT[signal]}, and none of qalign.metrics applies to it (a Q metric "
                     f"of it would be a wrong number): add {METRIC_FOR[signal]} to qalign.metrics, or drop the method",
                 )
             )
