@@ -299,13 +299,15 @@ def _resolve(suite: Suite) -> None:
             if len(set(keys)) != len(keys):
                 problems.append((f"{track}.{axis}", "the same entry appears twice"))
             suite.resolved[f"{track}.{axis}"] = resolved
-        known = []
+        known, metric_classes = [], []
         for i, metric in enumerate(section.metrics):
             metric_cls = _load(problems, f"{track}.metrics[{i}]", "metrics", metric)
             if metric_cls is not None and metric_cls.track != track:
                 problems.append((f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track"))
             elif metric_cls is not None:
                 known.append(metric)
+                metric_classes.append((i, metric, metric_cls))
+        problems.extend(track_plugin.problems(suite, section, metric_classes))
         # A mistyped metric also makes the default main_metric "unlisted": fixing the typo fixes both, so one line.
         if section.main_metric not in section.metrics and len(known) == len(section.metrics):
             close = close_matches(section.main_metric, known)

@@ -88,6 +88,11 @@ class Track:
         """Entries of the section that need a model, for the message when the suite lists none ([]: none do)."""
         return []
 
+    def problems(self, suite: Any, section: Any, metrics: list[tuple[int, str, type]]) -> list[tuple[str, str]]:
+        """(field, reason) for what does not fit together in the section once its plugins are resolved (``metrics``:
+        (index, name, class) of the listed metrics that loaded); [] when all fits."""
+        return []
+
     def expand(self, suite: Any, section: Any, limit: int | None) -> list[Cell]:
         """The section's cells (qval.cell.make_cell builds each)."""
         raise NotImplementedError

@@ -12,6 +12,7 @@ import pandas as pd
 from ..metrics.base import Metric, MetricView
 from ..stats import MetricValue, bootstrap_clusters, bounded_mean, wilson_proportion
 from . import resampled
+from .signals import applies
 
 # What Q-alignment metrics read. A failed candidate keeps its row with a NULL score: pooled metrics drop it, and a
 # state with a failed candidate is skipped by the per-state metrics (as QVal skips states with a NaN) rather than
@@ -67,6 +68,8 @@ class _Pooled(Metric):
     reference = 0.0  # no correlation
     behaviour_only = True  # QVal's rows: the action the behaviour policy took at each point, one per point
     version = 2  # 2: CI resamples states (1 resampled evaluation points)
+    # Scores pooled across states against Q*: an advantage or a state value is another quantity (signals.py).
+    signals: tuple[str, ...] = ("q",)
 
     def _corr(self, score: np.ndarray, ref: np.ndarray) -> float:
         raise NotImplementedError
@@ -83,6 +86,8 @@ class _Pooled(Metric):
         return samples[samples["score"].notna() & samples["ref_q"].notna()]  # QVal: drop a null on either side
 
     def compute(self, samples, baseline=None, cell=None):
+        if not applies(self, cell):
+            return MetricValue.undefined()
         if not self.behaviour_only and len(samples) and samples.groupby("sample_id").size().max() == 1:
             # One row per point (e.g. imported QVal cells): "every candidate" would silently be QVal's statistic.
             return MetricValue.undefined(len(samples), _n_states(samples))
@@ -165,6 +170,8 @@ class PooledSignAgreement(_Pooled):
     )
 
     def compute(self, samples, baseline=None, cell=None):
+        if not applies(self, cell):
+            return MetricValue.undefined()
         samples = self.rows(samples)
         if len(samples) < MIN_POOLED_PAIRS:
             return MetricValue.undefined(len(samples), _n_states(samples))
@@ -257,6 +264,8 @@ class _PerStateMean(Metric):
     bounds: tuple[float, float] = (-1.0, 1.0)
     stores_units = True
     reference = 0.0  # no correlation; metrics on another scale set their own
+    # Within a state an advantage orders the actions as Q does (A = Q − V(s)); a state value orders nothing.
+    signals: tuple[str, ...] = ("q", "advantage")
 
     def by_point(self, samples: pd.DataFrame) -> pd.Series:
         raise NotImplementedError
@@ -265,6 +274,8 @@ class _PerStateMean(Metric):
         return self.compute_with_units(samples, baseline, cell)[0]
 
     def compute_with_units(self, samples, baseline=None, cell=None):
+        if not applies(self, cell):
+            return MetricValue.undefined(), None
         per_point = self.by_point(samples)
         if per_point.empty:
             return MetricValue.undefined(0, 0), None

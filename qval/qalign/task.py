@@ -172,6 +172,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                 errored += 1
             else:
                 scores, errors = outcome
+                if getattr(scorer_cls, "signal", "q") == "v":
+                    scores, errors = _one_value(scores, errors)
             failed += any(e is not None for e in errors)
             writer.add_sample(
                 [
@@ -229,6 +231,15 @@ def _safe_text(exc: BaseException, limit: int = 500) -> str:
         return str(exc)[:limit]
     except Exception:  # noqa: BLE001
         return "<an exception whose message raised>"
+
+
+def _one_value(scores: list, errors: list) -> tuple[list, list]:
+    """A V scorer's rows of one point carry the state's one value: rows that disagree fail the point, rather than
+    one of them being taken for the state's value."""
+    if len({s for s in scores if s is not None}) > 1 or (None in scores and any(s is not None for s in scores)):
+        reason = "a V scorer must give every candidate of a point the same value (one value per state)"
+        return [None] * len(scores), [e or reason for e in errors]
+    return scores, errors
 
 
 def _checked(scores, n: int) -> tuple[list, list]:

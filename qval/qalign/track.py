@@ -89,6 +89,13 @@ class QAlignTrack(Track):
             needs.append("qalign.reference.policy: llm")
         return needs
 
+    def problems(self, suite, section: QAlignSection, metrics):
+        from .signals import section_problems
+
+        classes = {id(ref): cls for ref, cls, _ in suite.resolved.get("qalign.methods", [])}
+        methods = [(i, ref.name, classes[id(ref)]) for i, ref in enumerate(section.methods) if id(ref) in classes]
+        return section_problems(methods, metrics, section)
+
     def expand(self, suite, section: QAlignSection, limit: int | None) -> list[Cell]:
         # rows 2: rows carry is_behaviour (QVal's pooled statistics need it); cells from before are recomputed.
         settings = {
@@ -110,6 +117,10 @@ class QAlignTrack(Track):
             suite.config.seeds,
         ):
             uses_model = getattr(scls, "uses_model", False) or llm_points
+            signal = getattr(scls, "signal", "q")
+            # A scorer's signal decides which metrics apply to its cell (qalign/signals.py); only a non-Q one is
+            # written, so every Q cell keeps the id it had before signals existed.
+            own = settings if signal == "q" else {**settings, "signal": signal}
             # Model-free methods (oracle, random) do not depend on the model or on temperature: one cell each.
             cells.append(
                 make_cell(
@@ -122,7 +133,7 @@ class QAlignTrack(Track):
                     eparams.model_dump(),
                     temp if uses_model else 0.0,
                     seed,
-                    settings,
+                    own,
                     limit,
                 )
             )

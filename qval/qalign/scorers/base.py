@@ -1,5 +1,10 @@
 """Base class of scorers. A scorer returns one score per candidate; higher means a better action.
 
+What a score estimates is the scorer's ``signal``: ``"q"`` (the default) a value per (state, action), ``"advantage"``
+a value per (state, action) relative to the state (A = Q − V), ``"v"`` one value per state (``StateValueScorer``:
+the same value stands on every candidate's row). Metrics compare each signal only with its own reference (Q*, A*,
+V*): qval/qalign/signals.py.
+
 A score is a finite float, or ``Failed(reason)`` when the method could not produce one for that candidate (an
 unparsable answer, a program that crashed). Failures are stored as NULL scores with the reason, never as zeros.
 
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ...errors import QvalError
 from ...plugin_base import Plugin
@@ -23,6 +28,7 @@ if TYPE_CHECKING:
     from ...models.requests import Requests
     from ..envs.base import Environment
 
+Signal = Literal["q", "v", "advantage"]
 FAMILIES = ("direct", "code", "intrinsic", "ranking", "self-distillation", "embedding", "other", "baseline")
 
 
@@ -62,6 +68,8 @@ class Scorer(Plugin):
     family: ClassVar[str] = "other"
     uses_model: ClassVar[bool] = False  # False: the cell does not depend on the model (one cell, not one per model)
     batch_points: ClassVar[int] = 1  # points handed to score_batch at once (resume granularity too)
+    # What the scores estimate (see the module's docstring); it decides which metrics apply to the scorer's cells.
+    signal: ClassVar[Signal] = "q"
 
     def __init__(
         self, params, context: ScorerContext | Any = None, seed: int = 0, temperature: float = 0.0, gamma: float = 0.95
@@ -91,6 +99,19 @@ class Scorer(Plugin):
             except Exception as exc:  # noqa: BLE001 - a plugin's error, whatever it is, fails its point only
                 out.append(exc)
         return out
+
+
+class StateValueScorer(Scorer):
+    """A scorer of states, not actions (signal "v"): ``value(point)`` is the state's value, and it is stored on every
+    candidate's row of the point (one value per state; the rows of a point never disagree)."""
+
+    signal: ClassVar[Signal] = "v"
+
+    def value(self, point: EvalPoint) -> float | Failed:
+        raise NotImplementedError
+
+    def score(self, point: EvalPoint) -> list[float | Failed]:
+        return [self.value(point)] * len(point.candidates)
 
 
 def build_scorer(cls: type[Scorer], params, context: ScorerContext) -> Scorer:
