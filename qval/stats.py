@@ -29,7 +29,7 @@ class MetricValue:
         return cls(None, None, None, n, n_states)
 
 
-def _finite_or_none(x) -> float | None:
+def finite_or_none(x) -> float | None:
     return float(x) if x is not None and np.isfinite(x) else None
 
 
@@ -47,7 +47,7 @@ def bootstrap_units(
 ) -> MetricValue:
     """CI for a statistic of resampled units (states, samples), computed by calling ``statistic(indices)``."""
     if value is None or not np.isfinite(value) or n_units < 2:
-        return MetricValue(_finite_or_none(value), None, None, n_units)
+        return MetricValue(finite_or_none(value), None, None, n_units)
     rng = np.random.default_rng(seed)
     stats = np.array([statistic(rng.integers(0, n_units, n_units)) for _ in range(n_boot)], dtype=float)
     lo, hi = _interval(stats)
@@ -65,7 +65,7 @@ def bootstrap_batched(
     returns one value per row: the same draws, in the same order, hence the same interval, as one array operation
     instead of a Python call per resample."""
     if value is None or not np.isfinite(value) or n_units < 2:
-        return MetricValue(_finite_or_none(value), None, None, n_units)
+        return MetricValue(finite_or_none(value), None, None, n_units)
     rng = np.random.default_rng(seed)
     per_block = max(1, _CHUNK // n_units)
     stats = [
@@ -89,7 +89,7 @@ def bootstrap_clusters(
     labels, inverse = np.unique(np.asarray(clusters), return_inverse=True)
     n_rows = inverse.size
     if value is None or not np.isfinite(value) or labels.size < 2:
-        return MetricValue(_finite_or_none(value), None, None, n_rows)
+        return MetricValue(finite_or_none(value), None, None, n_rows)
     stats = []
     for block in _resample_counts(labels.size, n_boot, seed):
         for start in range(0, block.shape[0], max(1, _CHUNK // n_rows)):  # bound the (resamples, rows) weights
@@ -180,13 +180,13 @@ def bootstrap_ratios(
         # Each column summed on its own (numpy's pairwise sum), not columns.sum(axis=0), which adds row after row.
         values = apply(np.array([columns[:, i].sum() for i in range(columns.shape[1])]))
         if n < 2:
-            return [MetricValue(_finite_or_none(v), None, None, n) for v in values]
+            return [MetricValue(finite_or_none(v), None, None, n) for v in values]
         stacked = columns.astype(dtype)
         stats = np.concatenate([apply(block @ stacked) for block in _count_blocks(n, n_boot, seed, dtype)])
     out = []
     for k, value in enumerate(values):
         if not np.isfinite(value):
-            out.append(MetricValue(_finite_or_none(value), None, None, n))
+            out.append(MetricValue(finite_or_none(value), None, None, n))
             continue
         lo, hi = _interval(stats[:, k])
         out.append(MetricValue(float(value), lo, hi, n))
@@ -209,7 +209,7 @@ def bootstrap_mean_ratio(
     per-resample statistic)."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if value is None or not np.isfinite(value) or a.size < 2:
-        return MetricValue(_finite_or_none(value), None, None, a.size)
+        return MetricValue(finite_or_none(value), None, None, a.size)
     ci = bootstrap_ratios(np.stack([a, b], axis=1), [(0, 1)], n_boot=n_boot, seed=seed, dtype=np.float64)[0]
     return MetricValue(float(value), ci.ci_low, ci.ci_high, a.size)
 

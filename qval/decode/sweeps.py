@@ -170,22 +170,24 @@ def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSwe
         baselines = {c: info.at[c, "baseline_cell_id"] for c in members}
         per = _per_sample(con, sorted(members | {b for b in baselines.values() if isinstance(b, str)}))
         per["sample_id"] = per["sample_id"].astype(str)
-        by_cell = {cid: g.set_index("sample_id") for cid, g in per.groupby("cell_id", sort=False)}
+        # Sample ids as integer codes: a sweep's table is filled by position, not aligned on string indexes (that
+        # alignment, per column of every sweep, was most of a million-row report's knob headroom).
+        codes, ids = pd.factorize(per["sample_id"])
+        order = ids.get_indexer(replay._sorted_ids(ids))  # codes in replay's sample order
+        columns = {c: _Values.of(g, codes[g.index.to_numpy()]) for c, g in per.groupby("cell_id", sort=False)}
         sweeps = []
         for (model, dataset, temperature, seed, method), knob, fixed, values in groups:
-            ids = list(values.values())
+            ids_in = list(values.values())
             tables = {
-                metric: pd.DataFrame({v: _column(by_cell, c, baselines[c], info, metric) for v, c in values.items()})
+                metric: _table(
+                    {v: _column(columns, c, baselines[c], info, metric) for v, c in values.items()}, ids, order
+                )
                 for metric in METRICS
             }
-            tables = {
-                m: t.loc[replay._sorted_ids(t.index)]
-                for m, t in tables.items()
-                if not t.empty and t.notna().any().any()
-            }
+            tables = {m: t for m, t in tables.items() if not t.empty and t.notna().any().any()}
             if not tables:
                 continue
-            features, names = _features(con, ids)
+            features, names = _features(con, ids_in)
             sweeps.append(
                 OwnSweep(
                     model, dataset, float(temperature), int(seed), method, knob, fixed, values, tables, features, names
@@ -194,24 +196,58 @@ def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSwe
         return sweeps
 
 
-_NONE = pd.DataFrame({"tau": [], "tokens": [], "decode_s": []}, dtype=float)
+@dataclass(frozen=True)
+class _Values:
+    """One cell's per-sample sums, by sample code."""
+
+    codes: np.ndarray
+    tau: np.ndarray
+    tokens: np.ndarray
+    decode_s: np.ndarray
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame, codes: np.ndarray) -> _Values:
+        return cls(codes, *(frame[c].to_numpy(float, na_value=np.nan) for c in ("tau", "tokens", "decode_s")))
 
 
-def _column(by_cell: dict[str, pd.DataFrame], cell_id: str, baseline_id, info: pd.DataFrame, metric: str) -> pd.Series:
-    own = by_cell.get(cell_id, _NONE)
+_NONE = _Values(*(np.zeros(0) for _ in range(4)))
+
+
+def _column(columns: dict[str, _Values], cell_id: str, baseline_id, info: pd.DataFrame, metric: str):
+    """(sample codes, values) of one setting of a sweep; None when it has none."""
+    own = columns.get(cell_id, _NONE)
     if metric == "tau":
-        return own["tau"].astype(float)
+        return own.codes, own.tau
     # Speedups compare timings of one run only (see MeasuredSpeedup): another run's baseline gives no column.
     if (
         not isinstance(baseline_id, str)
         or baseline_id not in info.index
         or info.at[baseline_id, "run_id"] != info.at[cell_id, "run_id"]
     ):
-        return pd.Series(dtype=float)
-    base = by_cell.get(baseline_id, _NONE)
-    joined = own.merge(base, left_index=True, right_index=True, suffixes=("", "_ar"))
-    joined = joined[(joined["decode_s"] > 0) & (joined["decode_s_ar"] > 0)]
-    return (joined["tokens"] / joined["decode_s"]) / (joined["tokens_ar"] / joined["decode_s_ar"])
+        return None
+    base = columns.get(baseline_id, _NONE)
+    common, mine, theirs = np.intersect1d(own.codes, base.codes, assume_unique=True, return_indices=True)
+    ok = (own.decode_s[mine] > 0) & (base.decode_s[theirs] > 0)
+    ratio = (own.tokens[mine] / own.decode_s[mine]) / (base.tokens[theirs] / base.decode_s[theirs])
+    return common[ok], ratio[ok]
+
+
+def _table(columns: dict, ids: pd.Index, order: np.ndarray) -> pd.DataFrame:
+    """Sample id × setting, rows for the samples any setting has, in ``order`` (the codes in replay's order)."""
+    present = [c for c in columns.values() if c is not None]
+    if not present:
+        return pd.DataFrame()
+    used = np.zeros(len(ids), bool)
+    for codes, _ in present:
+        used[codes] = True
+    rows = order[used[order]]  # the used codes, in sample order
+    position = np.full(len(ids), -1)
+    position[rows] = np.arange(rows.size)
+    matrix = np.full((rows.size, len(columns)), np.nan)
+    for j, column in enumerate(columns.values()):
+        if column is not None:
+            matrix[position[column[0]], j] = column[1]
+    return pd.DataFrame(matrix, index=pd.Index(ids[rows], name="sample_id"), columns=list(columns))
 
 
 def _folder_name(sweep: OwnSweep) -> Path:

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from .. import results as R
 from .. import samples_view
@@ -42,7 +42,20 @@ _ENV = Environment(
     lstrip_blocks=True,
     keep_trailing_newline=True,
 )
+
+
+def _highlight(segments: list[tuple[str, bool]]) -> Markup:
+    """A turn's text with its accepted draft tokens marked, every piece escaped. One Python join per turn, not a
+    template loop per piece: a page of 500 turns has some 10,000 pieces, and the loop was half of its rendering."""
+    return Markup(
+        "".join(
+            f'<mark class="acc">{escape(piece)}</mark>' if accepted else escape(piece) for piece, accepted in segments
+        )
+    )
+
+
 _ENV.filters["num"] = _num
+_ENV.filters["highlight"] = _highlight
 
 
 def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
