@@ -82,7 +82,8 @@ def run_episode(env, q, gamma: float, seed: int, episode: int, max_steps: int, b
     rng = episode_streams(seed, episode)
     state = env.reset(rng["start"])
     v_star = float(np.max(np.asarray(q[state], float)))
-    rows, history = [], []
+    rows: list[dict] = []
+    history: list[tuple[str, str]] = []  # earlier (observation, action) turns
     ret, success, failed = 0.0, False, 0
     for t in range(max_steps):
         indices = candidate_indices(len(env.actions(state)), best_of_n, rng["agent"])
@@ -127,13 +128,14 @@ def run_guided_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     episodes = guided["episodes"] if cell.limit is None else min(guided["episodes"], cell.limit)
     max_steps = step_limit(env, guided, cell.settings["fallback_max_steps"])
     q = env.reference_q(gamma)
-    context = ScorerContext(env=env, model=model, seed=cell.seed, temperature=cell.temperature, gamma=gamma)
+    seed = int(cell.seed or 0)  # planned cells always carry both; only imported ones may lack them
+    context = ScorerContext(env=env, model=model, seed=seed, temperature=float(cell.temperature or 0.0), gamma=gamma)
     scorer = build_scorer(scorer_cls, scorer_cls.Params.model_validate(cell.method_params), context)
     # prepare() gets every episode's start point (codegen writes its programs from the first one); its requests are
     # the cell's, stored also when it fails.
     starts = []
     for ep in range(episodes):
-        rng = episode_streams(cell.seed, ep)
+        rng = episode_streams(seed, ep)
         s0 = env.reset(rng["start"])
         starts.append(make_point(env, q, s0, f"e{ep:04d}t0000", list(range(len(env.actions(s0)))), [], rng["outcomes"]))
     with transcript.recording() as prepared:
@@ -166,7 +168,7 @@ def run_guided_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
 
     failed = 0
     for ep in todo:
-        rows = run_episode(env, q, gamma, cell.seed, ep, max_steps, guided.get("best_of_n"), score)
+        rows = run_episode(env, q, gamma, seed, ep, max_steps, guided.get("best_of_n"), score)
         failed += rows[-1]["failed_steps"] > 0
         writer.add_sample(rows)
         emit("sample", cell=cell.cell_id)
