@@ -247,6 +247,7 @@ def test_cli_guided_metrics_on_the_leaderboard(tmp_path):
     proc = run_qval("run", second, "--results", results)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "12 cells, 6 to run" in proc.stdout + proc.stderr
+    assert "random on frozenlake [qalign_guided] (no model" in proc.stdout + proc.stderr  # progress names the kind
     assert {p: p.stat().st_mtime_ns for p in points_parts} == points_parts
 
     board = R.leaderboard(results, "guided", "qalign")
