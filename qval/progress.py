@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .store.parts import held_samples, is_done
+from .tracks import board_of
 
 PROGRESS_ENV = "QVAL_PROGRESS_S"
 DEFAULT_EVERY_S = 30.0
@@ -43,7 +44,9 @@ def duration(seconds: float) -> str:
 def cell_label(cell) -> str:
     """What a person recognises a cell by: method on dataset (model, T, seed); the id is for files."""
     temperature = "–" if cell.temperature is None else f"{cell.temperature:g}"
-    return f"{cell.method} on {cell.dataset_label or cell.dataset} ({cell.model or 'no model'}, T={temperature}, seed {cell.seed})"
+    # A cell of a kind other than its track's own (guided episodes beside Q-alignment's points) says which.
+    kind = "" if board_of(cell.track) == cell.track else f" [{cell.track}]"
+    return f"{cell.method} on {cell.dataset_label or cell.dataset}{kind} ({cell.model or 'no model'}, T={temperature}, seed {cell.seed})"
 
 
 @dataclass

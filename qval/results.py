@@ -163,7 +163,7 @@ def samples(results="results", track: str = "", suite: str | None = None) -> pd.
 
 
 def leaderboard(results="results", suite: str | None = None, track: str = "") -> pd.DataFrame:
-    """Wide form: one row per cell; columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and
+    """Wide form: one row per cell (cells of one grid point but different kinds share one: ``_share_rows``); columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and
     ``<metric>__n_states`` (distinct states behind a count of evaluation points; NaN where not applicable)."""
     long = metrics(results, suite)
     long = long[long["track"].isin(board_kinds(track))]
@@ -196,9 +196,43 @@ def leaderboard(results="results", suite: str | None = None, track: str = "") ->
         columns[f"{metric}__n_states"] = wide[("n_states", metric)]
     # One concat, not a column at a time: pandas warns (PerformanceWarning) on a frame built column by column.
     out = pd.concat([info, pd.DataFrame(columns, index=wide.index)], axis=1)
+    kinds = long.drop_duplicates("cell_id").set_index("cell_id")["track"]
+    out = _share_rows(out, kinds.reindex(out.index), board_kinds(track), sorted(long["metric"].unique()))
     return out.reset_index().rename(
         columns={"dataset_label": "dataset", "method": "method_name", "method_label": "method"}
     )
+
+
+_ROW_KEY = ["model", "method", "method_label", "dataset_label", "temperature", "seed"]
+
+
+def _share_rows(board: pd.DataFrame, kinds: pd.Series, order: tuple[str, ...], metrics: list[str]) -> pd.DataFrame:
+    """Cells of one board that are the same method on the same grid point (model, method and its params, dataset,
+    temperature, seed) but of different kinds (Q-alignment's points and its guided episodes) share a row: the first
+    kind's cell gives the row (its id, status, counts), the others add their metrics. Rows merge only where the key
+    picks one cell of each kind and their metrics do not overlap; otherwise each cell keeps its own row.
+    ``other_cells`` lists the ids of the cells merged into a row."""
+    board = board.assign(other_cells="")
+    if kinds.nunique() < 2:
+        return board
+    rank = kinds.map({kind: i for i, kind in enumerate(order)}).fillna(len(order))
+    keyed = board[_ROW_KEY].astype(str).agg("\x1f".join, axis=1)
+    drop = []
+    for _, ids in keyed.groupby(keyed).groups.items():
+        if len(ids) < 2 or kinds[ids].duplicated().any():
+            continue
+        ids = sorted(ids, key=lambda cid: rank[cid])
+        filled = [set(m for m in metrics if pd.notna(board.at[cid, m])) for cid in ids]
+        if any(a & b for i, a in enumerate(filled) for b in filled[i + 1 :]):
+            continue
+        head = ids[0]
+        for other, mine in zip(ids[1:], filled[1:]):
+            for metric in mine:
+                for column in (metric, *(f"{metric}__{s}" for s in ("lo", "hi", "n", "n_states"))):
+                    board.at[head, column] = board.at[other, column]
+        board.at[head, "other_cells"] = ",".join(ids[1:])
+        drop += ids[1:]
+    return board.drop(index=drop)
 
 
 # The cells row a samples frame carries (attrs["cell"]), as find_cell returns it.

@@ -18,7 +18,7 @@ from .errors import PluginError, SuiteError
 from .overrides import Origin, OverrideProblem, apply_overrides
 from .registry import REGISTRY, close_matches
 from .section import PluginRef, Strict
-from .tracks import Track, all_tracks
+from .tracks import Track, all_tracks, board_kinds
 
 NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # suite names become file names: no path separators
 
@@ -302,7 +302,8 @@ def _resolve(suite: Suite) -> None:
         known, metric_classes = [], []
         for i, metric in enumerate(section.metrics):
             metric_cls = _load(problems, f"{track}.metrics[{i}]", "metrics", metric)
-            if metric_cls is not None and metric_cls.track != track:
+            # A track's board shows cells of several kinds (e.g. guided episodes beside Q-alignment's points).
+            if metric_cls is not None and metric_cls.track not in board_kinds(track):
                 problems.append((f"{track}.metrics[{i}]", f"metric '{metric}' belongs to the {metric_cls.track} track"))
             elif metric_cls is not None:
                 known.append(metric)

@@ -87,14 +87,16 @@ def _run_cells(plan, todo, model, results: Path, run_id: str) -> int:
     def say(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
-    installed = {track.name for track in all_tracks()}
+    # A cell's ``track`` is the kind of its sample table; the track whose tables hold that kind runs it.
+    installed = {kind for track in all_tracks() for kind in (track.name, *(t.kind for t in track.tables))}
     for cell in todo:
         if cell.track not in installed:  # planned where its track's plugin was installed, run where it is not
             errors += 1
             report("cell_failed", cell=cell.cell_id, error=f"no track '{cell.track}' is installed in this worker")
     for track in all_tracks():  # in a fixed order; each track groups its cells (timed ones share a baseline)
         section = plan.config.get(track.name) or {}
-        for cells in track.groups([c for c in todo if c.track == track.name]):
+        kinds = {track.name, *(table.kind for table in track.tables)}
+        for cells in track.groups([c for c in todo if c.track in kinds]):
             with ExitStack() as leases:
                 try:
                     for cell in sorted(cells, key=lambda c: c.cell_id):  # one order everywhere: no deadlock

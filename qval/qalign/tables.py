@@ -39,3 +39,28 @@ QALIGN_STATE_VALUES = pa.schema(
         ("error", pa.string()),
     ]
 )
+
+# Scorer-guided episodes (qval/qalign/guided.py): one row per step the agent took. The episode's summary (what the
+# guided metrics read) sits on its last step's row, ``last`` true; NULL on the others.
+QALIGN_GUIDED = pa.schema(
+    [
+        ("cell_id", pa.string()),
+        ("sample_id", pa.string()),  # one episode; resume unit
+        ("step", pa.int32()),
+        ("state_key", pa.string()),
+        ("candidates", pa.list_(pa.string())),  # the actions scored at this step (all legal ones, or best-of-N's)
+        ("scores", pa.list_(pa.float64())),  # NULL where the scorer failed on that candidate
+        ("ref_q", pa.list_(pa.float64())),  # exact Q* of each candidate
+        ("action", pa.string()),  # the action taken
+        ("reward", pa.float64()),
+        ("done", pa.bool_()),
+        ("error", pa.string()),  # why some candidate has no score at this step (a failed step), else NULL
+        ("requests", pa.list_(REQUEST)),  # this step's transcript
+        ("last", pa.bool_()),
+        ("v_star", pa.float64()),  # V*(s0) of the episode's start state
+        ("episode_return", pa.float64()),  # discounted with the section's gamma
+        ("success", pa.bool_()),
+        ("steps", pa.int32()),
+        ("failed_steps", pa.int32()),
+    ]
+)

@@ -10,9 +10,11 @@ from pydantic import Field, model_validator
 from ..cell import Cell, make_cell
 from ..section import PluginRefs, Strict, TrackSection
 from ..tracks import SampleTable, Track
-from .tables import QALIGN_SAMPLES, QALIGN_STATE_VALUES
+from .tables import QALIGN_GUIDED, QALIGN_SAMPLES, QALIGN_STATE_VALUES
 
+GUIDED = "qalign_guided"  # the kind of guided-episode cells
 QALIGN_ROW_FORMAT = 2  # part of every Q-alignment cell's identity: bump when its rows gain what a metric needs
+GUIDED_ROW_FORMAT = 1  # part of every guided cell's identity: bump when its rows change
 
 
 class PointsConfig(Strict):
@@ -40,12 +42,21 @@ class ReferenceConfig(Strict):
         return self
 
 
+class GuidedConfig(Strict):
+    """Scorer-guided episodes (qval/qalign/guided.py), run only when a guided metric is listed."""
+
+    episodes: int = Field(default=20, ge=1, le=100_000)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000)  # None: the env's own limit, else points.max_steps
+    best_of_n: int | None = Field(default=None, ge=1, le=1_000)  # None: every legal action is a candidate
+
+
 class QAlignSection(TrackSection):
     envs: PluginRefs = Field(min_length=1)
     methods: PluginRefs = Field(min_length=1)
     gamma: float = Field(default=0.95, gt=0.0, le=1.0)
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
+    guided: GuidedConfig = Field(default_factory=GuidedConfig)
     metrics: list[str] = Field(
         default_factory=lambda: [
             "per_state_spearman",
@@ -61,6 +72,20 @@ class QAlignSection(TrackSection):
     timeout_per_point_s: float = Field(default=600.0, gt=0.0, le=86_400.0)
 
 
+def _lists_guided(section: QAlignSection) -> bool:
+    """Whether the section lists a metric of guided episodes (suite validation has loaded every listed one)."""
+    from ..errors import PluginError
+    from ..registry import REGISTRY
+
+    def kind(name: str) -> str | None:
+        try:
+            return REGISTRY.get("metrics", name).track
+        except PluginError:
+            return None
+
+    return any(kind(name) == GUIDED for name in section.metrics)
+
+
 class QAlignTrack(Track):
     """Scores of (state, action) pairs against reference Q-values, without a training run."""
 
@@ -72,6 +97,11 @@ class QAlignTrack(Track):
         SampleTable("qalign", "qalign_samples", QALIGN_SAMPLES, "qval.qalign.metrics:VIEW", "candidate", (), "states"),
         # Imported QVal summaries hold per-state values only: shown on the same board as the computed cells.
         SampleTable("qalign_state", "qalign_state_values", QALIGN_STATE_VALUES, "qval.qalign.metrics:STATE_VIEW"),
+        # Scorer-guided episodes: cells of their own, so adding a guided metric to a finished suite scores no point
+        # again; the board shows them on their points cell's row (results.leaderboard).
+        SampleTable(
+            GUIDED, "qalign_guided_episodes", QALIGN_GUIDED, "qval.qalign.guided_metrics:VIEW", "step", (), "rows"
+        ),
     )
     paired_metric = "per_state_spearman"
     figures = ("ranking", "family", "heatmap")
@@ -108,6 +138,14 @@ class QAlignTrack(Track):
         llm_points = section.points.behaviour == "llm" or section.reference.policy == "llm"
         # No models: every method is model-free (load_suite checked), one cell per grid point all the same.
         models: list[tuple[str | None, Any]] = list(suite.models) or [(None, None)]
+        guided = _lists_guided(section)
+        guided_settings = {
+            "gamma": section.gamma,
+            "guided": section.guided.model_dump(),
+            # the step limit when neither guided.max_steps nor the env gives one
+            "fallback_max_steps": section.points.max_steps,
+            "rows": GUIDED_ROW_FORMAT,
+        }
         cells = []
         for (mname, src), (_, scls, sparams), (_, ecls, eparams), temp, seed in product(
             models,
@@ -137,16 +175,35 @@ class QAlignTrack(Track):
                     limit,
                 )
             )
+            if guided:  # the episodes depend on the scorer alone (no behaviour policy, no Monte-Carlo labels)
+                scorer_model = getattr(scls, "uses_model", False)
+                cells.append(
+                    make_cell(
+                        GUIDED,
+                        mname if scorer_model else None,
+                        src.identity() if scorer_model and src is not None else None,
+                        scls,
+                        sparams.model_dump(),
+                        ecls,
+                        eparams.model_dump(),
+                        temp if scorer_model else 0.0,
+                        seed,
+                        guided_settings,
+                        limit,
+                    )
+                )
         return cells
 
     def run(self, cells, model, writers, report, section):
         from ..timeouts import PluginTimeout
+        from .guided import run_guided_cell
         from .task import run_qalign_cell
 
         outcomes: dict[str, Any] = {}
         for cell in cells:
+            run_cell = run_guided_cell if cell.track == GUIDED else run_qalign_cell
             try:
-                outcomes[cell.cell_id] = run_qalign_cell(
+                outcomes[cell.cell_id] = run_cell(
                     cell, model, writers[cell.cell_id], report, section.get("timeout_per_point_s")
                 )
             except (Exception, PluginTimeout) as exc:  # noqa: BLE001 - any plugin error fails this cell only

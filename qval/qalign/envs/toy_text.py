@@ -26,6 +26,7 @@ class ToyTextEnv(Environment):
         self.P = env.unwrapped.P  # P[s][a] = [(prob, next_state, reward, terminated), ...]
         self.n_states = env.observation_space.n
         self.initial = np.asarray(getattr(env.unwrapped, "initial_state_distrib", np.eye(self.n_states)[0]), float)
+        self.max_episode_steps = env.spec.max_episode_steps if env.spec else None  # gymnasium's step limit
         env.close()
 
     def make_kwargs(self) -> dict:
