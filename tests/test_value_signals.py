@@ -197,3 +197,31 @@ def test_cli_refuses_v_star_metrics_over_sampled_candidates(tmp_path, qval_env):
     )
     proc = run_qval("run", suite, "--results", tmp_path / "res", env=qval_env)
     usage_error(proc, "qalign.points.max_candidates", "metric 'v_spearman' needs V*(s)", "leave it unset")
+
+
+def test_guided_episodes_only_for_scorers_that_rank_actions(tmp_path, qval_env):
+    """A state value cannot choose between actions: a V scorer gets no guided cell, Q and advantage scorers do; a
+    suite whose only scorers are V ones cannot list a guided metric."""
+    from qval.plan import build_plan
+    from qval.suite import load_suite
+
+    metrics = "[per_state_spearman, pooled_spearman, v_spearman, advantage_spearman]"
+    path = write_suite(
+        tmp_path / "s.yaml",
+        SUITE.replace(metrics, "[per_state_spearman, v_spearman, advantage_spearman, guided_success]")
+        + "  guided: {episodes: 2}\n",
+    )
+    cells = build_plan(load_suite(path)).cells.values()
+    guided = sorted(c.method for c in cells if c.track == "qalign_guided")
+    assert guided == ["oracle-advantage", "oracle-q", "random"]
+    only_v = write_suite(
+        tmp_path / "v.yaml",
+        SUITE.replace("[oracle-v, oracle-advantage, oracle-q, random]", "[oracle-v]").replace(
+            metrics, "[v_spearman, guided_success]"
+        ),
+    )
+    usage_error(
+        run_qval("plan", only_v, env=qval_env),
+        "metric 'guided_success' applies to scorers with a Q signal",
+        "or an advantage signal",
+    )

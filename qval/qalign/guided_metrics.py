@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from ..metrics.base import Metric, MetricView
 from ..stats import MetricValue, bounded_mean, wilson_proportion
+from .signals import RANKS_ACTIONS
 
 # The episode's summary sits on its last step's row.
 VIEW = MetricView(
@@ -32,6 +33,7 @@ _HOW = (
 class _Guided(Metric):
     track = "qalign_guided"
     reads = ("v_star", "episode_return", "success")
+    signals: tuple[str, ...] = RANKS_ACTIONS  # a V scorer has no guided cells (track.py): these do not fit it
 
 
 class GuidedSuccess(_Guided):

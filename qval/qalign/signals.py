@@ -23,6 +23,9 @@ WHAT = {
 # What to add when a signal has no metric, or a metric no scorer.
 METRIC_FOR = {"q": "per_state_spearman", "v": "v_spearman", "advantage": "advantage_spearman"}
 SCORER_FOR = {"q": "oracle-q", "v": "oracle-v or direct-value", "advantage": "oracle-advantage"}
+# Signals an agent can act on: a Q score or an advantage ranks a state's actions, a state value (one number per
+# state) cannot choose between them. Guided episodes (guided.py) run for these scorers only.
+RANKS_ACTIONS = ("q", "advantage")
 
 
 def scorer_signal(cls: Any) -> str:

@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 from ..cell import Cell, make_cell
 from ..section import PluginRefs, Strict, TrackSection
 from ..tracks import SampleTable, Track
+from .signals import RANKS_ACTIONS
 from .tables import QALIGN_GUIDED, QALIGN_SAMPLES, QALIGN_STATE_VALUES
 
 GUIDED = "qalign_guided"  # the kind of guided-episode cells
@@ -175,7 +176,9 @@ class QAlignTrack(Track):
                     limit,
                 )
             )
-            if guided:  # the episodes depend on the scorer alone (no behaviour policy, no Monte-Carlo labels)
+            # The episodes depend on the scorer alone (no behaviour policy, no Monte-Carlo labels); a state value
+            # cannot choose between actions, so a V scorer has none.
+            if guided and signal in RANKS_ACTIONS:
                 scorer_model = getattr(scls, "uses_model", False)
                 cells.append(
                     make_cell(
