@@ -255,3 +255,21 @@ def test_decoding_turns_keep_their_text(smol_run, smollm):
     turn = json.loads(proc.stdout)["samples"][0]
     assert "output_ids" not in turn and turn["output_text"] and turn["accepted"] is not None
     assert SmolLM2Instruct.name in {c for c in R.cells(root / "r")["model"]}
+
+
+def test_page_escaping_equals_markupsafe():
+    """Drill-down pages escape a turn's text pieces without markupsafe's per-call object (drilldown._escaped): the
+    result must be markupsafe.escape's, character for character, on hostile text."""
+    import random
+
+    import markupsafe
+
+    from qval.report.drilldown import _escaped, _highlight
+
+    rng = random.Random(0)
+    alphabet = "<>&\"'/ =a\u00e9\u2603\x00\n;#"
+    for _ in range(5000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
+        assert _escaped(text) == str(markupsafe.escape(text))
+    html = _highlight([("<script>", False), ("x\"'&", True)])
+    assert html == '&lt;script&gt;<mark class="acc">x&#34;&#39;&amp;</mark>'
