@@ -97,3 +97,28 @@ def test_cli_usefulness_figure_and_correlation_in_the_report(tmp_path):
     assert "does alignment predict usefulness? Per-state \u03c1 (x) against guided_success and guided_regret" in html
     assert html.count("data:image/png;base64,") >= 4  # ranking, family, heatmap and usefulness
     assert "Does alignment predict usefulness?" in html and "qval&#x27;s own statistic" in html
+
+
+def test_report_shows_an_undefined_correlation_as_a_dash_with_its_reason():
+    from qval.report.render import SuiteReport, render_report
+
+    rows = _rows(2).assign(
+        cell_id=["c0", "c1"], model="", family="baseline", dataset="frozenlake", temperature=0.0, seed=0
+    )
+    metrics = ["per_state_spearman", "guided_success"]
+    board = TrackBoard(
+        track="qalign",
+        title="Q-alignment",
+        main_metric="per_state_spearman",
+        metrics=metrics,
+        higher_is_better=dict.fromkeys(metrics, True),
+        labels={},
+        rows=rows,
+    )
+    markdown, page = render_report(SuiteReport("s", "", {}, [board]))
+    line = next(row for row in markdown.splitlines() if row.startswith("| per_state_spearman |"))
+    assert line == "| per_state_spearman | guided success | \u2013 | fewer than 3 rows with both values |"
+    assert "Does alignment predict usefulness?" in page and "fewer than 3 rows with both values" in page
+    # With two points there is still a figure: the correlation is what is undefined, and the caption says why.
+    [(caption, png)] = KINDS["usefulness"].draw(board, BoardAnalysis(board))
+    assert png.startswith(b"\x89PNG") and "\u2013 (fewer than 3 rows with both values; n = 2)" in caption
