@@ -105,7 +105,9 @@ class QAlignTrack(Track):
         ),
     )
     paired_metric = "per_state_spearman"
-    figures = ("ranking", "family", "heatmap")
+    figures = ("ranking", "family", "heatmap", "usefulness")
+    # The usefulness figure and table read these whether or not the suite lists them (absent: nothing drawn).
+    report_metrics = ("per_state_spearman", "guided_success", "guided_regret")
 
     def needs_model(self, suite, section: QAlignSection) -> list[str]:
         classes = {id(ref): cls for ref, cls, _ in suite.resolved.get("qalign.methods", [])}

@@ -51,8 +51,9 @@ _TABLE_CLASS = {
     "failures": "board failures",
     "headroom": "headroom",
     "knobs": "board knobs",
+    "usefulness": "board",
 }
-_NOTED = ("headroom", "knobs")
+_NOTED = ("headroom", "knobs", "usefulness")
 
 
 def _escape(value: object) -> Markup:

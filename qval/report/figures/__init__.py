@@ -6,7 +6,16 @@ from collections.abc import Iterable
 
 from ..analysis import BoardAnalysis, analyse
 from ..model import SuiteReport
-from . import acceptance, family, headroom, heatmap, ranking, tau_histogram, temperature  # noqa: F401 (register)
+from . import (  # noqa: F401 (register)
+    acceptance,
+    family,
+    headroom,
+    heatmap,
+    ranking,
+    tau_histogram,
+    temperature,
+    usefulness,
+)
 from .common import MAX_BARS, MAX_SERIES
 from .registry import KINDS, Figures
 
@@ -19,6 +28,7 @@ FIGURE_KINDS = (
     "headroom",  # decode with samples: best fixed policy vs per-sample oracle vs adaptive
     "family",  # qalign: best method per family and environment, per temperature
     "heatmap",  # qalign: model · method x environment heatmap, per temperature
+    "usefulness",  # qalign with guided metrics: per-state rho vs guided success and regret, rank correlation
 )
 assert set(FIGURE_KINDS) == set(KINDS), "every registered kind has its place in FIGURE_KINDS"
 
@@ -35,7 +45,7 @@ def make_figures(
     two temperatures), per-position acceptance per group (with accept_rate@i
     columns), and, with samples, tau histograms and headroom per group; for
     qalign, best method per family and environment, and the method x environment
-    heatmap, per temperature. `kinds` restricts the output to some of FIGURE_KINDS.
+    heatmap, per temperature, and, with guided metrics, per-state rho against guided success and regret. `kinds` restricts the output to some of FIGURE_KINDS.
     `analyses` (analysis.analyse(report)) shares the work with the tables.
     """
     wanted = set(FIGURE_KINDS if kinds is None else kinds)
