@@ -133,3 +133,49 @@ def test_a_damaged_cache_entry_is_computed_again(synthetic, tmp_path):
         again = knobs.knob_headroom(results, "bench")
     pd.testing.assert_frame_equal(again, fresh)
     assert all(json.loads(entry.read_text()) for entry in entries)  # rewritten whole
+
+
+def test_pages_rendered_by_worker_processes_equal_pages_rendered_in_process(synthetic, tmp_path, monkeypatch):
+    """A large report renders its drill-down pages in worker processes while it computes the board; the pages (and
+    the report) are the same bytes as one process writes. A report that fails meanwhile stops its workers and
+    raises its own error."""
+    from qval.report import build, drilldown
+
+    _, results, plan = synthetic
+    monkeypatch.setenv("QVAL_REPORT_WORKERS", "0")
+    build.write_reports(results, tmp_path / "serial")
+    monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)  # these few samples would not start workers
+    monkeypatch.setenv("QVAL_REPORT_WORKERS", "2")
+    started, workers = [], []
+
+    def start(self, n):
+        started.append(n)
+        real_start(self, n)
+        workers.extend(proc.pid for proc, _ in self.workers)
+
+    real_start = drilldown.PendingPages.start
+    monkeypatch.setattr(drilldown.PendingPages, "start", start)
+    build.write_reports(results, tmp_path / "parallel")
+    assert started == [2]
+    assert len(list((tmp_path / "parallel" / "bench" / FOLDER).glob("*.html"))) == len(plan.cells)
+    _same_report(tmp_path / "serial" / "bench", tmp_path / "parallel" / "bench")
+
+    # A worker that fails (here: no Python to run it) leaves its pages to the report's process: the same pages.
+    monkeypatch.setattr(drilldown.sys, "executable", "/bin/false")
+    build.write_reports(results, tmp_path / "fallback")
+    _same_report(tmp_path / "serial" / "bench", tmp_path / "fallback" / "bench")
+    monkeypatch.undo()
+    monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setenv("QVAL_REPORT_WORKERS", "2")
+    monkeypatch.setattr(drilldown.PendingPages, "start", start)
+
+    def broken(report):
+        raise RuntimeError("figure failed")
+
+    monkeypatch.setattr(build, "render_report", broken)
+    with pytest.raises(RuntimeError, match="figure failed"):
+        build.write_reports(results, tmp_path / "failed")
+    assert started == [2, 2, 2] and workers
+    for pid in workers:  # every worker has ended, and was waited for (no zombie left)
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from ..errors import UsageError
 from ..registry import REGISTRY
 from ..tracks import RESERVED, all_tracks
 from . import cache
-from .drilldown import write_pages
+from .drilldown import PendingPages, start_pages
 from .render import SuiteReport, TrackBoard, render_report
 
 _NOT_RECORDED = "not recorded"  # imported results carry no fingerprint of the machine that made them
@@ -42,7 +43,9 @@ def _environment(results, suite: str) -> dict[str, str]:
     return env
 
 
-def build_report(results, suite: str) -> SuiteReport:
+def build_report(results, suite: str, rows_ready: Callable[[list[str]], None] | None = None) -> SuiteReport:
+    """The suite's report. ``rows_ready`` is called with the cell ids of every board's rows as soon as they are
+    known, before each track computes the rest of its board (write_reports starts the rows' pages then)."""
     suites = R.suites(results)
     row = suites[suites["suite"] == suite]
     if row.empty:
@@ -56,13 +59,13 @@ def build_report(results, suite: str) -> SuiteReport:
                 f"qval: suite {suite}: section '{key}' is left out of the report: no such track is installed",
                 file=sys.stderr,
             )
-    for track in all_tracks():
-        section = config.get(track.name)
-        if not section:
-            continue
+    listed = [(track, section) for track in all_tracks() if (section := config.get(track.name))]
+    sections = [(track, section, R.leaderboard(results, suite, track.name)) for track, section in listed]
+    if rows_ready is not None:
+        rows_ready([c for _, _, rows in sections for c in rows.get("cell_id", [])])
+    for track, section, rows in sections:
         # Families of values (per-position acceptance) feed figures; the tables show single-valued metrics.
         metric_classes = {m: cls for m in section["metrics"] if not (cls := REGISTRY.get("metrics", m)).multi}
-        rows = R.leaderboard(results, suite, track.name)
         tracks.append(
             TrackBoard(
                 track=track.name,
@@ -93,16 +96,27 @@ def write_reports(results, out_dir, suite: str | None = None) -> list[Path]:
     names = [suite] if suite else R.suites(results)["suite"].tolist()
     written = []
     for name in names:
-        target = out_dir / report_folder(name)
-        # What the last report into this folder computed is reused where its inputs did not change (cache.py).
-        with cache.using(target), R.reading(results):  # one read-only connection for all of the report's reads
-            report = build_report(results, name)
-            target.mkdir(parents=True, exist_ok=True)
+        written += _write_report(results, out_dir / report_folder(name), name)
+    return written
+
+
+def _write_report(results: Path, target: Path, name: str) -> list[Path]:
+    # What the last report into this folder computed is reused where its inputs did not change (cache.py).
+    with cache.using(target), R.reading(results):  # one read-only connection for all of the report's reads
+        target.mkdir(parents=True, exist_ok=True)
+        # One drill-down page per leaderboard row (the links document.py puts on the rows' method names), begun as
+        # soon as the rows are known: on a large report, worker processes render them meanwhile.
+        pages: list[PendingPages] = []
+        try:
+            report = build_report(results, name, lambda ids: pages.append(start_pages(results, target, ids)))
             md, html = target / "leaderboard.md", target / "index.html"
             markdown, page = render_report(report)
             md.write_text(markdown, encoding="utf-8")
             html.write_text(page, encoding="utf-8")
-            # One drill-down page per leaderboard row: the links document.py put on the rows' method names.
-            write_pages(results, target, [c for board in report.tracks for c in board.rows.get("cell_id", [])])
-        written += [md, html]
-    return written
+        except BaseException:
+            for pending in pages:  # the report failed or was interrupted: stop its page workers, record nothing
+                pending.cancel()
+            raise
+        for pending in pages:
+            pending.finish()
+    return [md, html]

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -104,19 +107,41 @@ _PAGE_CODE = (
 MANIFEST = "pages.json"  # in the report folder's cache folder: per cell id, the key and size of the page written
 
 
-def _page_keys(results, cell_ids: list[str]) -> dict[str, str]:
-    """Per cell, the key of its page's content: its cells-table row (ingest gives a cell whose samples it replaced a
-    new part signature and ingested_at) and the page code's version."""
+def _page_keys(results, cell_ids: list[str]) -> tuple[dict[str, str], dict[str, int]]:
+    """Per cell, the key of its page's content (its cells-table row: ingest gives a cell whose samples it replaced a
+    new part signature and ingested_at; and the page code's version), and its number of samples."""
     rows = R.cells(results)
     records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
     version = [cache.code_version(*_PAGE_CODE), *(metadata.version(m) for m in ("jinja2", "markupsafe"))]
-    return {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
+    keys = {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
+    return keys, {c: int(n) for c, r in records.items() if isinstance(n := r.get("n_samples"), int | float) and n == n}
 
 
 def write_pages(results, target: Path, cell_ids) -> list[Path]:
     """Write the page of each cell under ``target/cells/``, except a page whose content key is the one recorded when
     it was written (and which is still there, whole); remove the pages of cells not listed. Returns the paths
     written."""
+    return start_pages(results, target, cell_ids).finish()
+
+
+# Below this many samples to render, a worker process (its start and imports, about a second) costs more than it
+# saves; above it, pages are rendered by worker processes while the report's own process computes the board.
+PARALLEL_MIN_SAMPLES = 20_000
+
+
+def page_workers() -> int:
+    """Worker processes for pages: ``QVAL_REPORT_WORKERS``, else one per core but the one the report itself uses
+    (at most 4); 0 renders in the report's process."""
+    value = os.environ.get("QVAL_REPORT_WORKERS", "").strip()
+    if value.isdigit():
+        return int(value)
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def start_pages(results, target: Path, cell_ids, workers: int | None = None) -> PendingPages:
+    """``write_pages`` begun: with enough samples to render and ``workers`` (default ``page_workers()``) above 0,
+    the pages are rendered by worker processes from now on, and ``finish`` waits for them; otherwise ``finish``
+    renders them. Either way the pages are the same bytes."""
     folder = Path(target) / FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     manifest_path = Path(target) / cache.FOLDER / MANIFEST
@@ -125,31 +150,107 @@ def write_pages(results, target: Path, cell_ids) -> list[Path]:
     except (FileNotFoundError, ValueError):
         manifest = {}
     wanted = list(dict.fromkeys(cell_ids))
-    keys = _page_keys(results, wanted)
-    current = {}
-    todo = []
+    keys, sizes = _page_keys(results, wanted)
+    current, todo = {}, []
     for cell_id in wanted:
         path, seen = folder / page_file(cell_id), manifest.get(cell_id) or {}
         if cell_id in keys and seen.get("key") == keys[cell_id] and _size(path) == seen.get("size"):
             current[cell_id] = seen
         else:
             todo.append(cell_id)
+    pending = PendingPages(Path(results), folder, manifest_path, wanted, keys, current, todo)
+    workers = page_workers() if workers is None else workers
+    if workers > 0 and sum(min(sizes.get(c, 0), MAX_PAGE_SAMPLES) for c in todo) >= PARALLEL_MIN_SAMPLES:
+        pending.start(workers)
+    return pending
+
+
+@dataclass
+class PendingPages:
+    results: Path
+    folder: Path
+    manifest_path: Path
+    wanted: list[str]
+    keys: dict[str, str]
+    current: dict[str, dict]
+    todo: list[str]
+    workers: list[tuple[subprocess.Popen, list[str]]] = field(default_factory=list)
+    leftover: list[str] = field(default_factory=list)  # cells no worker took
+    started: bool = False
+
+    def start(self, workers: int) -> None:
+        # Fresh interpreters (``python -m qval.report.page_worker``), not forked or multiprocessing children: a fork
+        # of this process copies its DuckDB and BLAS threads' locks, and multiprocessing's spawn re-runs the caller's
+        # main script. Cells go round-robin, so that large and small pages share out evenly.
+        self.started = True
+        for i in range(workers):
+            chunk = self.todo[i::workers]
+            if not chunk:
+                continue
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "qval.report.page_worker", str(self.results), str(self.folder)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,  # the paths it wrote; its stderr is the report's own
+                    text=True,
+                )
+            except OSError:  # no process to be had (a limit on processes or files): finish renders these here
+                self.leftover += chunk
+                continue
+            self.workers.append((proc, chunk))
+            assert proc.stdin is not None
+            proc.stdin.write(json.dumps(chunk))
+            proc.stdin.close()
+
+    def cancel(self) -> None:
+        """Stop the workers (pages they wrote stay, unrecorded: the next build renders them again)."""
+        for proc, _ in self.workers:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    def finish(self) -> list[Path]:
+        """Wait for (or render) the pages, then record them and remove the pages of cells no longer shown."""
+        if not self.started:
+            written = render_pages(self.results, self.folder, self.todo)
+        else:
+            written = render_pages(self.results, self.folder, self.leftover)
+            for proc, chunk in self.workers:
+                assert proc.stdout is not None
+                with proc.stdout:
+                    out = proc.stdout.read()
+                proc.wait()
+                try:
+                    paths = [Path(p) for p in json.loads(out)] if proc.returncode == 0 else None
+                except ValueError:
+                    paths = None
+                # A worker that failed (or could not start qval) leaves its cells to this process, which renders
+                # them again: the same pages, or the error itself where it has one.
+                written += paths if paths is not None else render_pages(self.results, self.folder, chunk)
+        for cell_id in self.todo:
+            if cell_id in self.keys:
+                self.current[cell_id] = {"key": self.keys[cell_id], "size": _size(self.folder / page_file(cell_id))}
+        # The pages of cells no longer shown (a cell left the suite, or the folder held another report's pages).
+        keep = {page_file(c) for c in self.wanted}
+        for path in self.folder.glob("*.html"):
+            if path.name not in keep:
+                path.unlink()
+        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.manifest_path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.current, sort_keys=True), encoding="utf-8")
+        os.replace(tmp, self.manifest_path)
+        order = {page_file(c): i for i, c in enumerate(self.todo)}
+        return sorted(written, key=lambda path: order[path.name])  # in the cells' order, as rendered in one process
+
+
+def render_pages(results: Path, folder: Path, cell_ids: list[str]) -> list[Path]:
+    """Render and write the pages of these cells (in a worker process, or the report's own)."""
     written = []
-    for cell_id, frame in R.cells_samples(todo, results, MAX_PAGE_SAMPLES).items():
+    for cell_id, frame in R.cells_samples(cell_ids, results, MAX_PAGE_SAMPLES).items():
         path = folder / page_file(cell_id)
         path.write_text(render(frame), encoding="utf-8")
         written.append(path)
-        if cell_id in keys:
-            current[cell_id] = {"key": keys[cell_id], "size": _size(path)}
-    # The pages of cells no longer shown (a cell left the suite, or the folder held another report's pages).
-    keep = {page_file(c) for c in wanted}
-    for path in folder.glob("*.html"):
-        if path.name not in keep:
-            path.unlink()
-    manifest_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest_path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(current, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, manifest_path)
     return written
 
 

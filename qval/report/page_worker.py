@@ -1,0 +1,21 @@
+"""A worker process of a large report (drilldown.PendingPages): reads cell ids (JSON) on stdin, writes their drill-down
+pages, prints the paths written (JSON). ``python -m qval.report.page_worker RESULTS FOLDER``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .drilldown import render_pages
+
+
+def main(argv: list[str]) -> int:
+    results, folder = Path(argv[0]), Path(argv[1])
+    cell_ids = json.loads(sys.stdin.read())
+    print(json.dumps([str(path) for path in render_pages(results, folder, cell_ids)]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
