@@ -94,6 +94,7 @@ def test_eureka_search_judges_reflects_and_keeps_the_winner():
 
     layer = Scripted(reply)
     scorer = _scorer(EurekaScorer, layer, env, iterations=3, candidates=2, judge_points=3)
+    assert scorer.prepare_work() == 9  # prepare may take 9 points' time limits: 3 rounds of 2 programs and a verdict
     scorer.prepare(points)
     rounds = scorer.artifacts["iterations"]
     assert [r["iteration"] for r in rounds] == [1, 2, 3]
@@ -206,8 +207,8 @@ models: [smollm2-135m-instruct]
 qalign:
   envs: [{name: frozenlake, params: {map: 4x4}}]
   methods:
-    - {name: eureka, params: {iterations: 1, candidates: 2, max_new_tokens: 160, judge_max_new_tokens: 24}}
-    - {name: direct-batch8-seq, params: {max_new_tokens: 24}}
+    - {name: eureka, params: {iterations: 1, candidates: 1, max_new_tokens: 128, judge_max_new_tokens: 16}}
+    - {name: direct-batch8-seq, params: {max_new_tokens: 16}}
   points: {episodes: 1, max_points_per_episode: 2}
 """
 
@@ -216,7 +217,7 @@ qalign:
 def test_eureka_and_direct_sequential_run_on_smollm_through_the_cli(tmp_path):
     env = expose_package(tmp_path / "site", ROOT)  # the entry points of this checkout, as `pip install -e .` gives
     suite = write_suite(tmp_path / "s.yaml", SUITE)
-    proc = run_qval("run", suite, "--results", tmp_path / "r", env=env)
+    proc = run_qval("run", suite, "--results", tmp_path / "r", env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = R.cells(tmp_path / "r").set_index("method")["cell_id"].to_dict()
 
@@ -232,7 +233,7 @@ def test_eureka_and_direct_sequential_run_on_smollm_through_the_cli(tmp_path):
 
     artifacts = json.loads((tmp_path / "r" / "parts" / cells["eureka"] / "artifacts.json").read_text())
     (only,) = artifacts["iterations"]
-    assert len(only["programs"]) == 2
+    assert len(only["programs"]) == 1
     eureka = R.cell_samples(cells["eureka"], tmp_path / "r")
     if artifacts["program"] is None:  # SmolLM2 may write no loadable program, or no verdict: then every one fails
         assert all(e.startswith("eureka: ") for e in eureka["error"])
@@ -240,4 +241,4 @@ def test_eureka_and_direct_sequential_run_on_smollm_through_the_cli(tmp_path):
         assert only["candidates"][only["winner"] - 1]["code"] == artifacts["program"]
     data = json.loads(run_qval("samples", cells["eureka"], "--results", tmp_path / "r", "--json", env=env).stdout)
     asked = [q["prompt"] for q in data["prepare_requests"]]
-    assert sum("Search iteration 1 of 1" in p for p in asked) == 2  # the programs were written once, in prepare
+    assert sum("Search iteration 1 of 1" in p for p in asked) == 1  # the program was written once, in prepare

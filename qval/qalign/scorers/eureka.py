@@ -125,8 +125,13 @@ class EurekaScorer(LLMScorer):
     version = "1-v1"
     Params = EurekaParams
     batch_points = 32  # one sandbox run scores many points, as codegen's
-    # What `qval plugins --check eureka` runs on a CPU: QVal's 16 × 8 search takes hours on SmolLM2 there.
+    # What `qval plugins --check eureka` runs: QVal's defaults write 128 programs and ask 16 judge calls, too many for
+    # a contract check on a CPU.
     example_params = {"iterations": 2, "candidates": 2, "max_new_tokens": 64, "judge_max_new_tokens": 48}
+
+    def prepare_work(self) -> int:
+        """Each program written and each verdict asked may take as long as one point's direct prompt."""
+        return self.params.iterations * (self.params.candidates + 1)
 
     def prepare(self, points):
         self.winner: _Program | None = None
