@@ -96,10 +96,14 @@ def _scorer_rules(report: CheckReport, cls, model, n_points: int, params: dict |
     points = collect_points(
         env, env.reference_q(0.95), episodes=3, epsilon=0.3, max_points_per_episode=2, max_steps=20, seed=0
     )[:n_points]
-    validated = cls.Params.model_validate(params or {})
+    # A scorer whose defaults are a GPU-sized run (eureka's 16 x 8 search) names CPU-sized example_params.
+    example = getattr(cls, "example_params", None)
+    given = params if params is not None else example or {}
+    validated = cls.Params.model_validate(given)
     context = ScorerContext(env=env, model=model, seed=0, temperature=0.0)
     first, second = build_scorer(cls, validated, context), build_scorer(cls, validated, context)
-    report.ok("built twice from its Params and a ScorerContext (frozenlake 4x4, seed 0)")
+    shown = "params " + (repr(given) if given else "defaults")
+    report.ok(f"built twice from its Params ({shown}) and a ScorerContext (frozenlake 4x4, seed 0)")
     first.prepare(points)
     second.prepare(points)
     report.ok(f"prepare() accepted the cell's {len(points)} points")

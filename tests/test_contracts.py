@@ -10,6 +10,7 @@ BUILTIN = [(e.kind, e.name) for e in REGISTRY.entries() if e.distribution == "qv
 QUICK = {
     "direct": {"max_new_tokens": 8},
     "direct-batched": {"max_new_tokens": 16},
+    "direct-batch8-seq": {"max_new_tokens": 8},
     "gvl": {"max_new_tokens": 8},
     "ranking": {"max_new_tokens": 12},
     "codegen": {"programs": 2, "max_new_tokens": 64},

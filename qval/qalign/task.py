@@ -138,7 +138,8 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     # and also when prepare fails, since they are then what explains the failure.
     with transcript.recording() as prepared:
         try:
-            with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
+            limit = timeout_per_point_s and timeout_per_point_s * max(1, scorer.prepare_work())
+            with time_limit(limit, f"scorer {cell.method!r} (prepare)"):
                 # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
                 scorer.prepare(copy.deepcopy(points))
         finally:

@@ -86,6 +86,10 @@ class Scorer(Plugin):
     def prepare(self, points: list[EvalPoint]) -> None:
         """Called once per cell with all its points (also on resume) before any scoring."""
 
+    def prepare_work(self) -> int:
+        """How many points' time limits ``prepare`` may take: 1 unless it does the work of many (a search)."""
+        return 1
+
     def score(self, point: EvalPoint) -> list[float | Failed]:
         raise NotImplementedError
 

@@ -17,7 +17,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ...prompts import load_prompt
-from ...sandbox import Limits, run_program
+from ...sandbox import Limits, Result, run_program
+from ..points import EvalPoint
 from .base import Failed
 from .llm_base import LLMScorer
 from .parsing import extract_code
@@ -70,41 +71,56 @@ class CodeScorer(LLMScorer):
         ]
         self.artifacts["programs"] = self.sources
 
-    @staticmethod
-    def _run_one(source, calls, limits):
-        """One program's results; should the sandbox's parent side ever raise on what a program sent, that
-        program fails alone and the batch's other programs still score."""
-        from ...sandbox import Result
-
-        try:
-            return run_program(source, calls, limits)
-        except Exception as exc:  # noqa: BLE001 - a hostile program must not wipe the other programs' scores
-            error = f"crashed: the sandbox could not read this program's results ({type(exc).__name__})"
-            return [Result(None, error, "crash")] * len(calls)
-
     def score_batch(self, points):
-        calls = [
-            {"observation": p.observation, "action": c.action, "task": p.task} for p in points for c in p.candidates
-        ]
-        limits = Limits(
-            cpu_seconds=self.params.seconds_per_call * len(calls) + 5,
-            memory_mb=self.params.memory_mb,
-            wall_seconds_per_call=self.params.seconds_per_call,
-            total_wall_seconds=self.params.seconds_per_call * len(calls) + 30,
-        )
         chosen = self.sources if self.params.program is None else [self.sources[self.params.program]]
-        per_program = [self._run_one(source, calls, limits) for source in chosen]
-        out, i = [], 0
-        for p in points:
-            scores = []
-            for _ in p.candidates:
-                results = [runs[i] for runs in per_program]
-                values = [r.value for r in results if r.ok]
-                scores.append(
-                    float(np.mean(values))
-                    if values
-                    else Failed("no program scored it: " + "; ".join(sorted({r.error for r in results}))[:300])
-                )
-                i += 1
-            out.append(scores)
-        return out
+        return run_programs(chosen, points, self.params.seconds_per_call, self.params.memory_mb)
+
+
+def run_one(source: str, calls: list[dict], limits: Limits) -> list[Result]:
+    """One program's results; should the sandbox's parent side ever raise on what a program sent, that program
+    fails alone and the batch's other programs still score."""
+    try:
+        return run_program(source, calls, limits)
+    except Exception as exc:  # noqa: BLE001 - a hostile program must not wipe the other programs' scores
+        error = f"crashed: the sandbox could not read this program's results ({type(exc).__name__})"
+        return [Result(None, error, "crash")] * len(calls)
+
+
+def program_results(
+    source: str, points: list[EvalPoint], seconds_per_call: float, memory_mb: int
+) -> list[list[Result]]:
+    """One sandbox run of a program over every candidate of the points: its results per point, per candidate."""
+    calls = [{"observation": p.observation, "action": c.action, "task": p.task} for p in points for c in p.candidates]
+    limits = Limits(
+        cpu_seconds=seconds_per_call * len(calls) + 5,
+        memory_mb=memory_mb,
+        wall_seconds_per_call=seconds_per_call,
+        total_wall_seconds=seconds_per_call * len(calls) + 30,
+    )
+    flat = run_one(source, calls, limits) if calls else []
+    out, i = [], 0
+    for p in points:
+        out.append(flat[i : i + len(p.candidates)])
+        i += len(p.candidates)
+    return out
+
+
+def run_programs(
+    sources: list[str], points: list[EvalPoint], seconds_per_call: float, memory_mb: int
+) -> list[list[float | Failed]]:
+    """Per point, per candidate: the mean over the programs that returned a number for it (QVal's codegen-avg), or
+    a Failed naming every program's error."""
+    per_program = [program_results(source, points, seconds_per_call, memory_mb) for source in sources]
+    out = []
+    for k, p in enumerate(points):
+        scores: list[float | Failed] = []
+        for i in range(len(p.candidates)):
+            results = [runs[k][i] for runs in per_program]
+            values = [r.value for r in results if r.ok and r.value is not None]
+            scores.append(
+                float(np.mean(values))
+                if values
+                else Failed("no program scored it: " + "; ".join(sorted({str(r.error) for r in results}))[:300])
+            )
+        out.append(scores)
+    return out

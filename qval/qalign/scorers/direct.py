@@ -3,6 +3,8 @@
 * direct: one prompt per candidate, the reply's number is the score; ``samples`` > 1 averages k sampled replies
   (QVal's direct-16);
 * direct-batched: all candidates of a state in one prompt, one number per lettered line;
+* direct-batch8-seq: QVal's sequential ablation: 8 points per conversation, one per user turn, each earlier reply
+  kept as its bare answer;
 * gvl: GVL-style, the earlier observations of the trajectory shuffled as context and the action's outcome last;
   the model rates task progress of that last observation.
 
@@ -65,14 +67,88 @@ class DirectScorer(_NumericScorer):
     name = "direct"
     version = "1-v1"
 
+    def question(self, point, candidate) -> str:
+        return load_prompt("direct").format(
+            task=point.task, observation=point.observation, action=candidate.action, gamma=self.gamma
+        )
+
     def score(self, point):
-        out = []
-        for c in point.candidates:
-            user = load_prompt("direct").format(
-                task=point.task, observation=point.observation, action=c.action, gamma=self.gamma
-            )
-            out.append(self.mean_of_samples(self.llm.chat(user), point, c.index))
+        return [self.mean_of_samples(self.llm.chat(self.question(point, c)), point, c.index) for c in point.candidates]
+
+
+class DirectSequentialScorer(DirectScorer):
+    """QVal's direct-batch8-seq ("direct-sequential"): direct's question for ``points_per_conversation`` (8) points in
+    one conversation, one point per user turn, under a system message that asks to keep earlier estimates fixed.
+
+    As QVal: each reply's number is kept in the conversation as the bare ``<answer>`` (the rest of the reply is not);
+    a reply without a number ends its conversation, and the points not yet asked fail with that reason; a
+    conversation of one point is direct's plain prompt; ``samples: k`` holds k conversations and averages. QVal asks
+    about one action per point (the actor's); qval scores every candidate, so a batch of 8 points holds as many
+    conversations as its points have candidates, and each conversation asks one candidate of every point (which
+    candidate goes to which conversation is a seeded shuffle per point, so no conversation asks one move throughout).
+    Points are grouped in the order the cell lists them (QVal: contiguous dataset order)."""
+
+    name = "direct-batch8-seq"
+    version = "1-v1"
+    batch_points = 8  # one batch is one group of conversations; resuming never splits a conversation
+
+    class Params(DirectParams):
+        points_per_conversation: int = Field(default=8, ge=1, le=8)  # le: a conversation never spans two batches
+
+    def score_batch(self, points):
+        out: list[list] = [[None] * len(p.candidates) for p in points]
+        size = self.params.points_per_conversation
+        for start in range(0, len(points), size):
+            group = points[start : start + size]
+            orders = []
+            for p in group:
+                order = list(range(len(p.candidates)))
+                random.Random(self.sample_seed(p, "conversation")).shuffle(order)
+                orders.append(order)
+            for j in range(max(len(p.candidates) for p in group)):
+                asked = [(start + i, orders[i][j]) for i, p in enumerate(group) if j < len(p.candidates)]
+                values = self.conversation([(points[k], points[k].candidates[c]) for k, c in asked])
+                for (k, c), value in zip(asked, values):
+                    out[k][c] = value
         return out
+
+    def conversation(self, items) -> list[float | Failed]:
+        """Each item's mean over the ``samples`` conversations whose reply to it held a number."""
+        runs = [self._one_conversation(items, k) for k in range(self.params.samples)]
+        out = []
+        for i in range(len(items)):
+            values = [run[i] for run in runs if not isinstance(run[i], Failed)]
+            out.append(float(np.mean(values)) if values else runs[-1][i])
+        return out
+
+    def _one_conversation(self, items, k: int) -> list[float | Failed]:
+        if len(items) == 1:  # as QVal: a group of one is the plain single-point prompt
+            point, c = items[0]
+            return [self._ask(self.llm.chat(self.question(point, c)), point, c, k)]
+        messages = [{"role": "system", "content": load_prompt("direct_sequential_system")}]
+        keep = " Keep your earlier answers fixed and answer only for the datapoint below."
+        out: list[float | Failed] = []
+        for t, (point, c) in enumerate(items):
+            user = load_prompt("direct_sequential_turn").format(
+                i=t + 1, n=len(items), keep=keep if t else "", prompt=self.question(point, c)
+            )
+            messages.append({"role": "user", "content": user})
+            value = self._ask(self.llm.model.chat_ids(messages), point, c, k)
+            out.append(value)
+            if isinstance(value, Failed):
+                stop = f"not asked: turn {t + 1} of its conversation had no number, which ends it (as QVal)"
+                return out + [Failed(stop)] * (len(items) - t - 1)
+            messages.append({"role": "assistant", "content": f"<answer>{value:g}</answer>"})
+        return out
+
+    def _ask(self, prompt: list[int], point, candidate, k: int) -> float | Failed:
+        reply = self.llm.generate(
+            prompt,
+            self.params.max_new_tokens,
+            self.temperature_for(),
+            self.sample_seed(point, "seq", candidate.index, k),
+        )
+        return parse_number(reply)
 
 
 class DirectBatchedScorer(_NumericScorer):
