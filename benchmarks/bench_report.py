@@ -1,9 +1,8 @@
-"""Goal: re-render a suite's leaderboard (Markdown + HTML + figures + drill-down pages) over 1,000,000 sample rows in
-≤ 5 s after one cell's samples changed. Also timed: the first build into an empty folder, which computes everything
-(every page, every sweep's knob headroom, every figure) and has no goal of its own.
-
-A rebuild reuses, from the last build into the same folder (qval/report/cache.py), the pages, knob-headroom rows and
-figures whose inputs did not change; issue #13 sets the 5 s goal for that case, a report refreshed after a run."""
+"""Goal (issue #13): a suite's report (leaderboard Markdown + HTML, figures, knob headroom, drill-down pages) over
+1,000,000 sample rows in ≤ 5 s. Timed twice: the first build into an empty folder, which computes everything (every
+page, every sweep's knob headroom, every figure), and a rebuild after one cell's samples changed, which reuses from
+the last build into the same folder (qval/report/cache.py) the pages, knob-headroom rows and figures whose inputs did
+not change. ``ok`` needs both within the goal."""
 
 import json
 import tempfile
@@ -45,11 +44,11 @@ def main(smoke: bool = False) -> dict:
         "rows": rows,
         "cells": len(plan.cells),
         "files": len(written),
-        "goal_applies_to": "rebuild after one cell's samples changed (first build: no goal)",
+        "goal_applies_to": "first build and rebuild after one cell's samples changed",
         "first_build_seconds": round(first, 3),
         "seconds": round(rebuild, 3),
         "goal_seconds": 5.0,
-        "ok": rebuild <= 5.0,
+        "ok": first <= 5.0 and rebuild <= 5.0,
         # Every row has its page, and exactly the changed cell's page differs after the rebuild.
         "checks": len(written) >= 2
         and len(pages) == len(after) == len(plan.cells)
