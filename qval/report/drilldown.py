@@ -193,6 +193,8 @@ class PendingPages:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,  # the paths it wrote; its stderr is the report's own
                     text=True,
+                    # This process's import path, so the worker renders with this qval, not another one installed.
+                    env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)},
                 )
             except OSError:  # no process to be had (a limit on processes or files): finish renders these here
                 self.leftover += chunk
