@@ -201,8 +201,11 @@ class PendingPages:
                 continue
             self.workers.append((proc, chunk))
             assert proc.stdin is not None
-            proc.stdin.write(json.dumps(chunk))
-            proc.stdin.close()
+            try:
+                proc.stdin.write(json.dumps(chunk))
+                proc.stdin.close()
+            except OSError:  # it ended before reading (it could not start qval): finish renders its cells here
+                pass
 
     def cancel(self) -> None:
         """Stop the workers (pages they wrote stay, unrecorded: the next build renders them again)."""
