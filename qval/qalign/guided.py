@@ -20,18 +20,14 @@ policy is 0 (up to the step limit's truncation): its mean over episodes estimate
 
 from __future__ import annotations
 
-import copy
-import json
-
 import numpy as np
 
 from ..cell import Cell
 from ..models import transcript
 from ..registry import REGISTRY
-from ..timeouts import time_limit
 from .points import MAX_HISTORY, Candidate, EvalPoint, outcome_text
 from .scorers.base import ScorerContext, build_scorer
-from .task import _safe_text, _score
+from .task import _safe_text, _score, prepare_scorer
 
 
 def step_limit(env, guided: dict, fallback: int) -> int:
@@ -138,14 +134,7 @@ def run_guided_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
         rng = episode_streams(seed, ep)
         s0 = env.reset(rng["start"])
         starts.append(make_point(env, q, s0, f"e{ep:04d}t0000", list(range(len(env.actions(s0)))), [], rng["outcomes"]))
-    with transcript.recording() as prepared:
-        try:
-            with time_limit(timeout_per_point_s, f"scorer {cell.method!r} (prepare)"):
-                scorer.prepare(copy.deepcopy(starts))
-        finally:
-            writer.write_prepare_requests(prepared)
-    if scorer.artifacts:
-        (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
+    prepare_scorer(scorer, cell, starts, writer, timeout_per_point_s)
     done = writer.done_sample_ids()
     todo = [ep for ep in range(episodes) if f"e{ep:04d}" not in done]
     emit(

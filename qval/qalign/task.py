@@ -120,6 +120,22 @@ def _mc_labeller(cell: Cell, env, q, llm_actor):
     return label
 
 
+def prepare_scorer(scorer, cell: Cell, points: list[EvalPoint], writer, timeout_per_point_s: float | None) -> None:
+    """Run the scorer's ``prepare`` on these points (a copy) within its time limit: ``timeout_per_point_s`` times its
+    ``prepare_work()``, since a search such as eureka's is many points' work. A failure fails the cell (FAILED
+    manifest): nothing can be scored without it. prepare()'s requests (codegen writes its programs here) are the
+    cell's, not a point's: stored once per cell, and also when prepare fails, since they then explain the failure."""
+    with transcript.recording() as prepared:
+        try:
+            limit = timeout_per_point_s and timeout_per_point_s * max(1, scorer.prepare_work())
+            with time_limit(limit, f"scorer {cell.method!r} (prepare)"):
+                scorer.prepare(copy.deepcopy(points))
+        finally:
+            writer.write_prepare_requests(prepared)
+    if scorer.artifacts:
+        (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
+
+
 def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float | None = None) -> tuple[int, int, dict]:
     """Returns (points, failed points, manifest extras: the model tokens this cell forwarded vs a naive loop)."""
     env_cls = REGISTRY.get("envs", cell.dataset)
@@ -134,18 +150,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     scorer = build_scorer(scorer_cls, scorer_cls.Params.model_validate(cell.method_params), context)
     counter = model.requests().counter if model is not None else None
     before = counter.as_dict() if counter else None
-    # prepare()'s requests (codegen writes its programs here) are the cell's, not a point's: stored once per cell,
-    # and also when prepare fails, since they are then what explains the failure.
-    with transcript.recording() as prepared:
-        try:
-            limit = timeout_per_point_s and timeout_per_point_s * max(1, scorer.prepare_work())
-            with time_limit(limit, f"scorer {cell.method!r} (prepare)"):
-                # A failure here fails the cell (FAILED manifest): nothing can be scored without it.
-                scorer.prepare(copy.deepcopy(points))
-        finally:
-            writer.write_prepare_requests(prepared)
-    if scorer.artifacts:
-        (writer.dir / "artifacts.json").write_text(json.dumps(scorer.artifacts, indent=1))
+    prepare_scorer(scorer, cell, points, writer, timeout_per_point_s)
     done = writer.done_sample_ids()
     todo = [p for p in points if p.point_id not in done]
     step = max(1, scorer_cls.batch_points)
