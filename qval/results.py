@@ -163,8 +163,9 @@ def samples(results="results", track: str = "", suite: str | None = None) -> pd.
 
 
 def leaderboard(results="results", suite: str | None = None, track: str = "") -> pd.DataFrame:
-    """Wide form: one row per cell (cells of one grid point but different kinds share one: ``_share_rows``); columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and
-    ``<metric>__n_states`` (distinct states behind a count of evaluation points; NaN where not applicable)."""
+    """Wide form: one row per cell (cells of one grid point but different kinds share one: ``_share_rows``);
+    columns ``<metric>``, ``<metric>__lo``, ``<metric>__hi``, ``<metric>__n`` and ``<metric>__n_states`` (distinct
+    states behind a count of evaluation points; NaN where not applicable)."""
     long = metrics(results, suite)
     long = long[long["track"].isin(board_kinds(track))]
     keys = [

@@ -45,7 +45,8 @@ def make_figures(
     two temperatures), per-position acceptance per group (with accept_rate@i
     columns), and, with samples, tau histograms and headroom per group; for
     qalign, best method per family and environment, and the method x environment
-    heatmap, per temperature, and, with guided metrics, per-state rho against guided success and regret. `kinds` restricts the output to some of FIGURE_KINDS.
+    heatmap, per temperature, and, with guided metrics, per-state rho against guided
+    success and regret. `kinds` restricts the output to some of FIGURE_KINDS.
     `analyses` (analysis.analyse(report)) shares the work with the tables.
     """
     wanted = set(FIGURE_KINDS if kinds is None else kinds)
