@@ -1,0 +1,24 @@
+"""Every suite shipped in suites/ loads and plans through the real CLI, so none can rot when a plugin, a metric or
+the schema changes. GPU suites name model folders that are not on this machine: `--model` puts SmolLM2 in their
+place, as a user without those weights would."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ROOT, run_qval
+
+SUITES = sorted((ROOT / "suites").glob("*.yaml"))
+
+
+def test_there_are_suites():
+    assert len(SUITES) >= 8
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.stem)
+def test_a_shipped_suite_plans(suite, tmp_path):
+    proc = run_qval("plan", suite, "--model", "smollm2-135m-instruct", "--results", tmp_path / "res")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    planned = re.search(r"0 done, (\d+) to do", proc.stdout)
+    assert planned and int(planned.group(1)) > 0, proc.stdout
