@@ -302,3 +302,14 @@ def test_cli_samples_of_a_guided_cell(tmp_path):
     proc = run_qval("samples", guided["cell_id"].iloc[0][:12], "--results", results, "--limit", "1")
     assert proc.returncode == 0 and "episode_return" in proc.stdout, proc.stdout + proc.stderr
     assert Path(results / "qval.duckdb").exists()
+
+
+def test_guided_intervals_hold_the_mean_when_an_environment_pays_other_rewards():
+    """qval's environments pay a sparse success reward, so returns lie in [0, 1]; a third-party environment's shaped
+    rewards (here -1 per step) must not give an interval that excludes its own mean."""
+    returns = np.array([-3.0, -2.5, -4.0, 0.5, -1.0, -2.0])
+    frame = pd.DataFrame({"episode_return": returns, "v_star": np.full(returns.size, 0.5), "success": False})
+    for metric, values in ((GuidedReturn(), returns), (GuidedRegret(), 0.5 - returns)):
+        value = metric.compute(frame)
+        assert value.value == pytest.approx(values.mean()) and value.n == returns.size
+        assert value.ci_low < value.value < value.ci_high

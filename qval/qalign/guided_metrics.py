@@ -4,6 +4,8 @@ n = episodes and the intervals treat them as independent draws."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..metrics.base import Metric, MetricView
 from ..stats import MetricValue, bounded_mean, wilson_proportion
 from .signals import RANKS_ACTIONS
@@ -54,7 +56,7 @@ class GuidedReturn(_Guided):
     )
 
     def compute(self, samples, baseline=None, cell=None):
-        return bounded_mean(samples["episode_return"].to_numpy(float), 0.0, 1.0)
+        return _bounded(samples["episode_return"].to_numpy(float), 0.0, 1.0)
 
 
 class GuidedRegret(_Guided):
@@ -69,4 +71,14 @@ class GuidedRegret(_Guided):
 
     def compute(self, samples, baseline=None, cell=None):
         regret = samples["v_star"].to_numpy(float) - samples["episode_return"].to_numpy(float)
-        return bounded_mean(regret, -1.0, 1.0)
+        return _bounded(regret, -1.0, 1.0)
+
+
+def _bounded(values: np.ndarray, low: float, high: float) -> MetricValue:
+    """``bounded_mean`` within [low, high], the range of qval's sparse success reward. A third-party environment
+    with other rewards can leave it: the bounds then widen to the values seen, so the interval still holds the mean
+    (clipped to the stated bounds it would exclude it)."""
+    finite = values[np.isfinite(values)]
+    if finite.size:
+        low, high = min(low, float(finite.min())), max(high, float(finite.max()))
+    return bounded_mean(values, low, high)
