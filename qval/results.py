@@ -217,7 +217,8 @@ def _share_rows(board: pd.DataFrame, kinds: pd.Series, order: tuple[str, ...], m
     if kinds.nunique() < 2:
         return board
     rank = kinds.map({kind: i for i, kind in enumerate(order)}).fillna(len(order))
-    keyed = board[_ROW_KEY].astype(str).agg("\x1f".join, axis=1)
+    # str() of each value (a missing one is "nan"): pandas' astype(str) keeps missing values missing, and join fails.
+    keyed = pd.Series(["\x1f".join(map(str, row)) for row in board[_ROW_KEY].itertuples(index=False)], board.index)
     drop = []
     for _, ids in keyed.groupby(keyed).groups.items():
         if len(ids) < 2 or kinds[ids].duplicated().any():
