@@ -24,6 +24,7 @@ from markupsafe import Markup
 
 from .. import results as R
 from .. import samples_view
+from ..store.parts import write_json_atomic
 from . import cache
 from .html import CELL_CSS, CSP, SCRIPT
 from .links import FOLDER, page_file
@@ -158,7 +159,7 @@ def start_pages(results, target: Path, cell_ids, workers: int | None = None) -> 
             current[cell_id] = seen
         else:
             todo.append(cell_id)
-    pending = PendingPages(Path(results), folder, manifest_path, wanted, keys, current, todo)
+    pending = PendingPages(Path(results), folder, manifest_path, wanted, keys, current, todo, leftover=list(todo))
     workers = page_workers() if workers is None else workers
     if workers > 0 and sum(min(sizes.get(c, 0), MAX_PAGE_SAMPLES) for c in todo) >= PARALLEL_MIN_SAMPLES:
         pending.start(workers)
@@ -174,15 +175,14 @@ class PendingPages:
     keys: dict[str, str]
     current: dict[str, dict]
     todo: list[str]
+    leftover: list[str]  # the cells this process renders in finish: all of them, unless workers took them
     workers: list[tuple[subprocess.Popen, list[str]]] = field(default_factory=list)
-    leftover: list[str] = field(default_factory=list)  # cells no worker took
-    started: bool = False
 
     def start(self, workers: int) -> None:
         # Fresh interpreters (``python -m qval.report.page_worker``), not forked or multiprocessing children: a fork
         # of this process copies its DuckDB and BLAS threads' locks, and multiprocessing's spawn re-runs the caller's
         # main script. Cells go round-robin, so that large and small pages share out evenly.
-        self.started = True
+        self.leftover = []
         for i in range(workers):
             chunk = self.todo[i::workers]
             if not chunk:
@@ -217,22 +217,19 @@ class PendingPages:
 
     def finish(self) -> list[Path]:
         """Wait for (or render) the pages, then record them and remove the pages of cells no longer shown."""
-        if not self.started:
-            written = render_pages(self.results, self.folder, self.todo)
-        else:
-            written = render_pages(self.results, self.folder, self.leftover)
-            for proc, chunk in self.workers:
-                assert proc.stdout is not None
-                with proc.stdout:
-                    out = proc.stdout.read()
-                proc.wait()
-                try:
-                    paths = [Path(p) for p in json.loads(out)] if proc.returncode == 0 else None
-                except ValueError:
-                    paths = None
-                # A worker that failed (or could not start qval) leaves its cells to this process, which renders
-                # them again: the same pages, or the error itself where it has one.
-                written += paths if paths is not None else render_pages(self.results, self.folder, chunk)
+        written = render_pages(self.results, self.folder, self.leftover)
+        for proc, chunk in self.workers:
+            assert proc.stdout is not None
+            with proc.stdout:
+                out = proc.stdout.read()
+            proc.wait()
+            try:
+                paths = [Path(p) for p in json.loads(out)] if proc.returncode == 0 else None
+            except ValueError:
+                paths = None
+            # A worker that failed (or could not start qval) leaves its cells to this process, which renders them
+            # again: the same pages, or the error itself where it has one.
+            written += paths if paths is not None else render_pages(self.results, self.folder, chunk)
         for cell_id in self.todo:
             if cell_id in self.keys:
                 self.current[cell_id] = {"key": self.keys[cell_id], "size": _size(self.folder / page_file(cell_id))}
@@ -242,9 +239,7 @@ class PendingPages:
             if path.name not in keep:
                 path.unlink()
         self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.manifest_path.with_name(f".{MANIFEST}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.current, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, self.manifest_path)
+        write_json_atomic(self.manifest_path, self.current)
         order = {page_file(c): i for i, c in enumerate(self.todo)}
         return sorted(written, key=lambda path: order[path.name])  # in the cells' order, as rendered in one process
 
