@@ -26,6 +26,7 @@ from .actor import LLMActor
 from .points import EvalPoint, collect_points
 from .reference import monte_carlo_q
 from .scorers.base import Failed, ScorerContext, build_scorer
+from .signals import scorer_signal
 
 POINTS_FORMAT = 1
 
@@ -178,7 +179,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
                 errored += 1
             else:
                 scores, errors = outcome
-                if getattr(scorer_cls, "signal", "q") == "v":
+                if scorer_signal(scorer_cls) == "v":
                     scores, errors = _one_value(scores, errors)
             failed += any(e is not None for e in errors)
             writer.add_sample(

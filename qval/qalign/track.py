@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from ..cell import Cell, make_cell
 from ..section import PluginRefs, Strict, TrackSection
 from ..tracks import SampleTable, Track
-from .signals import RANKS_ACTIONS
+from .signals import RANKS_ACTIONS, scorer_signal
 from .tables import QALIGN_GUIDED, QALIGN_SAMPLES, QALIGN_STATE_VALUES
 
 GUIDED = "qalign_guided"  # the kind of guided-episode cells
@@ -158,7 +158,7 @@ class QAlignTrack(Track):
             suite.config.seeds,
         ):
             uses_model = getattr(scls, "uses_model", False) or llm_points
-            signal = getattr(scls, "signal", "q")
+            signal = scorer_signal(scls)
             # A scorer's signal decides which metrics apply to its cell (qalign/signals.py); only a non-Q one is
             # written, so every Q cell keeps the id it had before signals existed.
             own = settings if signal == "q" else {**settings, "signal": signal}
