@@ -119,10 +119,12 @@ def _per_sample(con, cell_ids: list[str]) -> pd.DataFrame:
 
 
 def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
+    # Ordered by sample id, and min() rather than any_value(): a GROUP BY's rows come in no fixed order, and the
+    # selector's folds and fits follow the row order, so the same database must give the same features.
     frame = con.execute(
-        "SELECT sample_id, any_value(category) AS category, avg(prefill_entropy) AS entropy, "
+        "SELECT sample_id, min(category) AS category, avg(prefill_entropy) AS entropy, "
         "avg(prefill_top_prob) AS top_prob, avg(prompt_tokens) AS prompt_tokens FROM decode_samples "
-        "WHERE cell_id IN (SELECT unnest(?)) AND turn = 0 AND error IS NULL GROUP BY sample_id",
+        "WHERE cell_id IN (SELECT unnest(?)) AND turn = 0 AND error IS NULL GROUP BY sample_id ORDER BY sample_id",
         [cell_ids],
     ).df()
     frame = frame.dropna(subset=["entropy", "top_prob", "prompt_tokens"])
