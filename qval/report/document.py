@@ -408,7 +408,8 @@ def _noise_row(group: str, c: dict | None, note: str) -> Row:
         )
     tau = [c["kendall_tau_b"], c["ci_low"], c["ci_high"]]
     flips = "; ".join(f"{f['exact_above']} > {f['mc_above']} reversed" for f in c["flipped_pairs"])
-    notes = [f"undefined: {c['undefined']}"] if c["undefined"] else []
+    # An undefined τ has no number to carry n: the note carries it.
+    notes = [f"undefined (n={c['n']}, {c['n_states']} states): {c['undefined']}"] if c["undefined"] else []
     notes += [f"{method} left out ({why})" for method, why in c["left_out"].items()]
     notes += [f"{a} and {b} tie under one label set only" for a, b in c["tie_changes"]]
     return Row(
