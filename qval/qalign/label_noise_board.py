@@ -38,16 +38,11 @@ def label_sets(setting: dict) -> list[ln.LabelSet]:
     return [ln.LabelSet(int(n), str(a)) for n in setting["rollouts"] for a in setting["agg"]]
 
 
-def label_noise_doc(results, suite: str, section: dict) -> dict | None:
-    """The suite's comparison when its section sets ``label_noise`` (None otherwise), from the active report cache
-    when its inputs did not change. A suite the comparison cannot apply to (fewer than 2 methods on every set of
-    points, points no longer stored) gets ``{"error": why}``, shown in the report instead of failing it."""
-    from .track import LabelNoiseConfig
-
-    raw = section.get("label_noise")
-    if raw is None:
-        return None
-    setting = LabelNoiseConfig.model_validate(raw).model_dump()
+def label_noise_doc(results, suite: str, setting: dict, reference: dict | None) -> dict:
+    """The suite's comparison for its ``qalign.label_noise`` setting (validated: track.LabelNoiseConfig), from the
+    active report cache when its inputs did not change. A suite the comparison cannot apply to (fewer than 2 methods
+    on every set of points, points no longer stored) gets ``{"error": why}``, shown in the report instead of failing
+    it."""
     cells = R.cells(results, suite)
     cells = cells[cells["track"] == "qalign"].reset_index(drop=True)
     store = cache.active()
@@ -56,7 +51,7 @@ def label_noise_doc(results, suite: str, section: dict) -> dict | None:
         cache.code_version(*_CODE),
         [np.__version__, pd.__version__],
         setting,
-        section.get("reference"),
+        reference,
         cells,
     )
     if store is not None and (doc := store.get_json(KIND, name)) is not None:

@@ -51,6 +51,13 @@ class GuidedConfig(Strict):
     best_of_n: int | None = Field(default=None, ge=1, le=1_000)  # None: every legal action is a candidate
 
 
+Agg = Literal["max", "mean"]
+
+
+def _both_aggs() -> list[Agg]:
+    return ["max", "mean"]
+
+
 class LabelNoiseConfig(Strict):
     """The report's label-noise comparison (qval/qalign/label_noise.py, as `qval label-noise`): the stored scores
     against exact Q* and against QVal-style Monte-Carlo labels. Read by the report only: no cell's id changes."""
@@ -58,7 +65,7 @@ class LabelNoiseConfig(Strict):
     rollouts: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
         default_factory=lambda: [1, 16], min_length=1, max_length=16
     )
-    agg: list[Literal["max", "mean"]] = Field(default_factory=lambda: ["max", "mean"], min_length=1, max_length=2)
+    agg: list[Agg] = Field(default_factory=_both_aggs, min_length=1, max_length=2)
     seed: int = Field(default=0, ge=0, le=2**31 - 1)  # of the rollouts (the labels are stored per seed)
     max_steps: int | None = Field(default=None, ge=1, le=100_000)  # None: reference.max_steps
 
@@ -242,9 +249,9 @@ class QAlignTrack(Track):
         states = by_state(results, suite, section["main_metric"])
         if states is not None:
             out.update(by_state=states, families=family_aggregates(rows, states, section["main_metric"]))
-        noise = label_noise_doc(results, suite, section)
-        if noise is not None:
-            out["label_noise"] = noise
+        if section.get("label_noise") is not None:  # off by default; results of older suites lack the key
+            setting = LabelNoiseConfig.model_validate(section["label_noise"]).model_dump()
+            out["label_noise"] = label_noise_doc(results, suite, setting, section.get("reference"))
         return out
 
     def paired_units(self, results, suite):

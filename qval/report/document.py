@@ -406,7 +406,7 @@ def _noise_row(group: str, c: dict | None, note: str) -> Row:
                 Cell(note),
             ]
         )
-    tau = [c["kendall_tau_b"], c["ci_low"], c["ci_high"]]
+    tau = [math.nan if v is None else float(v) for v in (c["kendall_tau_b"], c["ci_low"], c["ci_high"])]
     flips = "; ".join(f"{f['exact_above']} > {f['mc_above']} reversed" for f in c["flipped_pairs"])
     # An undefined τ has no number to carry n: the note carries it.
     notes = [f"undefined (n={c['n']}, {c['n_states']} states): {c['undefined']}"] if c["undefined"] else []
@@ -416,7 +416,7 @@ def _noise_row(group: str, c: dict | None, note: str) -> Row:
         [
             Cell(group),
             Cell(f"MC {c['rollouts']}\u00d7{c['agg']}"),
-            metric_cell(*(math.nan if v is None else v for v in tau), c["n"], c["n_states"]),
+            metric_cell(tau[0], tau[1], tau[2], c["n"], c["n_states"]),
             Cell(flips or "none"),
             Cell(order_text(c["mean_rho_exact"]) if c["mean_rho_exact"] else fmt.UNDEFINED),
             Cell(order_text(c["mean_rho_mc"]) if c["mean_rho_mc"] else fmt.UNDEFINED),
