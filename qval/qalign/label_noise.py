@@ -145,6 +145,10 @@ def compare_orders(
     return out
 
 
+class NotRelabellable(UsageError):
+    """A set of points whose stored states cannot be restored: left out of the comparison with this reason."""
+
+
 @dataclass
 class Group:
     """The cells that scored one stored set of points, and what labelling those points needs."""
@@ -254,7 +258,12 @@ def label_noise(
             f"label-noise compares the order of methods, and suite '{suite}' has fewer than 2 methods on every set "
             f"of points ({listed}); list 2 or more in its qalign.methods and run it"
         )
-    out = [_group_doc(group, rows, results, label_sets, seed, max_steps) for group in usable]
+    out, unlabelled = [], {}
+    for group in usable:
+        try:
+            out.append(_group_doc(group, rows, results, label_sets, seed, max_steps))
+        except NotRelabellable as exc:
+            unlabelled[group.title] = str(exc)
     skipped = [g.title for g in found if len(g.cells) < 2]
     return {
         "suite": suite,
@@ -264,6 +273,7 @@ def label_noise(
         "bootstrap": {"resamples": N_BOOT, "seed": 0, "unit": "state"},
         "groups": out,
         "skipped_groups": skipped,
+        "unlabelled_groups": unlabelled,  # group → why its points cannot be relabelled
     }
 
 
@@ -275,10 +285,14 @@ def _group_doc(
     gamma = float(group.cell.settings["gamma"])
     q = env.reference_q(gamma)
     for p in points:  # the points store a state id; relabelling is honest only if it restores that state
-        if env.describe(p.state) != p.observation:
-            raise UsageError(
-                f"{group.title}: the stored state of point {p.point_id} does not restore to its observation; "
-                f"this {group.cell.dataset} cannot be relabelled from stored points"
+        try:  # TextWorld numbers states as a run reaches them: a fresh instance knows none of them (KeyError)
+            restored = env.describe(p.state) == p.observation
+        except KeyError:
+            restored = False
+        if not restored:
+            raise NotRelabellable(
+                f"the stored state of point {p.point_id} does not restore to its observation in a fresh "
+                f"{group.cell.dataset}: it cannot be relabelled from stored points"
             )
     steps = max_steps or int(group.cell.settings.get("reference", {}).get("max_steps", 200))
     index = pd.Index([p.point_id for p in points])
@@ -313,7 +327,7 @@ def _num(x) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def _order(means: dict[str, float]) -> str:
+def order_text(means: dict[str, float]) -> str:
     ranked = sorted(means.items(), key=lambda kv: -kv[1])
     text = f"{ranked[0][0]} {ranked[0][1]:.3f}"
     for (_, prev), (name, value) in zip(ranked, ranked[1:]):
@@ -348,8 +362,8 @@ def to_markdown(doc: dict) -> str:
             else:
                 tau = f"{_num(c['kendall_tau_b'])} [{_num(c['ci_low'])}, {_num(c['ci_high'])}]"
             flips = "; ".join(f"{f['exact_above']} > {f['mc_above']} → reversed" for f in c["flipped_pairs"])
-            exact = _order(c["mean_rho_exact"]) if c["mean_rho_exact"] else "–"
-            mc = _order(c["mean_rho_mc"]) if c["mean_rho_mc"] else "–"
+            exact = order_text(c["mean_rho_exact"]) if c["mean_rho_exact"] else "–"
+            mc = order_text(c["mean_rho_mc"]) if c["mean_rho_mc"] else "–"
             lines.append(f"| {title} | {c['n']} ({c['n_states']}) | {tau} | {flips or 'none'} | {exact} | {mc} |")
             for method, why in c["left_out"].items():
                 notes.append(f"- {title}: {method} left out ({why})")
@@ -357,6 +371,8 @@ def to_markdown(doc: dict) -> str:
                 notes.append(f"- {title}: {a} and {b} tie under one label set only")
         if notes:
             lines += ["", *notes]
+    for title, why in doc["unlabelled_groups"].items():
+        lines += ["", f"Left out: {title}: {why}"]
     if doc["skipped_groups"]:
         lines += ["", "Left out (fewer than 2 methods on these points): " + "; ".join(doc["skipped_groups"])]
     return "\n".join(lines) + "\n"

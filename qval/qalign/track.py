@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from itertools import product
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -51,6 +51,31 @@ class GuidedConfig(Strict):
     best_of_n: int | None = Field(default=None, ge=1, le=1_000)  # None: every legal action is a candidate
 
 
+Agg = Literal["max", "mean"]
+
+
+def _both_aggs() -> list[Agg]:
+    return ["max", "mean"]
+
+
+class LabelNoiseConfig(Strict):
+    """The report's label-noise comparison (qval/qalign/label_noise.py, as `qval label-noise`): the stored scores
+    against exact Q* and against QVal-style Monte-Carlo labels. Read by the report only: no cell's id changes."""
+
+    rollouts: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        default_factory=lambda: [1, 16], min_length=1, max_length=16
+    )
+    agg: list[Agg] = Field(default_factory=_both_aggs, min_length=1, max_length=2)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)  # of the rollouts (the labels are stored per seed)
+    max_steps: int | None = Field(default=None, ge=1, le=100_000)  # None: reference.max_steps
+
+    @model_validator(mode="after")
+    def _counts(self):
+        if len(set(self.rollouts)) < len(self.rollouts) or len(set(self.agg)) < len(self.agg):
+            raise ValueError("rollouts and agg list each value once")
+        return self
+
+
 class QAlignSection(TrackSection):
     envs: PluginRefs = Field(min_length=1)
     methods: PluginRefs = Field(min_length=1)
@@ -58,6 +83,7 @@ class QAlignSection(TrackSection):
     points: PointsConfig = Field(default_factory=PointsConfig)
     reference: ReferenceConfig = Field(default_factory=ReferenceConfig)
     guided: GuidedConfig = Field(default_factory=GuidedConfig)
+    label_noise: LabelNoiseConfig | None = None  # off unless set: Monte-Carlo rollouts cost time at report time
     metrics: list[str] = Field(
         default_factory=lambda: [
             "per_state_spearman",
@@ -217,11 +243,16 @@ class QAlignTrack(Track):
 
     def board(self, results, suite, section, rows):
         from .board import by_state, family_aggregates
+        from .label_noise_board import label_noise_doc
 
+        out: dict[str, Any] = {}
         states = by_state(results, suite, section["main_metric"])
-        if states is None:
-            return {}
-        return {"by_state": states, "families": family_aggregates(rows, states, section["main_metric"])}
+        if states is not None:
+            out.update(by_state=states, families=family_aggregates(rows, states, section["main_metric"]))
+        if section.get("label_noise") is not None:  # off by default; results of older suites lack the key
+            setting = LabelNoiseConfig.model_validate(section["label_noise"]).model_dump()
+            out["label_noise"] = label_noise_doc(results, suite, setting, section.get("reference"))
+        return out
 
     def paired_units(self, results, suite):
         from .board import units_by_cell

@@ -1,5 +1,5 @@
 """What a rebuild of a report reuses from the last build into the same folder: drill-down pages, knob-headroom
-rows and figure PNGs, each under a content key, in ``<report folder>/.cache/``.
+rows, the label-noise comparison and figure PNGs, each under a content key, in ``<report folder>/.cache/``.
 
 A key is a SHA-256 over everything the cached thing is computed from: the stored data it reads (a cell's row of the
 ``cells`` table changes whenever ingest replaces that cell's samples: new part signature, new ``ingested_at``), the
@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 FOLDER = ".cache"
-_KINDS = ("headroom", "figures")  # one sub-folder of entries each; pages keep a manifest (drilldown.py)
+_KINDS = ("headroom", "figures", "label_noise")  # a sub-folder of entries each; pages keep a manifest (drilldown.py)
 
 
 @cache

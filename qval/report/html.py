@@ -52,8 +52,9 @@ _TABLE_CLASS = {
     "headroom": "headroom",
     "knobs": "board knobs",
     "usefulness": "board",
+    "label_noise": "board",
 }
-_NOTED = ("headroom", "knobs", "usefulness")
+_NOTED = ("headroom", "knobs", "usefulness", "label_noise")
 
 
 def _escape(value: object) -> Markup:

@@ -38,6 +38,8 @@ class TrackBoard:
     families: pd.DataFrame | None = None
     # Decoding: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
     knob_headroom: pd.DataFrame | None = None
+    # Q-alignment with ``label_noise`` set: the comparison's document (qval.qalign.label_noise_board).
+    label_noise: dict | None = None
     # Per metric, its value of no effect where it has one (Metric.reference), drawn as a reference line.
     references: dict[str, float] = field(default_factory=dict)
     # The figure kinds drawn for this board and the columns read beyond ``metrics``: by default the installed track's
