@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .cell import Cell
+    from .report.analysis import BoardAnalysis
+    from .report.model import TrackBoard
+    from .report.table import Table
 
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -109,6 +112,12 @@ class Track:
     def board(self, results: Path, suite: str, section: dict, rows: pd.DataFrame) -> dict[str, Any]:
         """Extra fields of the track's leaderboard (qval.report.model.TrackBoard), from stored values."""
         return {}
+
+    def report_tables(self, board: TrackBoard, analysis: BoardAnalysis) -> list[Table]:
+        """The track's own sections of the report (qval.report.table.Table, built with qval.report.document's cell
+        helpers), shown after the family aggregates in Markdown and HTML; they read the board, its analysis and
+        what ``board`` returned in ``extras``. The report package itself holds no track-specific section."""
+        return []
 
     def paired_units(self, results: Path, suite: str) -> dict[str, pd.Series]:
         """Per cell, the per-unit values `qval compare` pairs between two runs (indexed by unit)."""

@@ -216,12 +216,26 @@ class QAlignTrack(Track):
         return outcomes
 
     def board(self, results, suite, section, rows):
+        from .. import results as R
         from .board import by_state, family_aggregates
+        from .model_stability import model_stability
+        from .report_tables import MODEL_STABILITY
 
         states = by_state(results, suite, section["main_metric"])
         if states is None:
             return {}
-        return {"by_state": states, "families": family_aggregates(rows, states, section["main_metric"])}
+        # The order of methods across models, by the same per-point values (with their states) as the paired tests.
+        stability = model_stability(rows, R.units(results, suite, section["main_metric"]))
+        return {
+            "by_state": states,
+            "families": family_aggregates(rows, states, section["main_metric"]),
+            "extras": {MODEL_STABILITY: stability},
+        }
+
+    def report_tables(self, board, analysis):
+        from .report_tables import report_tables
+
+        return report_tables(board, analysis)
 
     def paired_units(self, results, suite):
         from .board import units_by_cell

@@ -11,9 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..loadwatch import BUSY_OTHER_CORES
-from ..qalign.usefulness import LABEL as USEFULNESS_NOTE
-from ..qalign.usefulness import alignment_usefulness
 from ..stats import LOW_N
+from ..tracks import find_track
 from . import format as fmt
 from .analysis import (
     BoardAnalysis,
@@ -356,41 +355,6 @@ def knobs_table(board: TrackBoard) -> Table | None:
     return Table("Headroom per knob", columns, body, name="knobs", note=KNOB_NOTE)
 
 
-def usefulness_table(board: TrackBoard, analysis: BoardAnalysis) -> Table | None:
-    """Does alignment predict usefulness: per guided metric, its rank correlation with per-state rho across rows
-    (the same numbers as the usefulness figure's caption); for boards that draw that figure and list a guided
-    metric."""
-    if "usefulness" not in (board.figures or ()):
-        return None
-    correlations = alignment_usefulness(analysis.rows)
-    if not correlations:
-        return None
-    columns = [
-        Column("alignment"),
-        Column("usefulness"),
-        Column("Spearman \u03c1", "number", title=USEFULNESS_NOTE),
-        Column("why undefined"),
-    ]
-    body = [
-        Row(
-            [
-                Cell("per_state_spearman"),
-                Cell(c.label),
-                metric_cell(
-                    math.nan if c.value is None else c.value,
-                    math.nan if c.ci_low is None else c.ci_low,
-                    math.nan if c.ci_high is None else c.ci_high,
-                    c.n,
-                    None,
-                ),
-                Cell(c.reason),
-            ]
-        )
-        for c in correlations
-    ]
-    return Table("Does alignment predict usefulness?", columns, body, name="usefulness", note=USEFULNESS_NOTE)
-
-
 def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
     legend = [(m, fmt.direction(board.higher_is_better, m)[0], board.label(m)) for m in board.metrics]
     groups = analysis.groups
@@ -410,9 +374,11 @@ def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
         view.temperatures = [fmt.temperature(t) for t in temperatures]
         if any(math.isnan(g.temperature) for g in groups):
             view.temperatures.append(fmt.UNDEFINED)
+        # The track's own sections (Q-alignment: does alignment predict usefulness, the ranking across models).
+        plugin = find_track(board.track)
         tables = (
             families_table(board),
-            usefulness_table(board, analysis),
+            *(plugin.report_tables(board, analysis) if plugin is not None else ()),
             failures_table(board, analysis),
             headroom_table(analysis.headrooms),
             knobs_table(board),

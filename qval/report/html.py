@@ -52,8 +52,9 @@ _TABLE_CLASS = {
     "headroom": "headroom",
     "knobs": "board knobs",
     "usefulness": "board",
+    "model_stability": "board",
 }
-_NOTED = ("headroom", "knobs", "usefulness")
+_NOTED = ("headroom", "knobs", "usefulness", "model_stability")
 
 
 def _escape(value: object) -> Markup:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -38,6 +39,9 @@ class TrackBoard:
     families: pd.DataFrame | None = None
     # Decoding: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
     knob_headroom: pd.DataFrame | None = None
+    # What the track's board hook computed for its own report sections (Track.report_tables reads it); the report
+    # package never looks inside.
+    extras: dict[str, Any] = field(default_factory=dict)
     # Per metric, its value of no effect where it has one (Metric.reference), drawn as a reference line.
     references: dict[str, float] = field(default_factory=dict)
     # The figure kinds drawn for this board and the columns read beyond ``metrics``: by default the installed track's
