@@ -128,12 +128,66 @@ def model_stability(rows: pd.DataFrame, units: pd.DataFrame, n_boot: int = N_BOO
     return out
 
 
-def for_suite(results, suite: str, track: str, metric: str) -> list[ModelPair]:
-    """The comparison from stored values: the track's leaderboard rows and the metric's per-point values."""
-    if suite not in set(R.suites(results)["suite"]):
-        known = ", ".join(R.suites(results)["suite"]) or "none"
+def for_suite(results, suite: str, track: str = "qalign") -> dict:
+    """The comparison from stored values (the track's leaderboard rows and its main metric's per-point values), as
+    one JSON-ready document (``to_markdown`` renders it)."""
+    import json
+
+    from .metrics import BY_STATE
+
+    suites = R.suites(results)
+    row = suites[suites["suite"] == suite]
+    if row.empty:
+        known = ", ".join(suites["suite"]) or "none"
         raise UsageError(f"no suite '{suite}' in {results} (suites there: {known}); run `qval run` on it first")
-    return model_stability(R.leaderboard(results, suite, track), R.units(results, suite, metric))
+    section = json.loads(row.iloc[0]["config"]).get(track) or {}
+    metric = section.get("main_metric", "per_state_spearman")
+    if metric not in BY_STATE:
+        raise UsageError(
+            f"suite '{suite}' ranks by {metric}, which is not a per-state mean; set qalign.main_metric to one of "
+            f"{', '.join(BY_STATE)} to compare method orders across models"
+        )
+    pairs = model_stability(R.leaderboard(results, suite, track), R.units(results, suite, metric))
+    if not pairs:
+        raise UsageError(
+            f"suite '{suite}' has Q-alignment cells of fewer than 2 models that use one; list 2 or more under its "
+            "models: (e.g. [smollm2-135m-instruct, gemma3-270m]) with a method that uses the model, and run it"
+        )
+    return {
+        "suite": suite,
+        "metric": metric,
+        "statistic": STATISTIC,
+        "bootstrap": {"resamples": N_BOOT, "seed": 0, "unit": "state"},
+        "pairs": [p.to_json() for p in pairs],
+    }
+
+
+def to_markdown(doc: dict) -> str:
+    lines = [f"# Method ranking across models: suite {doc['suite']}", "", doc["statistic"] + ".", ""]
+    lines += [
+        f"Methods ordered by mean {doc['metric']}. Bootstrap: {doc['bootstrap']['resamples']} resamples of states.",
+        "",
+        "| environment | T | seed | model A | model B | n points (states) | Kendall τ-b [95% CI] | flipped pairs | "
+        "order under A | order under B | left out |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in doc["pairs"]:
+        if p["undefined"]:
+            tau = f"undefined: {p['undefined']}"
+        else:
+            tau = f"{p['kendall_tau_b']:.3f} [{_num(p['ci_low'])}, {_num(p['ci_high'])}]"
+        flips = [f"{f['a_above']} > {f['b_above']} → reversed" for f in p["flipped_pairs"]]
+        flips += [f"{a} = {b} under one model only" for a, b in p["tie_changes"]]
+        lines.append(
+            f"| {p['dataset']} | {p['temperature']:g} | {p['seed']} | {p['model_a']} | {p['model_b']} | {p['n']} "
+            f"({p['n_states']}) | {tau} | {'; '.join(flips) or 'none'} | {order_text(p['mean_rho_a'])} | "
+            f"{order_text(p['mean_rho_b'])} | {'; '.join(p['left_out']) or 'none'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def order_text(means: dict[str, float]) -> str:
