@@ -106,7 +106,7 @@ models:
 qalign:
   envs: [{{name: frozenlake, params: {{map: 4x4}}}}]
   methods: [oracle-q, random, action-logprob, self-certainty]
-  points: {{episodes: 2, max_points_per_episode: 2}}
+  points: {{episodes: 3, max_points_per_episode: 2}}
 """
 
 
