@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from .cell import Cell
-    from .report.analysis import BoardAnalysis
-    from .report.model import TrackBoard
-    from .report.table import Table
 
 
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
@@ -113,10 +110,11 @@ class Track:
         """Extra fields of the track's leaderboard (qval.report.model.TrackBoard), from stored values."""
         return {}
 
-    def report_tables(self, board: TrackBoard, analysis: BoardAnalysis) -> list[Table]:
+    def report_tables(self, board: Any, analysis: Any) -> list[Any]:
         """The track's own sections of the report (qval.report.table.Table, built with qval.report.document's cell
-        helpers), shown after the family aggregates in Markdown and HTML; they read the board, its analysis and
-        what ``board`` returned in ``extras``. The report package itself holds no track-specific section."""
+        helpers), shown after the family aggregates in Markdown and HTML; they read the board (report.model's
+        TrackBoard), its analysis (report.analysis's BoardAnalysis) and what ``board`` returned in ``extras``. Typed
+        Any: the report package imports this module, so naming its types here would make an import cycle."""
         return []
 
     def paired_units(self, results: Path, suite: str) -> dict[str, pd.Series]:
