@@ -17,6 +17,8 @@ from conftest import model_free_suite, run_qval, usage_error, write_suite
 from scipy import stats as sps
 
 from qval.qalign.model_stability import NO_MODEL, model_stability
+from qval.qalign.report_tables import model_stability_table
+from qval.report import markdown
 from qval.stats import N_BOOT
 
 METHODS = ["m1", "m2", "m3", "m4"]
@@ -72,6 +74,12 @@ def test_tau_ci_and_flips_match_an_independent_scipy_computation():
     lo, hi = np.quantile(taus[np.isfinite(taus)], [0.025, 0.975])
     assert (got.ci_low, got.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
     assert got.ci_low < got.tau < got.ci_high  # a real interval here, not a degenerate one
+
+    table = model_stability_table([pair])
+    assert table.title == "Method ranking across models" and table.note.startswith("qval's own statistic")
+    [row] = markdown.table(table)[2:]
+    assert "| gemma | smol | 0.333 [" in row and "(n=14, 5 states, low n)" in row
+    assert "m1 \\> m2 → reversed; m1 \\> m3 → reversed" in row and "oracle-q (uses no model)" in row
 
 
 def test_only_the_points_and_methods_both_models_have_are_compared():

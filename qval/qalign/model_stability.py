@@ -202,6 +202,7 @@ def order_text(means: dict[str, float]) -> str:
 
 
 def flips_text(pair: ModelPair) -> str:
-    flips = [f"{x} > {y} under {pair.model_a}, reversed under {pair.model_b}" for x, y in pair.agreement.flips]
+    """The pairs whose order reverses, as model A orders them ("x > y → reversed"), then those tied under one only."""
+    flips = [f"{x} > {y} → reversed" for x, y in pair.agreement.flips]
     ties = [f"{x} = {y} under one model only" for x, y in pair.agreement.tie_changes]
     return "; ".join(flips + ties) or "none"

@@ -64,7 +64,7 @@ def model_stability_table(pairs: list[ModelPair]) -> Table | None:
         Column("model A"),
         Column("model B"),
         Column("Kendall \u03c4-b", "number", title=STATISTIC),
-        Column("flipped pairs"),
+        Column("flipped pairs (order under A → reversed under B)"),
         Column("order by mean \u03c1 under A"),
         Column("order by mean \u03c1 under B"),
         Column("left out"),
