@@ -88,7 +88,9 @@ def test_only_the_points_and_methods_both_models_have_are_compared():
     b_vals = {"m1": [0.2, 0.1, 0.3, 0.2], "m2": [0.5, 0.6, 0.4, 0.5]}
     rows_a, units_a = _board({"a": a_vals}, states)
     rows_b, units_b = _board({"b": b_vals}, states[1:] + ["s9"], ["p1", "p2", "p3", "p9"])  # p0 unscored by b
-    rows, units = pd.concat([rows_a, rows_b]), pd.concat([units_a, units_b])
+    # A row of m1 under a without per-point values (a guided cell on a row of its own) does not hide its points cell.
+    guided = rows_a.iloc[[0]].assign(cell_id="a/m1-guided")
+    rows, units = pd.concat([guided, rows_a, rows_b]), pd.concat([units_a, units_b])
     [pair] = model_stability(rows.reset_index(drop=True), units)
     assert pair.agreement.n == 3 and pair.agreement.tau == -1.0  # p1-p3 only; m1 and m2 swap
     assert pair.agreement.flips == [("m1", "m2")]

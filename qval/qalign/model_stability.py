@@ -119,7 +119,10 @@ def model_stability(rows: pd.DataFrame, units: pd.DataFrame, n_boot: int = N_BOO
         for temperature, at in by_model[by_model.index.isin(group.index)].groupby("temperature", sort=True):
             cells: dict[str, dict[str, str]] = {m: {} for m in models}
             for model, method, cell in zip(at["model"], at["method"], at["cell_id"]):
-                cells[model].setdefault(method, cell)
+                # A method's row without per-point values (a guided cell on a row of its own) never hides its
+                # points cell's.
+                if cells[model].get(method) not in per_cell:
+                    cells[model][method] = cell
             present = [m for m in models if cells[m]]
             for a, b in combinations(present, 2):
                 one = {m: a for m in cells[a] if m not in cells[b]} | {m: b for m in cells[b] if m not in cells[a]}
