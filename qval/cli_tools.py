@@ -1,5 +1,6 @@
 """`qval` commands around a run: import a QVal summary, read a cell's samples, export (Parquet, Spec-Bench answers,
-knob sweeps), replay sweeps offline, and compare two suites. They register on the app of qval/cli_common.py."""
+knob sweeps), replay sweeps offline, compare two suites, and compare method orders (exact vs Monte-Carlo labels, one
+model vs another). They register on the app of qval/cli_common.py."""
 
 from __future__ import annotations
 
@@ -239,3 +240,25 @@ def label_noise_cmd(
         emit_json(doc)
     else:
         print(ln.to_markdown(doc), end="")  # print, not rich: method names must not be read as markup
+
+
+@app.command("model-stability")
+def model_stability_cmd(
+    suite: str = typer.Argument(
+        ..., help="A suite already run with 2 or more models (its name, as `qval report` shows it)."
+    ),
+    results: Path = RESULTS_OPT,
+    as_json: bool = JSON_OPT,
+):
+    """How stable the method ranking is across models: per pair of models, Kendall τ-b between their orders of
+    methods by mean per-state ρ on the points both scored, with a 95% state-bootstrap CI, and the pairs that flip
+    (the report's "Method ranking across models" table). Reads stored values only."""
+    from . import results as R
+    from .qalign import model_stability as ms
+
+    with R.reading(results):
+        doc = ms.for_suite(results, suite)
+    if as_json:
+        emit_json(doc)
+    else:
+        print(ms.to_markdown(doc), end="")  # print, not rich: method names must not be read as markup

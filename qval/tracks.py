@@ -110,6 +110,13 @@ class Track:
         """Extra fields of the track's leaderboard (qval.report.model.TrackBoard), from stored values."""
         return {}
 
+    def report_tables(self, board: Any, analysis: Any) -> list[Any]:
+        """The track's own sections of the report (qval.report.table.Table, built with qval.report.document's cell
+        helpers), shown after the family aggregates in Markdown and HTML; they read the board (report.model's
+        TrackBoard), its analysis (report.analysis's BoardAnalysis) and what ``board`` returned in ``extras``. Typed
+        Any: the report package imports this module, so naming its types here would make an import cycle."""
+        return []
+
     def paired_units(self, results: Path, suite: str) -> dict[str, pd.Series]:
         """Per cell, the per-unit values `qval compare` pairs between two runs (indexed by unit)."""
         return {}

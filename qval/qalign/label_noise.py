@@ -4,27 +4,26 @@ The scores stay as stored; only the labels change. For each set of stored evalua
 Spearman ρ (the track's main metric, ``metrics.per_state_spearman_by_state``) is computed against exact Q* and
 against each Monte-Carlo label set (``mc_labels``: N rollouts of the optimal policy, max or mean), over the same
 evaluation points. Methods are ordered by their mean ρ under each label set; the agreement of the two orders is
-Kendall's τ-b, with a 95% percentile bootstrap interval that resamples states (``stats.bootstrap_clusters``: each
-resample recomputes every method's mean ρ under both label sets, then τ), and the pairs whose order reverses are
-listed. qval's own statistic: QVal publishes no comparison of method orders across label noise.
+Kendall's τ-b (``method_order``, shared with the report's comparison across models), with a 95% percentile
+bootstrap interval that resamples states (``stats.bootstrap_clusters``: each resample recomputes every method's
+mean ρ under both label sets, then τ), and the pairs whose order reverses are listed. qval's own statistic: QVal publishes no comparison of method orders across label noise.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .. import results as R
 from ..cell import Cell
 from ..errors import UsageError
 from ..registry import REGISTRY
-from ..stats import N_BOOT, bootstrap_clusters
-from . import mc_labels
+from ..stats import N_BOOT
+from . import mc_labels, method_order
+from .method_order import order_text
 from .metrics import per_state_spearman_by_state
 from .points import EvalPoint
 from .task import _uses_llm_actor, points_paths, stored_points
@@ -88,61 +87,30 @@ class Comparison:
         }
 
 
-def tau_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Kendall τ-b between the columns of x and of y, row by row ((rows, methods) → (rows,)): Σ sign·sign over
-    pairs / √(untied pairs in x · untied pairs in y); NaN where either row is all ties."""
-    i, j = np.triu_indices(x.shape[1], k=1)
-    dx, dy = np.sign(x[:, i] - x[:, j]), np.sign(y[:, i] - y[:, j])
-    den = np.sqrt(np.abs(dx).sum(axis=1) * np.abs(dy).sum(axis=1))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, (dx * dy).sum(axis=1) / den, np.nan)
-
-
 def compare_orders(
     exact: pd.DataFrame, mc: pd.DataFrame, states: pd.Series, labels: LabelSet, n_boot: int = N_BOOT, seed: int = 0
 ) -> Comparison:
     """``exact`` and ``mc``: per-point ρ (rows: evaluation points, columns: methods; NaN where undefined);
-    ``states``: each point's state (the bootstrap's cluster)."""
-    out = Comparison(labels)
-    for method in exact.columns:
-        if exact[method].isna().all():
-            out.left_out[method] = "no evaluation point with a defined ρ under exact labels"
-        elif mc[method].isna().all():
-            out.left_out[method] = f"no evaluation point with a defined ρ under {labels.title} labels"
-    kept = [m for m in exact.columns if m not in out.left_out]
-    both = exact[kept].notna().all(axis=1) & mc[kept].notna().all(axis=1)
-    ex, mo = exact.loc[both, kept].to_numpy(float), mc.loc[both, kept].to_numpy(float)
-    out.n, out.n_states = int(both.sum()), int(states[both].nunique())
-    if len(kept) < 2:
-        out.undefined = f"{len(kept)} method(s) with a defined ρ under both label sets; an order needs 2"
-        return out
-    if out.n == 0:
-        out.undefined = "no evaluation point where every method has a defined ρ under both label sets"
-        return out
-    ex_mean, mc_mean = ex.mean(axis=0), mo.mean(axis=0)
-    order = sorted(range(len(kept)), key=lambda k: (-ex_mean[k], -mc_mean[k], kept[k]))
-    out.methods = [kept[k] for k in order]
-    out.exact_means = {kept[k]: float(ex_mean[k]) for k in order}
-    out.mc_means = {kept[k]: float(mc_mean[k]) for k in order}
-    for a, b in combinations(order, 2):
-        dx, dy = np.sign(ex_mean[a] - ex_mean[b]), np.sign(mc_mean[a] - mc_mean[b])
-        if dx * dy < 0:
-            out.flips.append((kept[a], kept[b]) if dx > 0 else (kept[b], kept[a]))
-        elif (dx == 0) != (dy == 0):
-            out.tie_changes.append((kept[a], kept[b]))
-    value = float(tau_b_rows(ex_mean[None, :], mc_mean[None, :])[0])
-    if not np.isfinite(value):
-        tied = "exact" if np.all(ex_mean == ex_mean[0]) else labels.title
-        out.undefined = f"every method has the same mean ρ under {tied} labels: no order to compare"
-        return out
-
-    def statistic(weights: np.ndarray) -> np.ndarray:  # (resamples, points) → τ per resample
-        total = weights.sum(axis=1, keepdims=True)
-        return tau_b_rows(weights @ ex / total, weights @ mo / total)
-
-    ci = bootstrap_clusters(pd.factorize(states[both])[0], statistic, value, n_boot=n_boot, seed=seed)
-    out.tau, out.ci_low, out.ci_high = ci.value, ci.ci_low, ci.ci_high
-    return out
+    ``states``: each point's state (the bootstrap's cluster). The statistic is method_order's, shared with the
+    report's comparison across models."""
+    r = method_order.compare_orders(
+        exact, mc, states, "exact labels", f"{labels.title} labels", "both label sets", n_boot=n_boot, seed=seed
+    )
+    return Comparison(
+        labels,
+        r.methods,
+        r.left_out,
+        r.n,
+        r.n_states,
+        r.tau,
+        r.ci_low,
+        r.ci_high,
+        r.means_a,
+        r.means_b,
+        r.flips,
+        r.tie_changes,
+        r.undefined,
+    )
 
 
 class NotRelabellable(UsageError):
@@ -325,14 +293,6 @@ def _group_doc(
 
 def _num(x) -> str:
     return "–" if x is None else f"{x:.3f}"
-
-
-def order_text(means: dict[str, float]) -> str:
-    ranked = sorted(means.items(), key=lambda kv: -kv[1])
-    text = f"{ranked[0][0]} {ranked[0][1]:.3f}"
-    for (_, prev), (name, value) in zip(ranked, ranked[1:]):
-        text += f" {'=' if value == prev else '>'} {name} {value:.3f}"
-    return text
 
 
 def to_markdown(doc: dict) -> str:

@@ -242,17 +242,31 @@ class QAlignTrack(Track):
         return outcomes
 
     def board(self, results, suite, section, rows):
+        from .. import results as R
         from .board import by_state, family_aggregates
         from .label_noise_board import label_noise_doc
+        from .model_stability import model_stability
+        from .report_tables import LABEL_NOISE, MODEL_STABILITY
 
-        out: dict[str, Any] = {}
         states = by_state(results, suite, section["main_metric"])
+        out: dict[str, Any] = {}
+        extras: dict[str, Any] = {}
         if states is not None:
             out.update(by_state=states, families=family_aggregates(rows, states, section["main_metric"]))
+            # The order of methods across models, by the same per-point values (with their states) as the paired
+            # tests.
+            extras[MODEL_STABILITY] = model_stability(rows, R.units(results, suite, section["main_metric"]))
         if section.get("label_noise") is not None:  # off by default; results of older suites lack the key
             setting = LabelNoiseConfig.model_validate(section["label_noise"]).model_dump()
-            out["label_noise"] = label_noise_doc(results, suite, setting, section.get("reference"))
+            extras[LABEL_NOISE] = label_noise_doc(results, suite, setting, section.get("reference"))
+        if extras:
+            out["extras"] = extras
         return out
+
+    def report_tables(self, board, analysis):
+        from .report_tables import report_tables
+
+        return report_tables(board, analysis)
 
     def paired_units(self, results, suite):
         from .board import units_by_cell

@@ -11,11 +11,8 @@ import numpy as np
 import pandas as pd
 
 from ..loadwatch import BUSY_OTHER_CORES
-from ..qalign.label_noise import STATISTIC as LABEL_NOISE_STATISTIC
-from ..qalign.label_noise import order_text
-from ..qalign.usefulness import LABEL as USEFULNESS_NOTE
-from ..qalign.usefulness import alignment_usefulness
 from ..stats import LOW_N
+from ..tracks import find_track
 from . import format as fmt
 from .analysis import (
     BoardAnalysis,
@@ -35,7 +32,6 @@ CI_NOTE = (
     f"count of evaluation points; 'low n' = fewer than {LOW_N} independent units); "
     f"{fmt.UNDEFINED} = undefined; n_failed = samples that failed."
 )
-LABEL_NOISE_TITLE = "Label noise: does the method order survive Monte-Carlo labels?"
 LOAD_FLAG = "\u26a0 timed under load"
 LOAD_NOTE = (
     f"\u26a0 timed under load: while this cell was timed, other processes kept more than {BUSY_OTHER_CORES} cores "
@@ -359,110 +355,6 @@ def knobs_table(board: TrackBoard) -> Table | None:
     return Table("Headroom per knob", columns, body, name="knobs", note=KNOB_NOTE)
 
 
-def usefulness_table(board: TrackBoard, analysis: BoardAnalysis) -> Table | None:
-    """Does alignment predict usefulness: per guided metric, its rank correlation with per-state rho across rows
-    (the same numbers as the usefulness figure's caption); for boards that draw that figure and list a guided
-    metric."""
-    if "usefulness" not in (board.figures or ()):
-        return None
-    correlations = alignment_usefulness(analysis.rows)
-    if not correlations:
-        return None
-    columns = [
-        Column("alignment"),
-        Column("usefulness"),
-        Column("Spearman \u03c1", "number", title=USEFULNESS_NOTE),
-        Column("why undefined"),
-    ]
-    body = [
-        Row(
-            [
-                Cell("per_state_spearman"),
-                Cell(c.label),
-                metric_cell(
-                    math.nan if c.value is None else c.value,
-                    math.nan if c.ci_low is None else c.ci_low,
-                    math.nan if c.ci_high is None else c.ci_high,
-                    c.n,
-                    None,
-                ),
-                Cell(c.reason),
-            ]
-        )
-        for c in correlations
-    ]
-    return Table("Does alignment predict usefulness?", columns, body, name="usefulness", note=USEFULNESS_NOTE)
-
-
-def _noise_row(group: str, c: dict | None, note: str) -> Row:
-    """One label set's comparison on one set of points; ``c`` None: no comparison (``note`` says why)."""
-    if c is None:
-        return Row(
-            [
-                Cell(group),
-                Cell(fmt.UNDEFINED),
-                Cell(fmt.UNDEFINED, sort="", undefined=True),
-                *[Cell("")] * 3,
-                Cell(note),
-            ]
-        )
-    tau = [math.nan if v is None else float(v) for v in (c["kendall_tau_b"], c["ci_low"], c["ci_high"])]
-    flips = "; ".join(f"{f['exact_above']} > {f['mc_above']} reversed" for f in c["flipped_pairs"])
-    # An undefined τ has no number to carry n: the note carries it.
-    notes = [f"undefined (n={c['n']}, {c['n_states']} states): {c['undefined']}"] if c["undefined"] else []
-    notes += [f"{method} left out ({why})" for method, why in c["left_out"].items()]
-    notes += [f"{a} and {b} tie under one label set only" for a, b in c["tie_changes"]]
-    return Row(
-        [
-            Cell(group),
-            Cell(f"MC {c['rollouts']}\u00d7{c['agg']}"),
-            metric_cell(tau[0], tau[1], tau[2], c["n"], c["n_states"]),
-            Cell(flips or "none"),
-            Cell(order_text(c["mean_rho_exact"]) if c["mean_rho_exact"] else fmt.UNDEFINED),
-            Cell(order_text(c["mean_rho_mc"]) if c["mean_rho_mc"] else fmt.UNDEFINED),
-            Cell("; ".join(notes)),
-        ]
-    )
-
-
-def label_noise_table(board: TrackBoard) -> Table | None:
-    """Exact Q* vs Monte-Carlo labels (``qalign.label_noise``): per set of points and label set, Kendall τ-b between
-    the two method orders with its state-bootstrap CI, the pairs that flip and both orders."""
-    doc = board.label_noise
-    if doc is None:
-        return None
-    columns = [
-        Column("points"),
-        Column("labels"),
-        Column("Kendall \u03c4-b", "number", title=LABEL_NOISE_STATISTIC),
-        Column("flipped pairs (exact order > MC order)"),
-        Column("order by mean \u03c1, exact Q*"),
-        Column("order by mean \u03c1, MC"),
-        Column("notes"),
-    ]
-    if "error" in doc:
-        return Table(
-            LABEL_NOISE_TITLE,
-            columns,
-            [_noise_row("all", None, doc["error"])],
-            name="label_noise",
-            note=LABEL_NOISE_STATISTIC + ".",
-        )
-    body = [_noise_row(g["group"], c, "") for g in doc["groups"] for c in g["comparisons"]]
-    body += [_noise_row(title, None, why) for title, why in doc["unlabelled_groups"].items()]
-    body += [_noise_row(title, None, "fewer than 2 methods on these points") for title in doc["skipped_groups"]]
-    policies = "; ".join(
-        dict.fromkeys(f"{g['reference_policy']}, at most {g['rollout_max_steps']} steps" for g in doc["groups"])
-    )
-    note = (
-        f"{LABEL_NOISE_STATISTIC}. Monte-Carlo labels as QVal's: restore the state, force the candidate, then follow "
-        f"the reference policy ({policies or 'none rolled out'}); a label is the max or the mean of the discounted "
-        f"returns of N rollouts (label seed {doc['label_seed']}; stored under the results' labels/, shared with "
-        f"`qval label-noise`). Bootstrap: {doc['bootstrap']['resamples']} resamples of states."
-    )
-    return Table(LABEL_NOISE_TITLE, columns, body, name="label_noise", note=note)
-
-
 def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
     legend = [(m, fmt.direction(board.higher_is_better, m)[0], board.label(m)) for m in board.metrics]
     groups = analysis.groups
@@ -482,10 +374,11 @@ def track(board: TrackBoard, analysis: BoardAnalysis) -> Track:
         view.temperatures = [fmt.temperature(t) for t in temperatures]
         if any(math.isnan(g.temperature) for g in groups):
             view.temperatures.append(fmt.UNDEFINED)
+        # The track's own sections (Q-alignment: does alignment predict usefulness, the ranking across models).
+        plugin = find_track(board.track)
         tables = (
             families_table(board),
-            usefulness_table(board, analysis),
-            label_noise_table(board),
+            *(plugin.report_tables(board, analysis) if plugin is not None else ()),
             failures_table(board, analysis),
             headroom_table(analysis.headrooms),
             knobs_table(board),

@@ -53,8 +53,9 @@ _TABLE_CLASS = {
     "knobs": "board knobs",
     "usefulness": "board",
     "label_noise": "board",
+    "model_stability": "board",
 }
-_NOTED = ("headroom", "knobs", "usefulness", "label_noise")
+_NOTED = ("headroom", "knobs", "usefulness", "label_noise", "model_stability")
 
 
 def _escape(value: object) -> Markup:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -38,14 +39,15 @@ class TrackBoard:
     families: pd.DataFrame | None = None
     # Decoding: one row per knob sweep and metric (qval.decode.sweeps.headroom_rows).
     knob_headroom: pd.DataFrame | None = None
-    # Q-alignment with ``label_noise`` set: the comparison's document (qval.qalign.label_noise_board).
-    label_noise: dict | None = None
     # Per metric, its value of no effect where it has one (Metric.reference), drawn as a reference line.
     references: dict[str, float] = field(default_factory=dict)
     # The figure kinds drawn for this board and the columns read beyond ``metrics``: by default the installed track's
     # (Track.figures, Track.report_metrics); a board of a track not installed here gets the ranking only.
     figures: tuple[str, ...] | None = None
     report_metrics: tuple[str, ...] | None = None
+    # What the track's board hook computed for its own report sections (Track.report_tables reads it); the report
+    # package never looks inside.
+    extras: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         track = find_track(self.track)

@@ -68,7 +68,7 @@ class Table:
     title: str
     columns: list[Column]
     rows: list[Row]
-    name: str  # what kind of table: board, families, usefulness, label_noise, failures, headroom or knobs
+    name: str  # what kind of table: board, families, failures, headroom, knobs, or a track's (usefulness, ...)
     note: str = ""  # how to read the table, shown above it
     sortable: bool = False
     # A leaderboard table: the (dataset, temperature) group its rows belong to, for filtering.
