@@ -7,11 +7,11 @@ decoding AR + prompt-lookup pair."""
 from __future__ import annotations
 
 import json
-import os
-from importlib import metadata
 
+import numpy as np
 import pytest
 from conftest import ROOT, run_qval, write_suite
+from path_plugins import expose_package
 
 import qval.results as R
 from qval.errors import QvalError
@@ -28,7 +28,7 @@ qalign:
   points: {episodes: 2, epsilon: 0.3, max_points_per_episode: 2}
   metrics: [per_state_spearman]
 decode:
-  datasets: [{name: spec-bench, params: {categories: [summarization], limit_per_category: 2, max_turns: 1}}]
+  datasets: [{name: spec-bench, params: {categories: [translation], limit_per_category: 2, max_turns: 1}}]
   policies: [ar, {name: prompt-lookup, params: {num_draft: 4}}]
   max_new_tokens: 16
   metrics: [speedup, mean_accepted_tokens, lossless]
@@ -37,17 +37,9 @@ decode:
 
 @pytest.fixture(scope="module")
 def cli_env(tmp_path_factory) -> dict[str, str]:
-    """The environment for ``run_qval``. gemma3-270m is declared in pyproject.toml; a qval installed before that line
-    was added (``pip install -e .`` re-reads it) lacks the entry point, so it is exposed the way an install would: a
-    dist-info on PYTHONPATH declaring it (as tests/path_plugins.py does for plugin packages)."""
-    if any(ep.name == "gemma3-270m" for ep in metadata.entry_points(group="qval.models")):
-        return {}
-    site = tmp_path_factory.mktemp("site")
-    info = site / "qval_gemma3-0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: qval-gemma3\nVersion: 0\n")
-    (info / "entry_points.txt").write_text("[qval.models]\ngemma3-270m = qval.models.packaged:Gemma3Base\n")
-    return {"PYTHONPATH": os.pathsep.join(p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH", "")) if p)}
+    """The entry points of this checkout (gemma3-270m among them), as `pip install -e .` gives them: a qval installed
+    before the entry point was added would not know the name."""
+    return expose_package(tmp_path_factory.mktemp("site"), ROOT)
 
 
 # --- no model --------------------------------------------------------------------------------------------------------
@@ -139,9 +131,16 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     assert set(cells["status"]) == {"done"} and cells["n_failed"].sum() == 0, cells
     q = R.leaderboard(results, "gemma-tiny", "qalign").set_index("method")
     assert q.loc["oracle-q", "per_state_spearman"] == pytest.approx(1.0)
+    ids = cells.set_index("method")["cell_id"].to_dict()
     for method in ("action-logprob", "self-certainty", "verifier", "direct"):
-        assert q.loc[method, "model"] == "gemma3-270m"
-        assert q.loc[method, "per_state_spearman__n"] > 0, (method, q.loc[method])  # scores that vary per state
+        rows = R.cell_samples(ids[method], results)
+        assert len(rows) >= 4, method  # every candidate of every point got a score, or an error saying why
+        scored = [s is not None and np.isfinite(s) for s in rows["score"]]
+        assert all(ok != (e is not None) for ok, e in zip(scored, rows["error"])), method
+        prompts = [q["prompt"] for r in rows["requests"] if isinstance(r, list | np.ndarray) for q in r]
+        assert prompts and all(p.startswith("<bos>") and "\n\nAssistant:\n" in p for p in prompts), method
+        if method != "direct":  # log-prob scorers always score; direct's reply may hold no number
+            assert all(scored) and q.loc[method, "per_state_spearman__n"] > 0, method
     d = R.leaderboard(results, "gemma-tiny", "decode").set_index("method")
     assert d.loc["prompt-lookup", "lossless"] == 1.0  # greedy speculative output is token-identical to AR
     samples = R.samples(results, "decode", "gemma-tiny")
