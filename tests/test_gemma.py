@@ -145,3 +145,40 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     assert d.loc["prompt-lookup", "lossless"] == 1.0  # greedy speculative output is token-identical to AR
     samples = R.samples(results, "decode", "gemma-tiny")
     assert (samples["new_tokens"] > 0).all() and (samples["new_tokens"] <= 16).all()
+
+
+def test_speculative_decoding_crops_sliding_window_caches_losslessly():
+    """Gemma 3's sliding-window layers refuse ``crop`` once past their window unless they record the past
+    (``qval.models.kv.new_cache`` turns that on): a tiny random-weight Gemma 3 decodes past its 4-token window with
+    drafts that are often rejected, token-identical to AR."""
+    import torch
+    from transformers import AutoModelForCausalLM, DynamicCache, Gemma3TextConfig
+
+    from qval.decode.engine import Draft, Engine
+    from qval.decode.policies import NgramDrafter
+    from qval.models import kv
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(
+        vocab_size=48, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=16, sliding_window=4, layer_types=["sliding_attention", "full_attention"],
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    prompt = [2, 5, 9, 11, 5, 9, 11, 5, 9, 30, 31]
+
+    class Wild:  # junk half the time, so verify steps past the window reject and crop
+        def propose(self, context, temperature=0.0, generator=None):
+            return Draft([context[-1], 5, 7] if len(context) % 2 else context[-3:])
+
+    engine = Engine(model, {10**6})  # no EOS: every run decodes all 40 tokens, far past the window
+    ar = engine.decode(engine.prefill(prompt), None, 40).token_ids
+    for drafter in (NgramDrafter(4, 3, 1), Wild()):
+        trace = engine.decode(engine.prefill(prompt), drafter, 40)
+        assert trace.token_ids == ar
+        assert any(a < d for a, d in zip(trace.accepted_per_step, trace.drafted_per_step))  # some crops happened
+
+    plain = DynamicCache(config=config)  # without recording: what the engine would have met
+    with torch.inference_mode():
+        kv.forward(model, torch.tensor([prompt]), plain)
+    with pytest.raises(RuntimeError, match="activate_past_recording"):
+        plain.crop(-2)
