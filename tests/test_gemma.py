@@ -24,13 +24,13 @@ seeds: [0]
 models: [gemma3-270m]
 qalign:
   envs: [{name: frozenlake, params: {map: 4x4}}]
-  methods: [oracle-q, action-logprob, self-certainty, verifier, {name: direct, params: {max_new_tokens: 8}}]
-  points: {episodes: 2, epsilon: 0.3, max_points_per_episode: 2}
+  methods: [oracle-q, action-logprob, self-certainty, verifier, {name: direct, params: {max_new_tokens: 6}}]
+  points: {episodes: 1, epsilon: 0.3, max_points_per_episode: 2}
   metrics: [per_state_spearman]
 decode:
-  datasets: [{name: spec-bench, params: {categories: [translation], limit_per_category: 2, max_turns: 1}}]
+  datasets: [{name: spec-bench, params: {categories: [translation], limit_per_category: 1, max_turns: 1}}]
   policies: [ar, {name: prompt-lookup, params: {num_draft: 4}}]
-  max_new_tokens: 16
+  max_new_tokens: 12
   metrics: [speedup, mean_accepted_tokens, lossless]
 """
 
@@ -125,7 +125,7 @@ def test_conversion_is_cached_and_leaves_no_gguf(monkeypatch):
 def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     suite = write_suite(tmp_path / "gemma.yaml", GEMMA_SUITE)
     results = tmp_path / "results"
-    proc = run_qval("run", suite, "--results", results, env=cli_env, timeout=1500)
+    proc = run_qval("run", suite, "--results", results, env=cli_env, timeout=2400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cells = R.cells(results, "gemma-tiny")
     assert set(cells["status"]) == {"done"} and cells["n_failed"].sum() == 0, cells
@@ -134,7 +134,7 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     ids = cells.set_index("method")["cell_id"].to_dict()
     for method in ("action-logprob", "self-certainty", "verifier", "direct"):
         rows = R.cell_samples(ids[method], results)
-        assert len(rows) >= 4, method  # every candidate of every point got a score, or an error saying why
+        assert len(rows) >= 2, method  # every candidate of every point got a score, or an error saying why
         scored = [s is not None and np.isfinite(s) for s in rows["score"]]
         assert all(ok != (e is not None) for ok, e in zip(scored, rows["error"])), method
         prompts = [q["prompt"] for r in rows["requests"] if isinstance(r, list | np.ndarray) for q in r]
@@ -144,7 +144,7 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     d = R.leaderboard(results, "gemma-tiny", "decode").set_index("method")
     assert d.loc["prompt-lookup", "lossless"] == 1.0  # greedy speculative output is token-identical to AR
     samples = R.samples(results, "decode", "gemma-tiny")
-    assert (samples["new_tokens"] > 0).all() and (samples["new_tokens"] <= 16).all()
+    assert (samples["new_tokens"] > 0).all() and (samples["new_tokens"] <= 12).all()
 
 
 def test_speculative_decoding_crops_sliding_window_caches_losslessly():
