@@ -127,8 +127,15 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
     results = tmp_path / "results"
     proc = run_qval("run", suite, "--results", results, env=cli_env, timeout=2400)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    check_gemma_run(results)
+
+
+def check_gemma_run(results):
     cells = R.cells(results, "gemma-tiny")
-    assert set(cells["status"]) == {"done"} and cells["n_failed"].sum() == 0, cells
+    assert set(cells["status"]) == {"done"}, cells
+    # A base model asked for a number may reply without one ("A) A) A)" in 6 tokens): direct's samples may fail,
+    # each with its reason; nothing else may.
+    assert cells[cells["method"] != "direct"]["n_failed"].sum() == 0, cells
     q = R.leaderboard(results, "gemma-tiny", "qalign").set_index("method")
     assert q.loc["oracle-q", "per_state_spearman"] == pytest.approx(1.0)
     ids = cells.set_index("method")["cell_id"].to_dict()
@@ -137,7 +144,7 @@ def test_qval_run_scores_and_decodes_with_gemma(tmp_path, cli_env):
         assert len(rows) >= 2, method  # every candidate of every point got a score, or an error saying why
         scored = [s is not None and np.isfinite(s) for s in rows["score"]]
         assert all(ok != (e is not None) for ok, e in zip(scored, rows["error"])), method
-        prompts = [q["prompt"] for r in rows["requests"] if isinstance(r, list | np.ndarray) for q in r]
+        prompts = [req["prompt"] for r in rows["requests"] if isinstance(r, list | np.ndarray) for req in r]
         assert prompts and all(p.startswith("<bos>") and "\n\nAssistant:\n" in p for p in prompts), method
         if method != "direct":  # log-prob scorers always score; direct's reply may hold no number
             assert all(scored) and q.loc[method, "per_state_spearman__n"] > 0, method
