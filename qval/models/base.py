@@ -33,10 +33,14 @@ class Model:
         raise NotImplementedError
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
-        """Token ids of a chat ending with the assistant's turn opening (the tokenizer's own chat template).
+        """Token ids of a chat ending with the assistant's turn opening: the tokenizer's own chat template, or, for a
+        tokenizer without one (a base model), qval's plain-text format (``plain_chat``) after the tokenizer's own
+        special tokens (BOS), as a template would start.
 
         ``apply_chat_template`` returns a list in some transformers versions and a BatchEncoding in others.
         """
+        if not getattr(self.tokenizer, "chat_template", None):
+            return list(self.tokenizer(plain_chat(messages), add_special_tokens=True)["input_ids"])
         encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         if hasattr(encoded, "keys") and "input_ids" in encoded:
             encoded = encoded["input_ids"]
@@ -54,6 +58,19 @@ class Model:
 
     def close(self) -> None:
         """Release what this model started (engine processes); idempotent."""
+
+
+def plain_chat(messages: list[dict]) -> str:
+    """qval's own plain-text chat format, for base models whose tokenizer has no chat template (it is no model's
+    training format): each message is ``<Role>: <content>`` (the role capitalised: ``System``, ``User``,
+    ``Assistant``), messages are separated by a blank line, and the prompt ends with the assistant's prefix
+    ``Assistant:`` and a newline, so the reply starts a line, as it does after a chat template's assistant header.
+
+    ``[{"role": "user", "content": "Hi"}]`` gives ``"User: Hi\n\nAssistant:\n"``. Deterministic: the same messages
+    always give the same text, so cell ids need nothing more than the model's identity.
+    """
+    turns = [f"{str(m['role']).capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join([*turns, "Assistant:\n"])
 
 
 class LocalModel(Model):

@@ -34,10 +34,18 @@ def cache_keyword(model: Any) -> str:
 
 
 def new_cache(model: Any) -> Any:
-    """An empty ``DynamicCache`` laid out for the model (its layer types come from the config)."""
+    """An empty ``DynamicCache`` laid out for the model (its layer types come from the config).
+
+    Sliding-window layers (Gemma 3: five in six layers) keep only the last window of keys by default and then refuse
+    ``crop``, which speculative decoding calls after every rejection; recording the past keeps the keys a crop needs.
+    A layer that records keeps all its keys until a crop trims them, as a full-attention layer does, and the model
+    still attends to the window only."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config)
+    if any(getattr(layer, "is_sliding", False) for layer in cache.layers):
+        cache.activate_past_recording()
+    return cache
 
 
 def forward(model: Any, input_ids: Any, cache: Any, **kwargs: Any) -> Any:
