@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from .identity import IDENTITY_VERSION, content_hash
 
+# The family of a method whose outputs differ by design from those of the exact method it speeds up (a lossy
+# decoding policy, e.g. Medusa's typical acceptance): every table shows it, its lossless metric is undefined, the
+# headroom analysis leaves it out, and the speed-vs-quality figure marks it.
+LOSSY_FAMILY = "lossy"
+
 
 @dataclass
 class Cell:

@@ -141,6 +141,7 @@ def check_policy(cls, model, max_new_tokens: int = 24) -> CheckReport:
 
 
 def _policy_rules(report: CheckReport, cls, model, max_new_tokens: int) -> None:
+    from .cell import LOSSY_FAMILY
     from .decode.engine import Engine
     from .decode.policies import DecodePolicy
 
@@ -169,8 +170,15 @@ def _policy_rules(report: CheckReport, cls, model, max_new_tokens: int) -> None:
         report.ok(f"propose() drafts in-vocabulary token ids ({len(draft.tokens)} on the check prompt)")
     ar = engine.decode(engine.prefill(prompt), None, max_new_tokens)
     out = engine.decode(engine.prefill(prompt), drafter, max_new_tokens)
-    assert out.token_ids == ar.token_ids, f"{cls.__name__} is not lossless at T=0"
-    report.ok(f"lossless at T=0: {len(out.token_ids)} tokens identical to plain AR decoding")
+    if cls.family == LOSSY_FAMILY:
+        # Declared lossy: its outputs may differ from AR's by design; that it keeps the lossless rules' bookkeeping
+        # is still checked below, and its quality is measured by task_accuracy.
+        assert len(out.token_ids) <= max_new_tokens, f"{cls.__name__} emitted more than max_new_tokens"
+        same = sum(a == b for a, b in zip(out.token_ids, ar.token_ids))
+        report.ok(f"declared lossy (family {LOSSY_FAMILY!r}): not required to match AR ({same} tokens agree)")
+    else:
+        assert out.token_ids == ar.token_ids, f"{cls.__name__} is not lossless at T=0"
+        report.ok(f"lossless at T=0: {len(out.token_ids)} tokens identical to plain AR decoding")
     assert sum(out.accepted_per_step) + out.target_steps + 1 >= len(out.token_ids), "acceptance bookkeeping is off"
     report.ok(f"acceptance bookkeeping adds up ({sum(out.accepted_per_step)} accepted in {out.target_steps} steps)")
 

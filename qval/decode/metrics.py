@@ -1,4 +1,5 @@
-"""Decoding metrics: acceptance length (pooled and per-sample), measured and modelled speedup vs AR, losslessness."""
+"""Decoding metrics: acceptance length (pooled and per-sample), measured and modelled speedup vs AR, losslessness,
+task accuracy."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..cell import LOSSY_FAMILY
 from ..loadwatch import BUSY_OTHER_CORES
 from ..metrics.base import ListCount, Metric, MetricView
-from ..stats import MetricValue, bootstrap_batched, bootstrap_mean, bootstrap_ratio, bootstrap_ratios
+from ..stats import (
+    MetricValue,
+    bootstrap_batched,
+    bootstrap_mean,
+    bootstrap_ratio,
+    bootstrap_ratios,
+    wilson_proportion,
+)
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -218,19 +227,28 @@ def _coupled(cell: dict | None) -> bool:
     return _settings(cell).get("sampling") == "coupled"
 
 
+def declared_lossy(cell: dict | None) -> bool:
+    """The cell's policy says it changes the output distribution (``DecodePolicy.family`` is ``LOSSY_FAMILY``)."""
+    return (cell or {}).get("family") == LOSSY_FAMILY
+
+
 class Lossless(Metric):
     name = "lossless"
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "output_sha")
     needs_baseline = True
+    version = 2  # 2: undefined for a policy declared lossy
     label = (
         "share of (sample, turn) outputs token-identical to the AR cell's; defined at T = 0, and at T > 0 "
-        "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens"
+        "with coupled sampling (decode.sampling: coupled), where a lossless policy must reproduce AR's tokens; "
+        "undefined for a policy declared lossy (family 'lossy'): a share of identical outputs on a few prompts "
+        "would read as a proof it is not; its quality is task_accuracy"
     )
 
     def compute(self, samples, baseline=None, cell=None):
         if (
             baseline is None
+            or declared_lossy(cell)
             or len(samples) == 0
             or (cell is not None and cell["temperature"] > 0 and not _coupled(cell))
         ):
@@ -398,6 +416,32 @@ class PerPositionAcceptance(Metric):
         return out
 
 
+class TaskAccuracy(Metric):
+    """The quality axis: the share of prompts the dataset's checker judged correct (``qval/decode/checkers.py``:
+    reasoning-gym's own ``score_answer`` on the ``<answer>`` span, HumanEval's tests in qval's sandbox). The
+    verdicts are stored per sample by the worker; this only counts them."""
+
+    name = "task_accuracy"
+    track = "decode"
+    reads = ("sample_id", "correct")
+    always = True  # the speed-vs-quality figure reads it for every cell; undefined where no dataset checks
+    label = (
+        "task accuracy: share of prompts whose output the dataset's checker judged correct (reasoning-gym: its "
+        "own score_answer = 1 on the <answer> span; HumanEval: the problem's tests pass in qval's sandbox); "
+        "n = checked prompts (failed decodings excluded), 95% Wilson interval; undefined (not 0) for a dataset "
+        "without a checker"
+    )
+
+    def compute(self, samples, baseline=None, cell=None):
+        if "correct" not in samples:
+            return MetricValue.undefined()
+        checked = samples[samples["correct"].notna()]
+        if checked.empty:
+            return MetricValue.undefined()
+        # Wilson counts prompts: the turns of one prompt (a checker may judge several) share a label.
+        return wilson_proportion(checked["correct"].to_numpy(bool), clusters=checked["sample_id"].to_numpy())
+
+
 class TokensPerSecond(Metric):
     name = "tokens_per_s"
     track = "decode"
@@ -455,6 +499,7 @@ VIEW = MetricView(
                 "load_other_cores",
                 "load_steal",
                 "output_sha",
+                "correct",
             )
         },
         "early_ids": "output_ids[2:33]",

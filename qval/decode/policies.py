@@ -5,15 +5,19 @@ Policies never read a clock: the harness times prefill and decode around the eng
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..cell import LOSSY_FAMILY
 from ..plugin_base import Plugin
 from .engine import Draft, Drafter
 
 
 class DecodePolicy(Plugin):
+    # LOSSY_FAMILY marks a policy that changes the output distribution: labelled so in every table, no lossless
+    # value, and the contract test does not require AR's tokens from it.
     family: ClassVar[str] = "policy"
     # True for policies that only describe a serving engine's configuration (no drafter of their own);
     # ``example_params`` then gives the contract test valid params.
@@ -219,6 +223,73 @@ class JacobiPolicy(DecodePolicy):
         from .drafters import JacobiDrafter
 
         return JacobiDrafter(self.params.num_draft)
+
+
+class TypicalAcceptanceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # Where the drafts come from: one of qval's lossless drafters, at its default settings but num_draft.
+    drafter: Literal["prompt-lookup", "draft-model", "layer-skip"] = "prompt-lookup"
+    num_draft: int = Field(default=4, ge=1, le=64)
+    # Medusa's posterior_threshold ε and posterior_alpha δ (its defaults: 0.09 and √0.09 = 0.3).
+    epsilon: float = Field(default=0.09, gt=0.0, le=1.0)
+    delta: float = Field(default=0.3, gt=0.0, le=1.0)
+
+
+class TypicalAcceptanceDrafter:
+    """Another drafter's proposals, judged by Medusa's typical-acceptance rule (``accept``, which the engine calls
+    instead of its lossless verification)."""
+
+    def __init__(self, inner, epsilon: float, delta: float):
+        self.inner, self.epsilon, self.delta = inner, epsilon, delta
+        if hasattr(inner, "observe"):
+            self.observe = inner.observe
+        if hasattr(inner, "reset"):
+            self.reset = inner.reset
+
+    def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft:
+        return self.inner.propose(context, temperature, generator)
+
+    def accept(self, logits, token: int, temperature: float) -> bool:
+        """p(token) > min(ε, δ·exp(−H(p))), p the target's distribution at this position: softmax(logits / T) at
+        T > 0, softmax(logits) at T = 0 (where Medusa verifies greedily instead)."""
+        import torch
+
+        logp = torch.log_softmax(logits.double() / (temperature if temperature > 0 else 1.0), dim=-1)
+        p = logp.exp()
+        entropy = float(-(p * logp).sum())
+        return float(p[token]) > min(self.epsilon, self.delta * math.exp(-entropy))
+
+
+class TypicalAcceptancePolicy(DecodePolicy):
+    """LOSSY. Medusa's typical acceptance (Cai et al. 2024, "Medusa: Simple LLM Inference Acceleration Framework
+    with Multiple Decoding Heads", §2.3.1): a draft token x is accepted when the target gives it probability
+    p(x) > min(ε, δ·exp(−H(p))), H the entropy of the target's distribution at that position; the longest accepted
+    prefix is kept. Outputs follow a different distribution from the target's: quality is measured
+    (``task_accuracy``), never assumed, and ``lossless`` is undefined for it.
+
+    Where qval's version differs from the paper:
+    - drafts come from one of qval's drafters (prompt lookup by default, or the draft model or layer-skip) as one
+      chain, not from Medusa heads proposing a tree of candidates;
+    - at T = 0 Medusa falls back to greedy exact-match verification (lossless); qval applies the rule to the
+      untempered distribution softmax(logits) at every temperature, so the policy is lossy at T = 0 too (a draft
+      equal to the argmax is always accepted, since max p ≥ exp(−H));
+    - after the accepted drafts the target's own token is AR's (argmax at T = 0, a sample from softmax(logits/T)
+      at T > 0, the coupled sample under coupled sampling), where the paper takes the greedy token.
+    """
+
+    name = "typical-acceptance"
+    family = LOSSY_FAMILY
+    Params = TypicalAcceptanceParams
+
+    def drafter(self, model):
+        inner: Drafter
+        if self.params.drafter == "prompt-lookup":
+            inner = NgramDrafter(self.params.num_draft, PromptLookupParams().max_ngram, PromptLookupParams().min_ngram)
+        elif self.params.drafter == "draft-model":
+            inner = DraftModelPolicy(DraftModelParams(num_draft=self.params.num_draft)).drafter(model)
+        else:
+            inner = LayerSkipPolicy(LayerSkipParams(num_draft=self.params.num_draft)).drafter(model)
+        return TypicalAcceptanceDrafter(inner, self.params.epsilon, self.params.delta)
 
 
 class ServedParams(BaseModel):

@@ -36,5 +36,10 @@ DECODE_SAMPLES = pa.schema(
         ("output_text", pa.string()),
         ("output_capped", pa.bool_()),
         ("accepted_chars", pa.list_(pa.int32())),
+        # The dataset checker's verdict on the turn's whole output (qval/decode/checkers.py), judged once in the
+        # worker: NULL where the dataset has no checker. check_detail says what was judged (the extracted answer,
+        # the failing test).
+        ("correct", pa.bool_()),
+        ("check_detail", pa.string()),
     ]
 )

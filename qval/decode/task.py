@@ -12,6 +12,7 @@ from ..errors import QvalError
 from ..models import transcript
 from ..models.base import LocalModel, Model, ServedModel
 from ..registry import REGISTRY
+from .datasets import Dataset
 from .engine import Engine
 
 
@@ -35,6 +36,8 @@ class TimedDrafter:
             self.observe = self._observe
         if hasattr(drafter, "reset"):
             self.reset = drafter.reset
+        if hasattr(drafter, "accept"):  # a lossy drafter's acceptance rule: part of verification, not clocked
+            self.accept = drafter.accept
 
     def _clocked(self, fn, *args):
         _sync(self.device)
@@ -82,11 +85,12 @@ def _turn_seed(cell: Cell, sample, turn: int) -> int:
     return zlib.crc32(f"{cell.cell_id}:{sample.sample_id}:{turn}".encode())
 
 
-def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
+def _run_turns(sample, model, decode_turn, dataset) -> tuple[list[dict], bool]:
     """All turns of one prompt for one cell; the model's own answers go between the turns.
 
-    ``decode_turn(ids, turn)`` returns (row fields, generated token ids). One failing turn records the sample as
-    failed and the cell goes on.
+    ``decode_turn(ids, turn)`` returns (row fields, generated token ids). The dataset's checker then judges the
+    turn's whole text, after the timed region (``checkers.py`` says why here and not in the metric stage). One
+    failing turn (decoding or checking) records the sample as failed and the cell goes on.
     """
     rows, messages = [], []
     for turn, text in enumerate(sample.turns):
@@ -94,6 +98,8 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
         try:
             ids = model.chat_ids(messages)
             fields, token_ids = decode_turn(ids, turn)
+            output = model.tokenizer.decode(token_ids, skip_special_tokens=True)
+            verdict = dataset.check(sample, turn, output)
         except Exception as exc:  # noqa: BLE001 - one failing sample is recorded and the cell goes on
             return [
                 {
@@ -103,7 +109,6 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
                     "error": f"{type(exc).__name__}: {exc}",
                 }
             ], True
-        output = model.tokenizer.decode(token_ids, skip_special_tokens=True)
         messages.append({"role": "assistant", "content": output})
         shown, capped = transcript.cap(output)
         rows.append(
@@ -120,6 +125,8 @@ def _run_turns(sample, model, decode_turn) -> tuple[list[dict], bool]:
                 "output_text": shown,
                 "output_capped": capped,
                 "accepted_chars": accepted_spans(model.tokenizer, token_ids, output, fields.get("accepted")),
+                "correct": None if verdict is None else verdict.correct,
+                "check_detail": None if verdict is None else verdict.detail,
             }
         )
     return rows, False
@@ -173,7 +180,7 @@ def under_watch(timed_call):
     return result, load.as_row()
 
 
-def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[list[dict], bool]:
+def _run_sample(cell: Cell, sample, model, engine: Engine, drafter, dataset) -> tuple[list[dict], bool]:
     import torch
 
     def decode_turn(ids, turn):
@@ -211,10 +218,10 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
             **prefill_features(state),
         }, trace.token_ids
 
-    return _run_turns(sample, model, decode_turn)
+    return _run_turns(sample, model, decode_turn, dataset)
 
 
-def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dict], bool]:
+def _run_served_sample(cell: Cell, sample, model: ServedModel, dataset) -> tuple[list[dict], bool]:
     def decode_turn(ids, turn):
         # The vLLM engine runs in a child of this worker, so its CPU is ours and the load is recorded; an
         # OpenAI-compatible server is another process (often another machine): no load is recorded for it.
@@ -245,14 +252,15 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dic
             "prefill_top_prob": None,
         }, gen.token_ids
 
-    return _run_turns(sample, model, decode_turn)
+    return _run_turns(sample, model, decode_turn, dataset)
 
 
-def _group_samples(cells: list[Cell]) -> list:
+def _group_samples(cells: list[Cell]) -> tuple[list, Dataset]:
     """The prompts of a group's dataset (all cells of a group share it, and its limit: the AR baseline is planned
-    with the same settings), the first ``limit`` of them under `qval run --limit`."""
+    with the same settings), the first ``limit`` of them under `qval run --limit`, and the dataset (its checker)."""
     dataset_cls = REGISTRY.get("datasets", cells[0].dataset)
-    return list(dataset_cls(dataset_cls.Params.model_validate(cells[0].dataset_params)).samples())[: cells[0].limit]
+    dataset = dataset_cls(dataset_cls.Params.model_validate(cells[0].dataset_params))
+    return list(dataset.samples())[: cells[0].limit], dataset
 
 
 def _policy(cell: Cell):
@@ -266,7 +274,7 @@ def run_served_group(cells: list[Cell], model: ServedModel, writers: dict, emit,
     from ..backends.served import PolicyNotServable
 
     first = cells[0]
-    samples = _group_samples(cells)
+    samples, dataset = _group_samples(cells)
     result: dict = {}
     for cell in cells:
         try:
@@ -286,7 +294,7 @@ def run_served_group(cells: list[Cell], model: ServedModel, writers: dict, emit,
                 model.generate(ids, min(first.settings["max_new_tokens"], 32), 0.0, 0)
         failed = 0
         for sample in todo:
-            rows, bad = _run_served_sample(cell, sample, model)
+            rows, bad = _run_served_sample(cell, sample, model, dataset)
             failed += bad
             writers[cell.cell_id].add_sample(rows)
             emit("sample", cell=cell.cell_id)
@@ -309,7 +317,7 @@ def run_decode_group(
     if not isinstance(model, LocalModel):
         raise QvalError(f"decoding needs a LocalModel or a ServedModel, not {type(model).__name__}")
     first = cells[0]
-    samples = _group_samples(cells)
+    samples, dataset = _group_samples(cells)
     engine = Engine(model.model, model.eos_token_ids)
     drafters, failures = {}, {}
     for cell in cells:
@@ -341,7 +349,7 @@ def run_decode_group(
         for cell in order:
             if sample.sample_id in done[cell.cell_id]:
                 continue
-            rows, bad = _run_sample(cell, sample, model, engine, drafters[cell.cell_id])
+            rows, bad = _run_sample(cell, sample, model, engine, drafters[cell.cell_id], dataset)
             failed[cell.cell_id] += bad
             writers[cell.cell_id].add_sample(rows)
             emit("sample", cell=cell.cell_id)

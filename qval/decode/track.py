@@ -45,9 +45,9 @@ class DecodeTrack(Track):
     )
     timed = True  # decode cells measure time: their shard runs alone
     paired_metric = "acceptance_length_per_sample"
-    figures = ("ranking", "temperature", "acceptance", "tau_histogram", "headroom")
-    # Read by the temperature figure and the load flag whether or not the suite lists them.
-    report_metrics = ("speedup", "acceptance_length", "load_other_cores")
+    figures = ("ranking", "temperature", "acceptance", "tau_histogram", "headroom", "speed_quality")
+    # Read by the temperature and speed-vs-quality figures and the load flag whether or not the suite lists them.
+    report_metrics = ("speedup", "acceptance_length", "load_other_cores", "task_accuracy")
 
     def grid_size(self, section: DecodeSection, models: int, seeds: int) -> int:
         # Every policy is paired with the AR baseline, which the plan adds when the suite does not list it.

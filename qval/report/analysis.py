@@ -10,6 +10,7 @@ from functools import cached_property
 import numpy as np
 import pandas as pd
 
+from ..cell import LOSSY_FAMILY
 from ..loadwatch import BUSY_OTHER_CORES
 from . import format as fmt
 from .model import SuiteReport, TrackBoard
@@ -74,7 +75,7 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
     the group ran count, so that all means are over the same samples (and the
     oracle is never below the best fixed policy). A sample repeated within a
     cell counts with its mean tau. The oracle takes the per-sample maximum over
-    all of the group's cells (baselines and adaptive policies included); the
+    all of the group's lossless cells (baselines and adaptive policies included, lossy ones not); the
     best fixed policy is the cell with the highest mean tau whose family is
     neither baseline nor adaptive. Groups without such a cell, or without a
     sample common to all cells, have no headroom.
@@ -84,7 +85,8 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
     # Integer codes throughout: grouping 100,000s of samples by text ids is slow.
     cell_list, group_list = [], []
     for index, group in enumerate(groups):
-        for cell in dict.fromkeys(group.rows["cell_id"]):
+        # A lossy policy's τ buys other outputs: it takes no part in the oracle or the best fixed policy.
+        for cell in dict.fromkeys(group.rows.loc[group.rows["family"] != LOSSY_FAMILY, "cell_id"]):
             cell_list.append(cell)
             group_list.append(index)
     cells = pd.Index(cell_list)

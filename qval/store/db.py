@@ -113,6 +113,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE qalign_samples ADD COLUMN batch VARCHAR[]",
         ],
     ),
+    (
+        9,
+        [
+            # The quality axis: a dataset checker's verdict per decoding turn (qval/decode/checkers.py). Rows
+            # ingested before stay NULL (task_accuracy undefined for them, not 0).
+            "ALTER TABLE decode_samples ADD COLUMN correct BOOLEAN",
+            "ALTER TABLE decode_samples ADD COLUMN check_detail VARCHAR",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

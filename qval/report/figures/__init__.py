@@ -12,6 +12,7 @@ from . import (  # noqa: F401 (register)
     headroom,
     heatmap,
     ranking,
+    speed_quality,
     tau_histogram,
     temperature,
     usefulness,
@@ -26,6 +27,7 @@ FIGURE_KINDS = (
     "acceptance",  # decode: accept_rate@i vs draft position i, per table group
     "tau_histogram",  # decode with samples: per-sample acceptance length histograms, per group
     "headroom",  # decode with samples: best fixed policy vs per-sample oracle vs adaptive
+    "speed_quality",  # decode with a checked dataset: speedup vs task accuracy, lossy policies marked, Pareto front
     "family",  # qalign: best method per family and environment, per temperature
     "heatmap",  # qalign: model · method x environment heatmap, per temperature
     "usefulness",  # qalign with guided metrics: per-state rho vs guided success and regret, rank correlation
