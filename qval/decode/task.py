@@ -201,6 +201,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter) -> tuple[lis
         (trace, prefill_s, decode_s, state, draft_s), load = under_watch(timed)
         return {
             **load,
+            "threads": torch.get_num_threads(),
             "target_steps": trace.target_steps,
             "drafted": trace.drafted_per_step,
             "accepted": trace.accepted_per_step,
@@ -231,6 +232,7 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel) -> tuple[list[dic
         timed = gen.decode_s is not None
         return {
             **load,
+            "threads": model.threads,
             "target_steps": len(accepted),
             "drafted": drafted,
             "accepted": accepted,

@@ -113,6 +113,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE qalign_samples ADD COLUMN batch VARCHAR[]",
         ],
     ),
+    (
+        9,
+        [
+            # The CPU threads each decoding turn ran with (qval/decode/tables.py). Rows ingested before stay NULL.
+            "ALTER TABLE decode_samples ADD COLUMN threads INTEGER",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
