@@ -34,6 +34,7 @@ def _environment(results, suite: str) -> dict[str, str]:
         {
             "hardware": str(fp.get("hardware") or _NOT_RECORDED),
             "gpu": str(fp.get("gpu") or "none"),
+            "cpus allowed": str(fp.get("cpus_allowed") or _NOT_RECORDED),
             "python": str(fp.get("python") or _NOT_RECORDED),
             **{name: str(v) for name, v in packages.items() if v},
             "git_sha": f"{fp.get('git_sha') or _NOT_RECORDED}{' (dirty)' if fp.get('git_dirty') else ''}",
