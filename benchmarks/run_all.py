@@ -13,7 +13,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-BENCHMARKS = ["bench_plan", "bench_ingest", "bench_report", "bench_decode", "bench_qalign_requests"]
+BENCHMARKS = [
+    "bench_plan",
+    "bench_ingest",
+    "bench_report",
+    "bench_decode",
+    "bench_engine_vs_vllm",
+    "bench_qalign_requests",
+]
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)

@@ -204,6 +204,16 @@ def compare_cmd(
             r["verdict"],
         )
     out.print(view)
+    differ = (
+        table.drop_duplicates(["track", "model", "method", "dataset", "temperature", "seed"]) if len(table) else table
+    )
+    for r in differ.to_dict("records"):
+        if isinstance(r.get("conditions_differ"), str):
+            out.print(
+                f"warning: {r['model']} / {r['method']} / {r['dataset']} was measured with {r['conditions_differ']}: "
+                "its timings (speedup, tokens/s) do not compare between A and B",
+                markup=False,
+            )
 
 
 @app.command("label-noise")

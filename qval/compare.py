@@ -69,8 +69,25 @@ def _paired_metric(track: str) -> str | None:
     return found.paired_metric if found is not None else None
 
 
+def _conditions(side: Side) -> dict[str, dict[str, str]]:
+    found: dict[str, dict[str, str]] = {}
+    for track in all_tracks():
+        found.update(track.conditions(side.results, side.suite))
+    return found
+
+
+def _differ(a: dict[str, str], b: dict[str, str]) -> str | None:
+    """'threads 2 → 1' for the conditions both cells recorded and that differ; None when none do."""
+    changed = [f"{name} {a[name]} → {b[name]}" for name in sorted(a.keys() & b.keys()) if a[name] != b[name]]
+    return "; ".join(changed) or None
+
+
 def compare(a: Side, b: Side) -> pd.DataFrame:
+    """One row per matched cell and metric (or per cell on one side only). ``conditions_differ`` names what the two
+    cells were measured under that differs (the CPU threads of a decoding engine), like a speedup against another
+    run's baseline: their timings do not compare, whatever the test says."""
     left, right = _cells(a), _cells(b)
+    conditions = _conditions(a), _conditions(b)
     merged = left.merge(right, on=KEY, how="outer", suffixes=("_a", "_b"), indicator=True)
     metrics = sorted(
         {c for c in left.columns if f"{c}__lo" in left.columns}
@@ -91,6 +108,7 @@ def compare(a: Side, b: Side) -> pd.DataFrame:
                 {**base, "metric": None, "verdict": "only in A" if rec["_merge"] == "left_only" else "only in B"}
             )
             continue
+        differ = _differ(conditions[0].get(rec["cell_id_a"], {}), conditions[1].get(rec["cell_id_b"], {}))
         for metric in metrics:
             va, vb = rec.get(f"{metric}_a"), rec.get(f"{metric}_b")
             if _undefined(va) and _undefined(vb):
@@ -107,6 +125,7 @@ def compare(a: Side, b: Side) -> pd.DataFrame:
                 "delta": None if _undefined(va) or _undefined(vb) else vb - va,
                 "p_value": None,
                 "test": None,
+                "conditions_differ": differ,
             }
             if metric == _paired_metric(rec["track"]):
                 sa = values(a, rec["cell_id_a"], rec["track"])

@@ -80,6 +80,8 @@ def fingerprint() -> dict:
         "hardware": hardware_class(),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        # The CPUs qval may use (taskset, a cpuset): what the runner splits into the workers' threads.
+        "cpus_allowed": len(os.sched_getaffinity(0)),
         "gpu": gpu_name(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -121,6 +121,12 @@ class Track:
         """Per cell, the per-unit values `qval compare` pairs between two runs (indexed by unit)."""
         return {}
 
+    def conditions(self, results: Path, suite: str) -> dict[str, dict[str, str]]:
+        """Per cell, what its measurements were taken under that its identity leaves out (decoding: the CPU threads
+        of the engine), as {name: value}. Reports list them, and flag a board whose cells differ; `qval compare`
+        flags a matched pair of cells that differ: their timings do not compare."""
+        return {}
+
 
 _LOADED: dict[tuple[int, ...], tuple[Track, ...]] = {}
 

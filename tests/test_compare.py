@@ -55,6 +55,7 @@ def test_verdicts(monkeypatch):
     }
     monkeypatch.setattr(C, "_cells", lambda side: boards[side.suite])
     monkeypatch.setattr(C, "_per_sample", lambda side, track: taus)  # every cell of a side, by cell id
+    monkeypatch.setattr(C, "_conditions", lambda side: {})  # no measurement conditions recorded on either side
     table = C.compare(C.Side(None, "A"), C.Side(None, "B")).set_index("metric")
     assert table.loc["speedup", "verdict"] == "B higher (CIs disjoint)"
     row = table.loc["acceptance_length_per_sample"]

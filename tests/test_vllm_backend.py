@@ -98,6 +98,19 @@ def test_served_cells_report_speed_acceptance_and_losslessness(both_backends):
     assert (samples["decode_s"] > 0).all() and (samples["prefill_s"] > 0).all()  # engine timestamps split them
 
 
+def test_both_backends_decode_with_the_same_threads_and_record_them(both_backends):
+    """The vLLM child runs with the worker's torch thread count (the runner gives a decode shard every CPU qval may
+    use), as the engine itself reports it, and the report's environment says both sides agree."""
+    _, results = both_backends
+    cpus = len(os.sched_getaffinity(0))
+    for suite in ("on-vllm", "on-hf"):
+        assert set(R.samples(results, "decode", suite)["threads"]) == {cpus}, suite
+    proc = run_qval("report", "--results", results, "--out", results.parent / "rep")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (results.parent / "rep" / "on-vllm" / "leaderboard.md").read_text()
+    assert f"- **threads**: {cpus} (every cell that recorded it)" in page
+
+
 def test_a_policy_vllm_cannot_serve_fails_its_cell_only(tmp_path, vllm_python):
     suite = write_suite(
         tmp_path / "s.yaml",

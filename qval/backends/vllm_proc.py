@@ -13,7 +13,8 @@ proto : one JSON object per line per request, written to the *original* stdout f
 Requests
     {"op": "init", "model": PATH, "dtype": "float32", "seed": 0, "max_model_len": 2048,
      "speculative": null | {speculative_config}, "engine_args": {...extra LLM kwargs...}}
-        -> {"ok": true, "init_s": float, "vllm_version": str, "engine_mode": "inproc"|"multiproc"}
+        -> {"ok": true, "init_s": float, "vllm_version": str, "engine_mode": "inproc"|"multiproc",
+            "threads": int|null (the OpenMP threads the engine's worker runs with, as torch reports them)}
     {"op": "generate", "prompt_token_ids": [...], "max_tokens": int, "temperature": float, "seed": int}
         -> {"ok": true, "token_ids": [...], "finish_reason": str, "wall_s": float,
             "ttft_s": float|null, "decode_s": float|null, "spec": null | {...}, "num_prompt_tokens": int,
@@ -114,6 +115,23 @@ def _shutdown_engine() -> None:
     gc.collect()
 
 
+def _torch_threads(*_args) -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def _engine_threads() -> int | None:
+    """The threads the engine's worker really decodes with (its torch/OpenMP pool), asked of the worker itself: in the
+    multi-process engine that is another process, whose count vLLM's CPU binding may have set."""
+    try:
+        counts = _llm.collective_rpc(_torch_threads)
+        return int(counts[0]) if counts else None
+    except Exception:  # noqa: BLE001 - an engine that cannot run a callable: unknown rather than a guess
+        traceback.print_exc(file=sys.stderr)
+        return None
+
+
 def op_init(req: dict) -> dict:
     _shutdown_engine()
     spec = req.get("speculative")
@@ -139,6 +157,7 @@ def op_init(req: dict) -> dict:
         "init_s": init_s,
         "vllm_version": vllm.__version__,
         "engine_mode": "multiproc" if mp else "inproc",
+        "threads": _engine_threads(),
     }
 
 

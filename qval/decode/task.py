@@ -208,6 +208,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter, dataset) -> 
         (trace, prefill_s, decode_s, state, draft_s), load = under_watch(timed)
         return {
             **load,
+            "threads": torch.get_num_threads(),
             "target_steps": trace.target_steps,
             "drafted": trace.drafted_per_step,
             "accepted": trace.accepted_per_step,
@@ -238,6 +239,7 @@ def _run_served_sample(cell: Cell, sample, model: ServedModel, dataset) -> tuple
         timed = gen.decode_s is not None
         return {
             **load,
+            "threads": model.threads,
             "target_steps": len(accepted),
             "drafted": drafted,
             "accepted": accepted,

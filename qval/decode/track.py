@@ -120,3 +120,8 @@ class DecodeTrack(Track):
         from .board import per_sample_tau, sample_summary
 
         return per_sample_tau(sample_summary(results, suite))
+
+    def conditions(self, results, suite):
+        from .board import cell_threads
+
+        return cell_threads(results, suite)

@@ -143,6 +143,11 @@ class ServedModel(Model):
     def eos_token_ids(self) -> set[int]:
         return set(self._eos)
 
+    @property
+    def threads(self) -> int | None:
+        """The CPU threads the engine decodes with, as it reports them; None where that is unknown (a server)."""
+        return None
+
     def configure(self, policy) -> None:
         """Make the engine decode with this policy (restart it with a speculative config, pick a server…)."""
         raise NotImplementedError

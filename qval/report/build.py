@@ -34,13 +34,43 @@ def _environment(results, suite: str) -> dict[str, str]:
         {
             "hardware": str(fp.get("hardware") or _NOT_RECORDED),
             "gpu": str(fp.get("gpu") or "none"),
+            "cpus allowed": str(fp.get("cpus_allowed") or _NOT_RECORDED),
             "python": str(fp.get("python") or _NOT_RECORDED),
             **{name: str(v) for name, v in packages.items() if v},
             "git_sha": f"{fp.get('git_sha') or _NOT_RECORDED}{' (dirty)' if fp.get('git_dirty') else ''}",
             "runs": ", ".join(runs["run_id"].astype(str).tolist()[-5:]),
         }
     )
+    env.update(_conditions(results, suite))
     return env
+
+
+def _conditions(results, suite: str) -> dict[str, str]:
+    """What the suite's cells were measured under beyond the fingerprint (each track's ``conditions``: decoding's
+    CPU threads), one line per condition: its value, or, where cells differ, each value with its models and a
+    warning, since timings taken under different conditions do not compare (a board ranks them side by side)."""
+    per_cell: dict[str, dict[str, str]] = {}
+    for track in all_tracks():
+        per_cell.update(track.conditions(results, suite))
+    if not per_cell:
+        return {}
+    cells = R.cells(results, suite)
+    model_of = {
+        str(c): f"{m if isinstance(m, str) else '–'} {method}"
+        for c, m, method in zip(cells["cell_id"], cells["model"], cells["method"])
+    }
+    lines = {}
+    for name in sorted({n for values in per_cell.values() for n in values}):
+        models: dict[str, set[str]] = {}
+        for cell_id, values in per_cell.items():
+            if name in values:
+                models.setdefault(values[name], set()).add(model_of.get(cell_id, "–"))
+        if len(models) == 1:
+            lines[name] = f"{next(iter(models))} (every cell that recorded it)"
+        else:
+            each = "; ".join(f"{value}: {', '.join(sorted(m))}" for value, m in sorted(models.items()))
+            lines[name] = f"DIFFER between cells ({each}): timings measured with different {name} do not compare"
+    return lines
 
 
 def build_report(results, suite: str, rows_ready: Callable[[list[str]], None] | None = None) -> SuiteReport:

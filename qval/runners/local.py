@@ -51,7 +51,9 @@ class LocalRunner(Runner):
         shared = [i for i in shards if not plan.shards[i].exclusive]
         exclusive = [i for i in shards if plan.shards[i].exclusive]
         status: dict[int, int] = {}
-        cores = os.cpu_count() or 1
+        # The CPUs this process may run on (taskset, a cgroup cpuset), not the machine's: the workers' torch threads,
+        # and the vLLM engine's (vllm_source.worker_threads), are split from these.
+        cores = len(os.sched_getaffinity(0)) or 1
         # With GPUs, never run more workers at once than there are devices: each owns one.
         gpus = [g for g in self.opts.get("gpus", "").split(",") if g.strip()]
         per_batch = min(self.workers, len(gpus) or self.workers)

@@ -122,6 +122,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE decode_samples ADD COLUMN check_detail VARCHAR",
         ],
     ),
+    (
+        10,
+        [
+            # The CPU threads each decoding turn ran with (qval/decode/tables.py). Rows ingested before stay NULL.
+            "ALTER TABLE decode_samples ADD COLUMN threads INTEGER",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
