@@ -14,6 +14,10 @@ G_j is Gumbel noise drawn from a generator seeded by (coupled_seed, j) — an ex
 (the Gumbel-max trick). Drafts are greedy, and verification is exact match against that sample (as DFlash and
 vLLM's ``strict`` rule do). Every policy then emits exactly the tokens plain AR decoding emits with the same
 coupled seed, so losslessness at T > 0 is checked token for token, as at T = 0.
+
+A draft may also be a token tree (``Draft.parents``): ``tree.py`` verifies it in one forward with a tree attention
+mask, accepts the longest matching path (T = 0, coupled) or runs SpecInfer's multi-round sampling over siblings
+(T > 0), and the cache keeps the accepted path only.
 """
 
 from __future__ import annotations

@@ -124,11 +124,13 @@ def accept_specinfer(
     min(1, p'(x_j) / 1) = p'(x_j), where p' is the residual so far; on rejection p' ← norm(max(0, p' − onehot(x_j)))
     = p' with x_j removed. Each sibling round is one speculative-sampling step, so the emitted token follows p
     (lossless); when every child is rejected, the token is sampled from the final residual."""
-    probs = torch.softmax(logits / temperature, dim=-1).to("cpu", torch.float64)
     residual: dict[int, torch.Tensor] = {}
 
+    def probs(row: int) -> torch.Tensor:  # only the rows on the walked path are ever needed
+        return torch.softmax(logits[row].to("cpu", torch.float64) / temperature, dim=-1)
+
     def choose(row: int, siblings: list[int]) -> int | None:
-        p = probs[row].clone()
+        p = probs(row)
         for child in siblings:
             tok = tree.tokens[child]
             total = float(p.sum())
@@ -140,8 +142,8 @@ def accept_specinfer(
         return None
 
     def bonus(row: int) -> int:
-        p = residual.get(row, probs[row])
-        return multinomial(p if float(p.sum()) > 0 else probs[row], generator)
+        p = residual[row] if row in residual else probs(row)
+        return multinomial(p if float(p.sum()) > 0 else probs(row), generator)
 
     return _walk(tree, choose, bonus)
 
