@@ -59,12 +59,12 @@ def keep_path(cache: Any, start: int, rows: list[int]) -> None:
         if type(layer) is not DynamicLayer:
             kind = "sliding-window" if isinstance(layer, DynamicSlidingWindowLayer) else type(layer).__name__
             raise TypeError(f"token-tree verification needs full-attention cache layers, not {kind}")
-        if not layer.is_initialized:
+        keys, values = layer.keys, layer.values
+        if not layer.is_initialized or keys is None or values is None:
             continue
         if rows != list(range(start, end)):
-            index = torch.tensor(rows, device=layer.keys.device)
+            index = torch.tensor(rows, device=keys.device)
             # The right-hand side is gathered before it is written, so overlapping rows are safe.
-            layer.keys[..., start:end, :] = layer.keys.index_select(-2, index)
-            layer.values[..., start:end, :] = layer.values.index_select(-2, index)
-        layer.keys = layer.keys[..., :end, :]
-        layer.values = layer.values[..., :end, :]
+            keys[..., start:end, :] = keys.index_select(-2, index)
+            values[..., start:end, :] = values.index_select(-2, index)
+        layer.keys, layer.values = keys[..., :end, :], values[..., :end, :]
