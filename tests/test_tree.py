@@ -209,7 +209,7 @@ def test_token_recycling_through_the_cli_is_token_identical_to_ar(tmp_path):
           datasets: [{name: spec-bench, params: {categories: [summarization], limit_per_category: 2, max_turns: 1}}]
           policies: [ar, {name: token-recycling, params: {num_nodes: 16}}]
           max_new_tokens: 24
-          metrics: [lossless, mean_accepted_tokens]
+          metrics: [speedup, lossless, mean_accepted_tokens]
         """,
     )
     results = tmp_path / "results"
