@@ -208,12 +208,12 @@ def test_token_recycling_through_the_cli_is_token_identical_to_ar(tmp_path):
         decode:
           datasets: [{name: spec-bench, params: {categories: [summarization], limit_per_category: 2, max_turns: 1}}]
           policies: [ar, {name: token-recycling, params: {num_nodes: 16}}]
-          max_new_tokens: 24
+          max_new_tokens: 16
           metrics: [speedup, lossless, mean_accepted_tokens]
         """,
     )
     results = tmp_path / "results"
-    proc = run_qval("run", suite, "--results", results, "--workers", "1", env=env)
+    proc = run_qval("run", suite, "--results", results, "--workers", "1", env=env, timeout=1800)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     board = R.leaderboard(results, "tree", "decode").set_index("method")
     assert board.loc["token-recycling", "lossless"] == 1.0 and board.loc["token-recycling", "lossless__n"] == 2
