@@ -135,8 +135,8 @@ def _scorer_rules(report: CheckReport, cls, model, n_points: int, params: dict |
 
 
 def check_policy(cls, model, max_new_tokens: int = 24) -> CheckReport:
-    """A policy's drafts keep greedy decoding token-identical to AR (the engine guarantees it if drafts are
-    valid token ids), and its drafter proposes in-vocabulary token ids."""
+    """A policy's drafts keep greedy and coupled-sampling decoding token-identical to AR (the engine guarantees it
+    if drafts are valid token ids), its drafter proposes in-vocabulary token ids, and a tree draft is well formed."""
     return _run_check("policy", cls, lambda report: _policy_rules(report, cls, model, max_new_tokens))
 
 
@@ -168,6 +168,15 @@ def _policy_rules(report: CheckReport, cls, model, max_new_tokens: int) -> None:
         vocab = model.model.config.vocab_size
         assert all(isinstance(t, int) and 0 <= t < vocab for t in draft.tokens), "drafts must be token ids"
         report.ok(f"propose() drafts in-vocabulary token ids ({len(draft.tokens)} on the check prompt)")
+        if draft.parents is not None:
+            from .decode.tree import Tree
+
+            try:
+                Tree(draft.tokens, draft.parents)  # raises if a parent does not come before its child
+            except ValueError as exc:
+                raise AssertionError(f"{cls.__name__} proposed a malformed tree: {exc}") from exc
+            assert draft.probs is None, "a tree draft is deterministic: it carries no probs"
+            report.ok("tree draft: one parent per token, each parent before its children")
     ar = engine.decode(engine.prefill(prompt), None, max_new_tokens)
     out = engine.decode(engine.prefill(prompt), drafter, max_new_tokens)
     if cls.family == LOSSY_FAMILY:
@@ -179,6 +188,10 @@ def _policy_rules(report: CheckReport, cls, model, max_new_tokens: int) -> None:
     else:
         assert out.token_ids == ar.token_ids, f"{cls.__name__} is not lossless at T=0"
         report.ok(f"lossless at T=0: {len(out.token_ids)} tokens identical to plain AR decoding")
+        coupled_ar = engine.decode(engine.prefill(prompt), None, max_new_tokens, 1.0, coupled_seed=7)
+        coupled = engine.decode(engine.prefill(prompt), drafter, max_new_tokens, 1.0, coupled_seed=7)
+        assert coupled.token_ids == coupled_ar.token_ids, f"{cls.__name__} is not lossless under coupled sampling"
+        report.ok(f"lossless at T=1 with coupled sampling: {len(coupled.token_ids)} tokens identical to AR's")
     assert sum(out.accepted_per_step) + out.target_steps + 1 >= len(out.token_ids), "acceptance bookkeeping is off"
     report.ok(f"acceptance bookkeeping adds up ({sum(out.accepted_per_step)} accepted in {out.target_steps} steps)")
 

@@ -138,7 +138,7 @@ def test_policy_walkthrough_checks_on_smollm_and_plans(package):
         proc = run_qval(*args, cwd=project, env=env)
         assert proc.returncode == 0, f"qval {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
         if args[:2] == ["plugins", "--check"]:
-            assert "policy BigramPolicy: 9 checks passed" in proc.stdout
+            assert "policy BigramPolicy: 10 checks passed" in proc.stdout
             assert "lossless at T=0" in proc.stdout
         else:
             assert "bigram" in proc.stdout

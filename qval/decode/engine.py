@@ -14,6 +14,10 @@ G_j is Gumbel noise drawn from a generator seeded by (coupled_seed, j) — an ex
 (the Gumbel-max trick). Drafts are greedy, and verification is exact match against that sample (as DFlash and
 vLLM's ``strict`` rule do). Every policy then emits exactly the tokens plain AR decoding emits with the same
 coupled seed, so losslessness at T > 0 is checked token for token, as at T = 0.
+
+A draft may also be a token tree (``Draft.parents``): ``tree.py`` verifies it in one forward with a tree attention
+mask, accepts the longest matching path (T = 0, coupled) or runs SpecInfer's multi-round sampling over siblings
+(T > 0), and the cache keeps the accepted path only.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Protocol
 import torch
 
 from ..models import kv
+from . import tree
 
 
 @dataclass
@@ -31,11 +36,16 @@ class Draft:
     tokens: list[int]
     # q[i] is the drafter's distribution over the vocabulary at draft position i; None means one-hot (deterministic).
     probs: torch.Tensor | None = None
+    # A token tree (``tree.py``): parents[i] is the index of token i's parent, -1 for the pending token; None means
+    # a chain. Tree drafts are deterministic (probs must be None).
+    parents: list[int] | None = None
 
 
 class Drafter(Protocol):
-    """Proposes draft tokens. May also define ``observe(target_tokens, accepted)``: after each verification the
-    engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on it).
+    """Proposes draft tokens. May also define ``observe(target_tokens, accepted)``: after each verification of a
+    chain the engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on
+    it); and ``observe_forward(input_ids, logits)``: after every verification, the tokens fed (pending token first)
+    and the target's logits there (Token Recycling keeps their top-k).
 
     A LOSSY drafter may define ``accept(logits, token, temperature) -> bool``, its own acceptance rule for one draft
     token given the target's logits at that position (Medusa's typical acceptance); the engine then accepts the
@@ -50,8 +60,9 @@ class DecodeTrace:
     """What one generation did: the harness turns this into a per-sample record."""
 
     token_ids: list[int] = field(default_factory=list)
-    accepted_per_step: list[int] = field(default_factory=list)  # accepted draft tokens per target step
-    drafted_per_step: list[int] = field(default_factory=list)  # proposed draft tokens per target step
+    # Accepted draft tokens per target step (for a tree: the accepted path's length, so the step emitted one more).
+    accepted_per_step: list[int] = field(default_factory=list)
+    drafted_per_step: list[int] = field(default_factory=list)  # proposed draft tokens (tree nodes) per target step
     stopped_on_eos: bool = False
 
     @property
@@ -98,6 +109,7 @@ class Engine:
         cache = state.cache
         observe = getattr(drafter, "observe", None)
         accept = getattr(drafter, "accept", None)
+        watch = getattr(drafter, "observe_forward", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         pending = (
@@ -116,6 +128,16 @@ class Engine:
                 if drafter is not None
                 else Draft([])
             )
+            if draft.parents is not None and not tree.is_chain(draft.parents):
+                emitted, accepted, drafted = self._verify_tree(
+                    draft, pending, cache, room, len(trace.token_ids), temperature, generator, coupled, watch
+                )
+                trace.accepted_per_step.append(accepted)
+                trace.drafted_per_step.append(drafted)
+                if self._emit(trace, emitted, max_new_tokens):
+                    return trace
+                pending = emitted[-1]
+                continue
             # Never draft past the output cap: extra drafts would be verified for nothing.
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
@@ -132,21 +154,50 @@ class Engine:
                 emitted, accepted = self._verify(logits, tokens, probs, temperature, generator)
             if observe is not None:
                 observe(logits.argmax(dim=-1).tolist(), accepted)
+            if watch is not None:
+                watch([pending, *tokens], logits)
             trace.accepted_per_step.append(accepted)
             trace.drafted_per_step.append(len(tokens))
             # The cache now holds pending + all drafts; keep pending + the accepted prefix only.
             rejected = len(tokens) - accepted
             if rejected:
                 cache.crop(-rejected)  # a negative value removes tokens from the end (transformers 4.x and 5.x)
-            for tok in emitted:
-                trace.token_ids.append(tok)
-                if tok in self.eos:
-                    trace.stopped_on_eos = True
-                    return trace
-                if len(trace.token_ids) >= max_new_tokens:
-                    return trace
+            if self._emit(trace, emitted, max_new_tokens):
+                return trace
             pending = emitted[-1]
         return trace
+
+    def _emit(self, trace: DecodeTrace, emitted: list[int], max_new_tokens: int) -> bool:
+        """Append a step's tokens; True once the generation is over (EOS or the token cap)."""
+        for tok in emitted:
+            trace.token_ids.append(tok)
+            if tok in self.eos:
+                trace.stopped_on_eos = True
+                return True
+            if len(trace.token_ids) >= max_new_tokens:
+                return True
+        return False
+
+    def _verify_tree(
+        self, draft: Draft, pending, cache, room, position, temperature, generator, coupled, watch
+    ) -> tuple[list[int], int, int]:
+        """One tree verification (``tree.py``): (emitted tokens, accepted path length, nodes verified)."""
+        if draft.probs is not None:
+            raise ValueError("tree drafts are deterministic: a tree Draft carries no probs")
+        drafted = tree.Tree(draft.tokens, draft.parents or []).clipped(max(room - 1, 0))
+        past = cache.get_seq_length()
+        logits = tree.forward(self.model, cache, pending, drafted)
+        if coupled is not None:
+            emitted, path = tree.accept_coupled(drafted, logits, coupled, position)
+        elif temperature > 0:
+            emitted, path = tree.accept_specinfer(drafted, logits, temperature, generator, _multinomial)
+        else:
+            emitted, path = tree.accept_greedy(drafted, logits)
+        if watch is not None:
+            watch([pending, *drafted.tokens], logits)
+        # The cache holds the past, the root and every node; keep the root and the accepted path.
+        kv.keep_path(cache, past + 1, [past + 1 + node for node in path])
+        return emitted, len(path), len(drafted.tokens)
 
     def _verify(self, logits, tokens, q_probs, temperature, generator) -> tuple[list[int], int]:
         """Return (emitted tokens, number of accepted drafts). Emits accepted drafts + one target token."""

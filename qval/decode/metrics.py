@@ -40,7 +40,8 @@ class VllmAcceptanceLength(Metric):
     label = (
         "acceptance length as vLLM defines it: 1 + Σ accepted draft tokens / number of verify steps that "
         "carried ≥ 1 draft token (steps without a draft are not counted); undefined when nothing was drafted; "
-        "n = samples (prompt turns), CI resamples them"
+        "for a token-tree policy, accepted = draft tokens on the accepted path, so the value is tokens emitted per "
+        "verify step (vLLM defines it for chains only); n = samples (prompt turns), CI resamples them"
     )
 
     def compute(self, samples, baseline=None, cell=None):
@@ -61,7 +62,8 @@ class MeanAcceptedTokens(Metric):
     reads = ("accepted_total", "target_steps")
     label = (
         "Spec-Bench's #Mean accepted tokens: mean over all verify steps (pooled over samples) of accepted "
-        "draft tokens + 1, steps without a draft included (AR = 1); n = samples (prompt turns) with ≥ 1 "
+        "draft tokens + 1, steps without a draft included (AR = 1), i.e. tokens emitted per verify step (for a "
+        "token-tree policy accepted = the accepted path's length); n = samples (prompt turns) with ≥ 1 "
         "verify step, CI resamples them"
     )
 
@@ -88,7 +90,8 @@ class PerSampleAcceptanceLength(Metric):
     reads = ("accepted_total", "target_steps")
     label = (
         "per-sample (macro) acceptance length, DFlash's and BlockPilot's definition: mean over samples of each "
-        "sample's (accepted + 1) per verify step; n = samples (prompt turns) with ≥ 1 verify step"
+        "sample's (accepted + 1) per verify step (for a token-tree policy accepted = the accepted path's length, so "
+        "this is tokens emitted per verify step); n = samples (prompt turns) with ≥ 1 verify step"
     )
 
     def compute(self, samples, baseline=None, cell=None):
@@ -396,7 +399,10 @@ class PerPositionAcceptance(Metric):
     reads = ("drafts", *(f"accepted_ge_{i}" for i in range(1, MAX_POSITION + 1)))
     always = True  # reports read it for every decode cell (the load flag, the per-position figure)
     multi = True
-    label = "per draft position i: unconditional acceptance rate (vLLM) and conditional rate given i−1 accepted"
+    label = (
+        "per draft position i: unconditional acceptance rate (vLLM) and conditional rate given i−1 accepted; "
+        "for a token-tree policy, position i = depth i of the accepted path"
+    )
 
     def compute(self, samples, baseline=None, cell=None):
         out = {}

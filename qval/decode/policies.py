@@ -292,6 +292,41 @@ class TypicalAcceptancePolicy(DecodePolicy):
         return TypicalAcceptanceDrafter(inner, self.params.epsilon, self.params.delta)
 
 
+class TokenRecyclingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: int = Field(default=8, ge=1, le=32)  # candidates kept per token (the matrix's width)
+    num_nodes: int = Field(default=32, ge=1, le=256)  # draft tree size (tokens verified per step besides the root)
+    max_depth: int = Field(default=6, ge=1, le=16)
+    carry_over: bool = True  # keep the matrix across generations, as the paper does (its "hot start")
+
+
+class TokenRecyclingPolicy(DecodePolicy):
+    """Token Recycling (Luo et al. 2024, "Turning Trash into Treasure", arXiv:2408.08696): the target's top-k
+    candidates at every position it verifies, rejected branches included, are kept in a vocabulary × k adjacency
+    matrix; each step expands the matrix from the pending token into a static draft tree, verified in one forward
+    with tree attention. No draft model, no training; lossless.
+
+    Where qval's version differs from the paper: the static tree is not the paper's hand-tuned one but the
+    ``num_nodes`` paths of highest prior Π 0.5^(rank + 1), at most ``max_depth`` deep (``recycling.static_tree``);
+    the matrix is int32 with -1 for rows never seen (the paper does not say how it starts), updated from the verify
+    forwards only (qval's prefill keeps the last position's logits alone); at T > 0 the tree is verified with
+    SpecInfer's multi-round speculative sampling (or coupled exact match), where the paper reports greedy
+    decoding. ``carry_over: false`` empties the matrix before every generation, so a sample's τ does not depend on
+    the prompts decoded before it (with the default, as in the paper, it does, warm-up generations included)."""
+
+    name = "token-recycling"
+    family = "tree"
+    Params = TokenRecyclingParams
+
+    def drafter(self, model):
+        from .recycling import TokenRecyclingDrafter, static_tree
+
+        p = self.params
+        vocab = int(model.model.get_output_embeddings().weight.shape[0])
+        template = static_tree(p.num_nodes, p.max_depth, p.top_k)
+        return TokenRecyclingDrafter(vocab, p.top_k, template, p.carry_over)
+
+
 class ServedParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     base_url: str = Field(pattern=r"^https?://")  # an OpenAI-compatible server that decodes speculatively

@@ -24,7 +24,8 @@ def _sync(device: str) -> None:
 
 
 class TimedDrafter:
-    """Wraps a policy's drafter so the harness clocks the time spent drafting (propose + observe) inside decode.
+    """Wraps a policy's drafter so the harness clocks the time spent drafting (propose, observe and
+    observe_forward) inside decode.
 
     The engine already synchronises once per verify step (it reads the target's tokens), so the extra
     synchronisation here on CUDA costs next to nothing; on the CPU it is a no-op.
@@ -34,6 +35,8 @@ class TimedDrafter:
         self.inner, self.device, self.seconds = drafter, device, 0.0
         if hasattr(drafter, "observe"):
             self.observe = self._observe
+        if hasattr(drafter, "observe_forward"):
+            self.observe_forward = self._observe_forward
         if hasattr(drafter, "reset"):
             self.reset = drafter.reset
         if hasattr(drafter, "accept"):  # a lossy drafter's acceptance rule: part of verification, not clocked
@@ -52,6 +55,9 @@ class TimedDrafter:
 
     def _observe(self, target_tokens, accepted):
         return self._clocked(self.inner.observe, target_tokens, accepted)
+
+    def _observe_forward(self, input_ids, logits):
+        return self._clocked(self.inner.observe_forward, input_ids, logits)
 
 
 def generate_timed(

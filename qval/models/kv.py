@@ -51,3 +51,28 @@ def new_cache(model: Any) -> Any:
 def forward(model: Any, input_ids: Any, cache: Any, **kwargs: Any) -> Any:
     """One forward pass that reads and extends ``cache`` in place; returns the model's output (logits)."""
     return model(input_ids=input_ids, use_cache=True, **{cache_keyword(model): cache}, **kwargs)
+
+
+def keep_path(cache: Any, start: int, rows: list[int]) -> None:
+    """Keep the cache's first ``start`` positions and then only ``rows`` (increasing, all ≥ ``start``), in that
+    order: after a token-tree verification, the root and the accepted path; the rejected branches go.
+
+    Works on full-attention ``DynamicLayer``s (their keys/values are plain tensors over every position); a sliding
+    window layer keeps a bookkeeping length of its own and is refused rather than silently corrupted."""
+    import torch
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    end = start + len(rows)
+    for layer in cache.layers:
+        if type(layer) is not DynamicLayer:
+            kind = "sliding-window" if isinstance(layer, DynamicSlidingWindowLayer) else type(layer).__name__
+            raise TypeError(f"token-tree verification needs full-attention cache layers, not {kind}")
+        keys, values = layer.keys, layer.values
+        if not layer.is_initialized or keys is None or values is None:
+            continue
+        if rows != list(range(start, end)):
+            index = torch.tensor(rows, device=keys.device)
+            # The right-hand side is gathered before it is written, so overlapping rows are safe.
+            keys[..., start:end, :] = keys.index_select(-2, index)
+            values[..., start:end, :] = values.index_select(-2, index)
+        layer.keys, layer.values = keys[..., :end, :], values[..., :end, :]
