@@ -52,26 +52,17 @@ class LabelSet:
 
 
 @dataclass
-class Comparison:
-    labels: LabelSet
-    methods: list[str] = field(default_factory=list)  # compared, best first under exact labels
-    left_out: dict[str, str] = field(default_factory=dict)
-    n: int = 0  # evaluation points
-    n_states: int = 0
-    tau: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    exact_means: dict[str, float] = field(default_factory=dict)
-    mc_means: dict[str, float] = field(default_factory=dict)
-    flips: list[tuple[str, str]] = field(default_factory=list)  # (above under exact, above under MC)
-    tie_changes: list[tuple[str, str]] = field(default_factory=list)  # tied under one label set only
-    undefined: str | None = None  # why there is no τ
+class Comparison(method_order.OrderAgreement):
+    """The agreement of the method orders under exact labels (side A) and under one Monte-Carlo label set (side
+    B)."""
+
+    labels: LabelSet | None = None
 
     def to_json(self) -> dict:
         return {
-            "labels": self.labels.key,
-            "rollouts": self.labels.rollouts,
-            "agg": self.labels.agg,
+            "labels": self.labels.key if self.labels else None,
+            "rollouts": self.labels.rollouts if self.labels else None,
+            "agg": self.labels.agg if self.labels else None,
             "n": self.n,
             "n_states": self.n_states,
             "kendall_tau_b": self.tau,
@@ -80,8 +71,8 @@ class Comparison:
             "undefined": self.undefined,
             "methods": self.methods,
             "left_out": self.left_out,
-            "mean_rho_exact": self.exact_means,
-            "mean_rho_mc": self.mc_means,
+            "mean_rho_exact": self.means_a,
+            "mean_rho_mc": self.means_b,
             "flipped_pairs": [{"exact_above": a, "mc_above": b} for a, b in self.flips],
             "tie_changes": [list(p) for p in self.tie_changes],
         }
@@ -96,21 +87,7 @@ def compare_orders(
     r = method_order.compare_orders(
         exact, mc, states, "exact labels", f"{labels.title} labels", "both label sets", n_boot=n_boot, seed=seed
     )
-    return Comparison(
-        labels,
-        r.methods,
-        r.left_out,
-        r.n,
-        r.n_states,
-        r.tau,
-        r.ci_low,
-        r.ci_high,
-        r.means_a,
-        r.means_b,
-        r.flips,
-        r.tie_changes,
-        r.undefined,
-    )
+    return Comparison(**vars(r), labels=labels)
 
 
 class NotRelabellable(UsageError):
