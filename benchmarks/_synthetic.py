@@ -89,6 +89,10 @@ def _write_cell(results: Path, cell_id: str, n: int, rng, texts: list[str], part
         "output_text": [texts[i % len(texts)] for i in rng.integers(0, len(texts), n)],
         "output_capped": np.zeros(n, bool),
         "accepted_chars": [[0, 12, 30, 41]] * n,
+        "threads": np.full(n, 2, np.int32),
+        # No checker for these prompts (as Spec-Bench's): NULL, so task_accuracy is undefined, as it would be.
+        "correct": pa.nulls(n, pa.bool_()),
+        "check_detail": pa.nulls(n, pa.string()),
     }
     # Fail loudly, naming the columns, when the schema grows: a benchmark that crashes on a KeyError deep in
     # pyarrow (as this one once did, unnoticed) says nothing about what to add here.
