@@ -63,18 +63,7 @@ class Comparison(method_order.OrderAgreement):
             "labels": self.labels.key if self.labels else None,
             "rollouts": self.labels.rollouts if self.labels else None,
             "agg": self.labels.agg if self.labels else None,
-            "n": self.n,
-            "n_states": self.n_states,
-            "kendall_tau_b": self.tau,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
-            "undefined": self.undefined,
-            "methods": self.methods,
-            "left_out": self.left_out,
-            "mean_rho_exact": self.means_a,
-            "mean_rho_mc": self.means_b,
-            "flipped_pairs": [{"exact_above": a, "mc_above": b} for a, b in self.flips],
-            "tie_changes": [list(p) for p in self.tie_changes],
+            **self.summary_json("exact", "mc"),
         }
 
 

@@ -30,6 +30,23 @@ class OrderAgreement:
     tie_changes: list[tuple[str, str]] = field(default_factory=list)  # tied under one side only
     undefined: str | None = None  # why there is no τ
 
+    def summary_json(self, a: str, b: str) -> dict:
+        """The agreement as JSON, the two sides named ``a`` and ``b`` in the keys of their means and flips."""
+        return {
+            "n": self.n,
+            "n_states": self.n_states,
+            "kendall_tau_b": self.tau,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "undefined": self.undefined,
+            "methods": self.methods,
+            "left_out": self.left_out,
+            f"mean_rho_{a}": self.means_a,
+            f"mean_rho_{b}": self.means_b,
+            "flipped_pairs": [{f"{a}_above": x, f"{b}_above": y} for x, y in self.flips],
+            "tie_changes": [list(p) for p in self.tie_changes],
+        }
+
 
 def tau_b_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Kendall τ-b between the columns of x and of y, row by row ((rows, methods) → (rows,)): Σ sign·sign over

@@ -62,17 +62,7 @@ class ModelPair:
             "seed": self.seed,
             "model_a": self.model_a,
             "model_b": self.model_b,
-            "n": a.n,
-            "n_states": a.n_states,
-            "kendall_tau_b": a.tau,
-            "ci_low": a.ci_low,
-            "ci_high": a.ci_high,
-            "undefined": a.undefined,
-            "methods": a.methods,
-            "mean_rho_a": a.means_a,
-            "mean_rho_b": a.means_b,
-            "flipped_pairs": [{"a_above": x, "b_above": y} for x, y in a.flips],
-            "tie_changes": [list(p) for p in a.tie_changes],
+            **a.summary_json("a", "b"),
             "left_out": self.left_out,
         }
 
