@@ -27,7 +27,7 @@ from ..models import transcript
 from ..registry import REGISTRY
 from .points import MAX_HISTORY, Candidate, EvalPoint, outcome_text
 from .scorers.base import ScorerContext, build_scorer
-from .task import _safe_text, _score, prepare_scorer
+from .task import prepare_scorer, safe_text, score_points
 
 
 def step_limit(env, guided: dict, fallback: int) -> int:
@@ -148,10 +148,10 @@ def run_guided_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
 
     def score(point: EvalPoint):
         with transcript.recording() as requests:
-            outcome = _score(scorer, [point], cell, timeout_per_point_s)[0]
+            outcome = score_points(scorer, [point], cell, timeout_per_point_s)[0]
         if isinstance(outcome, BaseException):
             errored.add(point.point_id[:5])  # the episode's sample id
-            message = f"{type(outcome).__name__}: {_safe_text(outcome)}"
+            message = f"{type(outcome).__name__}: {safe_text(outcome)}"
             return [None] * len(point.candidates), [message] * len(point.candidates), requests
         return outcome[0], outcome[1], requests
 

@@ -169,12 +169,12 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
         # The batch's requests (prompts, replies, parses), recorded even when the scorer raises or times out: then
         # they are what explains the failure.
         with transcript.recording() as requests:
-            checked = _score(scorer, batch, cell, timeout_per_point_s)
+            checked = score_points(scorer, batch, cell, timeout_per_point_s)
         # Several points scored in one call: each of their rows names the whole batch (see store/tables.py).
         together = [p.point_id for p in batch] if len(batch) > 1 else None
         for k, (point, outcome) in enumerate(zip(batch, checked)):
             if isinstance(outcome, BaseException):
-                errors = [f"{type(outcome).__name__}: {_safe_text(outcome)}"] * len(point.candidates)
+                errors = [f"{type(outcome).__name__}: {safe_text(outcome)}"] * len(point.candidates)
                 scores = [None] * len(point.candidates)
                 errored += 1
             else:
@@ -208,7 +208,7 @@ def run_qalign_cell(cell: Cell, model, writer, emit, timeout_per_point_s: float 
     return len(points), failed, extras
 
 
-def _score(scorer, batch: list[EvalPoint], cell: Cell, timeout_per_point_s: float | None) -> list:
+def score_points(scorer, batch: list[EvalPoint], cell: Cell, timeout_per_point_s: float | None) -> list:
     """Per point of the batch: (scores, errors), or the exception that failed it."""
     try:
         with time_limit(timeout_per_point_s and timeout_per_point_s * len(batch), f"scorer {cell.method!r}"):
@@ -233,7 +233,7 @@ def _safe_repr(value, limit: int = 60) -> str:
         return f"<{type(value).__name__} whose repr raised>"
 
 
-def _safe_text(exc: BaseException, limit: int = 500) -> str:
+def safe_text(exc: BaseException, limit: int = 500) -> str:
     try:
         return str(exc)[:limit]
     except Exception:  # noqa: BLE001
