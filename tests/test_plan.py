@@ -1,3 +1,4 @@
+import pytest
 from conftest import TINY_SUITE, write_suite
 
 from qval.plan import Plan, build_plan
@@ -51,3 +52,35 @@ def test_grid_is_the_full_product(tmp_path):
     text = TINY_SUITE.replace("seeds: [0]", "seeds: [" + ", ".join(map(str, range(200))) + "]")
     plan = _plan(tmp_path, text)
     assert len(plan.cells) == 200 * (3 + 2)  # (3 scorers + 2 policies) per seed; every cell depends on the seed
+
+
+def test_a_policy_naming_its_models_gets_cells_for_those_models_only(tmp_path):
+    text = TINY_SUITE.replace(
+        "models: [smollm2-135m-instruct]",
+        "models: [smollm2-135m-instruct, {source: smollm2-135m-instruct, name: twin, params: {dtype: bfloat16}}]",
+    ).replace(
+        "{name: prompt-lookup, params: {num_draft: 4}}", "{name: prompt-lookup, params: {num_draft: 4}, models: [twin]}"
+    )
+    plan = _plan(tmp_path, text)
+    decode = [c for c in plan.cells.values() if c.track == "decode"]
+    assert sorted((c.model, c.method) for c in decode) == [
+        ("smollm2-135m-instruct", "ar"),
+        ("twin", "ar"),
+        ("twin", "prompt-lookup"),
+    ]
+    twin_ar = next(c for c in decode if c.model == "twin" and c.method == "ar")
+    assert next(c for c in decode if c.method == "prompt-lookup").baseline_cell_id == twin_ar.cell_id
+
+
+def test_a_policy_naming_a_model_the_suite_lacks_is_refused(tmp_path):
+    from qval.suite import SuiteError
+
+    text = TINY_SUITE.replace(
+        "{name: prompt-lookup, params: {num_draft: 4}}",
+        "{name: prompt-lookup, params: {num_draft: 4}, models: [gemma]}",
+    )
+    with pytest.raises(SuiteError) as err:
+        _plan(tmp_path, text)
+    assert "decode.policies[1].models" in str(err.value) and "'gemma' is not one of the suite's models" in str(
+        err.value
+    )

@@ -4,23 +4,29 @@ a worker runs a group of cells sharing that baseline, and its board."""
 from __future__ import annotations
 
 from itertools import product
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from ..cell import Cell, make_cell
 from ..fingerprint import hardware_class
 from ..registry import REGISTRY
-from ..section import PluginRefs, TrackSection
+from ..section import PluginRef, PluginRefs, TrackSection, as_refs
 from ..tracks import SampleTable, Track
 from .tables import DECODE_SAMPLES
 
 BASELINE_POLICY = "ar"
 
 
+class PolicyRef(PluginRef):
+    # A policy that only makes sense for some of the suite's models (a cross-tokenizer drafter for one target, a
+    # layer choice for one depth) names them; its cells exist for those models only. None: every model.
+    models: list[str] | None = Field(default=None, min_length=1)
+
+
 class DecodeSection(TrackSection):
     datasets: PluginRefs = Field(min_length=1)
-    policies: PluginRefs = Field(min_length=1)
+    policies: Annotated[list[PolicyRef], BeforeValidator(as_refs)] = Field(min_length=1)
     max_new_tokens: int = Field(default=128, ge=1, le=1_000_000)
     # At T > 0: "rejection" = the standard min(1, p/q) rule, each cell with its own random stream; "coupled" =
     # position-seeded Gumbel sampling shared by all cells + exact-match verification (token-exact vs AR).
@@ -50,8 +56,27 @@ class DecodeTrack(Track):
     report_metrics = ("speedup", "acceptance_length", "load_other_cores", "task_accuracy")
 
     def grid_size(self, section: DecodeSection, models: int, seeds: int) -> int:
-        # Every policy is paired with the AR baseline, which the plan adds when the suite does not list it.
+        # Every policy is paired with the AR baseline, which the plan adds when the suite does not list it. An upper
+        # bound when a policy names its models: the size check is a guard against runaway grids.
         return models * (len(section.policies) + 1) * len(section.datasets) * len(section.temperatures) * seeds
+
+    def problems(self, suite, section: DecodeSection, metrics):
+        names = [name for name, _ in suite.models]
+        problems = []
+        for i, ref in enumerate(section.policies):
+            unknown = [m for m in ref.models or [] if m not in names]
+            if unknown:
+                listed = ", ".join(names) or "none"
+                problems.append(
+                    (
+                        f"decode.policies[{i}].models",
+                        f"{', '.join(map(repr, unknown))} is not one of the suite's models ({listed}): name a model "
+                        "under `models:` or drop it from this policy's `models`",
+                    )
+                )
+            elif ref.models is not None and ref.name == BASELINE_POLICY:
+                problems.append((f"decode.policies[{i}].models", "the AR baseline runs for every model"))
+        return problems
 
     def needs_model(self, suite, section: DecodeSection) -> list[str]:
         names = ", ".join(f"'{ref.name}'" for ref in section.policies)
@@ -87,7 +112,8 @@ class DecodeTrack(Track):
                     settings,
                     limit,
                 )
-                for _, pcls, pparams in policies
+                for ref, pcls, pparams in policies
+                if ref is None or getattr(ref, "models", None) is None or mname in ref.models
             ]
             baseline = next(c for c in row if c.method == BASELINE_POLICY)
             for cell in row:
