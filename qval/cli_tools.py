@@ -166,6 +166,44 @@ def replay(
         out.print(rp.to_markdown(result), markup=False)
 
 
+@app.command("train-selector")
+def train_selector_cmd(
+    sweeps_dir: Path = typer.Argument(..., help="The folder `qval export-sweeps --out` wrote."),
+    sweep: str = typer.Option(
+        ..., "--sweep", help="Which sweep: policy.knob (e.g. prompt-lookup.num_draft) or its folder under SWEEPS_DIR."
+    ),
+    output: Path = typer.Option(..., "-o", "--out", help="The selector file to write (JSON)."),
+    metric: str = typer.Option("speedup", "--metric", help="Label each sample by its best value of: speedup or tau."),
+    l2: float = typer.Option(1.0, "--l2", min=1e-9, help="L2 penalty of the logistic regression."),
+    as_json: bool = JSON_OPT,
+):
+    """Train the learned-length policy's selector (the replay's logistic regression, on every sample of the sweep)
+    and write it as a versioned JSON file: features, standardisation, weights, candidate values, the knob and the
+    underlying policy, and the training samples, which a learned-length cell refuses to be scored on."""
+    from .decode import train_selector as ts
+
+    folder = ts.find_sweep(sweeps_dir, sweep, metric)
+    doc = ts.train(folder, l2)
+    ts.write(doc, output)
+    info = {
+        "selector": str(output),
+        "sweep": str(folder),
+        "policy": doc.policy,
+        "knob": doc.knob,
+        "candidates": doc.candidates,
+        "training_samples": len(doc.trained_on.sample_ids),
+        "sha256": doc.sha256,
+    }
+    if as_json:
+        emit_json(info)
+    else:
+        out.print(
+            f"wrote {output}: {doc.policy}.{doc.knob} over {doc.candidates} from {len(doc.trained_on.sample_ids)} "
+            f"training samples of {doc.trained_on.dataset_label} ({len(doc.features)} features)",
+            markup=False,
+        )
+
+
 @app.command("compare")
 def compare_cmd(
     a: str = typer.Argument(..., help="SUITE, RESULTS_DIR:SUITE, or a RESULTS_DIR with one suite."),

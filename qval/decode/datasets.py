@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 from ..errors import QvalError
 from ..plugin_base import Plugin
@@ -62,6 +62,16 @@ class SpecBenchParams(BaseModel):
     categories: list[str] | None = None  # None: all 13
     limit_per_category: int | None = Field(default=None, ge=1)
     max_turns: int = Field(default=2, ge=1, le=2)
+    # Leave out the first N prompts of each category (held-out prompts for a selector trained on the first ones).
+    skip_per_category: int = Field(default=0, ge=0)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler):
+        # Left out at 0, so that the ids of every spec-bench cell planned before this param existed stay the same.
+        data = handler(self)
+        if data.get("skip_per_category") == 0:
+            data.pop("skip_per_category")
+        return data
 
     @field_validator("categories")
     @classmethod
@@ -85,11 +95,15 @@ class SpecBenchDataset(Dataset):
         text = resources.files("qval.data").joinpath("spec_bench/question.jsonl").read_text(encoding="utf-8")
         wanted = self.params.categories or SPEC_BENCH_CATEGORIES
         taken: dict[str, int] = {}
+        seen: dict[str, int] = {}
         out = []
         for line in text.splitlines():
             row = json.loads(line)
             cat = row["category"]
             if cat not in wanted:
+                continue
+            seen[cat] = seen.get(cat, 0) + 1
+            if seen[cat] <= self.params.skip_per_category:
                 continue
             if self.params.limit_per_category and taken.get(cat, 0) >= self.params.limit_per_category:
                 continue

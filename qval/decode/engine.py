@@ -50,7 +50,11 @@ class Drafter(Protocol):
     A LOSSY drafter may define ``accept(logits, token, temperature) -> bool``, its own acceptance rule for one draft
     token given the target's logits at that position (Medusa's typical acceptance); the engine then accepts the
     drafts up to the first it refuses and emits the target's own token there, sampled as AR samples it. Lossless
-    policies never define it: the engine's rules below are what keeps them lossless."""
+    policies never define it: the engine's rules below are what keeps them lossless.
+
+    ``prefilled(context, next_logits)``: called once at the start of ``decode``, after ``reset``, with the prompt
+    and the target's logits for the first generated position; a per-instance policy (learned-length) makes its
+    choice there, so the harness's decode clock covers it."""
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft: ...
 
@@ -112,6 +116,8 @@ class Engine:
         watch = getattr(drafter, "observe_forward", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
+        if hasattr(drafter, "prefilled"):
+            drafter.prefilled(context, state.next_logits)
         pending = (
             coupled.sample(state.next_logits, 0)
             if coupled is not None

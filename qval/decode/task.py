@@ -14,6 +14,7 @@ from ..models.base import LocalModel, Model, ServedModel
 from ..registry import REGISTRY
 from .datasets import Dataset
 from .engine import Engine
+from .features import next_token_features
 
 
 def _sync(device: str) -> None:
@@ -39,6 +40,8 @@ class TimedDrafter:
             self.observe_forward = self._observe_forward
         if hasattr(drafter, "reset"):
             self.reset = drafter.reset
+        if hasattr(drafter, "prefilled"):  # a per-instance choice made from the prefill: clocked as drafting
+            self.prefilled = self._prefilled
         if hasattr(drafter, "accept"):  # a lossy drafter's acceptance rule: part of verification, not clocked
             self.accept = drafter.accept
 
@@ -59,6 +62,9 @@ class TimedDrafter:
     def _observe_forward(self, input_ids, logits):
         return self._clocked(self.inner.observe_forward, input_ids, logits)
 
+    def _prefilled(self, context, next_logits):
+        return self._clocked(self.inner.prefilled, context, next_logits)
+
 
 def generate_timed(
     engine: Engine, drafter, prompt_ids, max_new_tokens, temperature, generator, device, coupled_seed: int | None = None
@@ -77,12 +83,9 @@ def generate_timed(
 
 
 def prefill_features(state) -> dict:
-    """Cheap features of the prefill's next-token distribution, computed after the timed region."""
-    import torch
-
-    logp = torch.log_softmax(state.next_logits.double(), dim=-1)
-    probs = logp.exp()
-    return {"prefill_entropy": float(-(probs * logp).sum()), "prefill_top_prob": float(probs.max())}
+    """Cheap features of the prefill's next-token distribution, computed after the timed region (the live
+    ``learned-length`` policy computes the same ones inside it: ``features.py``)."""
+    return next_token_features(state.next_logits)
 
 
 def _turn_seed(cell: Cell, sample, turn: int) -> int:
@@ -211,6 +214,12 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter, dataset) -> 
                 coupled,
             )
 
+        begin = getattr(drafter, "begin_sample", None)
+        if begin is not None:
+            # Which sample comes next (bookkeeping only, before the clock; a per-instance drafter computes its
+            # choice in its ``prefilled`` hook, inside it). It may refuse the sample (learned-length refuses the
+            # samples its selector was trained on): the sample is then recorded as failed with that reason.
+            begin(cell.dataset, sample.sample_id, sample.category, turn)
         (trace, prefill_s, decode_s, state, draft_s), load = under_watch(timed)
         return {
             **load,

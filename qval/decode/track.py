@@ -82,6 +82,24 @@ class DecodeTrack(Track):
         names = ", ".join(f"'{ref.name}'" for ref in section.policies)
         return [f"decode.policies {names} (decoding verifies against a target model)"]
 
+    def problems(self, suite, section: DecodeSection, metrics):
+        """A policy that may not run on a listed dataset (``dataset_problem``: learned-length on the samples its
+        selector was trained on) is refused with the suite's other problems."""
+        index = {id(ref): i for i, ref in enumerate(section.policies)}
+        out = []
+        for ref, cls, params in suite.resolved.get("decode.policies", []):
+            check = getattr(cls, "dataset_problem", None)
+            if check is None:
+                continue
+            for _, dataset_cls, dataset_params in suite.resolved.get("decode.datasets", []):
+                try:
+                    reason = check(params, dataset_cls, dataset_params)
+                except ValueError as exc:  # e.g. a selector file that vanished after its params were validated
+                    reason = str(exc)
+                if reason:
+                    out.append((f"decode.policies[{index.get(id(ref), '?')}]", reason))
+        return out
+
     def expand(self, suite, section: DecodeSection, limit: int | None) -> list[Cell]:
         settings = {
             "max_new_tokens": section.max_new_tokens,
@@ -136,11 +154,21 @@ class DecodeTrack(Track):
 
     def board(self, results, suite, section, rows):
         from .board import sample_summary
+        from .captured import CAPTURED, captured_rows
         from .knobs import knob_headroom
 
         # Knob headroom is computed only for the sweeps whose cells changed since the last report into the same
         # folder (knobs.py, through the report's cache).
-        return {"samples": sample_summary(results, suite), "knob_headroom": knob_headroom(results, suite)}
+        out = {"samples": sample_summary(results, suite), "knob_headroom": knob_headroom(results, suite)}
+        captured = captured_rows(results, suite)
+        if captured:
+            out["extras"] = {CAPTURED: captured}
+        return out
+
+    def report_tables(self, board, analysis):
+        from .report_tables import report_tables
+
+        return report_tables(board, analysis)
 
     def paired_units(self, results, suite):
         from .board import per_sample_tau, sample_summary

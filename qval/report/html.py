@@ -54,8 +54,9 @@ _TABLE_CLASS = {
     "usefulness": "board",
     "label_noise": "board",
     "model_stability": "board",
+    "captured": "board knobs",
 }
-_NOTED = ("headroom", "knobs", "usefulness", "label_noise", "model_stability")
+_NOTED = ("headroom", "knobs", "usefulness", "label_noise", "model_stability", "captured")
 
 
 def _escape(value: object) -> Markup:
