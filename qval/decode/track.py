@@ -60,9 +60,17 @@ class DecodeTrack(Track):
         # bound when a policy names its models: the size check is a guard against runaway grids.
         return models * (len(section.policies) + 1) * len(section.datasets) * len(section.temperatures) * seeds
 
+    def needs_model(self, suite, section: DecodeSection) -> list[str]:
+        names = ", ".join(f"'{ref.name}'" for ref in section.policies)
+        return [f"decode.policies {names} (decoding verifies against a target model)"]
+
     def problems(self, suite, section: DecodeSection, metrics):
+        return self._model_problems(suite, section) + self._dataset_problems(suite, section)
+
+    def _model_problems(self, suite, section: DecodeSection) -> list[tuple[str, str]]:
+        """A policy's ``models`` must name models of the suite."""
         names = [name for name, _ in suite.models]
-        problems = []
+        problems: list[tuple[str, str]] = []
         for i, ref in enumerate(section.policies):
             unknown = [m for m in ref.models or [] if m not in names]
             if unknown:
@@ -78,11 +86,7 @@ class DecodeTrack(Track):
                 problems.append((f"decode.policies[{i}].models", "the AR baseline runs for every model"))
         return problems
 
-    def needs_model(self, suite, section: DecodeSection) -> list[str]:
-        names = ", ".join(f"'{ref.name}'" for ref in section.policies)
-        return [f"decode.policies {names} (decoding verifies against a target model)"]
-
-    def problems(self, suite, section: DecodeSection, metrics):
+    def _dataset_problems(self, suite, section: DecodeSection) -> list[tuple[str, str]]:
         """A policy that may not run on a listed dataset (``dataset_problem``: learned-length on the samples its
         selector was trained on) is refused with the suite's other problems."""
         index = {id(ref): i for i, ref in enumerate(section.policies)}
