@@ -245,12 +245,15 @@ def bootstrap_ratios_many(requests: list[Resampling]) -> list[list[MetricValue]]
 
 
 _F32_EXACT = 2.0**24  # below this, integer sums are exact in float32
-_F64_EXACT = 2.0**53
+# Bits of a column kept below its largest magnitude (each value is cut to a multiple of 2**-_KEPT_BITS of it, at
+# least): a relative 1.5e-11, where float32 products kept 24 bits (6e-8). One float64 part holds them up to 131,071
+# units, so a cell's float columns cost one product column each.
+_KEPT_BITS = 36
 
 
 def _split(column: np.ndarray, n: int) -> tuple[np.ndarray, list[float], bool]:
-    """A column as integer-valued parts times powers of two (column = Σ parts[:, k] · units[k], the smallest bits
-    cut off where they lie 60 or more bits below the largest value), each part small enough that any resample of
+    """A column as integer-valued parts times powers of two (column = Σ parts[:, k] · units[k], bits that lie more
+    than ``_KEPT_BITS`` (or as many more as the parts hold) below the largest value cut off), each part small enough that any resample of
     n units sums it exactly in float32 (third item True) or float64. An exact sum does not depend on the order
     of its additions, hence not on the product it is computed in. A column with a NaN or an infinity is used as
     it is (its resampled sums are not finite whatever the order)."""
@@ -267,7 +270,7 @@ def _split(column: np.ndarray, n: int) -> tuple[np.ndarray, list[float], bool]:
         return column[:, None], [1.0], False
     top = int(np.frexp(largest)[1])  # largest < 2**top
     parts, units, rest = [], [], column
-    for k in range(1, -(-60 // bits) + 1):
+    for k in range(1, -(-_KEPT_BITS // bits) + 1):
         unit = float(np.ldexp(1.0, top - k * bits))
         if unit == 0.0:  # below the smallest subnormal: nothing left to represent
             break
@@ -300,7 +303,7 @@ def _exact_sums(requests: list[np.ndarray], n: int, n_boot: int, seed: int) -> l
         sums = []
         for small, first, units in mine:
             block = sums32 if small else sums64
-            total = block[:, first] * units[0]
+            total = block[:, first].astype(np.float64) * units[0]
             for k in range(1, len(units)):
                 total = total + block[:, first + k] * units[k]
             sums.append(total)
@@ -310,9 +313,14 @@ def _exact_sums(requests: list[np.ndarray], n: int, n_boot: int, seed: int) -> l
 
 def _product(parts: list[np.ndarray], n: int, n_boot: int, seed: int, dtype) -> np.ndarray:
     if not parts:
-        return np.empty((n_boot, 0))
-    stacked = np.concatenate(parts, axis=1).astype(dtype)
-    return np.concatenate([block @ stacked for block in _count_blocks(n, n_boot, seed, dtype)]).astype(np.float64)
+        return np.empty((n_boot, 0), dtype)
+    stacked = np.empty((n, sum(p.shape[1] for p in parts)), dtype)  # filled in place: no float64 copy of it all
+    at = 0
+    for p in parts:
+        stacked[:, at : at + p.shape[1]] = p
+        at += p.shape[1]
+    blocks = [block @ stacked for block in _count_blocks(n, n_boot, seed, dtype)]
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
 
 
 def ratio_request(num, den, num_b=None, den_b=None, n_boot: int = N_BOOT, seed: int = 0) -> Resampling:
