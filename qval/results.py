@@ -299,11 +299,14 @@ def cells_samples(cell_ids, results="results", limit: int | None = None) -> dict
                 frames.update({c: pd.DataFrame({"sample_id": []}) for c in group["cell_id"]})
                 continue
             table, column = spec.table, spec.listing_order
-            select = "* EXCLUDE (" + ", ".join((*spec.listing_drop, "_k")) + ")"
+            select = "* EXCLUDE (" + ", ".join(spec.listing_drop) + ")" if spec.listing_drop else "*"
             # Only constants are formatted in; ids and the limit are parameters (a NULL limit keeps every sample).
+            # The first samples are chosen by row id over two columns, then only their rows are read whole: ranking
+            # every row with all its columns (texts, token lists) sorted a million rows to keep a report's 50,000.
             rows = con.execute(
-                f"SELECT {select} FROM (SELECT *, dense_rank() OVER (PARTITION BY cell_id ORDER BY "
-                f"sample_id) AS _k FROM {table} WHERE cell_id IN (SELECT unnest(?))) WHERE ? IS NULL OR _k <= ? "
+                f"SELECT {select} FROM {table} WHERE rowid IN (SELECT _r FROM (SELECT rowid "
+                "AS _r, dense_rank() OVER (PARTITION BY cell_id ORDER BY sample_id) AS _k FROM "
+                f"{table} WHERE cell_id IN (SELECT unnest(?))) WHERE ? IS NULL OR _k <= ?) "
                 f"ORDER BY cell_id, sample_id, {column}",
                 [group["cell_id"].tolist(), limit, None if limit is None else max(int(limit), 0)],
             ).df()

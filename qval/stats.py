@@ -149,43 +149,58 @@ def _count_blocks(n: int, n_boot: int, seed: int, dtype):
 _counts64: list = [None, None]
 
 
+@dataclass(eq=False)
+class Resampling:
+    """Ratios of column sums over the same units (rows) to bootstrap: what ``bootstrap_ratios`` computes, as a
+    request that ``bootstrap_ratios_many`` answers together with others (the metric stage gathers every ratio
+    metric of many cells into one product per sample size)."""
+
+    columns: np.ndarray  # (units, columns)
+    ratios: list[tuple[int, ...]]
+    n_boot: int = N_BOOT
+    seed: int = 0
+
+
 def bootstrap_ratios(
     columns: np.ndarray,
     ratios: list[tuple[int, ...]],
     n_boot: int = N_BOOT,
     seed: int = 0,
-    dtype=np.float32,
+    dtype=None,
 ) -> list[MetricValue]:
-    """Ratios of column sums over the same units (rows), all from one resampling: one matrix product of the resample
-    counts with the columns, whatever the number of ratios.
+    """Ratios of column sums over the same units (rows), all from one resampling.
 
     A ratio ``(i, j)`` is Σcolumns[:, i] / Σcolumns[:, j]; ``(i, j, k, l)`` is that divided by Σcolumns[:, k] /
     Σcolumns[:, l] (a policy's ratio over its baseline's, the units resampled together: a paired bootstrap). The
-    products are in ``dtype``: float32 halves their memory traffic on million-row cells (sums of ≤ 1e6 terms stay
-    accurate to about 1e-6, far below the bootstrap's own error); the values are float64 sums either way.
+    values are float64 (pairwise) sums. The resampled sums are exact (``_exact_sums``), so they do not depend on
+    which other columns or requests share the product: a metric back-filled alone gets the interval a full ingest
+    gives it. ``dtype=np.float64`` instead multiplies the columns as they are in float64 (replay's rows, which
+    share one product by construction, keep the digits they had).
     """
-    columns = np.asarray(columns, float)
-    n = columns.shape[0]
-    if n == 0:
-        return [MetricValue.undefined() for _ in ratios]
+    if dtype is not None:
+        return _float_product_ratios(np.asarray(columns, float), ratios, n_boot, seed, dtype)
+    return bootstrap_ratios_many([Resampling(np.asarray(columns, float), ratios, n_boot, seed)])[0]
 
-    def apply(sums: np.ndarray) -> np.ndarray:  # sums: (..., columns) → (..., ratios)
-        out = sums[..., [r[0] for r in ratios]] / sums[..., [r[1] for r in ratios]]
-        for k, r in enumerate(ratios):
-            if len(r) == 4:
-                out[..., k] = out[..., k] / (sums[..., r[2]] / sums[..., r[3]])
-        return out
 
+def _apply(ratios: list[tuple[int, ...]], sums: np.ndarray) -> np.ndarray:
+    """sums: (..., columns) → (..., ratios)."""
+    out = sums[..., [r[0] for r in ratios]] / sums[..., [r[1] for r in ratios]]
+    for k, r in enumerate(ratios):
+        if len(r) == 4:
+            out[..., k] = out[..., k] / (sums[..., r[2]] / sums[..., r[3]])
+    return out
+
+
+def _point_values(columns: np.ndarray, ratios: list[tuple[int, ...]]) -> np.ndarray:
+    # Each column summed on its own (numpy's pairwise sum), not columns.sum(axis=0), which adds row after row.
     with np.errstate(divide="ignore", invalid="ignore"):
-        # Each column summed on its own (numpy's pairwise sum), not columns.sum(axis=0), which adds row after row.
-        values = apply(np.array([columns[:, i].sum() for i in range(columns.shape[1])]))
-        if n < 2:
-            return [MetricValue(finite_or_none(v), None, None, n) for v in values]
-        stacked = columns.astype(dtype)
-        stats = np.concatenate([apply(block @ stacked) for block in _count_blocks(n, n_boot, seed, dtype)])
+        return _apply(ratios, np.array([columns[:, i].sum() for i in range(columns.shape[1])]))
+
+
+def _with_intervals(values: np.ndarray, stats: np.ndarray | None, n: int) -> list[MetricValue]:
     out = []
     for k, value in enumerate(values):
-        if not np.isfinite(value):
+        if stats is None or not np.isfinite(value):
             out.append(MetricValue(finite_or_none(value), None, None, n))
             continue
         lo, hi = _interval(stats[:, k])
@@ -193,12 +208,138 @@ def bootstrap_ratios(
     return out
 
 
-def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, den_b=None) -> MetricValue:
-    """Ratio of sums Σnum/Σden over paired units, optionally divided by a second paired ratio Σnum_b/Σden_b:
-    ``bootstrap_ratios`` with one ratio."""
+def _float_product_ratios(columns: np.ndarray, ratios, n_boot: int, seed: int, dtype) -> list[MetricValue]:
+    n = columns.shape[0]
+    if n == 0:
+        return [MetricValue.undefined() for _ in ratios]
+    values = _point_values(columns, ratios)
+    if n < 2:
+        return _with_intervals(values, None, n)
+    stacked = columns.astype(dtype)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        stats = np.concatenate([_apply(ratios, block @ stacked) for block in _count_blocks(n, n_boot, seed, dtype)])
+    return _with_intervals(values, stats, n)
+
+
+def bootstrap_ratios_many(requests: list[Resampling]) -> list[list[MetricValue]]:
+    """``bootstrap_ratios`` of each request, the requests of one (units, resamples, seed) sharing one product of
+    the resample counts with all their columns: a product reads the whole count matrix however few its columns,
+    so one per metric per cell was the bulk of ingest. Exact sums make the grouping invisible in the results."""
+    out: list[list[MetricValue] | None] = [None] * len(requests)
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, r in enumerate(requests):
+        n = r.columns.shape[0]
+        if n == 0:
+            out[i] = [MetricValue.undefined() for _ in r.ratios]
+        elif n < 2:
+            out[i] = _with_intervals(_point_values(r.columns, r.ratios), None, n)
+        else:
+            groups.setdefault((n, r.n_boot, r.seed), []).append(i)
+    for (n, n_boot, seed), members in groups.items():
+        sums = _exact_sums([requests[i].columns for i in members], n, n_boot, seed)
+        for i, s in zip(members, sums, strict=True):
+            r = requests[i]
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[i] = _with_intervals(_point_values(r.columns, r.ratios), _apply(r.ratios, s), n)
+    return [o if o is not None else [] for o in out]
+
+
+_F32_EXACT = 2.0**24  # below this, integer sums are exact in float32
+# Bits of a column kept below its largest magnitude (each value is cut to a multiple of 2**-_KEPT_BITS of it, at
+# least): a relative 1.5e-11, where float32 products kept 24 bits (6e-8). One float64 part holds them up to 131,071
+# units, so a cell's float columns cost one product column each.
+_KEPT_BITS = 36
+
+
+def _split(column: np.ndarray, n: int) -> tuple[np.ndarray, list[float], bool]:
+    """A column as integer-valued parts times powers of two (column = Σ parts[:, k] · units[k], bits that lie more
+    than ``_KEPT_BITS`` (or as many more as the parts hold) below the largest value cut off), each part small enough that any resample of
+    n units sums it exactly in float32 (third item True) or float64. An exact sum does not depend on the order
+    of its additions, hence not on the product it is computed in. A column with a NaN or an infinity is used as
+    it is (its resampled sums are not finite whatever the order)."""
+    if column.size == 0 or not np.isfinite(column).all():
+        return column[:, None], [1.0], False
+    largest = float(np.abs(column).max())
+    if largest == 0.0:
+        return column[:, None], [1.0], True
+    whole = bool((column == np.trunc(column)).all())
+    if whole and n * largest < _F32_EXACT:
+        return column[:, None], [1.0], True
+    bits = 53 - int(n).bit_length()  # n · 2**bits ≤ 2**53: a resample's sum of a part stays exact
+    if whole and largest < 2.0**bits:
+        return column[:, None], [1.0], False
+    top = int(np.frexp(largest)[1])  # largest < 2**top
+    parts, units, rest = [], [], column
+    for k in range(1, -(-_KEPT_BITS // bits) + 1):
+        unit = float(np.ldexp(1.0, top - k * bits))
+        if unit == 0.0:  # below the smallest subnormal: nothing left to represent
+            break
+        part = np.trunc(rest / unit)  # exact: a power-of-two scaling, then dropping the fraction
+        parts.append(part)
+        units.append(unit)
+        rest = rest - part * unit  # exact: part · unit holds rest's leading bits
+    return np.stack(parts, axis=1), units, False
+
+
+def _exact_sums(requests: list[np.ndarray], n: int, n_boot: int, seed: int) -> list[np.ndarray]:
+    """Per request (an (n, columns) array), its columns' sums over each resample of its n units, (n_boot,
+    columns), exactly (``_split``); float32 parts in one float32 product, the others in one float64 product."""
+    narrow: list[np.ndarray] = []
+    wide: list[np.ndarray] = []
+    layout: list[list[tuple[bool, int, list[float]]]] = []  # per request, per column: (narrow?, first part, units)
+    width = {True: 0, False: 0}  # parts so far in the float32 and the float64 product
+    for columns in requests:
+        mine = []
+        for j in range(columns.shape[1]):
+            parts, units, small = _split(columns[:, j], n)
+            mine.append((small, width[small], units))
+            width[small] += parts.shape[1]
+            (narrow if small else wide).append(parts)
+        layout.append(mine)
+    sums32 = _product(narrow, n, n_boot, seed, np.float32)
+    sums64 = _product(wide, n, n_boot, seed, np.float64)
+    out = []
+    for mine in layout:
+        sums = []
+        for small, first, units in mine:
+            block = sums32 if small else sums64
+            total = block[:, first].astype(np.float64) * units[0]
+            for k in range(1, len(units)):
+                total = total + block[:, first + k] * units[k]
+            sums.append(total)
+        out.append(np.stack(sums, axis=1))
+    return out
+
+
+def _product(parts: list[np.ndarray], n: int, n_boot: int, seed: int, dtype) -> np.ndarray:
+    if not parts:
+        return np.empty((n_boot, 0), dtype)
+    stacked = np.empty((n, sum(p.shape[1] for p in parts)), dtype)  # filled in place: no float64 copy of it all
+    at = 0
+    for p in parts:
+        stacked[:, at : at + p.shape[1]] = p
+        at += p.shape[1]
+    blocks = [block @ stacked for block in _count_blocks(n, n_boot, seed, dtype)]
+    return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+
+def ratio_request(num, den, num_b=None, den_b=None, n_boot: int = N_BOOT, seed: int = 0) -> Resampling:
+    """Ratio of sums Σnum/Σden over paired units, optionally divided by a second paired ratio Σnum_b/Σden_b, as
+    a request for ``bootstrap_ratios_many``."""
     arrays = [np.asarray(a, float) for a in (num, den) + ((num_b, den_b) if num_b is not None else ())]
     ratio = (0, 1, 2, 3) if len(arrays) == 4 else (0, 1)
-    return bootstrap_ratios(np.stack(arrays, axis=1), [ratio], n_boot=n_boot, seed=seed)[0]
+    return Resampling(np.stack(arrays, axis=1), [ratio], n_boot, seed)
+
+
+def mean_request(values, n_boot: int = N_BOOT, seed: int = 0) -> Resampling:
+    """The mean of values (Σvalues/Σ1) as a request for ``bootstrap_ratios_many``."""
+    values = np.asarray(values, float)
+    return ratio_request(values, np.ones_like(values), n_boot=n_boot, seed=seed)
+
+
+def bootstrap_ratio(num, den, n_boot: int = N_BOOT, seed: int = 0, num_b=None, den_b=None) -> MetricValue:
+    """``ratio_request``'s ratio with its CI."""
+    return bootstrap_ratios_many([ratio_request(num, den, num_b, den_b, n_boot, seed)])[0][0]
 
 
 def bootstrap_mean_ratio(
@@ -215,8 +356,7 @@ def bootstrap_mean_ratio(
 
 
 def bootstrap_mean(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> MetricValue:
-    values = np.asarray(values, float)
-    return bootstrap_ratio(values, np.ones_like(values), n_boot=n_boot, seed=seed)
+    return bootstrap_ratios_many([mean_request(values, n_boot, seed)])[0][0]
 
 
 def paired_permutation_test(x, y, n_resamples: int = 10_000, seed: int = 0) -> float | None:

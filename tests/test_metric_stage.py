@@ -207,3 +207,42 @@ def test_list_counts_equal_duckdb_list_filter():
         stage._COUNT_BATCH = stage_batch
     pd.testing.assert_frame_equal(got.drop(columns="i"), expected)
     assert got["c1"].isna().sum() == 1 and got.loc[1, "c1"] == 0 and got.loc[2, "c1"] == 1
+
+
+def test_decode_metrics_back_filled_equal_a_full_ingest_bit_for_bit(tmp_path):
+    """The stage answers the ratio bootstraps of every metric of every cell in one product (stats.bootstrap_ratios_
+    many); a back-fill answers only the added metrics'. Exact resampled sums make the two the same, bit for bit:
+    decode metrics over synthetic parts (float timings, integer counts), added to a finished suite vs ingested
+    whole."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from _synthetic import decode_suite, planned, write_decode_parts
+
+    from qval.store.ingest import ingest
+
+    def values(results: Path) -> dict:
+        con = duckdb.connect(str(results / "qval.duckdb"), read_only=True)
+        try:
+            rows = con.execute("SELECT cell_id, metric, value, ci_low, ci_high, n FROM cell_metrics").fetchall()
+        finally:
+            con.close()
+        return {(c, m): rest for c, m, *rest in rows}
+
+    full, partial = tmp_path / "full", tmp_path / "partial"
+    for folder in (full, partial):
+        folder.mkdir()
+        suite = decode_suite(folder / "bench.yaml", n_policies=2, n_temps=2, n_seeds=1)
+        if folder is partial:  # finished with speedup only, then the others added
+            text = suite.read_text()
+            suite.write_text(text.replace("metrics: [speedup, ", "metrics: [speedup]\n  #"))
+        plan = planned(suite, folder / "results")
+        write_decode_parts(folder / "results", plan, 300)
+        ingest(folder / "results")
+    assert {m for _, m in values(partial / "results")} >= {"speedup", "accept_rate@1", "load_other_cores"}
+    assert "tokens_per_s" not in {m for _, m in values(partial / "results")}
+    planned(decode_suite(partial / "bench.yaml", n_policies=2, n_temps=2, n_seeds=1), partial / "results")
+    assert ingest(partial / "results").metrics_computed > 0  # the back-fill
+    want, got = values(full / "results"), values(partial / "results")
+    assert got.keys() == want.keys() and any(m == "tokens_per_s" for _, m in got)
+    assert got == want

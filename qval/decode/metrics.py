@@ -12,15 +12,32 @@ import pyarrow.compute as pc
 
 from ..cell import LOSSY_FAMILY
 from ..loadwatch import BUSY_OTHER_CORES
-from ..metrics.base import ListCount, Metric, MetricView
+from ..metrics.base import Deferred, ListCount, Metric, MetricView
 from ..stats import (
     MetricValue,
+    Resampling,
     bootstrap_batched,
-    bootstrap_mean,
-    bootstrap_ratio,
-    bootstrap_ratios,
+    mean_request,
+    ratio_request,
     wilson_proportion,
 )
+
+
+class RatioMetric(Metric):
+    """A metric whose CI is a bootstrap of ratios of sums: it implements ``deferred``, and ``compute`` is that
+    resolved, so that the metric stage can answer the bootstraps of many cells and metrics in one product."""
+
+    def compute(self, samples, baseline=None, cell=None):
+        return self.deferred(samples, baseline, cell).resolve()
+
+
+def _ready(value: MetricValue | dict[str, MetricValue]) -> Deferred:
+    return Deferred(lambda _: value)
+
+
+def _one(request: Resampling, then=lambda value: value) -> Deferred:
+    """The value of one ratio request, passed through ``then``."""
+    return Deferred(lambda answers: then(answers[0][0]), [request])
 
 
 def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -28,7 +45,7 @@ def _accepted_and_steps(samples: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return samples["accepted_total"].to_numpy(float), samples["target_steps"].to_numpy(float)
 
 
-class VllmAcceptanceLength(Metric):
+class VllmAcceptanceLength(RatioMetric):
     """vLLM's mean acceptance length (``vllm/v1/spec_decode/metrics.py``): ``1 + num_accepted_tokens /
     num_drafts``, where ``num_drafts`` counts only the verify steps that carried at least one draft token (the
     scheduler's ``make_spec_decoding_stats`` returns early for a step with none, so ``observe_draft`` never sees
@@ -44,16 +61,15 @@ class VllmAcceptanceLength(Metric):
         "verify step (vLLM defines it for chains only); n = samples (prompt turns), CI resamples them"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         accepted, drafts = samples["accepted_total"].to_numpy(float), samples["drafts"].to_numpy(float)
         keep = drafts > 0
         if not keep.any():
-            return MetricValue.undefined(0)
-        ratio = bootstrap_ratio(accepted[keep], drafts[keep])
-        return _shifted(ratio, 1.0)
+            return _ready(MetricValue.undefined(0))
+        return _one(ratio_request(accepted[keep], drafts[keep]), lambda ratio: _shifted(ratio, 1.0))
 
 
-class MeanAcceptedTokens(Metric):
+class MeanAcceptedTokens(RatioMetric):
     """Spec-Bench's "#Mean accepted tokens" (``evaluation/speed.py``): the mean over every verify step of all
     samples of (accepted + 1), i.e. (Σ accepted + Σ steps) / Σ steps. Steps without a draft count as 1."""
 
@@ -67,10 +83,10 @@ class MeanAcceptedTokens(Metric):
         "verify step, CI resamples them"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
         keep = steps > 0
-        return bootstrap_ratio(accepted[keep] + steps[keep], steps[keep])
+        return _one(ratio_request(accepted[keep] + steps[keep], steps[keep]))
 
 
 def _shifted(value: MetricValue, by: float) -> MetricValue:
@@ -84,7 +100,7 @@ def _shifted(value: MetricValue, by: float) -> MetricValue:
     )
 
 
-class PerSampleAcceptanceLength(Metric):
+class PerSampleAcceptanceLength(RatioMetric):
     name = "acceptance_length_per_sample"
     track = "decode"
     reads = ("accepted_total", "target_steps")
@@ -94,10 +110,10 @@ class PerSampleAcceptanceLength(Metric):
         "this is tokens emitted per verify step); n = samples (prompt turns) with ≥ 1 verify step"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         accepted, steps = _accepted_and_steps(samples)
         keep = steps > 0
-        return bootstrap_mean(1.0 + accepted[keep] / steps[keep])
+        return _one(mean_request(1.0 + accepted[keep] / steps[keep]))
 
 
 def pair_with_baseline(
@@ -154,7 +170,7 @@ def _decoded(pairs: pd.DataFrame) -> pd.DataFrame:
     ]
 
 
-class MeasuredSpeedup(Metric):
+class MeasuredSpeedup(RatioMetric):
     name = "speedup"
     reference = 1.0  # no faster than AR
     track = "decode"
@@ -168,12 +184,14 @@ class MeasuredSpeedup(Metric):
         "speedup_specbench"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell):
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         pairs = _decoded(pair_with_baseline(samples, baseline, ["new_tokens", "decode_s", "target_steps"]))
-        return bootstrap_ratio(
-            pairs["new_tokens"], pairs["decode_s"], num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"]
+        return _one(
+            ratio_request(
+                pairs["new_tokens"], pairs["decode_s"], num_b=pairs["new_tokens_ar"], den_b=pairs["decode_s_ar"]
+            )
         )
 
 
@@ -188,7 +206,7 @@ def specbench_question_rates(frame: pd.DataFrame) -> pd.Series:
     return grouped["tokens"] / grouped["wall"]
 
 
-class SpecBenchSpeedup(Metric):
+class SpecBenchSpeedup(RatioMetric):
     """Spec-Bench's speedup estimator (``evaluation/speed.py``): the mean over questions of the policy's tokens/s
     divided by the mean over questions of the baseline's tokens/s, where a question's tokens/s is its generated
     tokens summed over turns ÷ its wall time summed over turns, prefill included. qval applies it to its own token
@@ -205,18 +223,18 @@ class SpecBenchSpeedup(Metric):
         "paired bootstrap CI; undefined when the AR cell ran in another run or nothing was decoded"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         if baseline is None or _other_run(cell) or len(samples) == 0 or len(baseline) == 0:
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         if samples["target_steps"].sum() == 0 or baseline["target_steps"].sum() == 0:
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         own, ar = specbench_question_rates(samples), specbench_question_rates(baseline)
         both = own.index.intersection(ar.index)
         own, ar = own.loc[both].to_numpy(float), ar.loc[both].to_numpy(float)
         ok = np.isfinite(own) & np.isfinite(ar)
         own, ar = own[ok], ar[ok]
         ones = np.ones_like(own)
-        return bootstrap_ratio(own, ones, num_b=ar, den_b=ones)
+        return _one(ratio_request(own, ones, num_b=ar, den_b=ones))
 
 
 def _settings(cell: dict | None) -> dict:
@@ -235,7 +253,7 @@ def declared_lossy(cell: dict | None) -> bool:
     return (cell or {}).get("family") == LOSSY_FAMILY
 
 
-class Lossless(Metric):
+class Lossless(RatioMetric):
     name = "lossless"
     track = "decode"
     reads = ("sample_id", "turn", "new_tokens", "decode_s", "output_sha")
@@ -248,16 +266,16 @@ class Lossless(Metric):
         "would read as a proof it is not; its quality is task_accuracy"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         if (
             baseline is None
             or declared_lossy(cell)
             or len(samples) == 0
             or (cell is not None and cell["temperature"] > 0 and not _coupled(cell))
         ):
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         pairs = pair_with_baseline(samples, baseline)
-        return bootstrap_mean((pairs["output_sha"] == pairs["output_sha_ar"]).to_numpy(float))
+        return _one(mean_request((pairs["output_sha"] == pairs["output_sha_ar"]).to_numpy(float)))
 
 
 DIST_TOP_TOKENS = 30  # token bins of the distributional test (the rest pooled into one "other" bin)
@@ -387,7 +405,7 @@ class ModelledSpeedup(Metric):
 MAX_POSITION = 8  # per-position acceptance is reported for draft positions 1..8
 
 
-class PerPositionAcceptance(Metric):
+class PerPositionAcceptance(RatioMetric):
     """vLLM's per-position rates: rate_i = steps whose draft position i was accepted / steps that drafted.
 
     Returns a family of values: ``accept_rate@i`` (unconditional, τ = 1 + Σ_i rate_i when every step drafts) and
@@ -404,10 +422,9 @@ class PerPositionAcceptance(Metric):
         "for a token-tree policy, position i = depth i of the accepted path"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
-        out = {}
+    def deferred(self, samples, baseline=None, cell=None):
         if len(samples) == 0 or "drafts" not in samples or samples["drafts"].sum() == 0:
-            return out
+            return _ready({})
         drafts = samples["drafts"].to_numpy(float)
         accepted = [samples[f"accepted_ge_{i}"].to_numpy(float) for i in range(1, MAX_POSITION + 1)]
         # Positions up to the first that nothing reached (its rates are 0; later ones would only repeat that).
@@ -415,11 +432,15 @@ class PerPositionAcceptance(Metric):
         columns = [drafts, *accepted[:last]]
         # One resampling for the whole family (column 0 = drafts, column i = accepted at position ≥ i).
         ratios = [(i, 0) for i in range(1, last + 1)] + [(i, i - 1) for i in range(1, last + 1)]
-        values = bootstrap_ratios(np.stack(columns, axis=1), ratios)
-        for i in range(1, last + 1):
-            out[f"accept_rate@{i}"] = values[i - 1]
-            out[f"accept_cond@{i}"] = values[last + i - 1]
-        return out
+
+        def family(answers: list[list[MetricValue]]) -> dict[str, MetricValue]:
+            values, out = answers[0], {}
+            for i in range(1, last + 1):
+                out[f"accept_rate@{i}"] = values[i - 1]
+                out[f"accept_cond@{i}"] = values[last + i - 1]
+            return out
+
+        return Deferred(family, [Resampling(np.stack(columns, axis=1), ratios)])
 
 
 class TaskAccuracy(Metric):
@@ -448,18 +469,18 @@ class TaskAccuracy(Metric):
         return wilson_proportion(checked["correct"].to_numpy(bool), clusters=checked["sample_id"].to_numpy())
 
 
-class TokensPerSecond(Metric):
+class TokensPerSecond(RatioMetric):
     name = "tokens_per_s"
     track = "decode"
     reads = ("new_tokens", "decode_s")
     label = "decode throughput Σ generated tokens / Σ decode time (hardware-specific; compare within one run only)"
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         keep = samples["decode_s"] > 0
-        return bootstrap_ratio(samples.loc[keep, "new_tokens"], samples.loc[keep, "decode_s"])
+        return _one(ratio_request(samples.loc[keep, "new_tokens"], samples.loc[keep, "decode_s"]))
 
 
-class LoadWhileTimed(Metric):
+class LoadWhileTimed(RatioMetric):
     """How busy the machine was with other work while this cell was timed (``qval/loadwatch.py``): the cores other
     processes used, averaged over all of the cell's timed turns weighted by their duration (one short turn's
     reading is too coarse to judge alone: CPU counters tick every 10 ms). Computed for every decode cell whatever
@@ -476,15 +497,15 @@ class LoadWhileTimed(Metric):
         f"flagged above {BUSY_OTHER_CORES}); n = turns with a load record (the openai backend records none)"
     )
 
-    def compute(self, samples, baseline=None, cell=None):
+    def deferred(self, samples, baseline=None, cell=None):
         if "load_other_cores" not in samples:
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         wall = samples["prefill_s"].fillna(0.0) + samples["decode_s"]
         keep = samples["load_other_cores"].notna() & wall.notna() & (wall > 0)
         if not keep.any():
-            return MetricValue.undefined()
+            return _ready(MetricValue.undefined())
         cores = samples.loc[keep, "load_other_cores"].to_numpy(float)
-        return bootstrap_ratio(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float))
+        return _one(ratio_request(cores * wall[keep].to_numpy(float), wall[keep].to_numpy(float)))
 
 
 # What decoding metrics read: per-sample scalars only; the bulky token-id lists stay in the database.

@@ -4,12 +4,13 @@ decide what to compute for which cell, and what to recompute when a definition c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pandas as pd
 
-from ..stats import MetricValue
+from ..stats import MetricValue, Resampling, bootstrap_ratios_many
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,19 @@ class MetricView:
     columns: dict[str, str | ListCount]
     keep: str
     order: str
+
+
+@dataclass
+class Deferred:
+    """A metric's value waiting for its ratio bootstraps: ``finish`` turns the answers to ``requests`` (in their
+    order) into the value. The metric stage answers the requests of many cells and metrics in one product
+    (``stats.bootstrap_ratios_many``); the answers are the same as one request at a time would get."""
+
+    finish: Callable[[list[list[MetricValue]]], MetricValue | dict[str, MetricValue]]
+    requests: list[Resampling] = field(default_factory=list)
+
+    def resolve(self) -> MetricValue | dict[str, MetricValue]:
+        return self.finish(bootstrap_ratios_many(self.requests))
 
 
 class Metric:
@@ -66,6 +80,14 @@ class Metric:
         """``samples``: the cell's successful per-sample rows; ``baseline``: the AR cell's, when needed;
         ``cell``: the cell's row (temperature, method, …)."""
         raise NotImplementedError
+
+    def deferred(
+        self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None, cell: dict | None = None
+    ) -> Deferred:
+        """``compute`` split at its ratio bootstraps, so that the stage can answer those of many metrics and cells
+        at once. A metric that bootstraps ratios of sums overrides this and makes ``compute`` its ``resolve()``;
+        by default the value is computed when finished."""
+        return Deferred(lambda _: self.compute(samples, baseline, cell))
 
     def compute_with_units(
         self, samples: pd.DataFrame, baseline: pd.DataFrame | None = None, cell: dict | None = None

@@ -20,9 +20,10 @@ import pyarrow as pa
 
 from ..errors import PluginError
 from ..registry import REGISTRY
+from ..stats import MetricValue, bootstrap_ratios_many
 from ..store.db import registered, rows_view
 from ..tracks import board_of, sample_tables
-from .base import ListCount, Metric, MetricView
+from .base import Deferred, ListCount, Metric, MetricView
 
 
 def _view(track: str) -> MetricView:
@@ -209,31 +210,69 @@ def _compute(con, todo: dict[str, list[Metric]]) -> tuple[list[list], list[pd.Da
         needed |= {baseline_ids[c] for c in group["cell_id"] if any(m.needs_baseline for m in todo[c])}
         metrics = [m for c in group["cell_id"] for m in todo[c]]
         samples, empty = _samples_by_cell(con, str(track), sorted(needed), metrics)
+        waiting = _Waiting(values)
         for cell in group.to_dict("records"):
             own = samples.get(cell["cell_id"], empty)
             base = samples.get(baseline_ids[cell["cell_id"]], empty)
             for metric in todo[cell["cell_id"]]:
-                value, per_unit = metric.compute_with_units(own, base if metric.needs_baseline else None, cell)
-                # A metric family (e.g. per-position acceptance) returns {name: value}.
-                named = value if isinstance(value, dict) else {metric.name: value}
-                for name, v in named.items():
-                    values.append(
-                        [
-                            cell["cell_id"],
-                            name,
-                            v.value,
-                            v.ci_low,
-                            v.ci_high,
-                            v.n,
-                            metric.higher_is_better,
-                            metric.label,
-                            v.n_states,
-                            metric.name,
-                        ]
-                    )
-                if per_unit is not None and len(per_unit):
-                    units.append(per_unit.assign(cell_id=cell["cell_id"], metric=metric.name))
+                paired = base if metric.needs_baseline else None
+                if metric.stores_units:
+                    value, per_unit = metric.compute_with_units(own, paired, cell)
+                    waiting.add(cell["cell_id"], metric, _computed(value))
+                    if per_unit is not None and len(per_unit):
+                        units.append(per_unit.assign(cell_id=cell["cell_id"], metric=metric.name))
+                else:
+                    waiting.add(cell["cell_id"], metric, metric.deferred(own, paired, cell))
+        waiting.flush()
     return values, units
+
+
+def _computed(value: MetricValue | dict[str, MetricValue]) -> Deferred:
+    return Deferred(lambda _: value)
+
+
+class _Waiting:
+    """Metric values whose ratio bootstraps wait to be answered together (``stats.bootstrap_ratios_many``: one
+    product per sample size instead of one per metric per cell), appended to ``values`` in the order they were
+    added. Flushed when the columns held reach ``_HELD``, which bounds the memory they take."""
+
+    _HELD = 20_000_000  # float64 elements of the requests' columns (160 MB)
+
+    def __init__(self, values: list[list]) -> None:
+        self.values = values
+        self.pending: list[tuple[str, Metric, Deferred]] = []
+        self.held = 0
+
+    def add(self, cell_id: str, metric: Metric, deferred: Deferred) -> None:
+        self.pending.append((cell_id, metric, deferred))
+        self.held += sum(r.columns.size for r in deferred.requests)
+        if self.held >= self._HELD:
+            self.flush()
+
+    def flush(self) -> None:
+        answers = bootstrap_ratios_many([r for _, _, d in self.pending for r in d.requests])
+        at = 0
+        for cell_id, metric, deferred in self.pending:
+            value = deferred.finish(answers[at : at + len(deferred.requests)])
+            at += len(deferred.requests)
+            # A metric family (e.g. per-position acceptance) returns {name: value}.
+            named = value if isinstance(value, dict) else {metric.name: value}
+            for name, v in named.items():
+                self.values.append(
+                    [
+                        cell_id,
+                        name,
+                        v.value,
+                        v.ci_low,
+                        v.ci_high,
+                        v.n,
+                        metric.higher_is_better,
+                        metric.label,
+                        v.n_states,
+                        metric.name,
+                    ]
+                )
+        self.pending, self.held = [], 0
 
 
 def _samples_by_cell(
