@@ -16,11 +16,10 @@ crashing the run.
 from __future__ import annotations
 
 import json
-import time
 
 import torch
-
 from bench_decode import PROMPTS, _timed
+
 from qval.decode.cross_tokenizer import CrossTokenizerDraftPolicy, CrossTokenizerParams
 from qval.decode.engine import Engine
 from qval.models.base import ModelParams
@@ -95,19 +94,30 @@ def cross_vs_uag(target, max_new: int = 64, k: int = 4, repeats: int = 2, prompt
     }
 
 
-def main(smoke: bool = False) -> list[dict]:
+def main(smoke: bool = False, size: dict | None = None) -> list[dict]:
     torch.manual_seed(0)
-    size = dict(max_new=8, repeats=1, prompts=PROMPTS[:1]) if smoke else {}
+    size = size if size is not None else dict(max_new=8, repeats=1, prompts=PROMPTS[:1]) if smoke else {}
     target = Gemma3Base(ModelParams()).load(device="cpu")
     engine = Engine(target.model, target.eos_token_ids)
     warm = target.chat_ids([{"role": "user", "content": "warm up"}])
     engine.decode(engine.prefill(warm), None, 8)  # warm-up, not recorded
     row = cross_vs_uag(target, **size)
-    row["size"] = "smoke" if smoke else "full"
+    row["size"] = "smoke" if smoke else "full" if size == {} else f"{len(size['prompts'])} prompts x {size['max_new']}"
     row["checks"] = row["lossless_vs_our_ar"] is True and row.get("identical_outputs", True) is True
     return [row]
 
 
 if __name__ == "__main__":
-    for result in main():
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="1 prompt, 8 tokens, 1 repeat")
+    parser.add_argument("--prompts", type=int, help="the first N prompts only (a shorter measured run)")
+    parser.add_argument("--max-new", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    custom = None
+    if args.prompts is not None:
+        custom = dict(max_new=args.max_new, repeats=args.repeats, prompts=PROMPTS[: args.prompts])
+    for result in main(smoke=args.smoke, size=custom):
         print(json.dumps(result), flush=True)

@@ -48,7 +48,11 @@ def ar_vs_generate(model, engine, max_new=64, repeats=3):
             ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), None, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
-            out, t = _timed(lambda: model.model.generate(torch.tensor([ids], device=model.model.device), max_new_tokens=max_new, do_sample=False))
+            out, t = _timed(
+                lambda: model.model.generate(
+                    torch.tensor([ids], device=model.model.device), max_new_tokens=max_new, do_sample=False
+                )
+            )
             theirs_t, theirs_n = theirs_t + t, theirs_n + out.shape[1] - len(ids)
     ratio = (ours_n / ours_t) / (theirs_n / theirs_t)
     return {
@@ -76,7 +80,10 @@ def draft_vs_assisted(model, engine, max_new=64, k=4, repeats=2):
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
             out, t = _timed(
                 lambda: model.model.generate(
-                    torch.tensor([ids], device=model.model.device), assistant_model=draft, max_new_tokens=max_new, do_sample=False
+                    torch.tensor([ids], device=model.model.device),
+                    assistant_model=draft,
+                    max_new_tokens=max_new,
+                    do_sample=False,
                 )
             )
             theirs = out[0, len(ids) :].tolist()

@@ -65,7 +65,10 @@ def speed_checks(model, size: dict) -> list[dict]:
     bench_decode.PROMPTS = saved[: size["prompts"]]
     try:
         kwargs = {"max_new": size["max_new"], "repeats": size["repeats"]}
-        return [bench_decode.ar_vs_generate(model, engine, **kwargs), bench_decode.engine_overhead(model, engine, **kwargs)]
+        return [
+            bench_decode.ar_vs_generate(model, engine, **kwargs),
+            bench_decode.engine_overhead(model, engine, **kwargs),
+        ]
     finally:
         bench_decode.PROMPTS = saved
 
@@ -162,9 +165,7 @@ def _cli_run(name: str, model_yaml: str, policies: str, tokens: int, extra: list
     if proc.returncode != 0:
         raise RuntimeError(f"qval run exited {proc.returncode}: {(proc.stdout + proc.stderr)[-1500:]}")
     board = R.leaderboard(results, name, "decode").set_index("method")
-    hardware = sorted(
-        {json.loads(p.read_text()).get("hardware", "?") for p in (results / "parts").glob("*/DONE.json")}
-    )
+    hardware = sorted({json.loads(p.read_text()).get("hardware", "?") for p in (results / "parts").glob("*/DONE.json")})
     rows = {
         method: {k: _plain(board.loc[method, k]) for k in ("lossless", "speedup", "tokens_per_s") if k in board}
         for method in board.index
@@ -201,10 +202,13 @@ def runner_gpus0(size: dict, work: Path, want_gpu: bool) -> dict:
 def checks(device: str, size: dict, work: Path):
     """(name, thunk) per check, in the order they run; each thunk returns one row or a list of rows."""
     for source in size["models"]:
-        yield f"speed:{source}", lambda s=source: [
-            {**r, "check": r.pop("benchmark"), "model": s, "dtype": "bfloat16"}
-            for r in speed_checks(load(s, "bfloat16", device), size)
-        ]
+        yield (
+            f"speed:{source}",
+            lambda s=source: [
+                {**r, "check": r.pop("benchmark"), "model": s, "dtype": "bfloat16"}
+                for r in speed_checks(load(s, "bfloat16", device), size)
+            ],
+        )
         yield f"lossless_bf16:{source}", lambda s=source: lossless_bf16(s, device, size)
     yield "vllm_gpu", lambda: vllm_gpu(size, work)
     yield "runner_gpus0", lambda: runner_gpus0(size, work, want_gpu=device == "cuda")
@@ -223,7 +227,9 @@ def run(dry: bool) -> list[dict]:
                 got = {"check": name, "ok": False, "error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-2000:]}  # fmt: skip
             for row in got if isinstance(got, list) else [got]:
-                row.update(device=device, size="dry-run" if dry else "full", seconds=round(time.perf_counter() - start, 1))
+                row.update(
+                    device=device, size="dry-run" if dry else "full", seconds=round(time.perf_counter() - start, 1)
+                )
                 row["gpu"] = torch.cuda.get_device_name(0) if device == "cuda" else None
                 print(json.dumps(row), flush=True)
                 rows.append(row)

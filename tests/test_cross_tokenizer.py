@@ -58,7 +58,10 @@ def test_a_draft_is_tokenised_as_the_target_would_continue_it(tokenizers):
     # A draft special token the target lacks ends the draft; text after it is never proposed.
     end = smollm.convert_tokens_to_ids("<|im_end|>")
     assert end in bridge.stop
-    drafted = smollm(" dog.", add_special_tokens=False)["input_ids"] + [end, *smollm(" Cat", add_special_tokens=False)["input_ids"]]
+    drafted = smollm(" dog.", add_special_tokens=False)["input_ids"] + [
+        end,
+        *smollm(" Cat", add_special_tokens=False)["input_ids"],
+    ]
     anchor = smollm("the lazy", add_special_tokens=False)["input_ids"]
     assert bridge.draft_text(anchor, drafted) == " dog."
     # The same tokenizer on both sides keeps its special tokens: a chat template reaches the draft model whole.

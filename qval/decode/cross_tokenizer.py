@@ -219,7 +219,9 @@ def load_draft(name: str, target: Any) -> tuple[Any, Any]:
     if name == getattr(target, "name", None):
         return target.model, target.tokenizer
     source_cls = REGISTRY.get("models", name)
-    given = {"dtype": str(target.model.dtype).removeprefix("torch.")} if "dtype" in source_cls.Params.model_fields else {}
+    given = (
+        {"dtype": str(target.model.dtype).removeprefix("torch.")} if "dtype" in source_cls.Params.model_fields else {}
+    )
     loaded = source_cls(source_cls.Params.model_validate(given)).load(device=str(target.device))
     if not isinstance(loaded, LocalModel):
         raise ValueError(f"draft {name!r} did not load into the worker (it gave a {type(loaded).__name__})")
