@@ -12,7 +12,7 @@ One JSON line per check, on SmolLM2-135M-Instruct and Gemma-3-270M from their pa
   policy's (``flips_policy``, the check); ``ar_bf16_vs_fp32`` says how often bf16 alone changes greedy AR;
 - ``vllm_gpu``: AR and n-gram (prompt-lookup, ``match: earliest``) on the ``vllm`` model source through the real CLI;
   skipped with the reason when no vLLM interpreter is found (``$QVAL_VLLM_PYTHON``, the venv of
-  ``qval setup-vllm-cpu``, or vllm importable here);
+  ``qval setup-vllm-cpu``, or vllm importable here), and in the CPU dry run;
 - ``runner_gpus0``: a tiny decode suite through the real CLI with ``--runner-opt gpus=0``: the cells finish,
   lossless, on the hardware the worker fingerprinted (``gpu:…`` on a GPU).
 
@@ -180,9 +180,14 @@ def _plain(value):
         return str(value)
 
 
-def vllm_gpu(size: dict, work: Path) -> dict:
+def vllm_gpu(size: dict, work: Path, dry: bool) -> dict:
     python, skipped = _vllm_python()
     row: dict = {"check": "vllm_gpu", "model": "smollm2-135m-instruct"}
+    if dry:  # vLLM on CPU starts in minutes; its CPU path is bench_engine_vs_vllm's, the CLI path runner_gpus0's
+        python, skipped = (
+            None,
+            "dry run: vLLM on CPU is covered by bench_engine_vs_vllm (same CLI path as runner_gpus0)",
+        )
     if python is None:
         return {**row, "skipped": skipped, "ok": True}
     model = f"{{source: vllm, params: {{model: smollm2-135m-instruct, python: {python}}}}}"
@@ -205,12 +210,12 @@ def checks(device: str, size: dict, work: Path):
         yield (
             f"speed:{source}",
             lambda s=source: [
-                {**r, "check": r.pop("benchmark"), "model": s, "dtype": "bfloat16"}
+                {"check": r.pop("benchmark"), **r, "model": s, "dtype": "bfloat16"}
                 for r in speed_checks(load(s, "bfloat16", device), size)
             ],
         )
         yield f"lossless_bf16:{source}", lambda s=source: lossless_bf16(s, device, size)
-    yield "vllm_gpu", lambda: vllm_gpu(size, work)
+    yield "vllm_gpu", lambda: vllm_gpu(size, work, dry=device == "cpu")
     yield "runner_gpus0", lambda: runner_gpus0(size, work, want_gpu=device == "cuda")
 
 
