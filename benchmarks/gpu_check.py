@@ -222,8 +222,9 @@ def checks(device: str, size: dict, work: Path):
     yield "runner_gpus0", lambda: runner_gpus0(size, work, want_gpu=device == "cuda")
 
 
-def run(dry: bool) -> list[dict]:
-    """Every check's rows (a failing check gives a row with its error, and the others still run)."""
+def run(dry: bool, out=None) -> list[dict]:
+    """Every check's rows, each printed to ``out`` (stdout) as it comes (a failing check gives a row with its
+    error, and the others still run)."""
     device, size = ("cpu", DRY) if dry else ("cuda", FULL)
     rows: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="qval-gpu-check.") as tmp:
@@ -241,7 +242,7 @@ def run(dry: bool) -> list[dict]:
                 row["gpu"] = torch.cuda.get_device_name(0) if device == "cuda" else None
                 if dry and row.get("check") in TIMED:  # tiny sizes on a shared CPU: the figure is shown, not judged
                     row["goal_met"], row["ok"] = row.get("ok"), True
-                print(json.dumps(row), flush=True)
+                print(json.dumps(row), file=out or sys.stdout, flush=True)
                 rows.append(row)
     return rows
 
@@ -251,7 +252,7 @@ def main(smoke: bool = False) -> list[dict]:
     size on a machine without CUDA, one row saying so (nothing to measure here)."""
     if not smoke and not torch.cuda.is_available():
         return [{"benchmark": "gpu_check", "size": "full", "skipped": "no CUDA device", "ok": True, "checks": True}]
-    rows = run(dry=smoke)
+    rows = run(dry=smoke, out=sys.stderr)  # run_all's stdout holds one summary line per benchmark
     failed = [r["check"] for r in rows if not r.get("ok")]
     return [
         {
