@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup browser quickstart lint test bench clean
+.PHONY: setup browser quickstart lint test bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -42,6 +42,10 @@ test: setup browser lint
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
+
+# The first thing to run on a GPU machine (benchmarks/README.md): exit 3 and one JSON line without a CUDA device.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) results/qval.duckdb results/parts results/plans reports/*

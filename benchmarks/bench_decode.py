@@ -27,9 +27,17 @@ PROMPTS = [
 ]
 
 
+def _sync() -> None:
+    """On a GPU, wait for queued kernels, so a clock read after a call times the call (gpu_check.py)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def _timed(fn):
+    _sync()
     start = time.perf_counter()
     out = fn()
+    _sync()
     return out, time.perf_counter() - start
 
 
@@ -40,7 +48,11 @@ def ar_vs_generate(model, engine, max_new=64, repeats=3):
             ids = model.chat_ids([{"role": "user", "content": text}])
             trace, t = _timed(lambda: engine.decode(engine.prefill(ids), None, max_new))
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
-            out, t = _timed(lambda: model.model.generate(torch.tensor([ids]), max_new_tokens=max_new, do_sample=False))
+            out, t = _timed(
+                lambda: model.model.generate(
+                    torch.tensor([ids], device=model.model.device), max_new_tokens=max_new, do_sample=False
+                )
+            )
             theirs_t, theirs_n = theirs_t + t, theirs_n + out.shape[1] - len(ids)
     ratio = (ours_n / ours_t) / (theirs_n / theirs_t)
     return {
@@ -68,7 +80,10 @@ def draft_vs_assisted(model, engine, max_new=64, k=4, repeats=2):
             ours_t, ours_n = ours_t + t, ours_n + len(trace.token_ids)
             out, t = _timed(
                 lambda: model.model.generate(
-                    torch.tensor([ids]), assistant_model=draft, max_new_tokens=max_new, do_sample=False
+                    torch.tensor([ids], device=model.model.device),
+                    assistant_model=draft,
+                    max_new_tokens=max_new,
+                    do_sample=False,
                 )
             )
             theirs = out[0, len(ids) :].tolist()
@@ -99,12 +114,13 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
             engine_t += t
             state = engine.prefill(ids)
             tokens = trace.token_ids[:-1]
+            device = model.model.device
 
             def bare():
                 with torch.inference_mode():
                     cache = {kv.cache_keyword(model.model): state.cache}  # bare: the model call and nothing else
                     for tok in tokens:
-                        out = model.model(input_ids=torch.tensor([[tok]]), use_cache=True, **cache)
+                        out = model.model(input_ids=torch.tensor([[tok]], device=device), use_cache=True, **cache)
                         out.logits[0].float().argmax(dim=-1).tolist()
 
             _, t = _timed(bare)

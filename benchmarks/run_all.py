@@ -20,6 +20,8 @@ BENCHMARKS = [
     "bench_decode",
     "bench_engine_vs_vllm",
     "bench_qalign_requests",
+    "bench_cross_tokenizer",
+    "gpu_check",
 ]
 
 if __name__ == "__main__":

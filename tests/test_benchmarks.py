@@ -18,6 +18,8 @@ EXPECTED = {
     "engine_overhead",
     "engine_vs_vllm",
     "qalign_requests",
+    "cross_vs_uag",
+    "gpu_check",
 }
 
 
@@ -35,3 +37,18 @@ def test_every_benchmark_smoke_runs():
         vllm["identical_outputs"] and vllm["vllm_threads"] == vllm["threads"]
     )
     assert by_name["ingest"]["rows"] == by_name["ingest"]["cells"] * 20 and by_name["ingest"]["metric_values"] > 0
+
+
+def test_gpu_check_refuses_cleanly_without_cuda():
+    """On a machine without CUDA the GPU check runs nothing: one JSON line and exit 3 (its --cpu-dry-run is in the
+    smoke run above)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return  # a GPU machine runs the real check instead (make gpu-check)
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert lines == [{"check": "gpu_check", "ok": False, "skipped": "no CUDA device", "exit_code": 3}]
