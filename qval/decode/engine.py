@@ -50,7 +50,14 @@ class Drafter(Protocol):
     A LOSSY drafter may define ``accept(logits, token, temperature) -> bool``, its own acceptance rule for one draft
     token given the target's logits at that position (Medusa's typical acceptance); the engine then accepts the
     drafts up to the first it refuses and emits the target's own token there, sampled as AR samples it. Lossless
-    policies never define it: the engine's rules below are what keeps them lossless."""
+    policies never define it: the engine's rules below are what keeps them lossless.
+
+    ``observe_step(emitted, hidden_states)``: after every chain verification, the tokens that step emitted (the
+    accepted drafts, then the target's own token; ``emitted[i]`` follows fed token i, pending token first), so a
+    drafter knows the new context without waiting for the next ``propose`` (PEARL settles its background drafting
+    there). ``hidden_states`` is None unless the drafter sets ``wants_hidden_states = True``: the verification
+    forward then runs with ``output_hidden_states`` and the model's tuple is passed (entry ℓ: the residual stream
+    after ℓ decoder layers at every fed position; DEL's shadow tokens read it). Not called for tree drafts."""
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft: ...
 
@@ -110,6 +117,9 @@ class Engine:
         observe = getattr(drafter, "observe", None)
         accept = getattr(drafter, "accept", None)
         watch = getattr(drafter, "observe_forward", None)
+        step_hook = getattr(drafter, "observe_step", None)
+        # Hidden states only when asked for: they cost memory on every verification.
+        forward_kw = {"output_hidden_states": True} if getattr(drafter, "wants_hidden_states", False) else {}
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         pending = (
@@ -142,7 +152,7 @@ class Engine:
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
             ids = torch.tensor([[pending, *tokens]], device=self.device)
-            out = kv.forward(self.model, ids, cache)
+            out = kv.forward(self.model, ids, cache, **forward_kw)
             logits = out.logits[0].float()  # position i predicts the token after input i
             if accept is not None:
                 emitted, accepted = self._verify_own_rule(
@@ -156,6 +166,8 @@ class Engine:
                 observe(logits.argmax(dim=-1).tolist(), accepted)
             if watch is not None:
                 watch([pending, *tokens], logits)
+            if step_hook is not None:
+                step_hook(emitted, out.hidden_states if forward_kw else None)
             trace.accepted_per_step.append(accepted)
             trace.drafted_per_step.append(len(tokens))
             # The cache now holds pending + all drafts; keep pending + the accepted prefix only.
