@@ -113,7 +113,9 @@ class PearlDrafter:
         self._clear_round()
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft:
-        self._stop()  # a job left by an interrupted round (normally observe_step has settled it)
+        # A job or thread setting left by a round the engine never settled (normally observe_step does).
+        self._settle_threads()
+        self._stop()
         valid = self.next_base is not None and self.next_base == context and bool(self.next_tokens)
         proposal = list(self.next_tokens) if valid else []
         probs = list(self.next_probs) if valid else []
