@@ -56,8 +56,8 @@ def main() -> None:
     if pearl_cells.empty:
         raise SystemExit(f"suite {args.suite!r} in {args.results} has no pearl cell")
     cell = pearl_cells.iloc[0]
-    raw = cell["method_params"]
-    params = PearlParams.model_validate(json.loads(raw) if isinstance(raw, str) else (raw or {}))
+    identity = json.loads(cell["identity"]) if isinstance(cell["identity"], str) else cell["identity"]
+    params = PearlParams.model_validate(identity.get("method_params") or {})
     samples = R.samples(args.results, "decode", args.suite)
     rows = samples[samples["cell_id"] == cell["cell_id"]]
     accepted = [a for row in rows["accepted"] for a in row]
