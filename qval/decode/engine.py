@@ -54,7 +54,14 @@ class Drafter(Protocol):
 
     ``prefilled(context, next_logits)``: called once at the start of ``decode``, after ``reset``, with the prompt
     and the target's logits for the first generated position; a per-instance policy (learned-length) makes its
-    choice there, so the harness's decode clock covers it."""
+    choice there, so the harness's decode clock covers it.
+
+    ``observe_step(emitted, hidden_states)``: after every chain verification, the tokens that step emitted (the
+    accepted drafts, then the target's own token; ``emitted[i]`` follows fed token i, pending token first), so a
+    drafter knows the new context without waiting for the next ``propose`` (PEARL settles its background drafting
+    there). ``hidden_states`` is None unless the drafter sets ``wants_hidden_states = True``: the verification
+    forward then runs with ``output_hidden_states`` and the model's tuple is passed (entry ℓ: the residual stream
+    after ℓ decoder layers at every fed position; DEL's shadow tokens read it). Not called for tree drafts."""
 
     def propose(self, context: list[int], temperature: float = 0.0, generator=None) -> Draft: ...
 
@@ -114,6 +121,9 @@ class Engine:
         observe = getattr(drafter, "observe", None)
         accept = getattr(drafter, "accept", None)
         watch = getattr(drafter, "observe_forward", None)
+        step_hook = getattr(drafter, "observe_step", None)
+        # Hidden states only when asked for: they cost memory on every verification.
+        forward_kw = {"output_hidden_states": True} if getattr(drafter, "wants_hidden_states", False) else {}
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         if hasattr(drafter, "prefilled"):
@@ -148,7 +158,7 @@ class Engine:
             tokens = draft.tokens[: max(room - 1, 0)]
             probs = draft.probs[: len(tokens)] if draft.probs is not None else None
             ids = torch.tensor([[pending, *tokens]], device=self.device)
-            out = kv.forward(self.model, ids, cache)
+            out = kv.forward(self.model, ids, cache, **forward_kw)
             logits = out.logits[0].float()  # position i predicts the token after input i
             if accept is not None:
                 emitted, accepted = self._verify_own_rule(
@@ -162,6 +172,8 @@ class Engine:
                 observe(logits.argmax(dim=-1).tolist(), accepted)
             if watch is not None:
                 watch([pending, *tokens], logits)
+            if step_hook is not None:
+                step_hook(emitted, out.hidden_states if forward_kw else None)
             trace.accepted_per_step.append(accepted)
             trace.drafted_per_step.append(len(tokens))
             # The cache now holds pending + all drafts; keep pending + the accepted prefix only.

@@ -375,11 +375,16 @@ class ModelledSpeedup(Metric):
     track = "decode"
     reads = ("sample_id", "turn", "accepted_total", "target_steps", "draft_s", "decode_s")
     needs_baseline = True
+    # 2: the label says what the drafting time is for a drafter that drafts in a background thread (pearl)
+    version = 2
     label = (
-        "MODELLED, not measured: τ / (1 + draft cost per verify step ÷ AR step cost), τ = mean_accepted_tokens "
+        "MODELLED, not measured: τ / (1 + drafting time per verify step ÷ AR step time), τ = mean_accepted_tokens "
         "(tokens per verify step), i.e. assuming a verify "
-        "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); τ, drafting "
-        "time and the AR step time are measured in this run; paired bootstrap CI over samples"
+        "step over k+1 tokens costs one AR step (the memory-bound regime of batch-1 GPU decoding); drafting time "
+        "= the decode time spent in the drafter's hooks on the decoding thread (draft_s), which for a drafter "
+        "that drafts in a background thread while the target verifies (pearl) is only the time the target waited "
+        "for it: the model is then PEARL's parallel timeline, drafting hidden behind verification but for that "
+        "wait; τ, drafting time and the AR step time are measured in this run; paired bootstrap CI over samples"
     )
 
     def compute(self, samples, baseline=None, cell=None):

@@ -25,8 +25,9 @@ def _sync(device: str) -> None:
 
 
 class TimedDrafter:
-    """Wraps a policy's drafter so the harness clocks the time spent drafting (propose, observe and
-    observe_forward) inside decode.
+    """Wraps a policy's drafter so the harness clocks the time spent drafting (propose, observe, observe_forward
+    and observe_step) inside decode. A drafter that drafts in a background thread while the target verifies
+    (PEARL) is clocked only where the decoding thread waits for it.
 
     The engine already synchronises once per verify step (it reads the target's tokens), so the extra
     synchronisation here on CUDA costs next to nothing; on the CPU it is a no-op.
@@ -38,6 +39,9 @@ class TimedDrafter:
             self.observe = self._observe
         if hasattr(drafter, "observe_forward"):
             self.observe_forward = self._observe_forward
+        if hasattr(drafter, "observe_step"):
+            self.observe_step = self._observe_step
+            self.wants_hidden_states = getattr(drafter, "wants_hidden_states", False)
         if hasattr(drafter, "reset"):
             self.reset = drafter.reset
         if hasattr(drafter, "prefilled"):  # a per-instance choice made from the prefill: clocked as drafting
@@ -64,6 +68,9 @@ class TimedDrafter:
 
     def _prefilled(self, context, next_logits):
         return self._clocked(self.inner.prefilled, context, next_logits)
+
+    def _observe_step(self, emitted, hidden_states):
+        return self._clocked(self.inner.observe_step, emitted, hidden_states)
 
 
 def generate_timed(
