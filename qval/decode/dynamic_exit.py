@@ -148,7 +148,12 @@ class DynamicExitPolicy(DecodePolicy):
 
     name = "dynamic-exit"
     family = "self-speculative"
+    adaptive = True  # picks its exit layer per step: the report's captured share compares it with layer-skip's sweep
     Params = DynamicExitParams
+
+    def sweep_target(self) -> tuple[str, str]:
+        """The sweep whose per-instance oracle it tries to reach: ``layer-skip`` at fixed exit layers."""
+        return "layer-skip", "layers"
 
     def drafter(self, model):
         total = int(model.model.config.num_hidden_layers)

@@ -184,6 +184,11 @@ class AdaptiveDraftPolicy(DraftModelPolicy):
     family = "adaptive"
     Params = AdaptiveDraftParams
 
+    def sweep_target(self) -> tuple[str, str]:
+        """The sweep whose per-instance oracle it tries to reach (the report's captured share): a fixed draft
+        length of the same draft model."""
+        return "draft-model", "num_draft"
+
 
 class LayerSkipParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
