@@ -55,3 +55,31 @@ def test_verification_rule_is_unbiased_at_positive_temperature():
         counts_prob[emitted[0]] += 1
     for counts in (counts_det, counts_prob):
         assert sps.chisquare(counts, p * n).pvalue > 1e-3
+
+
+def test_the_timing_wrapper_passes_on_every_hook_the_engine_looks_up():
+    # The harness wraps each drafter to clock it; a hook the wrapper did not pass on would silently never fire in
+    # real runs (while engine-level tests, which use the bare drafter, still pass).
+    import re
+    from pathlib import Path
+
+    from qval.decode import engine as engine_module
+    from qval.decode.task import TimedDrafter
+
+    source = Path(engine_module.__file__).read_text()
+    hooks = set(re.findall(r'(?:getattr|hasattr)\(drafter, "(\w+)"', source))
+    assert {"observe", "accept", "observe_lookahead", "prefilled"} <= hooks  # the scan finds them
+    assert hooks <= set(TimedDrafter.CLOCKED_HOOKS) | set(TimedDrafter.PASSED_THROUGH)
+
+    class Hooked:
+        def propose(self, context, temperature=0.0, generator=None):
+            return None
+
+        def observe_lookahead(self, logits):
+            self.seen = logits
+            return "done"
+
+    inner = Hooked()
+    timed = TimedDrafter(inner, "cpu")
+    assert timed.observe_lookahead("rows") == "done" and inner.seen == "rows"
+    assert timed.seconds > 0 and not hasattr(timed, "observe")

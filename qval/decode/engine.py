@@ -39,13 +39,19 @@ class Draft:
     # A token tree (``tree.py``): parents[i] is the index of token i's parent, -1 for the pending token; None means
     # a chain. Tree drafts are deterministic (probs must be None).
     parents: list[int] | None = None
+    # Nodes fed in the same forward but never accepted (Lookahead decoding's Jacobi window, ``tree.Lookahead``);
+    # a draft that has them is verified as a tree (a chain is a tree too).
+    lookahead: tree.Lookahead | None = None
 
 
 class Drafter(Protocol):
     """Proposes draft tokens. May also define ``observe(target_tokens, accepted)``: after each verification of a
     chain the engine then passes the target's argmax at every verified position (Jacobi-style drafters iterate on
     it); and ``observe_forward(input_ids, logits)``: after every verification, the tokens fed (pending token first)
-    and the target's logits there (Token Recycling keeps their top-k).
+    and the target's logits there (Token Recycling keeps their top-k); and ``observe_lookahead(logits)``: after
+    the verification of a draft with ``lookahead`` nodes, the target's logits at those nodes, one row per node in
+    order (Lookahead decoding's Jacobi update). Lookahead nodes are never accepted and their keys/values are
+    dropped with the rejected branches, so they cannot change what is emitted.
 
     A LOSSY drafter may define ``accept(logits, token, temperature) -> bool``, its own acceptance rule for one draft
     token given the target's logits at that position (Medusa's typical acceptance); the engine then accepts the
@@ -124,6 +130,7 @@ class Engine:
         step_hook = getattr(drafter, "observe_step", None)
         # Hidden states only when asked for: they cost memory on every verification.
         forward_kw = {"output_hidden_states": True} if getattr(drafter, "wants_hidden_states", False) else {}
+        look = getattr(drafter, "observe_lookahead", None)
         if hasattr(drafter, "reset"):
             drafter.reset()  # drafters keep state (caches, guesses) within one generation only
         if hasattr(drafter, "prefilled"):
@@ -144,9 +151,9 @@ class Engine:
                 if drafter is not None
                 else Draft([])
             )
-            if draft.parents is not None and not tree.is_chain(draft.parents):
+            if draft.lookahead is not None or (draft.parents is not None and not tree.is_chain(draft.parents)):
                 emitted, accepted, drafted = self._verify_tree(
-                    draft, pending, cache, room, len(trace.token_ids), temperature, generator, coupled, watch
+                    draft, pending, cache, room, len(trace.token_ids), temperature, generator, coupled, watch, look
                 )
                 trace.accepted_per_step.append(accepted)
                 trace.drafted_per_step.append(drafted)
@@ -197,14 +204,21 @@ class Engine:
         return False
 
     def _verify_tree(
-        self, draft: Draft, pending, cache, room, position, temperature, generator, coupled, watch
+        self, draft: Draft, pending, cache, room, position, temperature, generator, coupled, watch, look=None
     ) -> tuple[list[int], int, int]:
-        """One tree verification (``tree.py``): (emitted tokens, accepted path length, nodes verified)."""
+        """One tree verification (``tree.py``): (emitted tokens, accepted path length, nodes verified; lookahead
+        nodes are not counted)."""
         if draft.probs is not None:
             raise ValueError("tree drafts are deterministic: a tree Draft carries no probs")
-        drafted = tree.Tree(draft.tokens, draft.parents or []).clipped(max(room - 1, 0))
+        parents = draft.parents if draft.parents is not None else list(range(-1, len(draft.tokens) - 1))
+        drafted = tree.Tree(draft.tokens, parents).clipped(max(room - 1, 0))
         past = cache.get_seq_length()
-        logits = tree.forward(self.model, cache, pending, drafted)
+        logits = tree.forward(self.model, cache, pending, drafted, draft.lookahead)
+        if draft.lookahead is not None:
+            size = len(drafted.tokens) + 1
+            if look is not None:
+                look(logits[size:])
+            logits = logits[:size]
         if coupled is not None:
             emitted, path = tree.accept_coupled(drafted, logits, coupled, position)
         elif temperature > 0:
@@ -213,7 +227,7 @@ class Engine:
             emitted, path = tree.accept_greedy(drafted, logits)
         if watch is not None:
             watch([pending, *drafted.tokens], logits)
-        # The cache holds the past, the root and every node; keep the root and the accepted path.
+        # The cache holds the past, the root, every node and the lookahead nodes; keep the root and the accepted path.
         kv.keep_path(cache, past + 1, [past + 1 + node for node in path])
         return emitted, len(path), len(drafted.tokens)
 

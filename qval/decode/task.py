@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 import zlib
@@ -33,21 +34,20 @@ class TimedDrafter:
     synchronisation here on CUDA costs next to nothing; on the CPU it is a no-op.
     """
 
+    # The engine's optional drafter hooks (engine.Drafter): drafting work, clocked; and what passes through
+    # unclocked (a lossy drafter's acceptance rule is part of verification). tests/test_engine.py checks that every
+    # hook the engine looks up is listed here, so a new hook cannot be silently dropped by this wrapper.
+    CLOCKED_HOOKS = ("observe", "observe_forward", "observe_step", "observe_lookahead", "prefilled")
+    PASSED_THROUGH = ("reset", "accept", "wants_hidden_states")
+
     def __init__(self, drafter, device: str):
         self.inner, self.device, self.seconds = drafter, device, 0.0
-        if hasattr(drafter, "observe"):
-            self.observe = self._observe
-        if hasattr(drafter, "observe_forward"):
-            self.observe_forward = self._observe_forward
-        if hasattr(drafter, "observe_step"):
-            self.observe_step = self._observe_step
-            self.wants_hidden_states = getattr(drafter, "wants_hidden_states", False)
-        if hasattr(drafter, "reset"):
-            self.reset = drafter.reset
-        if hasattr(drafter, "prefilled"):  # a per-instance choice made from the prefill: clocked as drafting
-            self.prefilled = self._prefilled
-        if hasattr(drafter, "accept"):  # a lossy drafter's acceptance rule: part of verification, not clocked
-            self.accept = drafter.accept
+        for name in self.CLOCKED_HOOKS:
+            if hasattr(drafter, name):
+                setattr(self, name, functools.partial(self._clocked, getattr(drafter, name)))
+        for name in self.PASSED_THROUGH:
+            if hasattr(drafter, name):
+                setattr(self, name, getattr(drafter, name))
 
     def _clocked(self, fn, *args):
         _sync(self.device)
@@ -59,18 +59,6 @@ class TimedDrafter:
 
     def propose(self, context, temperature=0.0, generator=None):
         return self._clocked(self.inner.propose, context, temperature, generator)
-
-    def _observe(self, target_tokens, accepted):
-        return self._clocked(self.inner.observe, target_tokens, accepted)
-
-    def _observe_forward(self, input_ids, logits):
-        return self._clocked(self.inner.observe_forward, input_ids, logits)
-
-    def _prefilled(self, context, next_logits):
-        return self._clocked(self.inner.prefilled, context, next_logits)
-
-    def _observe_step(self, emitted, hidden_states):
-        return self._clocked(self.inner.observe_step, emitted, hidden_states)
 
 
 def generate_timed(

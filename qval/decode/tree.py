@@ -18,6 +18,10 @@ sampling over the siblings (lossless). Afterwards the cache holds the root and t
 
 Statistics per verify step: ``accepted`` = draft tokens on the accepted path, so accepted + 1 is the number of
 tokens the step emitted; ``drafted`` = tree nodes verified.
+
+A draft may also carry ``Lookahead`` nodes (Lookahead decoding's Jacobi window): fed after the tree in the same
+forward, each with its own attention row and position, never seen by a tree node and never accepted. Their logits
+go back to the drafter (``observe_lookahead``) and their keys/values go with the rejected branches.
 """
 
 from __future__ import annotations
@@ -64,13 +68,37 @@ class Tree:
         return Tree([self.tokens[i] for i in keep], [new_index.get(self.parents[i], -1) for i in keep])
 
 
+@dataclass
+class Lookahead:
+    """Nodes verified in the same forward as a tree but never accepted: node i sits at the root's position +
+    ``depths[i]`` and attends to the cached past, the root, the earlier lookahead nodes listed in ``sees[i]`` and
+    itself. No tree node attends to a lookahead node, and a lookahead node to no tree node, so the tree's logits
+    are those of a forward without them."""
+
+    tokens: list[int]
+    depths: list[int]  # ≥ 1: the root has depth 0
+    sees: list[list[int]]  # sees[i] ⊆ range(i)
+
+    def __post_init__(self) -> None:
+        if not len(self.tokens) == len(self.depths) == len(self.sees):
+            raise ValueError("a lookahead branch needs one depth and one attention row per token")
+        for i, (depth, seen) in enumerate(zip(self.depths, self.sees, strict=True)):
+            if depth < 1 or any(not 0 <= k < i for k in seen):
+                raise ValueError(f"lookahead node {i}: depth must be ≥ 1 and it may see earlier nodes only")
+
+
 def is_chain(parents: list[int]) -> bool:
     return all(parent == i - 1 for i, parent in enumerate(parents))
 
 
-def attention_inputs(tree: Tree, past: int, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(4D mask of shape (1, 1, n + 1, past + n + 1), position ids of shape (1, n + 1)) for [root, *nodes]."""
-    n = len(tree.tokens) + 1
+def attention_inputs(
+    tree: Tree, past: int, dtype: torch.dtype, device, lookahead: Lookahead | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(4D mask of shape (1, 1, n + 1, past + n + 1), position ids of shape (1, n + 1)) for [root, *nodes], the
+    lookahead nodes (if any) counted in n after the tree's."""
+    size = len(tree.tokens) + 1
+    extra = lookahead.tokens if lookahead is not None else []
+    n = size + len(extra)
     allowed = torch.zeros(n, n, dtype=torch.bool)
     allowed[:, 0] = True  # every node descends from the root
     for i, parent in enumerate(tree.parents):
@@ -78,20 +106,28 @@ def attention_inputs(tree: Tree, past: int, dtype: torch.dtype, device) -> tuple
         allowed[row, row] = True
         if parent >= 0:
             allowed[row] |= allowed[parent + 1]
+    depths = [0, *tree.depths()]
+    if lookahead is not None:
+        for i, seen in enumerate(lookahead.sees):
+            row = size + i
+            allowed[row, row] = True
+            allowed[row, [size + k for k in seen]] = True
+        depths += lookahead.depths
     tree_part = torch.full((n, n), torch.finfo(dtype).min, dtype=dtype)
     tree_part.masked_fill_(allowed, 0.0)
     mask = torch.cat([torch.zeros(n, past, dtype=dtype), tree_part], dim=1)[None, None].to(device)
-    positions = torch.tensor([[past, *(past + d for d in tree.depths())]], device=device)
+    positions = torch.tensor([[past + d for d in depths]], device=device)
     return mask, positions
 
 
-def forward(model, cache, pending: int, tree: Tree) -> torch.Tensor:
-    """Verify the tree in one forward; returns float logits of shape (n + 1, vocab): row 0 predicts the token
-    after the root, row i + 1 the token after node i."""
+def forward(model, cache, pending: int, tree: Tree, lookahead: Lookahead | None = None) -> torch.Tensor:
+    """Verify the tree in one forward; returns float logits of shape (n + 1 [+ lookahead nodes], vocab): row 0
+    predicts the token after the root, row i + 1 the token after node i, then one row per lookahead node."""
     past = cache.get_seq_length()
     device = next(model.parameters()).device
-    mask, positions = attention_inputs(tree, past, next(model.parameters()).dtype, device)
-    ids = torch.tensor([[pending, *tree.tokens]], device=device)
+    mask, positions = attention_inputs(tree, past, next(model.parameters()).dtype, device, lookahead)
+    extra = lookahead.tokens if lookahead is not None else []
+    ids = torch.tensor([[pending, *tree.tokens, *extra]], device=device)
     out = kv.forward(model, ids, cache, attention_mask=mask, position_ids=positions)
     return out.logits[0].float()
 
