@@ -484,6 +484,25 @@ def test_headroom_table_exact_numbers():
     assert row["gain"] == (4.0 + 4.0 + 3.5) / 3 - 3.0
 
 
+def test_headroom_is_per_model_when_a_table_group_holds_several():
+    # The same policies on a second target model: an oracle over both models' cells would compare different models'
+    # outputs, so each model gets its own row, and the table names the model.
+    pairs = (("m", "ar", "baseline"), ("m", "pl", "n-gram"), ("m", "draft", "draft-model"), ("m", "ada", "adaptive"))
+    big = tuple(("big", method + "-big", family) for _, method, family in pairs)
+    rows = decode_rows(n_temps=1, pairs=pairs + big)
+    samples = decode_samples()
+    shifted = samples.assign(cell_id=samples["cell_id"].str.replace("-0", "-big-0"), tau=samples["tau"] - 0.5)
+    table = lr.headroom_table(decode_board(rows, pd.concat([samples, shifted], ignore_index=True)))
+    assert list(table.columns) == [*lr.HEADROOM_COLUMNS, "model"]
+    by_model = table.set_index("model")
+    assert by_model.loc["m", "best_fixed_method"] == "pl" and by_model.loc["m", "best_fixed_tau"] == 3.0
+    assert by_model.loc["m", "oracle_tau"] == (4.0 + 4.0 + 3.5) / 3  # as with one model: the other is left out
+    assert by_model.loc["big", "best_fixed_method"] == "pl-big" and by_model.loc["big", "best_fixed_tau"] == 2.5
+    assert by_model.loc["big", "oracle_tau"] == (4.0 + 4.0 + 3.5) / 3 - 0.5
+    md = lr.render_markdown(make_report(decode_board(rows, pd.concat([samples, shifted], ignore_index=True))))
+    assert "| spec | big | 0 | pl-big | 2.500 | 3.333 | 0.833 |" in md
+
+
 def test_headroom_table_without_fixed_policy_or_samples_is_empty():
     only_baseline = decode_rows(n_temps=1, pairs=(("m", "ar", "baseline"), ("m", "ada", "adaptive")))
     samples = decode_samples()

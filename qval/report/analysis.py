@@ -50,6 +50,9 @@ class Headroom:
     n_samples: int  # samples present in every cell of the group
     n_cells: int  # cells with samples, over which the oracle takes its maximum
     adaptive: list[tuple[str, float]]  # (label, mean tau) per adaptive cell
+    # The model, when the table group holds several: an oracle over policies of different target models would
+    # compare outputs of different models, so each model of a group gets its own headroom.
+    model: str | None = None
 
     @property
     def gain(self) -> float:
@@ -69,7 +72,7 @@ def _codes_in(index: pd.Index, column: pd.Series) -> np.ndarray:
 
 
 def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
-    """Best fixed policy vs per-sample oracle, per (dataset, temperature) group.
+    """Best fixed policy vs per-sample oracle, per (dataset, temperature) group and model.
 
     Only cells with samples take part, and only samples that every such cell of
     the group ran count, so that all means are over the same samples (and the
@@ -82,6 +85,8 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
     """
     if samples.empty or not groups:
         return []
+    split = _per_model(groups)
+    groups, models = [group for group, _ in split], [model for _, model in split]
     # Integer codes throughout: grouping 100,000s of samples by text ids is slow.
     cell_list, group_list = [], []
     for index, group in enumerate(groups):
@@ -143,9 +148,24 @@ def headrooms(groups: list[Group], samples: pd.DataFrame) -> list[Headroom]:
                 n_samples=int(oracle.loc[index, "size"]),
                 n_cells=int(n_cells.loc[index]),
                 adaptive=adaptive,
+                model=models[index],
             )
         )
     return result
+
+
+def _per_model(groups: list[Group]) -> list[tuple[Group, str | None]]:
+    """Each table group, split by model where it holds several (the model then names the part)."""
+    out: list[tuple[Group, str | None]] = []
+    for group in groups:
+        models = list(dict.fromkeys(group.rows["model"])) if "model" in group.rows else []
+        if len(models) <= 1:
+            out.append((group, None))
+            continue
+        for model in models:
+            rows = group.rows[group.rows["model"] == model]
+            out.append((Group(group.dataset, group.temperature, rows), str(model)))
+    return out
 
 
 def headroom_frame(rooms: list[Headroom]) -> pd.DataFrame:
@@ -157,8 +177,10 @@ def headroom_frame(rooms: list[Headroom]) -> pd.DataFrame:
             "best_fixed_tau": np.array([r.best_fixed_tau for r in rooms], dtype=float),
             "oracle_tau": np.array([r.oracle_tau for r in rooms], dtype=float),
             "gain": np.array([r.gain for r in rooms], dtype=float),
+            "model": [r.model for r in rooms],
         },
-        columns=list(HEADROOM_COLUMNS),
+        # The model column only where a group held several models (its value is None otherwise).
+        columns=list(HEADROOM_COLUMNS) + (["model"] if any(r.model is not None for r in rooms) else []),
     )
 
 

@@ -255,8 +255,10 @@ def failures_table(board: TrackBoard, analysis: BoardAnalysis) -> Table | None:
 def headroom_table(rooms: list[Headroom]) -> Table | None:
     if not rooms:
         return None
+    with_model = any(room.model is not None for room in rooms)
     columns = [
         Column("dataset"),
+        *([Column("model")] if with_model else []),
         Column("T", "number"),
         Column("best fixed policy"),
         Column("best fixed tau", "number", first="desc"),
@@ -268,6 +270,7 @@ def headroom_table(rooms: list[Headroom]) -> Table | None:
         Row(
             [
                 Cell(room.group.dataset or fmt.UNDEFINED),
+                *([Cell(room.model or fmt.single_model(room.group.rows) or fmt.UNDEFINED)] if with_model else []),
                 number_cell(room.group.temperature, fmt.temperature(room.group.temperature)),
                 Cell(room.best_fixed_method),
                 *(number_cell(v, fmt.number(v)) for v in (room.best_fixed_tau, room.oracle_tau, room.gain)),

@@ -65,7 +65,7 @@ def headroom(board: TrackBoard, analysis: BoardAnalysis) -> Figures:
             else ""
         )
         caption = (
-            f"{board.title}, {room.group.title}: mean per-sample acceptance length over the "
+            f"{board.title}, {room.group.title}{f', {room.model}' if room.model else ''}: mean per-sample acceptance length over the "
             f"{room.n_samples} samples that all {room.n_cells} policies ran, for the best fixed "
             f"policy ({room.best_fixed_method}), the per-instance oracle over policies and each "
             f"adaptive policy{capped}. The oracle picks the best of the {room.n_cells} policies for "
