@@ -93,6 +93,17 @@ def first_layers_view(target, num_layers: int):
     return view.eval()
 
 
+def load_draft_model(model, draft: str, path: str | None):
+    """The draft model a policy's params name: ``int8``, a dynamically int8-quantised copy of the target (CPU); or
+    ``path``, an HF folder sharing the target's tokenizer, in the target's dtype on its device."""
+    if draft == "int8":
+        return int8_copy(model.model)
+    from transformers import AutoModelForCausalLM
+
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=model.model.dtype)
+    return loaded.to(model.device).eval()
+
+
 def int8_copy(target):
     """A dynamically int8-quantised copy of the target's Linear layers (CPU): a cheap, close draft model."""
     quantized = torch.ao.quantization.quantize_dynamic(

@@ -303,14 +303,8 @@ class PearlPolicy(DecodePolicy):
     example_params: ClassVar[dict] = {}
 
     def drafter(self, model):
-        from .drafters import int8_copy
+        from .drafters import load_draft_model
 
-        if self.params.draft == "int8":
-            draft = int8_copy(model.model)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            draft = AutoModelForCausalLM.from_pretrained(self.params.path, dtype=model.model.dtype)
-            draft = draft.to(model.device).eval()
         p = self.params
+        draft = load_draft_model(model, p.draft, p.path)
         return PearlDrafter(draft, p.window, model.eos_token_ids, p.draft_threads, p.target_threads)

@@ -149,15 +149,9 @@ class DraftModelPolicy(DecodePolicy):
     Params = DraftModelParams
 
     def drafter(self, model):
-        from .drafters import ModelDrafter, int8_copy
+        from .drafters import ModelDrafter, load_draft_model
 
-        if self.params.draft == "int8":
-            draft = int8_copy(model.model)
-        else:
-            from transformers import AutoModelForCausalLM
-
-            draft = AutoModelForCausalLM.from_pretrained(self.params.path, dtype=model.model.dtype)
-            draft = draft.to(model.device).eval()
+        draft = load_draft_model(model, self.params.draft, self.params.path)
         return ModelDrafter(draft, self.params.num_draft, self.params.stop_threshold)
 
     def served_config(self, backend: str):
