@@ -90,6 +90,7 @@ def _write_cell(results: Path, cell_id: str, n: int, rng, texts: list[str], part
         "output_capped": np.zeros(n, bool),
         "accepted_chars": [[0, 12, 30, 41]] * n,
         "threads": np.full(n, 2, np.int32),
+        "forward": np.full(n, "qval", dtype=object),
         # No checker for these prompts (as Spec-Bench's): NULL, so task_accuracy is undefined, as it would be.
         "correct": pa.nulls(n, pa.bool_()),
         "check_detail": pa.nulls(n, pa.string()),

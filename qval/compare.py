@@ -84,7 +84,7 @@ def _differ(a: dict[str, str], b: dict[str, str]) -> str | None:
 
 def compare(a: Side, b: Side) -> pd.DataFrame:
     """One row per matched cell and metric (or per cell on one side only). ``conditions_differ`` names what the two
-    cells were measured under that differs (the CPU threads of a decoding engine), like a speedup against another
+    cells were measured under that differs (the CPU threads or forward pass of a decoding engine), like a speedup against another
     run's baseline: their timings do not compare, whatever the test says."""
     left, right = _cells(a), _cells(b)
     conditions = _conditions(a), _conditions(b)

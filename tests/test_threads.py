@@ -100,6 +100,7 @@ def test_threads_are_recorded_flagged_in_the_report_and_in_compare(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert R.samples(a, "decode", "thr")["threads"].tolist() == [cpus]
     assert R.samples(b, "decode", "thr")["threads"].tolist() == [1]
+    assert R.samples(a, "decode", "thr")["forward"].tolist() == ["qval"]  # qval's own forward covers SmolLM2
 
     proc = run_qval("compare", f"{a}:thr", f"{b}:thr", "--json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -118,3 +119,4 @@ def test_threads_are_recorded_flagged_in_the_report_and_in_compare(tmp_path):
     assert f"{cpus}: smollm2-135m-instruct ar" in line, line
     page = (tmp_path / "rep" / "thr" / "leaderboard.md").read_text()
     assert f"- **threads**: {cpus} (every cell that recorded it)" in page
+    assert "- **forward**: qval (every cell that recorded it)" in page

@@ -42,15 +42,21 @@ def per_sample_tau(summary: pd.DataFrame) -> dict[str, pd.Series]:
     }
 
 
-def cell_threads(results, suite: str) -> dict[str, dict[str, str]]:
-    """Per cell of the suite, the CPU threads its engine decoded with ("2"; "1, 2" if its turns differ), from the
-    sample rows (qval/decode/tables.py). Cells whose rows record none (a remote server, rows from before the
-    column) are left out: unknown is not a difference."""
+def cell_conditions(results, suite: str) -> dict[str, dict[str, str]]:
+    """Per cell of the suite, the CPU threads its engine decoded with ("2"; "1, 2" if its turns differ) and the
+    forward pass ("qval" or "transformers"), from the sample rows (qval/decode/tables.py). A cell whose rows record
+    neither (a remote server, rows from before the columns) is left out: unknown is not a difference."""
     frame = R.query(
         results,
-        "SELECT t.cell_id, array_to_string(list_sort(list(DISTINCT t.threads)), ', ') "
-        "AS threads FROM decode_samples t JOIN suite_cells s USING (cell_id) "
-        "WHERE s.suite = ? AND t.threads IS NOT NULL GROUP BY t.cell_id",
+        "SELECT t.cell_id, "
+        "array_to_string(list_sort(list(DISTINCT t.threads) FILTER (t.threads IS NOT NULL)), ', ') AS threads, "
+        "array_to_string(list_sort(list(DISTINCT t.forward) FILTER (t.forward IS NOT NULL)), ', ') AS forward "
+        "FROM decode_samples t JOIN suite_cells s USING (cell_id) "
+        "WHERE s.suite = ? AND (t.threads IS NOT NULL OR t.forward IS NOT NULL) GROUP BY t.cell_id",
         [suite],
     )
-    return {str(c): {"threads": str(t)} for c, t in zip(frame["cell_id"], frame["threads"])}
+    out: dict[str, dict[str, str]] = {}
+    for cell, threads, forward in zip(frame["cell_id"], frame["threads"], frame["forward"]):
+        values = {"threads": str(threads), "forward": str(forward)}
+        out[str(cell)] = {k: v for k, v in values.items() if v}
+    return out

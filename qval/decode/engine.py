@@ -95,16 +95,26 @@ class PrefillState:
 
 
 class Engine:
-    """Draft-and-verify over a Hugging Face causal LM with a DynamicCache (built and fed through ``models.kv``)."""
+    """Draft-and-verify over a Hugging Face causal LM, with a KV cache built and fed through ``models.kv``.
 
-    def __init__(self, model, eos_token_ids: set[int]):
+    ``fast=True`` (the default) runs qval's own forward over a preallocated cache (``models.fast_llama``) where it
+    covers the model, bit-identical to transformers' forward on the models it covers but without transformers'
+    per-step overhead; ``forward`` says which one runs ("qval" or "transformers"), and why when it is not qval's.
+    ``fast=False`` keeps transformers' forward and its DynamicCache (the baseline qval measured against before)."""
+
+    def __init__(self, model, eos_token_ids: set[int], fast: bool = True):
+        from ..models import fast_llama
+
         self.model = model
         self.eos = set(eos_token_ids)
         self.device = next(model.parameters()).device
+        reason = fast_llama.unsupported(model) if fast else "fast=False"
+        self.forward = "transformers" if reason else "qval"
+        self.forward_reason = reason
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillState:
-        cache = kv.new_cache(self.model)
+        cache = kv.new_static_cache(self.model) if self.forward == "qval" else kv.new_cache(self.model)
         ids = torch.tensor([prompt_ids], device=self.device)
         out = kv.forward(self.model, ids, cache, logits_to_keep=1)
         return PrefillState(cache, out.logits[0, -1].float(), list(prompt_ids))

@@ -34,6 +34,9 @@ DECODE_SAMPLES = pa.schema(
         # CPU threads the engine that decoded this turn ran with, as it reports them (the worker's torch, or the vLLM
         # child's OpenMP pool); NULL where unknown (a remote server). Timings with different counts do not compare.
         ("threads", pa.int32()),
+        # The forward pass that decoded the turn: "qval" (qval's own, models/fast_llama.py) or "transformers"; NULL
+        # for a served model (its engine's own). Timings with different forwards do not compare.
+        ("forward", pa.string()),
         # The turn's output as text (special tokens skipped), cut at transcript.MAX_CHARS with output_capped set, and
         # the [start, end) character spans of accepted draft tokens in it, flattened: s0, e0, s1, e1, ...
         ("output_text", pa.string()),

@@ -219,6 +219,7 @@ def _run_sample(cell: Cell, sample, model, engine: Engine, drafter, dataset) -> 
         return {
             **load,
             "threads": torch.get_num_threads(),
+            "forward": engine.forward,
             "target_steps": trace.target_steps,
             "drafted": trace.drafted_per_step,
             "accepted": trace.accepted_per_step,
@@ -330,7 +331,8 @@ def run_decode_group(
         raise QvalError(f"decoding needs a LocalModel or a ServedModel, not {type(model).__name__}")
     first = cells[0]
     samples, dataset = _group_samples(cells)
-    engine = Engine(model.model, model.eos_token_ids)
+    # Cells planned before the setting existed ran transformers' forward.
+    engine = Engine(model.model, model.eos_token_ids, fast=first.settings.get("forward", "transformers") == "qval")
     drafters, failures = {}, {}
     for cell in cells:
         try:

@@ -33,6 +33,10 @@ class DecodeSection(TrackSection):
     sampling: Literal["rejection", "coupled"] = "rejection"
     warmup: int = Field(default=1, ge=0, le=100)
     hardware: str = "auto"  # timing depends on it, so it is part of decode cell identity
+    # The target's forward pass: "qval" = qval's own over a preallocated cache where it covers the model
+    # (models/fast_llama.py: Llama, Mistral, Qwen2; others fall back to transformers'), "transformers" = transformers'
+    # forward and DynamicCache (the engine before issue #17). Part of the cell identity: it changes every timing.
+    forward: Literal["qval", "transformers"] = "qval"
     metrics: list[str] = Field(default_factory=lambda: ["speedup", "acceptance_length", "lossless"], min_length=1)
     main_metric: str = "speedup"
 
@@ -108,6 +112,7 @@ class DecodeTrack(Track):
         settings = {
             "max_new_tokens": section.max_new_tokens,
             "hardware": hardware_class() if section.hardware == "auto" else section.hardware,
+            "forward": section.forward,
         }
         if section.sampling != "rejection":  # only when set, so the ids of existing (rejection-sampling) cells stay
             settings["sampling"] = section.sampling
@@ -180,6 +185,6 @@ class DecodeTrack(Track):
         return per_sample_tau(sample_summary(results, suite))
 
     def conditions(self, results, suite):
-        from .board import cell_threads
+        from .board import cell_conditions
 
-        return cell_threads(results, suite)
+        return cell_conditions(results, suite)

@@ -48,8 +48,21 @@ def new_cache(model: Any) -> Any:
     return cache
 
 
+def new_static_cache(model: Any) -> Any:
+    """A preallocated cache for qval's own forward (``fast_llama``), or None when that forward does not cover the
+    model (then use ``new_cache``). Every ``forward``/``keep_path`` on it runs qval's forward."""
+    from . import fast_llama
+
+    return None if fast_llama.unsupported(model) else fast_llama.StaticCache(model)
+
+
 def forward(model: Any, input_ids: Any, cache: Any, **kwargs: Any) -> Any:
-    """One forward pass that reads and extends ``cache`` in place; returns the model's output (logits)."""
+    """One forward pass that reads and extends ``cache`` in place; returns the model's output (logits).
+    A ``fast_llama.StaticCache`` selects qval's own forward, any other cache transformers'."""
+    from . import fast_llama
+
+    if isinstance(cache, fast_llama.StaticCache):
+        return fast_llama.forward(model, input_ids, cache, **kwargs)
     return model(input_ids=input_ids, use_cache=True, **{cache_keyword(model): cache}, **kwargs)
 
 
@@ -62,6 +75,11 @@ def keep_path(cache: Any, start: int, rows: list[int]) -> None:
     import torch
     from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
+    from . import fast_llama
+
+    if isinstance(cache, fast_llama.StaticCache):
+        cache.keep_path(start, rows)
+        return
     end = start + len(rows)
     for layer in cache.layers:
         if type(layer) is not DynamicLayer:

@@ -47,7 +47,7 @@ def _environment(results, suite: str) -> dict[str, str]:
 
 def _conditions(results, suite: str) -> dict[str, str]:
     """What the suite's cells were measured under beyond the fingerprint (each track's ``conditions``: decoding's
-    CPU threads), one line per condition: its value, or, where cells differ, each value with its models and a
+    CPU threads and forward pass), one line per condition: its value, or, where cells differ, each value with its models and a
     warning, since timings taken under different conditions do not compare (a board ranks them side by side)."""
     per_cell: dict[str, dict[str, str]] = {}
     for track in all_tracks():

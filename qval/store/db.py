@@ -129,6 +129,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE decode_samples ADD COLUMN threads INTEGER",
         ],
     ),
+    (
+        11,
+        [
+            # Which forward pass decoded each turn: "qval" (models/fast_llama.py) or "transformers" (the engine's
+            # setting, or its fallback for a model qval's forward does not cover). Rows ingested before stay NULL.
+            "ALTER TABLE decode_samples ADD COLUMN forward VARCHAR",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
