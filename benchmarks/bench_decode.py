@@ -117,10 +117,10 @@ def engine_overhead(model, engine, max_new=64, repeats=3):
             device = model.model.device
 
             def bare():
+                # Bare: the forward the engine runs (qval's or transformers', by the cache it built) and nothing else.
                 with torch.inference_mode():
-                    cache = {kv.cache_keyword(model.model): state.cache}  # bare: the model call and nothing else
                     for tok in tokens:
-                        out = model.model(input_ids=torch.tensor([[tok]], device=device), use_cache=True, **cache)
+                        out = kv.forward(model.model, torch.tensor([[tok]], device=device), state.cache)
                         out.logits[0].float().argmax(dim=-1).tolist()
 
             _, t = _timed(bare)
@@ -150,6 +150,7 @@ def main(smoke: bool = False) -> list[dict]:
     ]
     for row in rows:
         row["size"] = "smoke" if smoke else "full"
+        row["forward"] = engine.forward  # the target forward the engine ran (qval's own on SmolLM2)
         row["checks"] = row.get("identical_outputs", True) is True
     return rows
 

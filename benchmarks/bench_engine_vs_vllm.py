@@ -6,8 +6,13 @@ CPU thread count (the worker's: ``vllm_source.worker_threads``; vLLM through qva
 settings, ``vllm_source.engine_env``, and the engine's reported count is checked). Calls alternate (ours, vLLM,
 ours, …) over prompts and repeats, so drift and other users' load hit both sides; only the ratios compare.
 
+Three sides: qval's engine on its own forward (``ours``, models/fast_llama.py, the default), the same engine on
+transformers' forward and DynamicCache (``hf``, ``decode.forward: transformers``, the engine before issue #17), and
+vLLM.
+
 Figures (Σ tokens ÷ Σ seconds over every call):
-- ``decode``: new tokens ÷ decode time (after the first token), what qval's ``tokens_per_s`` reports: the goal.
+- ``decode``: new tokens ÷ decode time (after the first token), what qval's ``tokens_per_s`` reports: the goal
+  (``decode_ratio`` = ours ÷ vLLM; ``hf_decode_ratio`` = the old forward ÷ vLLM).
 - ``request``: new tokens ÷ the whole call (prefill included); vLLM's call includes its scheduler and detokenizer.
 
 ``--smoke``: 2 prompts, 8 tokens, 1 repeat; skipped, with the reason printed, when vLLM's interpreter is absent
@@ -75,30 +80,38 @@ def _theirs(proc: VLLMProcess, ids: list[int], max_new: int) -> tuple[list[int],
     return reply["token_ids"], reply["wall_s"], reply["decode_s"]
 
 
-def compare(model, engine, proc, texts, max_new: int, repeats: int) -> dict:
-    sums = {k: 0.0 for k in ("ours_n", "ours_wall", "ours_decode", "vllm_n", "vllm_wall", "vllm_decode")}
+SIDES = ("ours", "hf", "vllm")
+
+
+def compare(model, engines: dict[str, Engine], proc, texts, max_new: int, repeats: int) -> dict:
+    sums = {f"{side}_{k}": 0.0 for side in SIDES for k in ("n", "wall", "decode")}
     identical = []
     for _ in range(repeats):
         for text in texts:
             ids = model.chat_ids([{"role": "user", "content": text}])
-            ours, prefill_s, decode_s = _ours(engine, ids, max_new)
-            sums["ours_n"] += len(ours)
-            sums["ours_wall"] += prefill_s + decode_s
-            sums["ours_decode"] += decode_s
-            theirs, wall_s, vllm_decode_s = _theirs(proc, ids, max_new)
-            sums["vllm_n"] += len(theirs)
-            sums["vllm_wall"] += wall_s
-            sums["vllm_decode"] += vllm_decode_s
-            identical.append(ours == theirs)
+            outputs = {}
+            for side in SIDES:  # interleaved call by call, so drift hits every side alike
+                if side == "vllm":
+                    tokens, wall_s, decode_s = _theirs(proc, ids, max_new)
+                else:
+                    tokens, prefill_s, decode_s = _ours(engines[side], ids, max_new)
+                    wall_s = prefill_s + decode_s
+                outputs[side] = tokens
+                sums[f"{side}_n"] += len(tokens)
+                sums[f"{side}_wall"] += wall_s
+                sums[f"{side}_decode"] += decode_s
+            identical.append(outputs["ours"] == outputs["hf"] == outputs["vllm"])
     rate = {
         f"{side}_{kind}_tok_s": sums[f"{side}_n"] / sums[f"{side}_{kind}"]
-        for side in ("ours", "vllm")
+        for side in SIDES
         for kind in ("decode", "wall")
     }
     return {
         **{k: round(v, 2) for k, v in rate.items()},
         "decode_ratio": round(rate["ours_decode_tok_s"] / rate["vllm_decode_tok_s"], 3),
         "request_ratio": round(rate["ours_wall_tok_s"] / rate["vllm_wall_tok_s"], 3),
+        "hf_decode_ratio": round(rate["hf_decode_tok_s"] / rate["vllm_decode_tok_s"], 3),
+        "forward_speedup": round(rate["ours_decode_tok_s"] / rate["hf_decode_tok_s"], 3),
         "calls_per_side": len(identical),
         "identical_outputs": all(identical),
         "identical_calls": sum(identical),
@@ -117,7 +130,10 @@ def main(smoke: bool = False) -> list[dict]:
     torch.manual_seed(0)
     source = SmolLM2Instruct(ModelParams(dtype="float32"))
     model = source.load(device="cpu")
-    engine = Engine(model.model, model.eos_token_ids)
+    engines = {
+        "ours": Engine(model.model, model.eos_token_ids),
+        "hf": Engine(model.model, model.eos_token_ids, fast=False),
+    }
     load_before = os.getloadavg()[0]
     with VLLMProcess(python, engine_env(threads), script=PROC_SCRIPT) as proc:
         info = proc.request(
@@ -125,9 +141,10 @@ def main(smoke: bool = False) -> list[dict]:
             timeout=1800,
         )
         warm = model.chat_ids([{"role": "user", "content": "warm up"}])
-        _ours(engine, warm, 16)  # warm-ups, not recorded
+        for engine in engines.values():  # warm-ups, not recorded
+            _ours(engine, warm, 16)
         _theirs(proc, warm, 16)
-        result = compare(model, engine, proc, prompts(size["n"]), size["max_new"], size["repeats"])
+        result = compare(model, engines, proc, prompts(size["n"]), size["max_new"], size["repeats"])
     row.update(
         {
             "model": "smollm2-135m-instruct float32",
@@ -135,6 +152,7 @@ def main(smoke: bool = False) -> list[dict]:
             "max_new_tokens": size["max_new"],
             "repeats": size["repeats"],
             "threads": threads,
+            "forward": engines["ours"].forward,
             "vllm_threads": info.get("threads"),
             "vllm_version": info.get("vllm_version"),
             **result,
@@ -143,7 +161,7 @@ def main(smoke: bool = False) -> list[dict]:
         }
     )
     row["ok"] = row["decode_ratio"] >= GOAL
-    row["checks"] = bool(row["identical_outputs"]) and row["vllm_threads"] == threads
+    row["checks"] = bool(row["identical_outputs"]) and row["vllm_threads"] == threads and row["forward"] == "qval"
     return [row]
 
 

@@ -21,6 +21,7 @@ keeps transformers' forward (``unsupported`` says why).
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +118,38 @@ class Output:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
+# Weights prepacked for MKL's one-row GEMM (``pack_weights``), per Linear module; absent: the module's own forward.
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pack_weights(model: Any) -> int:
+    """Prepack every projection and the LM head of a CPU float32 model for MKL's one-row GEMM (what a decode step
+    is at batch 1); returns how many were packed (0 where MKL or the dtype does not allow it). The packed copy
+    doubles the weights' memory, so it is a choice, not a default."""
+    mkl = getattr(torch.ops, "mkl", None)
+    if mkl is None or not hasattr(mkl, "_mkl_linear") or not torch.backends.mkl.is_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        if (
+            type(module) is torch.nn.Linear
+            and module.weight.dtype == torch.float32
+            and module.weight.device.type == "cpu"
+        ):
+            if module not in _PACKED:
+                _PACKED[module] = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), 1)
+            count += 1
+    return count
+
+
+def _linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+    packed = _PACKED.get(module) if x.shape[-2] == 1 else None
+    if packed is None:
+        return module(x)
+    flat = x.reshape(1, x.shape[-1])
+    return torch.ops.mkl._mkl_linear(flat, packed, module.weight, module.bias, 1).view(*x.shape[:-1], -1)
+
+
 def _rms(x: torch.Tensor, norm: Any) -> torch.Tensor:
     # As transformers' LlamaRMSNorm: in float32, then back to the input dtype before the weight.
     dtype = x.dtype
@@ -180,9 +213,9 @@ def forward(
     for index, layer in enumerate(inner.layers[: config.num_hidden_layers]):
         attn, mlp = layer.self_attn, layer.mlp
         h = _rms(x, layer.input_layernorm)
-        q = attn.q_proj(h).view(1, n, heads, head_dim).transpose(1, 2)
-        k = attn.k_proj(h).view(1, n, kv_heads, head_dim).transpose(1, 2)
-        v = attn.v_proj(h).view(1, n, kv_heads, head_dim).transpose(1, 2)
+        q = _linear(attn.q_proj, h).view(1, n, heads, head_dim).transpose(1, 2)
+        k = _linear(attn.k_proj, h).view(1, n, kv_heads, head_dim).transpose(1, 2)
+        v = _linear(attn.v_proj, h).view(1, n, kv_heads, head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         keys, values = cache.keys[index], cache.values[index]
@@ -197,9 +230,9 @@ def forward(
             out = F.scaled_dot_product_attention(
                 q, _repeat_kv(k_all, groups), _repeat_kv(v_all, groups), attn_mask=mask, scale=attn.scaling
             )
-        x = x + attn.o_proj(out.transpose(1, 2).reshape(1, n, heads * head_dim))
+        x = x + _linear(attn.o_proj, out.transpose(1, 2).reshape(1, n, heads * head_dim))
         h = _rms(x, layer.post_attention_layernorm)
-        x = x + mlp.down_proj(F.silu(mlp.gate_proj(h)) * mlp.up_proj(h))
+        x = x + _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
         if output_hidden_states:
             hidden.append(x)
     cache.length = end
@@ -207,4 +240,4 @@ def forward(
     if output_hidden_states:
         hidden[-1] = x  # transformers' last hidden state is the normed one
     kept = x if not logits_to_keep else x[:, -logits_to_keep:]
-    return Output(model.lm_head(kept), tuple(hidden) if output_hidden_states else None)
+    return Output(_linear(model.lm_head, kept), tuple(hidden) if output_hidden_states else None)
