@@ -73,6 +73,9 @@ def package_versions() -> dict[str, str | None]:
     return versions
 
 
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "QVAL_TORCH_THREADS", "VLLM_CPU_OMP_THREADS_BIND")
+
+
 def fingerprint() -> dict:
     sha, dirty = git_sha()
     return {
@@ -83,6 +86,9 @@ def fingerprint() -> dict:
         # The CPUs qval may use (taskset, a cpuset): what the runner splits into the workers' threads.
         "cpus_allowed": len(os.sched_getaffinity(0)),
         "gpu": gpu_name(),
+        # Thread settings a timing depends on, as this process was given them (unset: the library's default). Each
+        # decoding turn also records the threads its engine actually ran with (decode_samples.threads).
+        "thread_env": {name: os.environ.get(name) for name in THREAD_ENV},
         "python": platform.python_version(),
         "platform": platform.platform(),
         "git_sha": sha,
