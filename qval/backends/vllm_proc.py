@@ -12,7 +12,8 @@ proto : one JSON object per line per request, written to the *original* stdout f
 
 Requests
     {"op": "init", "model": PATH, "dtype": "float32", "seed": 0, "max_model_len": 2048,
-     "speculative": null | {speculative_config}, "engine_args": {...extra LLM kwargs...}}
+     "speculative": null | {speculative_config}, "engine_args": {...extra LLM kwargs...},
+     "scoring": bool (an engine for Q-alignment scoring: on CPU, 32-token prefix-cache blocks unless given)}
         -> {"ok": true, "init_s": float, "vllm_version": str, "engine_mode": "inproc"|"multiproc",
             "threads": int|null (the OpenMP threads the engine's worker runs with, as torch reports them),
             "prefix_caching": bool, "block_size": int}
@@ -146,6 +147,15 @@ def _engine_threads() -> int | None:
         return None
 
 
+def _on_cpu() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # noqa: BLE001 - no platform to ask: keep vLLM's defaults
+        return False
+
+
 def op_init(req: dict) -> dict:
     _shutdown_engine()
     spec = req.get("speculative")
@@ -161,6 +171,10 @@ def op_init(req: dict) -> dict:
         kwargs["speculative_config"] = dict(spec)
         kwargs["per_request_spec_decode_metrics"] = "detailed"
     kwargs.update(req.get("engine_args") or {})
+    if req.get("scoring") and "block_size" not in kwargs and _on_cpu():
+        # The prefix cache shares whole blocks, and the CPU backend's default block is 128 tokens: a state's prompt
+        # shorter than that would be computed anew for each candidate. 32 is the CPU attention's smallest block.
+        kwargs["block_size"] = 32
     global _llm
     t0 = time.perf_counter()
     _llm = LLM(**kwargs)

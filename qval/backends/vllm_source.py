@@ -27,7 +27,8 @@ from .vllm_client import VLLMProcess, VLLMProcessError
 PROC_SCRIPT = Path(__file__).with_name("vllm_proc.py")
 # The scoring engine's LLM(...) arguments before the model's own engine_args: the prefix cache makes the prompt
 # shared by a state's candidates cheap, and max_logprobs=-1 lets a request ask for every vocabulary entry (the full
-# next-token distribution of entropy and self-certainty).
+# next-token distribution of entropy and self-certainty). On CPU the child also picks 32-token cache blocks
+# (vllm_proc's init, `scoring`), since only it knows the platform.
 SCORING_ENGINE_ARGS = {"enable_prefix_caching": True, "max_logprobs": -1}
 
 
@@ -153,11 +154,11 @@ class VLLMServedModel(ServedModel):
         """The engine child, initialised for Q-alignment scoring (scoring_engine_args) unless it already is."""
         proc = self._process()  # first, as in configure
         if self._config != ("scoring",):
-            self._init_engine(None, scoring_engine_args(self.params.engine_args))
+            self._init_engine(None, scoring_engine_args(self.params.engine_args), scoring=True)
             self._config = ("scoring",)
         return proc
 
-    def _init_engine(self, spec, engine_args: dict) -> None:
+    def _init_engine(self, spec, engine_args: dict, scoring: bool = False) -> None:
         request = {
             "op": "init",
             "model": self.path,
@@ -166,6 +167,7 @@ class VLLMServedModel(ServedModel):
             "max_model_len": self.params.max_model_len,
             "speculative": spec,
             "engine_args": engine_args,
+            "scoring": scoring,
         }
         self._config = object()  # an init that fails leaves no configuration behind
         try:
