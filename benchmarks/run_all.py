@@ -20,6 +20,7 @@ BENCHMARKS = [
     "bench_decode",
     "bench_engine_vs_vllm",
     "bench_qalign_requests",
+    "bench_qalign_vllm",
     "bench_cross_tokenizer",
     "gpu_check",
 ]

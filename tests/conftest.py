@@ -104,3 +104,25 @@ def pip(*args) -> None:
 
 def install_plugin(name: str) -> None:
     pip("install", "--no-deps", "--no-build-isolation", "--no-index", str(PLUGINS / name))
+
+
+# The Q-alignment cells that the served backends (tests/test_openai_backend.py, tests/test_vllm_backend.py) compare
+# with transformers: both compare against the same transformers cells, computed once per session.
+SERVED_QALIGN_BODY = """\
+qalign:
+  envs: [{name: frozenlake, params: {map: 4x4}}]
+  methods: [action-logprob, verifier, next-state-entropy]
+  points: {episodes: 2, epsilon: 0.3, max_points_per_episode: 2}
+"""
+
+
+@pytest.fixture(scope="session")
+def served_qalign_results(tmp_path_factory) -> Path:
+    """A results folder holding SERVED_QALIGN_BODY's cells on transformers SmolLM2 (suite `q-hf`). Tests add their
+    served model's cells to it; cell ids do not depend on the suite, so a suite that lists these cells again finds
+    them done."""
+    root = tmp_path_factory.mktemp("served-qalign")
+    suite = write_suite(root / "q-hf.yaml", "name: q-hf\nmodels: [smollm2-135m-instruct]\n" + SERVED_QALIGN_BODY)
+    proc = run_qval("run", suite, "--results", root / "results", timeout=1200)
+    assert proc.returncode == 0 and "ingested" in proc.stdout, proc.stdout + proc.stderr
+    return root / "results"

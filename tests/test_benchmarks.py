@@ -18,6 +18,7 @@ EXPECTED = {
     "engine_overhead",
     "engine_vs_vllm",
     "qalign_requests",
+    "qalign_vllm",
     "cross_vs_uag",
     "gpu_check",
 }
@@ -35,6 +36,10 @@ def test_every_benchmark_smoke_runs():
     vllm = by_name["engine_vs_vllm"]  # skipped only with its reason: no vLLM venv on this machine
     assert isinstance(vllm.get("skipped"), str) or (
         vllm["identical_outputs"] and vllm["vllm_threads"] == vllm["threads"]
+    )
+    scoring = by_name["qalign_vllm"]  # skipped likewise; else the log-prob scorers agreed (its checks, above)
+    assert isinstance(scoring.get("skipped"), str) or (
+        scoring["logprob_scorers_within_tolerance"] and scoring["vllm_threads"] == scoring["threads"]
     )
     assert by_name["ingest"]["rows"] == by_name["ingest"]["cells"] * 20 and by_name["ingest"]["metric_values"] > 0
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from qval.backends.openai_http import OpenAIModel, OpenAIServedModel
+from qval.backends.vllm_requests import VLLMRequests
 from qval.backends.vllm_source import VLLMModel, VLLMServedModel
 from qval.errors import QvalError
 from qval.models.base import (
@@ -43,8 +44,14 @@ def test_each_model_gives_its_own_request_layer_once():
     served = OpenAIServedModel(source, "/nowhere", None, {0})  # a model id is given: no request to the server
     assert isinstance(served.requests(), HTTPRequests) and served.requests() is served.requests()
     vllm = VLLMServedModel(VLLMModel(VLLMModel.Params(path="/nowhere")), "/nowhere", None, {0})
-    with pytest.raises(QvalError, match="not on the vllm backend"):
-        vllm.requests()
+    assert isinstance(vllm.requests(), VLLMRequests) and vllm.requests() is vllm.requests()  # no engine started yet
+    assert vllm._proc is None
+
+    class Toy(ServedModel):
+        backend = "toy"
+
+    with pytest.raises(QvalError, match="the toy backend gives Q-alignment scorers no request layer"):
+        Toy("m", "/nowhere", None, {0}).requests()
 
 
 class _Legacy(Scorer):

@@ -10,12 +10,11 @@ import os
 import signal
 import socket
 import subprocess
-import textwrap
 import time
 import urllib.request
 
 import pytest
-from conftest import run_qval, write_suite
+from conftest import SERVED_QALIGN_BODY, run_qval, write_suite
 
 import qval.results as R
 from qval.backends.vllm_env import default_venv, ensure_vllm_cpu_venv
@@ -144,22 +143,14 @@ def test_decoding_against_a_served_model_matches_transformers(servers, smollm):
         assert list(ar.loc[sample.sample_id, "output_ids"]) == engine.decode(engine.prefill(ids), None, 32).token_ids
 
 
-def test_qalign_scorers_over_http_match_transformers(servers):
+def test_qalign_scorers_over_http_match_transformers(servers, served_qalign_results):
     root, urls = servers
-    results = root / "qresults"
-    body = """
-        qalign:
-          envs: [{name: frozenlake, params: {map: 4x4}}]
-          methods: [action-logprob, verifier, next-state-entropy]
-          points: {episodes: 2, epsilon: 0.3, max_points_per_episode: 2}
-        """
-    for name, model in (("q-http", _model(urls["plain"])), ("q-hf", "smollm2-135m-instruct")):
-        suite = write_suite(root / f"{name}.yaml", f"name: {name}\nmodels: [{model}]\n" + textwrap.dedent(body))
-        proc = run_qval("run", suite, "--results", results, timeout=1200)
-        # next-state-entropy cannot run over HTTP: the http suite exits non-zero (1: the cell failed to start, 4: its
-        # points errored) naming that cell; the local suite exits 0
-        expected = (1, 4) if name == "q-http" else (0,)
-        assert proc.returncode in expected and "ingested" in proc.stdout, proc.stdout + proc.stderr
+    results = served_qalign_results  # the transformers cells (conftest); the http cells join them
+    suite = write_suite(root / "q-http.yaml", f"name: q-http\nmodels: [{_model(urls['plain'])}]\n" + SERVED_QALIGN_BODY)
+    proc = run_qval("run", suite, "--results", results, timeout=1200)
+    # next-state-entropy cannot run over HTTP: the suite exits non-zero (1: the cell failed to start, 4: its points
+    # errored) naming that cell
+    assert proc.returncode in (1, 4) and "ingested" in proc.stdout, proc.stdout + proc.stderr
     samples = R.samples(results, "qalign")
     cells = R.cells(results)
     label = dict(zip(cells["cell_id"], cells["model"] + "/" + cells["method"]))

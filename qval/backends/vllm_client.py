@@ -127,20 +127,14 @@ class VLLMProcess:
             if self._proc.poll() is not None:
                 raise VLLMProcessError(self._died_msg("before the request"))
             try:
-                assert self._proc.stdin is not None
-                self._proc.stdin.write((json.dumps(req) + "\n").encode())
-                self._proc.stdin.flush()
-            except (BrokenPipeError, OSError):
-                self._reap(2.0)
-                raise VLLMProcessError(self._died_msg("while sending the request")) from None
-            try:
-                line = self._lines.get(timeout=timeout)
-            except queue.Empty:
+                line = self._exchange(req, timeout)
+            except VLLMProcessError:
+                raise
+            except BaseException:
+                # Interrupted mid-request (a scorer's time limit is a signal, or Ctrl-C): the child's late reply
+                # would answer the next request, so the protocol cannot go on; the next request finds it dead.
                 self._kill()
-                raise VLLMProcessError(
-                    f"no reply to op={req.get('op')!r} within {timeout}s; child killed\n"
-                    f"--- child stderr tail ---\n{self.stderr_tail()}"
-                ) from None
+                raise
             if line is _EOF:
                 self._reap(5.0)
                 raise VLLMProcessError(self._died_msg(f"during op={req.get('op')!r}"))
@@ -158,6 +152,25 @@ class VLLMProcess:
                     resp,
                 )
             return resp
+
+    def _exchange(self, req: dict, timeout: float | None):
+        """Send the request and wait for its line (or _EOF)."""
+        assert self._proc is not None
+        try:
+            assert self._proc.stdin is not None
+            self._proc.stdin.write((json.dumps(req) + "\n").encode())
+            self._proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            self._reap(2.0)
+            raise VLLMProcessError(self._died_msg("while sending the request")) from None
+        try:
+            return self._lines.get(timeout=timeout)
+        except queue.Empty:
+            self._kill()
+            raise VLLMProcessError(
+                f"no reply to op={req.get('op')!r} within {timeout}s; child killed\n"
+                f"--- child stderr tail ---\n{self.stderr_tail()}"
+            ) from None
 
     def _died_msg(self, when: str) -> str:
         rc = self._proc.poll() if self._proc else None

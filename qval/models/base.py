@@ -157,8 +157,8 @@ class ServedModel(Model):
 
     def make_requests(self) -> Requests:
         raise QvalError(
-            f"Q-alignment scorers run on transformers or OpenAI-compatible models, not on the "
-            f"{self.backend} backend: serve the model (e.g. `vllm serve`) and use `source: openai`"
+            f"the {self.backend} backend gives Q-alignment scorers no request layer: they run on transformers "
+            "models, on vLLM's offline engine (`source: vllm`) and on OpenAI-compatible servers (`source: openai`)"
         )
 
 

@@ -1,7 +1,7 @@
 """What every request layer shares: the interface Q-alignment scorers call, chat prompts as token ids, and the
-token counter. The layers themselves are ``qval.qalign.llm.LLMRequests`` (a transformers model in this process)
-and ``qval.qalign.http_llm.HTTPRequests`` (an OpenAI-compatible server); a model makes its own with
-``Model.requests()``, so the two never need each other.
+token counter. The layers themselves are ``qval.qalign.llm.LLMRequests`` (a transformers model in this process),
+``qval.qalign.http_llm.HTTPRequests`` (an OpenAI-compatible server) and ``qval.backends.vllm_requests.VLLMRequests``
+(vLLM's offline engine); a model makes its own with ``Model.requests()``, so they never need each other.
 """
 
 from __future__ import annotations
@@ -82,3 +82,8 @@ class Requests:
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, seed: int) -> str:
         """Sampled (T > 0) or greedy text after the prompt; the seed makes a sample reproducible."""
         raise NotImplementedError
+
+    def generate_many(self, requests: list[tuple[list[int], int, float, int]]) -> list[str]:
+        """``generate`` for each (prompt, max_new_tokens, temperature, seed), in order: for a scorer whose
+        generations do not depend on each other. A layer whose engine batches (vLLM) sends them together."""
+        return [self.generate(*request) for request in requests]

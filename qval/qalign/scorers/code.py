@@ -61,14 +61,13 @@ class CodeScorer(LLMScorer):
         )
         prompt = self.llm.chat(user)
         temperature = self.temperature if self.temperature > 0 else self.params.sample_temperature
-        self.sources = [
-            extract_code(
-                self.llm.generate(
-                    prompt, self.params.max_new_tokens, temperature, self.sample_seed(example, "program", k)
-                )
-            )
-            for k in range(self.params.programs)
-        ]
+        replies = self.llm.generate_many(
+            [
+                (prompt, self.params.max_new_tokens, temperature, self.sample_seed(example, "program", k))
+                for k in range(self.params.programs)
+            ]
+        )
+        self.sources = [extract_code(reply) for reply in replies]
         self.artifacts["programs"] = self.sources
 
     def score_batch(self, points):

@@ -42,17 +42,26 @@ class _NumericScorer(LLMScorer):
         return self.params.sample_temperature if self.params.samples > 1 else 0.0
 
     def mean_of_samples(self, prompt: list[int], point, salt, read=parse_number) -> float | Failed:
-        values, last = [], None
-        for k in range(self.params.samples):
-            reply = self.llm.generate(
-                prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, salt, k)
-            )
-            value = read(reply)
-            if isinstance(value, Failed):
-                last = value
-            else:
-                values.append(value)
-        return float(np.mean(values)) if values else last
+        return self.means_of_samples([(prompt, salt)], point, read)[0]
+
+    def means_of_samples(self, asks: list[tuple[list[int], object]], point, read=parse_number) -> list[float | Failed]:
+        """The mean of ``samples`` replies to each (prompt, salt), over the replies that parsed (else the last
+        failure). The replies do not depend on each other, so they go to the request layer together: one batched
+        engine call on vLLM, one generation after another (in the same order) on transformers."""
+        k = self.params.samples
+        replies = self.llm.generate_many(
+            [
+                (prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, salt, j))
+                for prompt, salt in asks
+                for j in range(k)
+            ]
+        )
+        out: list[float | Failed] = []
+        for i in range(len(asks)):
+            parsed = [read(reply) for reply in replies[i * k : (i + 1) * k]]
+            values = [v for v in parsed if not isinstance(v, Failed)]
+            out.append(float(np.mean(values)) if values else parsed[-1])
+        return out
 
 
 class DirectScorer(_NumericScorer):
@@ -73,7 +82,9 @@ class DirectScorer(_NumericScorer):
         )
 
     def score(self, point):
-        return [self.mean_of_samples(self.llm.chat(self.question(point, c)), point, c.index) for c in point.candidates]
+        return self.means_of_samples(
+            [(self.llm.chat(self.question(point, c)), c.index) for c in point.candidates], point
+        )
 
 
 class DirectSequentialScorer(DirectScorer):
@@ -173,15 +184,13 @@ class DirectBatchedScorer(_NumericScorer):
             gamma=self.gamma,
         )
         prompt = self.llm.chat(user)
-        per_sample = [
-            parse_lettered_numbers(
-                self.llm.generate(
-                    prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, "batched", k)
-                ),
-                n,
-            )
-            for k in range(self.params.samples)
-        ]
+        replies = self.llm.generate_many(
+            [
+                (prompt, self.params.max_new_tokens, self.temperature_for(), self.sample_seed(point, "batched", k))
+                for k in range(self.params.samples)
+            ]
+        )
+        per_sample = [parse_lettered_numbers(reply, n) for reply in replies]
         out = []
         for i in range(n):
             values = [s[i] for s in per_sample if not isinstance(s[i], Failed)]
@@ -202,12 +211,11 @@ class GVLScorer(_NumericScorer):
     version = "1-v1"
 
     def score(self, point):
-        out = []
+        asks = []
         for c in point.candidates:
             context = [obs for obs, _ in point.history] + [point.observation]
             random.Random(self.sample_seed(point, "shuffle")).shuffle(context)  # GVL: no order cue from position
             frames = [*context, c.outcome]
             text = "\n\n".join(load_prompt("gvl_frame").format(n=i + 1, observation=o) for i, o in enumerate(frames))
-            prompt = self.llm.chat(load_prompt("gvl").format(task=point.task, frames=text))
-            out.append(self.mean_of_samples(prompt, point, c.index))
-        return out
+            asks.append((self.llm.chat(load_prompt("gvl").format(task=point.task, frames=text)), c.index))
+        return self.means_of_samples(asks, point)

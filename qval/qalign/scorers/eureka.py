@@ -182,10 +182,15 @@ class EurekaScorer(LLMScorer):
         )
         prompt = self.llm.chat(user)
         temperature = self.temperature if self.temperature > 0 else self.params.sample_temperature
+        replies = self.llm.generate_many(  # all candidates' programs are written before any runs
+            [
+                (prompt, self.params.max_new_tokens, temperature, self.sample_seed(example, "eureka", iteration, k))
+                for k in range(self.params.candidates)
+            ]
+        )
         programs = []
-        for k in range(self.params.candidates):
-            seed = self.sample_seed(example, "eureka", iteration, k)
-            source = extract_code(self.llm.generate(prompt, self.params.max_new_tokens, temperature, seed))
+        for reply in replies:
+            source = extract_code(reply)
             program = _Program(
                 source, program_results(source, points, self.params.seconds_per_call, self.params.memory_mb)
             )
