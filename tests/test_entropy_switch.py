@@ -12,15 +12,13 @@ import torch
 from qval.cell import LOSSY_FAMILY
 from qval.decode.engine import Engine
 from qval.decode.entropy_switch import EntropySwitchDrafter, EntropySwitchParams, EntropySwitchPolicy, entropy
-from qval.testing import check_policy
 
 PROMPT = "List the colours of the rainbow, then list them again: red, orange,"
 
 
-def test_contract_as_a_lossy_policy(smollm):
+def test_it_is_declared_lossy():
+    # Its plugin contract (the lossy rules) runs in tests/test_contracts.py.
     assert EntropySwitchPolicy.family == LOSSY_FAMILY
-    report = check_policy(EntropySwitchPolicy, smollm, max_new_tokens=16)
-    assert any("declared lossy" in rule for rule in report.passed), report
 
 
 def _decode(smollm, threshold: float, temperature: float = 0.0, coupled_seed=None):

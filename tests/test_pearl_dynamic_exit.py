@@ -20,7 +20,6 @@ from qval.decode.drafters import first_layers_view
 from qval.decode.dynamic_exit import DynamicExitParams, DynamicExitPolicy, best_exit, tokens_per_layer
 from qval.decode.engine import Engine
 from qval.decode.pearl import THREAD_NAME, PearlParams, PearlPolicy, acceptance_rate, modelled_speedup
-from qval.testing import check_policy
 
 PROMPT = "Repeat exactly: red green blue, red green blue, red green blue, red green"
 
@@ -32,12 +31,6 @@ def _pearl_threads() -> list[threading.Thread]:
 @pytest.fixture(scope="module")
 def pearl(smollm):
     return PearlPolicy(PearlParams()).drafter(smollm)
-
-
-def test_pearl_passes_the_policy_contract(smollm):
-    report = check_policy(PearlPolicy, smollm, max_new_tokens=32)
-    assert any("coupled sampling" in rule for rule in report.passed)
-    assert not _pearl_threads()
 
 
 def test_pearl_drafts_while_the_target_verifies_and_leaves_no_thread(smollm, pearl):
@@ -111,9 +104,8 @@ def test_dynamic_exit_params_are_validated():
             DynamicExitParams(**bad)
 
 
-def test_dynamic_exit_passes_the_policy_contract_and_reads_shadow_tokens(smollm):
-    report = check_policy(DynamicExitPolicy, smollm, max_new_tokens=32)
-    assert any("coupled sampling" in rule for rule in report.passed)
+def test_dynamic_exit_reads_shadow_tokens_and_is_lossless(smollm):
+    # Its plugin contract (lossless at T=0 and under coupled sampling) runs in tests/test_contracts.py.
     with pytest.raises(ValueError, match="below the target's 30 layers"):
         DynamicExitPolicy(DynamicExitParams(layers=[8, 30])).drafter(smollm)
     # A shadow token is exactly what the first ℓ layers would draft: norm + LM head on hidden state ℓ.
