@@ -19,6 +19,7 @@ BENCHMARKS = [
     "bench_report",
     "bench_decode",
     "bench_engine_vs_vllm",
+    "bench_engine_levers",
     "bench_qalign_requests",
     "bench_qalign_vllm",
     "bench_cross_tokenizer",

@@ -17,6 +17,7 @@ EXPECTED = {
     "draft_vs_assisted",
     "engine_overhead",
     "engine_vs_vllm",
+    "engine_levers",
     "qalign_requests",
     "qalign_vllm",
     "cross_vs_uag",

@@ -142,6 +142,12 @@ def pack_weights(model: Any) -> int:
     return count
 
 
+def unpack_weights(model: Any) -> None:
+    """Drop the packed copies ``pack_weights`` made for ``model``."""
+    for module in model.modules():
+        _PACKED.pop(module, None)
+
+
 def _linear(module: Any, x: torch.Tensor) -> torch.Tensor:
     packed = _PACKED.get(module) if x.shape[-2] == 1 else None
     if packed is None:
