@@ -148,16 +148,18 @@ def test_recycling_matrix_is_int32_under_two_megabytes_and_recycles_every_fed_to
     assert int(drafter.table.max()) == -1
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "qval"])
 def test_a_tree_step_leaves_the_cache_of_a_fresh_forward(smollm, attention):
     """After verifying a tree whose accepted path is interleaved with rejected branches, the next step's logits
-    equal those of one fresh forward over the whole emitted sequence."""
+    equal those of one fresh forward over the whole emitted sequence: on transformers' forward with either attention
+    (the mask is additive for eager), and on qval's own forward (models/fast_llama.py, the engine's default)."""
     model = smollm.model
     before = model.config._attn_implementation
-    model.set_attn_implementation(attention)
+    model.set_attn_implementation("sdpa" if attention == "qval" else attention)
     try:
         ids = smollm.chat_ids([{"role": "user", "content": "Count: one, two, three, four, five,"}])
-        engine = Engine(model, smollm.eos_token_ids)
+        engine = Engine(model, smollm.eos_token_ids, fast=attention == "qval")
+        assert engine.forward == ("qval" if attention == "qval" else "transformers")
         ar = engine.decode(engine.prefill(ids), None, 6).token_ids
         state = engine.prefill(ids)
         pending = ar[0]

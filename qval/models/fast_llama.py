@@ -92,8 +92,10 @@ class StaticCache:
         end = start + len(rows)
         if rows != list(range(start, end)):
             index = torch.tensor(rows, device=self.device)
-            for buffer in (*self.keys, *self.values):
-                buffer[:, :, start:end] = buffer.index_select(2, index)
+            # The buffers are inference tensors (made in ``forward``): they may only be written in inference mode.
+            with torch.inference_mode():
+                for buffer in (*self.keys, *self.values):
+                    buffer[:, :, start:end] = buffer.index_select(2, index)
         self.length = end
 
     def reserve(self, extra: int) -> None:
