@@ -38,7 +38,8 @@ lint: setup
 	$(BIN)/mypy
 
 test: setup browser lint
-	$(BIN)/python -m pytest -q
+	# The slowest tests, printed at the end: where CI's 90 minutes go.
+	$(BIN)/python -m pytest -q --durations=30
 
 bench: setup
 	$(BIN)/python benchmarks/run_all.py
