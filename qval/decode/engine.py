@@ -27,7 +27,7 @@ from typing import Protocol
 
 import torch
 
-from ..models import kv
+from ..models import fast_llama, kv
 from . import tree
 
 
@@ -103,8 +103,6 @@ class Engine:
     ``fast=False`` keeps transformers' forward and its DynamicCache (the baseline qval measured against before)."""
 
     def __init__(self, model, eos_token_ids: set[int], fast: bool = True):
-        from ..models import fast_llama
-
         self.model = model
         self.eos = set(eos_token_ids)
         self.device = next(model.parameters()).device
@@ -114,7 +112,8 @@ class Engine:
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillState:
-        cache = kv.new_static_cache(self.model) if self.forward == "qval" else kv.new_cache(self.model)
+        # Support was decided once in __init__: the prefill (timed) does not walk the model's layers again.
+        cache = fast_llama.StaticCache(self.model) if self.forward == "qval" else kv.new_cache(self.model)
         ids = torch.tensor([prompt_ids], device=self.device)
         out = kv.forward(self.model, ids, cache, logits_to_keep=1)
         return PrefillState(cache, out.logits[0, -1].float(), list(prompt_ids))
