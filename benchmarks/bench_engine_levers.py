@@ -1,10 +1,12 @@
-"""Which engine lever gives what (issue #17): AR decode tokens/s of qval's engine on transformers' forward (the
-engine before #17), on qval's own forward (models/fast_llama.py, the default), and on qval's forward with MKL's
-prepacked one-row GEMM (``fast_llama.pack_weights``, off by default), in one process on SmolLM2-135M-Instruct fp32.
+"""What qval's own forward gives (issue #17): AR decode tokens/s of qval's engine on transformers' forward and
+DynamicCache (the engine before #17, ``decode.forward: transformers``) and on qval's forward (models/fast_llama.py:
+static cache, fused and input-major decode layout, residuals in addmm; the default), in one process on
+SmolLM2-135M-Instruct fp32.
 
-Each round decodes the same chat prompt on the three engines in turn, so drift hits all three; the figures are each
-lever's Σ tokens ÷ Σ decode seconds over the rounds, as a ratio to transformers' forward. The check: all three emit
-the same greedy tokens. No goal (the goal is bench_engine_vs_vllm's): the table says where the time went.
+Each round decodes the same chat prompt on both engines in turn, so drift hits both; the figures are each side's
+Σ tokens ÷ Σ decode seconds over the rounds, as a ratio to transformers' forward. The check: both emit the same
+greedy tokens. No goal (the goal is bench_engine_vs_vllm's). The lever-by-lever split is in the README
+("Engine levers").
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ import time
 import torch
 
 from qval.decode.engine import Engine
-from qval.models import fast_llama
 from qval.models.base import ModelParams
 from qval.models.packaged import SmolLM2Instruct
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
-LEVERS = ("transformers_forward", "qval_forward", "qval_forward_packed_gemm")
+LEVERS = ("transformers_forward", "qval_forward")
 
 
 def _decode(engine: Engine, ids: list[int], max_new: int) -> tuple[list[int], float]:
@@ -38,12 +39,7 @@ def main(smoke: bool = False) -> dict:
     hf, ours = Engine(model.model, model.eos_token_ids, fast=False), Engine(model.model, model.eos_token_ids)
 
     def run(lever: str) -> tuple[list[int], float]:
-        if lever == "qval_forward_packed_gemm":
-            fast_llama.pack_weights(model.model)
-        try:
-            return _decode(hf if lever == "transformers_forward" else ours, ids, max_new)
-        finally:
-            fast_llama.unpack_weights(model.model)
+        return _decode(hf if lever == "transformers_forward" else ours, ids, max_new)
 
     for lever in LEVERS:  # warm-ups, not recorded
         run(lever)

@@ -1,5 +1,6 @@
 """qval's own forward (qval/models/fast_llama.py) against transformers' on the real SmolLM2: the same logits and
-hidden states after a prefill, a chain verification, a crop, a token-tree verification with its 4D mask and the
+hidden states (within float rounding: the fused, re-laid-out products sum in another order) and the same greedy
+choices after a prefill, a chain verification, a crop, a token-tree verification with its 4D mask and the
 cache gathered to the accepted path, and on a layer-skip view; the engine decodes the same tokens with either
 forward; and models it does not cover keep transformers' forward, with the reason."""
 
@@ -16,8 +17,14 @@ PROMPT = [{"role": "user", "content": "Write a short story about a robot learnin
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> None:
-    # The same operations in the same order on the same machine: equal to the bit, not within a tolerance.
-    assert a.shape == b.shape and torch.equal(a, b), float((a - b).abs().max())
+    # Rounding-level agreement: the largest difference within 1e-5 of the largest magnitude (measured on SmolLM2 on
+    # this machine: prefills equal to the bit, decode steps' logits up to about 2e-6 of the largest), and for logits
+    # the same argmax at every position.
+    assert a.shape == b.shape
+    error, scale = float((a - b).abs().max()), float(a.abs().max())
+    assert error <= 1e-5 * scale, (error, scale)
+    if a.shape[-1] > 1000:  # logits
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 @torch.inference_mode()
@@ -105,3 +112,35 @@ def test_the_engine_decodes_the_same_tokens_with_either_forward(smollm):
     for engine in (fast, slow):  # a speculative policy: lossless on both, the same steps
         trace = engine.decode(engine.prefill(ids), NgramDrafter(4, 3, 1), 16)
         assert trace.token_ids == ar.token_ids
+
+
+def test_biases_and_a_changed_weight_reach_the_decode_layout():
+    """Llama with attention and MLP biases and Qwen2 (q/k/v biases) match transformers; a weight changed in place
+    after the first forward is not served from a stale decode-layout copy."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tiny = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4)
+    models = (
+        LlamaForCausalLM(LlamaConfig(**tiny, num_key_value_heads=2, attention_bias=True, mlp_bias=True)),
+        Qwen2ForCausalLM(Qwen2Config(**tiny, num_key_value_heads=2)),
+    )
+    ids = torch.tensor([[1, 5, 9, 3, 7, 2]])
+    for model in models:
+        model.eval().requires_grad_(False)
+        for module in model.modules():  # nonzero biases, so a dropped one would show
+            if isinstance(module, torch.nn.Linear) and module.bias is not None:
+                module.bias.normal_()
+        assert fast_llama.unsupported(model) is None
+        _same(
+            kv.forward(model, ids, kv.new_cache(model)).logits,
+            kv.forward(model, ids, kv.new_static_cache(model)).logits,
+        )
+        model.model.layers[1].mlp.up_proj.weight.mul_(2.0)
+        model.lm_head.weight.add_(0.5)
+        _same(
+            kv.forward(model, ids, kv.new_cache(model)).logits,
+            kv.forward(model, ids, kv.new_static_cache(model)).logits,
+        )
+        fast_llama.release(model)
+        assert not any(module in fast_llama._LAYOUT for module in model.modules())

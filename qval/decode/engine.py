@@ -98,8 +98,9 @@ class Engine:
     """Draft-and-verify over a Hugging Face causal LM, with a KV cache built and fed through ``models.kv``.
 
     ``fast=True`` (the default) runs qval's own forward over a preallocated cache (``models.fast_llama``) where it
-    covers the model, bit-identical to transformers' forward on the models it covers but without transformers'
-    per-step overhead; ``forward`` says which one runs ("qval" or "transformers"), and why when it is not qval's.
+    covers the model: transformers' operations without transformers' per-step overhead, its matrix products over
+    a decode layout of the weights (made here, so no timed step pays for it), the same greedy tokens and logits
+    within float rounding; ``forward`` says which one runs ("qval" or "transformers"), and why when it is not qval's.
     ``fast=False`` keeps transformers' forward and its DynamicCache (the baseline qval measured against before)."""
 
     def __init__(self, model, eos_token_ids: set[int], fast: bool = True):
@@ -109,6 +110,8 @@ class Engine:
         reason = fast_llama.unsupported(model) if fast else "fast=False"
         self.forward = "transformers" if reason else "qval"
         self.forward_reason = reason
+        if self.forward == "qval":
+            fast_llama.prepare(model)
 
     @torch.inference_mode()
     def prefill(self, prompt_ids: list[int]) -> PrefillState:

@@ -3,16 +3,30 @@ path (issue #17).
 
 Why: at batch 1 on a CPU, a transformers forward of a small model spends a large share of each step in Python and
 small tensor ops around the matrix products (module calls, mask construction, output capturing, a cache that grows
-by ``torch.cat``). This forward runs the same weights through the same operations with none of that: it reads the
-model's own modules (``model.model.layers``, its rotary embedding, its norms and LM head), so a view that shares a
-target's first layers (layer-skip drafters) works too, and nothing is copied or changed in the model.
+by ``torch.cat``), and its matrix products read each weight in the layout that suits training, not a one-row
+decode step. This forward reads the model's own modules (``model.model.layers``, its rotary embedding, its norms
+and LM head), so a view that shares a target's first layers (layer-skip drafters) works too; nothing in the model
+is changed.
 
-What it matches: transformers' Llama forward with SDPA attention, operation for operation where that is cheap
-(RMSNorm in float32, rotary embedding from the model's own ``rotary_emb``, SDPA with ``enable_gqa`` when no mask is
-needed, ``repeat_kv`` and a mask otherwise), so greedy outputs agree with transformers' (tests/test_fast_llama.py
-compares logits, tree masks, hidden states, crop and keep_path against transformers' DynamicCache). The keyword
-arguments are those qval's engine, token trees and drafters pass to a transformers forward
-(``logits_to_keep``, ``attention_mask`` as a 4D float mask, ``position_ids``, ``output_hidden_states``).
+The levers, each measured in benchmarks/bench_engine_levers.py (README, "Engine levers"):
+- a preallocated KV cache filled in place (``StaticCache``) and no per-call module machinery;
+- the decode layout: q, k and v fused into one matrix product, gate and up into another, and those plus the output
+  projection and the LM head stored input-major ([in, out], contiguous). On the CPU, a one-row product against a
+  wide [out, in] weight (the layout ``nn.Linear`` keeps) streams the weight about half as fast as against its
+  input-major copy; the down projection (narrow output) is fastest in its own layout and keeps it. The copies cost
+  memory: about 80% of the decoder and LM-head weights again, made on first use per layer and dropped with the
+  module (``release`` drops them at once). ``decode.forward: transformers`` avoids them;
+- the rotary embedding on the query and key heads in one pass (they are adjacent in the fused product's output).
+  Two more candidates measured no faster and are not used: the residual additions inside the products (``addmm``)
+  and ``F.rms_norm`` (on the CPU the same composite of operations as transformers' RMSNorm).
+
+What it matches: transformers' Llama forward with SDPA attention, operation for operation apart from the matrix
+products (RMSNorm in float32 then the weight, the model's own ``rotary_emb``, SDPA with ``enable_gqa`` when no mask is needed, ``repeat_kv`` and a mask otherwise). The fused
+and re-laid-out products sum in another order than transformers', so logits agree within float rounding, not to the
+bit; tests/test_fast_llama.py checks the logits, tree masks, hidden states, crop and keep_path against transformers'
+DynamicCache within a tolerance and with the same greedy tokens. The keyword arguments are those qval's engine, token
+trees and drafters pass to a transformers forward (``logits_to_keep``, ``attention_mask`` as a 4D float mask,
+``position_ids``, ``output_hidden_states``).
 
 Supported: ``llama``, ``mistral`` (without a sliding window) and ``qwen2`` (attention bias, no sliding window)
 with plain ``nn.Linear`` projections and SiLU MLPs; anything else (Gemma 3's sliding windows, a quantized drafter)
@@ -120,46 +134,99 @@ class Output:
     hidden_states: tuple[torch.Tensor, ...] | None = None
 
 
-# Weights prepacked for MKL's one-row GEMM (``pack_weights``), per Linear module; absent: the module's own forward.
-_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@dataclass
+class _Layer:
+    """One decoder layer's projections in the decode layout: q, k and v as one matrix and gate and up as another
+    (one matrix product each instead of three and two), stored input-major ([in, out], contiguous) with the output
+    projection, and the identity of the module weights they were copied from. The down projection is not copied."""
+
+    qkv: torch.Tensor
+    qkv_bias: torch.Tensor | None
+    o: torch.Tensor
+    o_bias: torch.Tensor | None
+    gate_up: torch.Tensor
+    gate_up_bias: torch.Tensor | None
+    source: tuple
 
 
-def pack_weights(model: Any) -> int:
-    """Prepack every projection and the LM head of a CPU float32 model for MKL's one-row GEMM (what a decode step
-    is at batch 1); returns how many were packed (0 where MKL or the dtype does not allow it). The packed copy
-    doubles the weights' memory, so it is a choice, not a default."""
-    mkl = getattr(torch.ops, "mkl", None)
-    if mkl is None or not hasattr(mkl, "_mkl_linear") or not torch.backends.mkl.is_available():
-        return 0
-    count = 0
+# The decode layout of each decoder layer and LM head, made on first use and dropped with the module: a view that
+# shares a model's first layers (layer-skip drafters) shares their copies too.
+_LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _version(tensor: torch.Tensor) -> int | None:
+    try:
+        return tensor._version
+    except RuntimeError:  # an inference tensor (a model built under inference mode) keeps no version counter
+        return None
+
+
+def _source(*modules: Any) -> tuple:
+    # A weight changed in place (a new _version) or replaced (a new object or storage) makes its copy stale.
+    return tuple((id(p), p.data_ptr(), _version(p)) for m in modules for p in (m.weight, m.bias) if p is not None)
+
+
+def _input_major(*weights: torch.Tensor) -> torch.Tensor:
+    return torch.cat([w.detach() for w in weights]).t().contiguous()
+
+
+def _bias(*modules: Any) -> torch.Tensor | None:
+    biases = [m.bias for m in modules]
+    if all(b is None for b in biases):
+        return None
+    return torch.cat(
+        [b.detach() if b is not None else m.weight.new_zeros(m.out_features) for b, m in zip(biases, modules)]
+    )
+
+
+def _layer(layer: Any) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj)
+    source = _source(*modules)
+    made = _LAYOUT.get(layer)
+    if made is None or made.source != source:
+        with torch.inference_mode():
+            made = _Layer(
+                qkv=_input_major(attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight),
+                qkv_bias=_bias(attn.q_proj, attn.k_proj, attn.v_proj),
+                o=_input_major(attn.o_proj.weight),
+                o_bias=_bias(attn.o_proj),
+                gate_up=_input_major(mlp.gate_proj.weight, mlp.up_proj.weight),
+                gate_up_bias=_bias(mlp.gate_proj, mlp.up_proj),
+                source=source,
+            )
+        _LAYOUT[layer] = made
+    return made
+
+
+def _head(lm_head: Any) -> torch.Tensor:
+    source = _source(lm_head)
+    made = _LAYOUT.get(lm_head)
+    if made is None or made[1] != source:
+        with torch.inference_mode():
+            made = (_input_major(lm_head.weight), source)
+        _LAYOUT[lm_head] = made
+    return made[0]
+
+
+def prepare(model: Any) -> None:
+    """Make the decode layout of every layer and the LM head now (a copy of most weights: about 0.3 s for a 135M
+    model on 2 CPU cores), so that no timed forward pays for it; ``forward`` makes any that are missing or stale."""
+    inner = model.model
+    for layer in inner.layers[: model.config.num_hidden_layers]:
+        _layer(layer)
+    _head(model.lm_head)
+
+
+def release(model: Any) -> None:
+    """Drop the decode-layout copies made for ``model`` now, rather than when its modules are collected."""
     for module in model.modules():
-        if (
-            type(module) is torch.nn.Linear
-            and module.weight.dtype == torch.float32
-            and module.weight.device.type == "cpu"
-        ):
-            if module not in _PACKED:
-                _PACKED[module] = torch.ops.mkl._mkl_reorder_linear_weight(module.weight.detach(), 1)
-            count += 1
-    return count
-
-
-def unpack_weights(model: Any) -> None:
-    """Drop the packed copies ``pack_weights`` made for ``model``."""
-    for module in model.modules():
-        _PACKED.pop(module, None)
-
-
-def _linear(module: Any, x: torch.Tensor) -> torch.Tensor:
-    packed = _PACKED.get(module) if x.shape[-2] == 1 else None
-    if packed is None:
-        return module(x)
-    flat = x.reshape(1, x.shape[-1])
-    return torch.ops.mkl._mkl_linear(flat, packed, module.weight, module.bias, 1).view(*x.shape[:-1], -1)
+        _LAYOUT.pop(module, None)
 
 
 def _rms(x: torch.Tensor, norm: Any) -> torch.Tensor:
-    # As transformers' LlamaRMSNorm: in float32, then back to the input dtype before the weight.
+    # As transformers' LlamaRMSNorm: in float32, then back to the input dtype before the weight. (F.rms_norm was no
+    # faster here: on the CPU it runs the same composite of operations.)
     dtype = x.dtype
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
@@ -200,11 +267,12 @@ def forward(
     heads = int(config.num_attention_heads)
     kv_heads, head_dim = cache.kv_heads, cache.head_dim
     groups = heads // kv_heads
-    x = inner.embed_tokens(input_ids)
+    q_width, qk_heads = heads * head_dim, heads + kv_heads
+    x = inner.embed_tokens(input_ids)[0]  # [n, hidden]: the batch of one is dropped until the output
     if position_ids is None:
         position_ids = torch.arange(past, past + n, device=x.device)[None]
-    cos, sin = inner.rotary_emb(x, position_ids)
-    cos, sin = cos[:, None], sin[:, None]
+    cos, sin = inner.rotary_emb(x[None], position_ids)
+    cos, sin = cos[0, :, None], sin[0, :, None]  # [n, 1, head_dim]: broadcast over the heads
     # Masks as transformers' SDPA path uses them: none for one query (or a causal prefill), else explicit.
     mask = attention_mask
     causal = False
@@ -216,36 +284,47 @@ def forward(
                 torch.arange(past + n, device=x.device)[None] <= torch.arange(past, past + n, device=x.device)[:, None]
             )
             mask = seen[None, None]
-    hidden: list[torch.Tensor] = [x] if output_hidden_states else []
+    hidden: list[torch.Tensor] = [x[None]] if output_hidden_states else []
     end = past + n
     for index, layer in enumerate(inner.layers[: config.num_hidden_layers]):
-        attn, mlp = layer.self_attn, layer.mlp
+        weights = _layer(layer)
         h = _rms(x, layer.input_layernorm)
-        q = _linear(attn.q_proj, h).view(1, n, heads, head_dim).transpose(1, 2)
-        k = _linear(attn.k_proj, h).view(1, n, kv_heads, head_dim).transpose(1, 2)
-        v = _linear(attn.v_proj, h).view(1, n, kv_heads, head_dim).transpose(1, 2)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        qkv = h @ weights.qkv if weights.qkv_bias is None else torch.addmm(weights.qkv_bias, h, weights.qkv)
+        # Rotary embedding on the query and key heads at once (they are adjacent in the fused output).
+        qk = qkv[:, : q_width + kv_heads * head_dim].view(n, qk_heads, head_dim)
+        qk = qk * cos + _rotate_half(qk) * sin
+        q = qk[:, :heads].transpose(0, 1)[None]
         keys, values = cache.keys[index], cache.values[index]
-        keys[:, :, past:end] = k
-        values[:, :, past:end] = v
+        keys[0, :, past:end] = qk[:, heads:].transpose(0, 1)
+        values[0, :, past:end] = qkv[:, q_width + kv_heads * head_dim :].view(n, kv_heads, head_dim).transpose(0, 1)
         k_all, v_all = keys[:, :, :end], values[:, :, :end]
         if mask is None:
             out = F.scaled_dot_product_attention(
-                q, k_all, v_all, is_causal=causal, scale=attn.scaling, enable_gqa=groups > 1
+                q, k_all, v_all, is_causal=causal, scale=layer.self_attn.scaling, enable_gqa=groups > 1
             )
         else:
             out = F.scaled_dot_product_attention(
-                q, _repeat_kv(k_all, groups), _repeat_kv(v_all, groups), attn_mask=mask, scale=attn.scaling
+                q, _repeat_kv(k_all, groups), _repeat_kv(v_all, groups), attn_mask=mask, scale=layer.self_attn.scaling
             )
-        x = x + _linear(attn.o_proj, out.transpose(1, 2).reshape(1, n, heads * head_dim))
+        attended = out[0].transpose(0, 1).reshape(n, q_width)
+        x = x + (attended @ weights.o if weights.o_bias is None else torch.addmm(weights.o_bias, attended, weights.o))
         h = _rms(x, layer.post_attention_layernorm)
-        x = x + _linear(mlp.down_proj, F.silu(_linear(mlp.gate_proj, h)) * _linear(mlp.up_proj, h))
+        gate_up = (
+            h @ weights.gate_up
+            if weights.gate_up_bias is None
+            else torch.addmm(weights.gate_up_bias, h, weights.gate_up)
+        )
+        width = gate_up.shape[-1] // 2
+        down = layer.mlp.down_proj  # a narrow output: fastest in nn.Linear's own layout
+        x = x + F.linear(F.silu(gate_up[:, :width]) * gate_up[:, width:], down.weight, down.bias)
         if output_hidden_states:
-            hidden.append(x)
+            hidden.append(x[None])
     cache.length = end
     x = _rms(x, inner.norm)
     if output_hidden_states:
-        hidden[-1] = x  # transformers' last hidden state is the normed one
-    kept = x if not logits_to_keep else x[:, -logits_to_keep:]
-    return Output(_linear(model.lm_head, kept), tuple(hidden) if output_hidden_states else None)
+        hidden[-1] = x[None]  # transformers' last hidden state is the normed one
+    kept = x if not logits_to_keep else x[-logits_to_keep:]
+    logits = kept @ _head(model.lm_head)
+    if model.lm_head.bias is not None:
+        logits = logits + model.lm_head.bias
+    return Output(logits[None], tuple(hidden) if output_hidden_states else None)
