@@ -1,12 +1,15 @@
-"""What qval's own forward gives (issue #17): AR decode tokens/s of qval's engine on transformers' forward and
-DynamicCache (the engine before #17, ``decode.forward: transformers``) and on qval's forward (models/fast_llama.py:
-static cache, fused and input-major decode layout, residuals in addmm; the default), in one process on
-SmolLM2-135M-Instruct fp32.
+"""Which engine lever gives what (issue #17): AR decode tokens/s of qval's engine, in one process on
+SmolLM2-135M-Instruct fp32, on
+- ``transformers_forward``: transformers' forward and DynamicCache (the engine before #17,
+  ``decode.forward: transformers``);
+- ``qval_forward_fused``: qval's forward (models/fast_llama.py: a preallocated cache, no per-call module machinery,
+  q|k|v and gate|up fused into one product each, rotary embedding on q|k at once) with the weights in
+  ``nn.Linear``'s [out, in] layout (``fast_llama.prepare(model, input_major=False)``);
+- ``qval_forward``: the same with the wide projections and the LM head copied input-major (the default).
 
-Each round decodes the same chat prompt on both engines in turn, so drift hits both; the figures are each side's
-Σ tokens ÷ Σ decode seconds over the rounds, as a ratio to transformers' forward. The check: both emit the same
-greedy tokens. No goal (the goal is bench_engine_vs_vllm's). The lever-by-lever split is in the README
-("Engine levers").
+Each round decodes the same chat prompt on the three in turn, so drift hits all three; the figures are each side's
+Σ tokens ÷ Σ decode seconds over the rounds, as a ratio to transformers' forward. The check: all three emit the
+same greedy tokens. No goal (the goal is bench_engine_vs_vllm's): the table says where the time went.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ import time
 import torch
 
 from qval.decode.engine import Engine
+from qval.models import fast_llama
 from qval.models.base import ModelParams
 from qval.models.packaged import SmolLM2Instruct
 
 PROMPT = [{"role": "user", "content": "Write a short story about a robot learning to paint."}]
-LEVERS = ("transformers_forward", "qval_forward")
+LEVERS = ("transformers_forward", "qval_forward_fused", "qval_forward")
 
 
 def _decode(engine: Engine, ids: list[int], max_new: int) -> tuple[list[int], float]:
@@ -39,6 +43,8 @@ def main(smoke: bool = False) -> dict:
     hf, ours = Engine(model.model, model.eos_token_ids, fast=False), Engine(model.model, model.eos_token_ids)
 
     def run(lever: str) -> tuple[list[int], float]:
+        if lever != "transformers_forward":  # (re)made before the timed decode, as Engine() makes it
+            fast_llama.prepare(model.model, input_major=lever == "qval_forward")
         return _decode(hf if lever == "transformers_forward" else ours, ids, max_new)
 
     for lever in LEVERS:  # warm-ups, not recorded

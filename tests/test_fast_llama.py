@@ -142,5 +142,12 @@ def test_biases_and_a_changed_weight_reach_the_decode_layout():
             kv.forward(model, ids, kv.new_cache(model)).logits,
             kv.forward(model, ids, kv.new_static_cache(model)).logits,
         )
+        # The fusion without the input-major copies (a benchmark lever): the same logits, and forward keeps it.
+        fast_llama.prepare(model, input_major=False)
+        _same(
+            kv.forward(model, ids, kv.new_cache(model)).logits,
+            kv.forward(model, ids, kv.new_static_cache(model)).logits,
+        )
+        assert not fast_llama._LAYOUT[model.model.layers[0]].input_major
         fast_llama.release(model)
         assert not any(module in fast_llama._LAYOUT for module in model.modules())

@@ -147,6 +147,7 @@ class _Layer:
     gate_up: torch.Tensor
     gate_up_bias: torch.Tensor | None
     source: tuple
+    input_major: bool
 
 
 # The decode layout of each decoder layer and LM head, made on first use and dropped with the module: a view that
@@ -166,8 +167,12 @@ def _source(*modules: Any) -> tuple:
     return tuple((id(p), p.data_ptr(), _version(p)) for m in modules for p in (m.weight, m.bias) if p is not None)
 
 
-def _input_major(*weights: torch.Tensor) -> torch.Tensor:
-    return torch.cat([w.detach() for w in weights]).t().contiguous()
+def _fused(weights: tuple[torch.Tensor, ...], input_major: bool) -> torch.Tensor:
+    """The weights stacked along their outputs, as the [in, out] operand of ``h @ W``: a contiguous input-major copy,
+    or (``input_major=False``, a lever for benchmarks/bench_engine_levers.py) a transposed view of an [out, in]
+    stack, which for one weight is no copy at all."""
+    stacked = weights[0].detach() if len(weights) == 1 else torch.cat([w.detach() for w in weights])
+    return stacked.t().contiguous() if input_major else stacked.t()
 
 
 def _bias(*modules: Any) -> torch.Tensor | None:
@@ -179,43 +184,51 @@ def _bias(*modules: Any) -> torch.Tensor | None:
     )
 
 
-def _layer(layer: Any) -> _Layer:
+def _layer(layer: Any, input_major: bool | None = None) -> _Layer:
+    """The layer's decode layout, made when missing, stale or (``input_major`` given) in the other layout."""
     attn, mlp = layer.self_attn, layer.mlp
     modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj)
     source = _source(*modules)
     made = _LAYOUT.get(layer)
-    if made is None or made.source != source:
+    if input_major is None:
+        input_major = made.input_major if made is not None else True
+    if made is None or made.source != source or made.input_major != input_major:
         with torch.inference_mode():
             made = _Layer(
-                qkv=_input_major(attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight),
+                qkv=_fused((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), input_major),
                 qkv_bias=_bias(attn.q_proj, attn.k_proj, attn.v_proj),
-                o=_input_major(attn.o_proj.weight),
+                o=_fused((attn.o_proj.weight,), input_major),
                 o_bias=_bias(attn.o_proj),
-                gate_up=_input_major(mlp.gate_proj.weight, mlp.up_proj.weight),
+                gate_up=_fused((mlp.gate_proj.weight, mlp.up_proj.weight), input_major),
                 gate_up_bias=_bias(mlp.gate_proj, mlp.up_proj),
                 source=source,
+                input_major=input_major,
             )
         _LAYOUT[layer] = made
     return made
 
 
-def _head(lm_head: Any) -> torch.Tensor:
+def _head(lm_head: Any, input_major: bool | None = None) -> torch.Tensor:
     source = _source(lm_head)
     made = _LAYOUT.get(lm_head)
-    if made is None or made[1] != source:
+    if input_major is None:
+        input_major = made[2] if made is not None else True
+    if made is None or made[1] != source or made[2] != input_major:
         with torch.inference_mode():
-            made = (_input_major(lm_head.weight), source)
+            made = (_fused((lm_head.weight,), input_major), source, input_major)
         _LAYOUT[lm_head] = made
     return made[0]
 
 
-def prepare(model: Any) -> None:
+def prepare(model: Any, input_major: bool = True) -> None:
     """Make the decode layout of every layer and the LM head now (a copy of most weights: about 0.3 s for a 135M
-    model on 2 CPU cores), so that no timed forward pays for it; ``forward`` makes any that are missing or stale."""
+    model on 2 CPU cores), so that no timed forward pays for it; ``forward`` makes any that are missing or stale.
+    ``input_major=False`` keeps the fused weights in ``nn.Linear``'s [out, in] layout (and the LM head uncopied):
+    the fusion without the layout, a lever the benchmarks measure apart."""
     inner = model.model
     for layer in inner.layers[: model.config.num_hidden_layers]:
-        _layer(layer)
-    _head(model.lm_head)
+        _layer(layer, input_major)
+    _head(model.lm_head, input_major)
 
 
 def release(model: Any) -> None:
