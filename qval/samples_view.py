@@ -238,6 +238,12 @@ def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.4g}"
 
 
+def _field(value: Any) -> str:
+    """A value for a padded text column: a missing one (an imported point without its action) as "–"; a format
+    spec on None would raise."""
+    return "–" if value is None else str(value)
+
+
 def text(frame: pd.DataFrame) -> str:
     """`qval samples` as text."""
     info = frame.attrs["cell"]
@@ -278,7 +284,8 @@ def text(frame: pd.DataFrame) -> str:
         lines.append(_safe(f"── sample {s.sample_id}  state {s.state_key}  rank disagreement {_num(s.disagreement)}"))
         for c in s.candidates:
             mark = "*" if c["is_behaviour"] else " "
-            row = f"  {mark}{c['candidate']:>3}  {c['action']:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
+            candidate, action = _field(c["candidate"]), _field(c["action"])
+            row = f"  {mark}{candidate:>3}  {action:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
             lines.append(_safe(row + (f"  error: {c['error']}" if c["error"] else "")))
         if s.holds_batch and s.batch:
             lines.append(

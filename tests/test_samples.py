@@ -339,3 +339,36 @@ def test_page_turn_rows_equal_the_template_loop():
     empty = pd.DataFrame({"sample_id": [], "turn": []})
     empty.attrs["cell"] = frames["objects"].attrs["cell"]
     assert "<tbody>\n</tbody>" in drilldown.render(empty)
+
+
+def test_samples_text_shows_a_missing_action_or_candidate_as_a_dash():
+    """An imported point can lack its action: `qval samples` prints "–" there instead of raising on the padding."""
+    import pandas as pd
+
+    from qval import samples_view
+
+    frame = pd.DataFrame(
+        {
+            "sample_id": ["p0", "p0"],
+            "state_key": ["s", "s"],
+            "candidate": [None, 1],
+            "action": [None, "left"],
+            "score": [0.5, None],
+            "ref_q": [1.0, 0.0],
+            "is_behaviour": [True, False],
+            "error": [None, None],
+        }
+    )
+    frame.attrs["cell"] = {
+        "cell_id": "c",
+        "track": "qalign",
+        "model": None,
+        "method": "m",
+        "dataset_label": "d",
+        "temperature": 0.0,
+        "seed": 0,
+        "status": "done",
+        "n_samples": 1,
+    }
+    lines = samples_view.text(frame).splitlines()
+    assert lines[-2].startswith("  *  –  –") and "left" in lines[-1]
