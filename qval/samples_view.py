@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -74,26 +75,37 @@ class State:
         return self.batch[0] if self.batch and self.batch[0] != self.sample_id else None
 
 
+_CANDIDATE_FIELDS = ("candidate", "action", "ref_q", "score", "error", "is_behaviour")
+
+
 def states(frame: pd.DataFrame) -> list[State]:
     """The rows of a Q-alignment cell (results.cell_samples) grouped per point, in order."""
+    # Each point's rows by position, read from whole columns: a groupby's frame and to_dict per point were nearly all
+    # of a page's rendering. Points in order of their first row, as groupby(sort=False); a row without a sample id
+    # belongs to no point, as groupby drops it.
+    rows_of: dict[Any, list[int]] = {}
+    for i, sample_id in enumerate(frame["sample_id"].tolist()):
+        if not _missing(sample_id):
+            rows_of.setdefault(sample_id, []).append(i)
+    if not rows_of:
+        return []
+    candidates = [dict(zip(_CANDIDATE_FIELDS, row)) for row in zip(*(_column(frame, k) for k in _CANDIDATE_FIELDS))]
+    state_keys = frame["state_key"].tolist()
+    stored, batches = _column(frame, "requests", raw=True), _column(frame, "batch", raw=True)
     out = []
-    for sample_id, group in frame.groupby("sample_id", sort=False):
-        candidates = [
-            {k: plain(r.get(k)) for k in ("candidate", "action", "ref_q", "score", "error", "is_behaviour")}
-            for r in group.to_dict("records")
-        ]
-        stored = group["requests"] if "requests" in group else []
-        requests = [plain(q) for r in stored if isinstance(r, list | np.ndarray) for q in r]
-        batches = [plain(b) for b in (group["batch"] if "batch" in group else []) if isinstance(b, list | np.ndarray)]
+    for sample_id, rows in rows_of.items():
+        mine = [candidates[i] for i in rows]
+        requests = [plain(q) for i in rows if isinstance(stored[i], list | np.ndarray) for q in stored[i]]
+        batch = next((plain(batches[i]) for i in rows if isinstance(batches[i], list | np.ndarray)), None)
         out.append(
             State(
                 str(sample_id),
-                str(group["state_key"].iloc[0]),
-                candidates,
+                str(state_keys[rows[0]]),
+                mine,
                 requests,
-                disagreement([c["score"] for c in candidates], [c["ref_q"] for c in candidates]),
-                sum(c["score"] is None for c in candidates),
-                [str(b) for b in batches[0]] if batches else None,
+                disagreement([c["score"] for c in mine], [c["ref_q"] for c in mine]),
+                sum(c["score"] is None for c in mine),
+                None if batch is None else [str(b) for b in batch],
             )
         )
     return out
@@ -114,12 +126,19 @@ class Turn:
     highlighted: bool  # per-step spans were stored and applied
     capped: bool
     error: str | None
-    steps: list[tuple[int, int]]  # (drafted, accepted) per target step
+    drafted_steps: list[int]  # per target step: draft tokens proposed
+    accepted_steps: list[int]  # and accepted
+
+    @property
+    def steps(self) -> list[tuple[int, int]]:
+        """(drafted, accepted) per target step."""
+        return list(zip(self.drafted_steps, self.accepted_steps))
 
     @property
     def steps_text(self) -> str:
-        """Accepted/drafted per target step, one string (a page renders it as one escaped text, not per step)."""
-        return " ".join(f"{a}/{d}" for d, a in self.steps)
+        """Accepted/drafted per target step, one string (a page renders it as one escaped text, not per step); empty
+        where no step is listed."""
+        return " ".join(map(_step_text, self.drafted_steps, self.accepted_steps))
 
     @property
     def tau(self) -> float | None:
@@ -127,29 +146,58 @@ class Turn:
         return 1 + self.accepted / self.target_steps if self.target_steps else None
 
 
+@lru_cache(maxsize=4096)
+def _step_text(drafted: int, accepted: int) -> str:
+    # Steps repeat a few (accepted, drafted) pairs: a page's some 20,000 steps format a handful of strings.
+    return f"{accepted}/{drafted}"
+
+
 def turns(frame: pd.DataFrame) -> list[Turn]:
+    """The rows of a decoding cell (results.cell_samples) as turns, in order."""
     out = []
-    for r in frame.to_dict("records"):
-        drafted, accepted = _ints(r.get("drafted")), _ints(r.get("accepted"))
-        text = plain(r.get("output_text")) or ""
-        spans = None if _missing(r.get("accepted_chars")) else _ints(r.get("accepted_chars"))
+    # Column by column (a list per column, zipped), not a dict per row: to_dict("records") and a `plain` per value
+    # were a third of a page's rendering.
+    rows = zip(
+        *(_column(frame, k, raw=True) for k in ("sample_id", "turn", "drafted", "accepted", "accepted_chars")),
+        *(
+            _column(frame, k)
+            for k in ("category", "new_tokens", "target_steps", "output_text", "output_capped", "error")
+        ),
+    )
+    for sample_id, turn, drafted, accepted, spans, category, new_tokens, target_steps, text, capped, error in rows:
+        drafted, accepted = _ints(drafted), _ints(accepted)
+        spans = None if _missing(spans) else _ints(spans)
         out.append(
             Turn(
-                str(r["sample_id"]),
-                int(r["turn"]),
-                plain(r.get("category")),
-                plain(r.get("new_tokens")),
-                plain(r.get("target_steps")),
+                str(sample_id),
+                int(turn),
+                category,
+                new_tokens,
+                target_steps,
                 int(sum(drafted)),
                 int(sum(accepted)),
-                split(text, spans),
+                split(text or "", spans),
                 spans is not None,
-                bool(plain(r.get("output_capped"))),
-                plain(r.get("error")),
-                list(zip(drafted, accepted)),
+                bool(capped),
+                error,
+                drafted,
+                accepted,
             )
         )
     return out
+
+
+# Values `plain` returns unchanged: a column's values of these types need no call each.
+_PLAIN_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _column(frame: pd.DataFrame, name: str, raw: bool = False) -> list:
+    """A column's values, each as ``plain`` gives it (``raw``: as stored), in one list; None per row where the frame
+    has no such column (a table of an older qval), as a row's ``dict.get`` gave."""
+    if name not in frame:
+        return [None] * len(frame)
+    values = frame[name].tolist()
+    return values if raw else [v if type(v) in _PLAIN_TYPES else plain(v) for v in values]
 
 
 def _missing(value: Any) -> bool:
@@ -158,6 +206,8 @@ def _missing(value: Any) -> bool:
 
 def _ints(value: Any) -> list[int]:
     """A stored list of counts as Python ints, in one conversion (per-element `plain` dominated a report's pages)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "i":  # as DuckDB gives a list column: no copy first
+        return value.tolist()
     return [] if _missing(value) else np.asarray(value, dtype=np.int64).tolist()
 
 
@@ -186,6 +236,12 @@ def _safe(text: Any) -> str:
 
 def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.4g}"
+
+
+def _field(value: Any) -> str:
+    """A value for a padded text column: a missing one (an imported point without its action) as "–"; a format
+    spec on None would raise."""
+    return "–" if value is None else str(value)
 
 
 def text(frame: pd.DataFrame) -> str:
@@ -228,7 +284,8 @@ def text(frame: pd.DataFrame) -> str:
         lines.append(_safe(f"── sample {s.sample_id}  state {s.state_key}  rank disagreement {_num(s.disagreement)}"))
         for c in s.candidates:
             mark = "*" if c["is_behaviour"] else " "
-            row = f"  {mark}{c['candidate']:>3}  {c['action']:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
+            candidate, action = _field(c["candidate"]), _field(c["action"])
+            row = f"  {mark}{candidate:>3}  {action:<14} ref_q {_num(c['ref_q']):>8}  score {_num(c['score']):>8}"
             lines.append(_safe(row + (f"  error: {c['error']}" if c["error"] else "")))
         if s.holds_batch and s.batch:
             lines.append(

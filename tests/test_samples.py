@@ -273,3 +273,102 @@ def test_page_escaping_equals_markupsafe():
         assert _escaped(text) == str(markupsafe.escape(text))
     html = _highlight([("<script>", False), ("x\"'&", True)])
     assert html == '&lt;script&gt;<mark class="acc">x&#34;&#39;&amp;</mark>'
+
+
+# The decoding table's rows as the template's loop wrote them before drilldown built them in Python
+# (drilldown._turn_rows): the reference those rows must equal, byte for byte, rendered by the page's own Jinja2
+# environment (autoescape, None as "–"). The text's pieces are escaped here by the template too, not by drilldown.
+JINJA_TURN_ROWS = """\
+{% for t in turns %}
+<tr data-i="{{ loop.index0 }}"><td class="name">{{ t.sample_id }}</td><td class="num" data-sort="{{ t.turn }}">{{ t.turn }}</td><td class="name">{{ t.category }}</td><td class="num" data-sort="{{ '' if t.new_tokens is none else t.new_tokens }}">{{ t.new_tokens }}</td><td class="num" data-sort="{{ '' if t.target_steps is none else t.target_steps }}">{{ t.target_steps }}</td><td class="num" data-sort="{{ '' if t.tau is none else '%.6f' % t.tau }}">{{ t.tau | num }}</td><td class="num" data-sort="{{ t.accepted }}">{{ t.accepted }} / {{ t.drafted }}</td><td>{% if t.error %}<span class="err">{{ t.error }}</span>{% else %}<pre class="out">{% for piece, accepted in t.segments %}{% if accepted %}<mark class="acc">{{ piece }}</mark>{% else %}{{ piece }}{% endif %}{% endfor %}</pre>{% if t.capped %}<p class="note">text capped at its stored length</p>{% endif %}{% if not t.highlighted %}<p class="note">no per-step spans stored: not highlighted</p>{% endif %}{% if t.steps %}<details><summary>per step</summary><div class="steps">{{ t.steps_text }}</div></details>{% endif %}{% endif %}</td></tr>
+{% endfor %}
+"""  # noqa: E501
+
+
+def _hostile_turns() -> list[dict]:
+    """Decoding turns as a hostile or broken run could store them."""
+    nan = float("nan")
+    base = {"turn": 0, "category": "coding", "new_tokens": 12, "target_steps": 5, "drafted": [4, 4, 4],
+            "accepted": [1, 0, 3], "output_capped": False, "error": None, "accepted_chars": [0, 3]}  # fmt: skip
+    return [
+        {**base, "sample_id": "0", "output_text": XSS, "accepted_chars": [0, 5, 3, 1000]},  # spans past the text
+        {**base, "sample_id": "<s1>&'\"", "output_text": "a & b \"q\" 'q' </pre></td>", "accepted_chars": None},
+        {**base, "sample_id": "2", "output_text": "", "accepted_chars": [], "error": "", "category": None},
+        {**base, "sample_id": "3", "output_text": None, "error": "<b>boom</b> & 'x'", "new_tokens": None},
+        {**base, "sample_id": "4", "output_text": "héllo ☃ 𝔘 \u202e\x00\n\tx\u0301", "accepted_chars": [2, 4, 6, 5]},
+        {**base, "sample_id": "5", "output_text": "x" * 300, "output_capped": True, "target_steps": 0},
+        {**base, "sample_id": "6", "output_text": "no steps", "drafted": None, "accepted": None, "category": "<i>&"},
+        {**base, "sample_id": "7", "output_text": nan, "error": nan, "category": nan, "target_steps": None},
+        {**base, "sample_id": "8", "turn": 1, "output_text": "&amp;&lt;", "accepted_chars": [-3, 2, 1, 9, 8]},
+    ]
+
+
+def test_page_turn_rows_equal_the_template_loop():
+    """The decoding table's rows, built in Python for speed (drilldown._turn_rows), are the bytes the template's
+    loop wrote, on hostile turns read the ways a frame can hold them (Python objects, DuckDB's types, pandas'
+    nullable types; columns an older table lacks), and sit in the page's table as they did."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from qval import samples_view
+    from qval.report import drilldown
+
+    reference = drilldown._ENV.from_string(JINJA_TURN_ROWS)
+    rows = _hostile_turns()
+    schema = pa.schema(
+        [("sample_id", pa.string()), ("turn", pa.int32()), ("category", pa.string()), ("new_tokens", pa.int32()),
+         ("target_steps", pa.int32()), ("drafted", pa.list_(pa.int32())), ("accepted", pa.list_(pa.int32())),
+         ("output_text", pa.string()), ("output_capped", pa.bool_()), ("accepted_chars", pa.list_(pa.int32())),
+         ("error", pa.string())]
+    )  # fmt: skip
+    arrow = pa.Table.from_pylist([{k: None if v != v else v for k, v in r.items()} for r in rows], schema=schema)
+    frames = {
+        "objects": pd.DataFrame(rows),
+        "duckdb": duckdb.from_arrow(arrow).df(),  # as results.cells_samples reads them
+        "nullable": pd.DataFrame(rows).convert_dtypes(),
+        "older table": pd.DataFrame(rows).drop(columns=["category", "accepted_chars", "output_capped", "error"]),
+    }
+    for name, frame in frames.items():
+        turns = samples_view.turns(frame)
+        html = str(drilldown._turn_rows(turns))
+        assert html == reference.render(turns=turns), name
+        assert html.count("<tr data-i=") == len(rows) and "<script" not in html and "<s1>" not in html
+        frame.attrs["cell"] = {"cell_id": "c1", "track": "decode", "model": "m", "method": "<p>", "n_samples": 9,
+                               "dataset_label": "d", "temperature": 0.0, "seed": 0, "status": "done"}  # fmt: skip
+        assert f"<tbody>\n{html}</tbody>" in drilldown.render(frame), name
+    empty = pd.DataFrame({"sample_id": [], "turn": []})
+    empty.attrs["cell"] = frames["objects"].attrs["cell"]
+    assert "<tbody>\n</tbody>" in drilldown.render(empty)
+
+
+def test_samples_text_shows_a_missing_action_or_candidate_as_a_dash():
+    """An imported point can lack its action: `qval samples` prints "–" there instead of raising on the padding."""
+    import pandas as pd
+
+    from qval import samples_view
+
+    frame = pd.DataFrame(
+        {
+            "sample_id": ["p0", "p0"],
+            "state_key": ["s", "s"],
+            "candidate": [None, 1],
+            "action": [None, "left"],
+            "score": [0.5, None],
+            "ref_q": [1.0, 0.0],
+            "is_behaviour": [True, False],
+            "error": [None, None],
+        }
+    )
+    frame.attrs["cell"] = {
+        "cell_id": "c",
+        "track": "qalign",
+        "model": None,
+        "method": "m",
+        "dataset_label": "d",
+        "temperature": 0.0,
+        "seed": 0,
+        "status": "done",
+        "n_samples": 1,
+    }
+    lines = samples_view.text(frame).splitlines()
+    assert lines[-2].startswith("  *  –  –") and "left" in lines[-1]

@@ -5,8 +5,8 @@ by rank disagreement. Decoding: each turn's text with the accepted draft tokens 
 (where the per-step spans were stored) and its acceptance per target step.
 
 Same design as the leaderboard (html.py): offline, its stylesheet and its one hash-pinned script (whose table
-sorting these pages reuse) inlined, the same Content-Security-Policy, and every value escaped by Jinja2's autoescape:
-a model reply is text, never markup.
+sorting these pages reuse) inlined, the same Content-Security-Policy, and every value escaped, by Jinja2's autoescape
+or, in the decoding table's rows (built in Python for speed), by ``_escaped``: a model reply is text, never markup.
 """
 
 from __future__ import annotations
@@ -56,19 +56,60 @@ def _escaped(text: str) -> str:
     )
 
 
-def _highlight(segments: list[tuple[str, bool]]) -> Markup:
-    """A turn's text with its accepted draft tokens marked, every piece escaped. One Python join per turn, not a
-    template loop per piece: a page of 500 turns has some 10,000 pieces, and the loop was half of its rendering."""
-    return Markup(
-        "".join(
-            f'<mark class="acc">{_escaped(piece)}</mark>' if accepted else _escaped(piece)
-            for piece, accepted in segments
-        )
+def _text(value) -> str:
+    """A value as the template writes ``{{ value }}``: None as "–" (the environment's finalize), anything else as
+    its string, escaped."""
+    return "–" if value is None else _escaped(str(value))
+
+
+def _highlight(segments: list[tuple[str, bool]]) -> str:
+    """A turn's text with its accepted draft tokens marked, every piece escaped."""
+    return "".join(
+        f'<mark class="acc">{_escaped(piece)}</mark>' if accepted else _escaped(piece) for piece, accepted in segments
     )
 
 
+def _turn_row(i: int, t: samples_view.Turn) -> str:
+    """One turn's row of the table, every value escaped: the bytes the template's loop wrote (tests/test_samples.py
+    compares the two). ``turn``, ``accepted`` and ``drafted`` are ints (samples_view.turns): no escaping needed."""
+    steps = t.steps_text  # empty where no step is listed
+    if t.error:
+        output = f'<span class="err">{_text(t.error)}</span>'
+    else:
+        output = (
+            f'<pre class="out">{_highlight(t.segments)}</pre>'
+            + ('<p class="note">text capped at its stored length</p>' if t.capped else "")
+            + ("" if t.highlighted else '<p class="note">no per-step spans stored: not highlighted</p>')
+            + (
+                f'<details><summary>per step</summary><div class="steps">{_escaped(steps)}</div></details>'
+                if steps
+                else ""
+            )
+        )
+    tau = t.tau
+    tau_key = "" if tau is None else f"{tau:.6f}"
+    return (
+        f'<tr data-i="{i}"><td class="name">{_text(t.sample_id)}</td>'
+        f'<td class="num" data-sort="{t.turn}">{t.turn}</td><td class="name">{_text(t.category)}</td>'
+        f'<td class="num" data-sort="{_sort_key(t.new_tokens)}">{_text(t.new_tokens)}</td>'
+        f'<td class="num" data-sort="{_sort_key(t.target_steps)}">{_text(t.target_steps)}</td>'
+        f'<td class="num" data-sort="{tau_key}">{_num(tau)}</td>'
+        f'<td class="num" data-sort="{t.accepted}">{t.accepted} / {t.drafted}</td><td>{output}</td></tr>\n'
+    )
+
+
+def _sort_key(value) -> str:
+    """A ``data-sort`` attribute's value: empty for None, else the value's text."""
+    return "" if value is None else _text(value)
+
+
+def _turn_rows(turns: list[samples_view.Turn]) -> Markup:
+    """The rows of a decoding cell's table. Built in Python, one string per row, not by a template loop: the loop's
+    attribute lookups and an escape (and a Markup object) per value were half of a page's rendering."""
+    return Markup("".join([_turn_row(i, t) for i, t in enumerate(turns)]))
+
+
 _ENV.filters["num"] = _num
-_ENV.filters["highlight"] = _highlight
 
 
 def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
@@ -84,7 +125,7 @@ def render(frame, limit: int | None = MAX_PAGE_SAMPLES) -> str:
         limit=limit,
         prepared=samples_view.prepare_requests(frame),
         states=samples_view.states(frame) if kind == "states" else [],
-        turns=samples_view.turns(frame) if kind == "turns" else [],
+        turn_rows=_turn_rows(samples_view.turns(frame)) if kind == "turns" else Markup(),
         columns=list(frame.columns) if kind == "rows" else [],
         rows=samples_view.records(frame) if kind == "rows" else [],
         css=Markup(CELL_CSS),  # the stylesheet whose hash the CSP names
