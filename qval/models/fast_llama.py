@@ -8,25 +8,27 @@ decode step. This forward reads the model's own modules (``model.model.layers``,
 and LM head), so a view that shares a target's first layers (layer-skip drafters) works too; nothing in the model
 is changed.
 
-The levers, each measured in benchmarks/bench_engine_levers.py (README, "Engine levers"):
+The levers, each measured in benchmarks/bench_engine_levers.py (README, "AR engine vs vLLM"):
 - a preallocated KV cache filled in place (``StaticCache``) and no per-call module machinery;
 - the decode layout: q, k and v fused into one matrix product, gate and up into another, and those plus the output
   projection and the LM head stored input-major ([in, out], contiguous). On the CPU, a one-row product against a
   wide [out, in] weight (the layout ``nn.Linear`` keeps) streams the weight about half as fast as against its
   input-major copy; the down projection (narrow output) is fastest in its own layout and keeps it. The copies cost
-  memory: about 80% of the decoder and LM-head weights again, made on first use per layer and dropped with the
-  module (``release`` drops them at once). ``decode.forward: transformers`` avoids them;
+  memory: about 80% of the model's weights again, made by ``prepare`` (the engine calls it when it is built) or on
+  first use, and dropped with the modules (``release`` drops them at once). ``decode.forward: transformers``
+  makes none;
 - the rotary embedding on the query and key heads in one pass (they are adjacent in the fused product's output).
   Two more candidates measured no faster and are not used: the residual additions inside the products (``addmm``)
   and ``F.rms_norm`` (on the CPU the same composite of operations as transformers' RMSNorm).
 
 What it matches: transformers' Llama forward with SDPA attention, operation for operation apart from the matrix
-products (RMSNorm in float32 then the weight, the model's own ``rotary_emb``, SDPA with ``enable_gqa`` when no mask is needed, ``repeat_kv`` and a mask otherwise). The fused
-and re-laid-out products sum in another order than transformers', so logits agree within float rounding, not to the
-bit; tests/test_fast_llama.py checks the logits, tree masks, hidden states, crop and keep_path against transformers'
-DynamicCache within a tolerance and with the same greedy tokens. The keyword arguments are those qval's engine, token
-trees and drafters pass to a transformers forward (``logits_to_keep``, ``attention_mask`` as a 4D float mask,
-``position_ids``, ``output_hidden_states``).
+products (RMSNorm in float32 then the weight, the model's own ``rotary_emb``, SDPA with ``enable_gqa`` when no mask
+is needed, ``repeat_kv`` and a mask otherwise). The fused and re-laid-out products may sum in another order than
+transformers', so logits agree within float rounding, not always to the bit; tests/test_fast_llama.py checks the
+logits, tree masks, hidden states, crop and keep_path against transformers' DynamicCache within a tolerance and
+with the same greedy tokens. The keyword arguments are those qval's engine, token trees and drafters pass to a
+transformers forward (``logits_to_keep``, ``attention_mask`` as a 4D float mask, ``position_ids``,
+``output_hidden_states``).
 
 Supported: ``llama``, ``mistral`` (without a sliding window) and ``qwen2`` (attention bias, no sliding window)
 with plain ``nn.Linear`` projections and SiLU MLPs; anything else (Gemma 3's sliding windows, a quantized drafter)
@@ -150,8 +152,8 @@ class _Layer:
     input_major: bool
 
 
-# The decode layout of each decoder layer and LM head, made on first use and dropped with the module: a view that
-# shares a model's first layers (layer-skip drafters) shares their copies too.
+# The decode layout of each decoder layer and LM head, keyed by the module and dropped with it: a view that shares
+# a model's first layers (layer-skip drafters) shares their copies too.
 _LAYOUT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
