@@ -14,9 +14,9 @@ The levers, each measured in benchmarks/bench_engine_levers.py (README, "AR engi
   projection and the LM head stored input-major ([in, out], contiguous). On the CPU, a one-row product against a
   wide [out, in] weight (the layout ``nn.Linear`` keeps) streams the weight about half as fast as against its
   input-major copy; the down projection (narrow output) is fastest in its own layout and keeps it. The copies cost
-  memory: about 80% of the model's weights again, made by ``prepare`` (the engine calls it when it is built) or on
-  first use, and dropped with the modules (``release`` drops them at once). ``decode.forward: transformers``
-  makes none;
+  memory: about 80% of the model's weights again, made by ``prepare`` (the engine calls it when it is built, and
+  each ``StaticCache`` when it is made, which also remakes a copy whose weights changed) and dropped with the
+  modules (``release`` drops them at once). ``decode.forward: transformers`` makes none;
 - the rotary embedding on the query and key heads in one pass (they are adjacent in the fused product's output).
   Two more candidates measured no faster and are not used: the residual additions inside the products (``addmm``)
   and ``F.rms_norm`` (on the CPU the same composite of operations as transformers' RMSNorm).
@@ -37,7 +37,9 @@ keeps transformers' forward (``unsupported`` says why).
 
 from __future__ import annotations
 
+import functools
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,6 +94,9 @@ class StaticCache:
         self.capacity = 0
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
+        # A cache is one sequence: the decode layout is checked against the weights here, once per sequence, so
+        # that each forward only looks it up (checking every weight's version each forward cost ~1 ms a step).
+        prepare(model)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
@@ -140,7 +145,7 @@ class Output:
 class _Layer:
     """One decoder layer's projections in the decode layout: q, k and v as one matrix and gate and up as another
     (one matrix product each instead of three and two), stored input-major ([in, out], contiguous) with the output
-    projection, and the identity of the module weights they were copied from. The down projection is not copied."""
+    projection. The down projection is not copied."""
 
     qkv: torch.Tensor
     qkv_bias: torch.Tensor | None
@@ -148,6 +153,13 @@ class _Layer:
     o_bias: torch.Tensor | None
     gate_up: torch.Tensor
     gate_up_bias: torch.Tensor | None
+
+
+@dataclass
+class _Made:
+    """A module's decode layout (a ``_Layer``, or the LM head's [in, out] weight) and what it was made from."""
+
+    layout: Any
     source: tuple
     input_major: bool
 
@@ -186,51 +198,42 @@ def _bias(*modules: Any) -> torch.Tensor | None:
     )
 
 
-def _layer(layer: Any, input_major: bool | None = None) -> _Layer:
-    """The layer's decode layout, made when missing, stale or (``input_major`` given) in the other layout."""
-    attn, mlp = layer.self_attn, layer.mlp
-    modules = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj)
-    source = _source(*modules)
-    made = _LAYOUT.get(layer)
+def _check(module: Any, parts: tuple, input_major: bool | None, make: Callable[[bool], Any]) -> None:
+    """(Re)make ``module``'s decode layout with ``make`` when it is missing, stale against the weights of ``parts``,
+    or not in the ``input_major`` layout asked for (None: the one made before, else input-major)."""
+    source = _source(*parts)
+    made = _LAYOUT.get(module)
     if input_major is None:
         input_major = made.input_major if made is not None else True
     if made is None or made.source != source or made.input_major != input_major:
         with torch.inference_mode():
-            made = _Layer(
-                qkv=_fused((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), input_major),
-                qkv_bias=_bias(attn.q_proj, attn.k_proj, attn.v_proj),
-                o=_fused((attn.o_proj.weight,), input_major),
-                o_bias=_bias(attn.o_proj),
-                gate_up=_fused((mlp.gate_proj.weight, mlp.up_proj.weight), input_major),
-                gate_up_bias=_bias(mlp.gate_proj, mlp.up_proj),
-                source=source,
-                input_major=input_major,
-            )
-        _LAYOUT[layer] = made
-    return made
+            _LAYOUT[module] = _Made(make(input_major), source, input_major)
 
 
-def _head(lm_head: Any, input_major: bool | None = None) -> torch.Tensor:
-    source = _source(lm_head)
-    made = _LAYOUT.get(lm_head)
-    if input_major is None:
-        input_major = made[2] if made is not None else True
-    if made is None or made[1] != source or made[2] != input_major:
-        with torch.inference_mode():
-            made = (_fused((lm_head.weight,), input_major), source, input_major)
-        _LAYOUT[lm_head] = made
-    return made[0]
+def _layer_layout(layer: Any, input_major: bool) -> _Layer:
+    attn, mlp = layer.self_attn, layer.mlp
+    return _Layer(
+        qkv=_fused((attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight), input_major),
+        qkv_bias=_bias(attn.q_proj, attn.k_proj, attn.v_proj),
+        o=_fused((attn.o_proj.weight,), input_major),
+        o_bias=_bias(attn.o_proj),
+        gate_up=_fused((mlp.gate_proj.weight, mlp.up_proj.weight), input_major),
+        gate_up_bias=_bias(mlp.gate_proj, mlp.up_proj),
+    )
 
 
-def prepare(model: Any, input_major: bool = True) -> None:
-    """Make the decode layout of every layer and the LM head now (a copy of most weights: about 0.3 s for a 135M
-    model on 2 CPU cores), so that no timed forward pays for it; ``forward`` makes any that are missing or stale.
-    ``input_major=False`` keeps the fused weights in ``nn.Linear``'s [out, in] layout (and the LM head uncopied):
-    the fusion without the layout, a lever the benchmarks measure apart."""
-    inner = model.model
-    for layer in inner.layers[: model.config.num_hidden_layers]:
-        _layer(layer, input_major)
-    _head(model.lm_head, input_major)
+def prepare(model: Any, input_major: bool | None = None) -> None:
+    """Make the decode layout of every layer and the LM head that is missing or stale (a copy of most weights:
+    about 0.3 s for a 135M model on 2 CPU cores), so that no timed forward pays for it. The engine calls it when it
+    is built, and every ``StaticCache`` when it is made. ``input_major=False`` keeps the fused weights in
+    ``nn.Linear``'s [out, in] layout (and the LM head uncopied): the fusion without the layout, a lever the
+    benchmarks measure apart; None keeps the layout made before (input-major the first time)."""
+    for layer in model.model.layers[: model.config.num_hidden_layers]:
+        attn, mlp = layer.self_attn, layer.mlp
+        parts = (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj)
+        _check(layer, parts, input_major, functools.partial(_layer_layout, layer))
+    head = model.lm_head
+    _check(head, (head,), input_major, lambda chosen: _fused((head.weight,), chosen))
 
 
 def release(model: Any) -> None:
@@ -282,7 +285,7 @@ def forward(
     heads = int(config.num_attention_heads)
     kv_heads, head_dim = cache.kv_heads, cache.head_dim
     groups = heads // kv_heads
-    q_width, qk_heads = heads * head_dim, heads + kv_heads
+    q_width, qk_width, qk_heads = heads * head_dim, (heads + kv_heads) * head_dim, heads + kv_heads
     x = inner.embed_tokens(input_ids)[0]  # [n, hidden]: the batch of one is dropped until the output
     if position_ids is None:
         position_ids = torch.arange(past, past + n, device=x.device)[None]
@@ -302,16 +305,16 @@ def forward(
     hidden: list[torch.Tensor] = [x[None]] if output_hidden_states else []
     end = past + n
     for index, layer in enumerate(inner.layers[: config.num_hidden_layers]):
-        weights = _layer(layer)
+        weights: _Layer = _LAYOUT[layer].layout  # made by prepare when the cache was
         h = _rms(x, layer.input_layernorm)
         qkv = h @ weights.qkv if weights.qkv_bias is None else torch.addmm(weights.qkv_bias, h, weights.qkv)
         # Rotary embedding on the query and key heads at once (they are adjacent in the fused output).
-        qk = qkv[:, : q_width + kv_heads * head_dim].view(n, qk_heads, head_dim)
+        qk = qkv[:, :qk_width].view(n, qk_heads, head_dim)
         qk = qk * cos + _rotate_half(qk) * sin
         q = qk[:, :heads].transpose(0, 1)[None]
         keys, values = cache.keys[index], cache.values[index]
         keys[0, :, past:end] = qk[:, heads:].transpose(0, 1)
-        values[0, :, past:end] = qkv[:, q_width + kv_heads * head_dim :].view(n, kv_heads, head_dim).transpose(0, 1)
+        values[0, :, past:end] = qkv[:, qk_width:].view(n, kv_heads, head_dim).transpose(0, 1)
         k_all, v_all = keys[:, :, :end], values[:, :, :end]
         if mask is None:
             out = F.scaled_dot_product_attention(
@@ -339,7 +342,7 @@ def forward(
     if output_hidden_states:
         hidden[-1] = x[None]  # transformers' last hidden state is the normed one
     kept = x if not logits_to_keep else x[-logits_to_keep:]
-    logits = kept @ _head(model.lm_head)
+    logits = kept @ _LAYOUT[model.lm_head].layout
     if model.lm_head.bias is not None:
         logits = logits + model.lm_head.bias
     return Output(logits[None], tuple(hidden) if output_hidden_states else None)
