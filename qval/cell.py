@@ -30,6 +30,10 @@ class Cell:
     baseline_cell_id: str | None = None
 
     dataset_label: str = ""  # display only: the name plus its non-default params (and the limit, if any)
+    # The method class's ``adaptive`` flag (a policy that chooses per instance what a knob sweep fixes), recorded at
+    # planning so that a report need not import the policy's code (and torch) to know it; None in plans written
+    # before it was recorded. Not part of the cell's identity.
+    adaptive: bool | None = None
 
     @property
     def limit(self) -> int | None:
@@ -83,6 +87,7 @@ def make_cell(
         method=method_cls.name,
         method_params=method_params,
         family=getattr(method_cls, "family", "policy"),
+        adaptive=bool(getattr(method_cls, "adaptive", False)),
         dataset=dataset_cls.name,
         dataset_params=dataset_params,
         temperature=temperature,

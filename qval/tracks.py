@@ -107,7 +107,9 @@ class Track:
         raise NotImplementedError
 
     def board(self, results: Path, suite: str, section: dict, rows: pd.DataFrame) -> dict[str, Any]:
-        """Extra fields of the track's leaderboard (qval.report.model.TrackBoard), from stored values."""
+        """Extra fields of the track's leaderboard (qval.report.model.TrackBoard), from stored values. A field that
+        the figures do not read may come under ``"deferred"`` as a function that waits for its value (computed beside
+        the report by qval.report.background.start), so that a large report draws its figures meanwhile."""
         return {}
 
     def report_tables(self, board: Any, analysis: Any) -> list[Any]:

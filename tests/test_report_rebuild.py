@@ -135,47 +135,92 @@ def test_a_damaged_cache_entry_is_computed_again(synthetic, tmp_path):
     assert all(json.loads(entry.read_text()) for entry in entries)  # rewritten whole
 
 
-def test_pages_rendered_by_worker_processes_equal_pages_rendered_in_process(synthetic, tmp_path, monkeypatch):
-    """A large report renders its drill-down pages in worker processes while it computes the board; the pages (and
-    the report) are the same bytes as one process writes. A report that fails meanwhile stops its workers and
-    raises its own error."""
-    from qval.report import build, drilldown
+def test_work_done_by_worker_processes_equals_work_done_in_process(synthetic, tmp_path, monkeypatch):
+    """A large report renders its drill-down pages and computes its knob headroom in worker processes while it
+    draws its figures; the pages and the report are the same bytes as one process writes. A worker that fails
+    leaves its work to the report's process. A report that fails meanwhile stops its workers and raises its own
+    error."""
+    from qval.report import background, build, drilldown
 
     _, results, plan = synthetic
     monkeypatch.setenv("QVAL_REPORT_WORKERS", "0")
     build.write_reports(results, tmp_path / "serial")
-    monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)  # these few samples would not start workers
+    # These few samples would not start workers.
+    monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setattr(background, "WORKER_MIN_SAMPLES", 0)
     monkeypatch.setenv("QVAL_REPORT_WORKERS", "2")
     started, workers = [], []
+    real_spawn = background.spawn
 
-    def start(self, n):
-        started.append(n)
-        real_start(self, n)
-        workers.extend(proc.pid for proc, _ in self.workers)
+    def spawn(module, *argv):
+        proc = real_spawn(module, *argv)
+        started.append(module)
+        workers.append(proc.pid)
+        return proc
 
-    real_start = drilldown.PendingPages.start
-    monkeypatch.setattr(drilldown.PendingPages, "start", start)
+    monkeypatch.setattr(background, "spawn", spawn)
     build.write_reports(results, tmp_path / "parallel")
-    assert started == [2]
+    assert sorted(started) == ["qval.report.background"] + ["qval.report.page_worker"] * 2
     assert len(list((tmp_path / "parallel" / "bench" / FOLDER).glob("*.html"))) == len(plan.cells)
     _same_report(tmp_path / "serial" / "bench", tmp_path / "parallel" / "bench")
+    headroom = sorted((tmp_path / "parallel" / "bench" / cache.FOLDER / "headroom").glob("*.json"))
+    assert headroom  # the worker's rows went into the report's cache, as rows computed in process do
 
-    # A worker that fails (here: no Python to run it) leaves its pages to the report's process: the same pages.
-    monkeypatch.setattr(drilldown.sys, "executable", "/bin/false")
+    # A worker that fails (here: no Python to run it) leaves its work to the report's process: the same report.
+    monkeypatch.setattr(background.sys, "executable", "/bin/false")
     build.write_reports(results, tmp_path / "fallback")
     _same_report(tmp_path / "serial" / "bench", tmp_path / "fallback" / "bench")
     monkeypatch.undo()
     monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setattr(background, "WORKER_MIN_SAMPLES", 0)
     monkeypatch.setenv("QVAL_REPORT_WORKERS", "2")
-    monkeypatch.setattr(drilldown.PendingPages, "start", start)
+    monkeypatch.setattr(background, "spawn", spawn)
 
     def broken(report):
         raise RuntimeError("figure failed")
 
     monkeypatch.setattr(build, "render_report", broken)
+    started.clear()
     with pytest.raises(RuntimeError, match="figure failed"):
         build.write_reports(results, tmp_path / "failed")
-    assert started == [2, 2, 2] and workers
+    assert "qval.report.background" in started and "qval.report.page_worker" in started
     for pid in workers:  # every worker has ended, and was waited for (no zombie left)
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_report_knows_adaptive_cells_from_the_cells_table_without_importing_policy_code(synthetic, tmp_path):
+    """Planning records each cell's ``adaptive`` flag (Cell.adaptive), so a report of a decoding suite imports no
+    policy code (and no torch, two seconds of a report's start); a cell planned before the flag existed (NULL) is
+    filled by the next ingest of its plan, and until then its policy's class decides."""
+    import subprocess
+
+    from qval import results as R
+    from qval.cell import make_cell
+    from qval.decode.captured import is_adaptive
+    from qval.registry import REGISTRY
+    from qval.store.db import connect_writer
+
+    _, results, _ = synthetic
+    code = (
+        "import sys; from qval.report.build import write_reports; "
+        "write_reports(sys.argv[1], sys.argv[2]); print('torch' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(results), str(tmp_path / "rep")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
+
+    assert R.cells(results)["adaptive"].eq(False).all()  # prompt-lookup: recorded, not adaptive
+    con = connect_writer(results)
+    con.execute("UPDATE cells SET adaptive = NULL")  # as a database migrated from before the flag
+    con.close()
+    _ingest(results)
+    assert R.cells(results)["adaptive"].eq(False).all()
+
+    dynamic_exit, dataset = REGISTRY.get("policies", "dynamic-exit"), REGISTRY.get("datasets", "spec-bench")
+    cell = make_cell("decode", "m", {}, dynamic_exit, {}, dataset, {}, 0.0, 0, {})
+    assert cell.adaptive is True and cell.family == "self-speculative"  # adaptive by its class, not its family
+    assert is_adaptive("dynamic-exit", "self-speculative", None)  # no flag recorded: the class decides
+    assert not is_adaptive("prompt-lookup", "n-gram", None)
+    assert is_adaptive("anything", "adaptive", False)  # the adaptive family always is

@@ -446,7 +446,7 @@ def decode_board(rows=None, samples=None, title="Decoding"):
 def test_trackboard_optional_parts_come_last():
     board = lr.TrackBoard("decode", "t", "speedup", ["speedup"], {}, {}, pd.DataFrame())
     assert board.samples is None and board.by_state is None and board.families is None and board.failures is None
-    assert list(lr.TrackBoard.__dataclass_fields__)[-9:] == [
+    assert list(lr.TrackBoard.__dataclass_fields__)[-10:] == [
         "samples",
         "failures",
         "by_state",
@@ -456,6 +456,7 @@ def test_trackboard_optional_parts_come_last():
         "figures",
         "report_metrics",
         "extras",
+        "deferred",
     ]
     assert board.extras == {}
     assert board.figures == (  # the track's

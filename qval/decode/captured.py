@@ -48,13 +48,22 @@ def captured_share(policy, best_fixed, oracle, seed: int = 0) -> MetricValue:
     return bootstrap_mean_ratio(gain, room, gain.mean() / room.mean(), seed=seed)
 
 
-def is_adaptive(method: str, family: str) -> bool:
+def is_adaptive(method: str, family: str, recorded: bool | None = None) -> bool:
+    """``recorded``: the cell's flag from planning (Cell.adaptive); None where its plan predates it, and then the
+    policy's class decides (importing its code, and with it usually torch)."""
     if family == ADAPTIVE_FAMILY:
         return True
+    if recorded is not None:
+        return recorded
     try:
         return bool(getattr(REGISTRY.get("policies", method), "adaptive", False))
     except Exception:  # noqa: BLE001 - a policy not installed here: its stored family decides
         return False
+
+
+def _flag(value) -> bool | None:
+    """A cells-table BOOLEAN as read into pandas (a bool, or a missing value for NULL)."""
+    return None if value is None or pd.isna(value) else bool(value)
 
 
 def _target(method: str, params: dict) -> tuple[str, str] | None:
@@ -125,7 +134,11 @@ def captured_rows(results, suite: str, seed: int = 0) -> list[dict]:
     info, groups = sweep_groups(results, suite)
     if not groups:
         return []
-    adaptive = [c for c in info.index if is_adaptive(info.at[c, "method"], str(info.at[c, "family"]))]
+    adaptive = [
+        c
+        for c in info.index
+        if is_adaptive(info.at[c, "method"], str(info.at[c, "family"]), _flag(info.at[c, "adaptive"]))
+    ]
     pairs: list[tuple[Group, list[str]]] = []
     for group in groups:
         key, knob, _, values = group

@@ -10,12 +10,14 @@ changed and reads only their samples.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 import scipy
+from threadpoolctl import threadpool_limits
 
-from ..report import cache
+from ..report import background, cache
 from .sweeps import Group, load_sweeps, sweep_groups, sweep_headroom
 
 FOLDS, SEED = 5, 0
@@ -46,18 +48,45 @@ def _plain(rows: list[dict]) -> list[dict]:
 def knob_headroom(results, suite: str) -> pd.DataFrame:
     """One row per (sweep, metric) of the suite's knob sweeps (sweeps.headroom_rows), from the active report cache
     where a sweep is unchanged."""
+    return start_knob_headroom(results, suite)()
+
+
+def start_knob_headroom(results, suite: str) -> Callable[[], pd.DataFrame]:
+    """``knob_headroom`` begun: while a report is being written, a worker process computes the sweeps the cache does
+    not hold (background.start) as the report goes on; the function returned waits for them and gives the frame."""
     info, groups = sweep_groups(results, suite)
     store = cache.active()
     keys = [_key(info, g) for g in groups] if store is not None else []
     rows: list[list[dict] | None] = [store.get_json("headroom", k) for k in keys] if store else [None] * len(groups)
-    todo = [g for g, r in zip(groups, rows) if r is None]
-    fresh = {(s.knob, tuple(s.cells.items())): s for s in load_sweeps(results, info, todo)}
-    for i, group in enumerate(groups):
-        if rows[i] is not None:
-            continue
-        sweep = fresh.get((group[1], tuple(group[3].items())))
-        # A sweep without values (no sample at every setting) has no rows, and that is cached too.
-        rows[i] = _plain(sweep_headroom(sweep, FOLDS, SEED)) if sweep is not None else []
-        if store is not None:
-            store.put_json("headroom", keys[i], rows[i])
-    return pd.DataFrame([row for group_rows in rows for row in group_rows or []])
+    todo = [i for i, r in enumerate(rows) if r is None]
+    samples = int(info.loc[list({c for i in todo for c in groups[i][3].values()}), "n_samples"].fillna(0).sum())
+    pending = background.start(
+        sweep_rows,
+        results,
+        suite,
+        [groups[i] for i in todo],
+        worth_a_worker=samples >= background.WORKER_MIN_SAMPLES,
+    )
+
+    def finish() -> pd.DataFrame:
+        for i, computed in zip(todo, pending.result()):
+            rows[i] = computed
+            if store is not None:
+                store.put_json("headroom", keys[i], computed)
+        return pd.DataFrame([row for group_rows in rows for row in group_rows or []])
+
+    return finish
+
+
+def sweep_rows(results, suite: str, groups: list[Group]) -> list[list[dict]]:
+    """The rows of these sweeps of the suite, each as the cache stores it; a sweep without values (no sample at
+    every setting) has none. In a worker process (start_knob_headroom) or the report's own."""
+    info, _ = sweep_groups(results, suite)
+    out = []
+    # One BLAS thread, as in a worker process (background.spawn): the rows are the same bits wherever computed.
+    with threadpool_limits(limits=1, user_api="blas"):
+        fresh = {(s.knob, tuple(s.cells.items())): s for s in load_sweeps(results, info, groups)}
+        for group in groups:
+            sweep = fresh.get((group[1], tuple(group[3].items())))
+            out.append(_plain(sweep_headroom(sweep, FOLDS, SEED)) if sweep is not None else [])
+    return out

@@ -164,11 +164,13 @@ class DecodeTrack(Track):
     def board(self, results, suite, section, rows):
         from .board import sample_summary
         from .captured import CAPTURED, captured_rows
-        from .knobs import knob_headroom
+        from .knobs import start_knob_headroom
 
         # Knob headroom is computed only for the sweeps whose cells changed since the last report into the same
-        # folder (knobs.py, through the report's cache).
-        out = {"samples": sample_summary(results, suite), "knob_headroom": knob_headroom(results, suite)}
+        # folder (knobs.py, through the report's cache), and, in a large report, by a worker process while the
+        # report draws its figures (none of which reads it): a deferred part of the board.
+        out: dict = {"deferred": {"knob_headroom": start_knob_headroom(results, suite)}}
+        out["samples"] = sample_summary(results, suite)
         captured = captured_rows(results, suite)
         if captured:
             out["extras"] = {CAPTURED: captured}

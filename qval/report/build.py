@@ -14,7 +14,7 @@ from .. import results as R
 from ..errors import UsageError
 from ..registry import REGISTRY
 from ..tracks import RESERVED, all_tracks
-from . import cache
+from . import background, cache
 from .drilldown import PendingPages, start_pages
 from .render import SuiteReport, TrackBoard, render_report
 
@@ -73,9 +73,12 @@ def _conditions(results, suite: str) -> dict[str, str]:
     return lines
 
 
-def build_report(results, suite: str, rows_ready: Callable[[list[str]], None] | None = None) -> SuiteReport:
+def build_report(
+    results, suite: str, rows_ready: Callable[[list[str]], None] | None = None, defer: bool = False
+) -> SuiteReport:
     """The suite's report. ``rows_ready`` is called with the cell ids of every board's rows as soon as they are
-    known, before each track computes the rest of its board (write_reports starts the rows' pages then)."""
+    known, before each track computes the rest of its board (write_reports starts the rows' pages then). With
+    ``defer``, boards may come with fields still being computed (TrackBoard.deferred; SuiteReport.resolve waits)."""
     suites = R.suites(results)
     row = suites[suites["suite"] == suite]
     if row.empty:
@@ -110,7 +113,10 @@ def build_report(results, suite: str, rows_ready: Callable[[list[str]], None] | 
                 **track.board(results, suite, section, rows),
             )
         )
-    return SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
+    report = SuiteReport(suite, row.iloc[0]["description"] or "", _environment(results, suite), tracks)
+    if not defer:
+        report.resolve()
+    return report
 
 
 def report_folder(name: str) -> str:
@@ -138,9 +144,14 @@ def _write_report(results: Path, target: Path, name: str) -> list[Path]:
         # soon as the rows are known: on a large report, worker processes render them meanwhile.
         pages: list[PendingPages] = []
         try:
-            report = build_report(results, name, lambda ids: pages.append(start_pages(results, target, ids)))
+            # Worker processes (background.py) compute the boards' deferred fields meanwhile; beside() stops any
+            # still running when the report fails.
+            with background.beside():
+                report = build_report(
+                    results, name, lambda ids: pages.append(start_pages(results, target, ids)), defer=True
+                )
+                markdown, page = render_report(report)
             md, html = target / "leaderboard.md", target / "index.html"
-            markdown, page = render_report(report)
             md.write_text(markdown, encoding="utf-8")
             html.write_text(page, encoding="utf-8")
         except BaseException:

@@ -12,9 +12,7 @@ or, in the decoding table's rows (built in Python for speed), by ``_escaped``: a
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -25,7 +23,7 @@ from markupsafe import Markup
 from .. import results as R
 from .. import samples_view
 from ..store.parts import write_json_atomic
-from . import cache
+from . import background, cache
 from .html import CELL_CSS, CSP, SCRIPT
 from .links import FOLDER, page_file
 
@@ -168,16 +166,12 @@ def write_pages(results, target: Path, cell_ids) -> list[Path]:
 
 # Below this many samples to render, a worker process (its start and imports, about a second) costs more than it
 # saves; above it, pages are rendered by worker processes while the report's own process computes the board.
-PARALLEL_MIN_SAMPLES = 20_000
+PARALLEL_MIN_SAMPLES = background.WORKER_MIN_SAMPLES
 
 
 def page_workers() -> int:
-    """Worker processes for pages: ``QVAL_REPORT_WORKERS``, else one per core but the one the report itself uses
-    (at most 4); 0 renders in the report's process."""
-    value = os.environ.get("QVAL_REPORT_WORKERS", "").strip()
-    if value.isdigit():
-        return int(value)
-    return max(0, min(4, (os.cpu_count() or 1) - 1))
+    """Worker processes for pages (background.workers: ``QVAL_REPORT_WORKERS``, else one per core but one)."""
+    return background.workers()
 
 
 def start_pages(results, target: Path, cell_ids, workers: int | None = None) -> PendingPages:
@@ -220,30 +214,22 @@ class PendingPages:
     workers: list[tuple[subprocess.Popen, list[str]]] = field(default_factory=list)
 
     def start(self, workers: int) -> None:
-        # Fresh interpreters (``python -m qval.report.page_worker``), not forked or multiprocessing children: a fork
-        # of this process copies its DuckDB and BLAS threads' locks, and multiprocessing's spawn re-runs the caller's
-        # main script. Cells go round-robin, so that large and small pages share out evenly.
+        # Worker processes as background.py starts them. Cells go round-robin, so that large and small pages share
+        # out evenly.
         self.leftover = []
         for i in range(workers):
             chunk = self.todo[i::workers]
             if not chunk:
                 continue
             try:
-                proc = subprocess.Popen(
-                    [sys.executable, "-m", "qval.report.page_worker", str(self.results), str(self.folder)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,  # the paths it wrote; its stderr is the report's own
-                    text=True,
-                    # This process's import path, so the worker renders with this qval, not another one installed.
-                    env={**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)},
-                )
+                proc = background.spawn("qval.report.page_worker", str(self.results), str(self.folder))
             except OSError:  # no process to be had (a limit on processes or files): finish renders these here
                 self.leftover += chunk
                 continue
             self.workers.append((proc, chunk))
             assert proc.stdin is not None
             try:
-                proc.stdin.write(json.dumps(chunk))
+                proc.stdin.write(json.dumps(chunk).encode())
                 proc.stdin.close()
             except OSError:  # it ended before reading (it could not start qval): finish renders its cells here
                 pass

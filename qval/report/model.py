@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,15 @@ class TrackBoard:
     # What the track's board hook computed for its own report sections (Track.report_tables reads it); the report
     # package never looks inside.
     extras: dict[str, Any] = field(default_factory=dict)
+    # Fields still being computed (by a worker process, background.start), each with the function that waits for
+    # its value; ``resolve`` sets them. Only a report being written leaves them pending while it draws the figures,
+    # which therefore must not read them; every other board comes resolved.
+    deferred: dict[str, Callable[[], Any]] = field(default_factory=dict)
+
+    def resolve(self) -> None:
+        for name, wait in list(self.deferred.items()):
+            setattr(self, name, wait())
+            del self.deferred[name]
 
     def __post_init__(self) -> None:
         track = find_track(self.track)
@@ -69,3 +79,8 @@ class SuiteReport:
     description: str
     environment: dict[str, str]
     tracks: list[TrackBoard]
+
+    def resolve(self) -> None:
+        """Wait for every board's deferred fields (TrackBoard.deferred)."""
+        for board in self.tracks:
+            board.resolve()

@@ -57,7 +57,10 @@ def render_html(
 
 
 def render_report(report: SuiteReport) -> tuple[str, str]:
-    """(Markdown, HTML with every figure) of a report, each board analysed and built as tables once."""
+    """(Markdown, HTML with every figure) of a report, each board analysed and built as tables once. The figures
+    are drawn first, while the boards' deferred fields (TrackBoard.deferred) may still be computed beside."""
     analyses = analyse(report)
+    figures = make_figures(report, analyses=analyses)
+    report.resolve()
     doc = document(report, analyses)
-    return _markdown.write(doc), _html.write(doc, make_figures(report, analyses=analyses))
+    return _markdown.write(doc), _html.write(doc, figures)

@@ -137,6 +137,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE decode_samples ADD COLUMN forward VARCHAR",
         ],
     ),
+    (
+        12,
+        [
+            # The method class's ``adaptive`` flag, recorded at planning (cell.Cell.adaptive), so that a report need
+            # not import a policy's code to know it. Cells planned before stay NULL until their plan is ingested again.
+            "ALTER TABLE cells ADD COLUMN adaptive BOOLEAN",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

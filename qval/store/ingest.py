@@ -62,6 +62,7 @@ _PLAN_CELLS = pa.schema(
         ("seed", pa.int64()),
         ("identity", pa.string()),
         ("baseline_cell_id", pa.string()),
+        ("adaptive", pa.bool_()),
     ]
 )
 
@@ -320,12 +321,14 @@ def _ingest_plans(con, results: Path) -> None:
                     }
                 ),
                 c.baseline_cell_id,
+                c.adaptive,
             ]
             for c in plan.cells.values()
         ]
         with rows_view(con, "qval_plan_cells", _PLAN_CELLS, rows):
             con.execute(
                 "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
-                "temperature, seed, identity, baseline_cell_id, status) SELECT *, 'planned' FROM qval_plan_cells "
-                "ON CONFLICT (cell_id) DO NOTHING"
+                "temperature, seed, identity, baseline_cell_id, adaptive, status) SELECT *, 'planned' FROM qval_plan_cells "
+                # A cell already known keeps its row; a flag recorded since (a newer plan of it) fills its NULL.
+                "ON CONFLICT (cell_id) DO UPDATE SET adaptive = COALESCE(cells.adaptive, excluded.adaptive)"
             )

@@ -1,0 +1,147 @@
+"""Work of a large report done beside its own process: worker processes (fresh interpreters, ``python -m``) that
+render drill-down pages (drilldown.PendingPages) or compute a deferred part of a board (``start``) while the report's
+own process draws the figures.
+
+Fresh interpreters rather than forked or multiprocessing children: a fork of the report's process copies its DuckDB
+and BLAS threads' locks, and multiprocessing's spawn re-runs the caller's main script. A worker that fails (it could
+not start, it crashed, it was killed) leaves its work to the report's own process, which does it again: the same
+output, or the error itself where it has one.
+
+``python -m qval.report.background`` is the worker of ``start``: it reads a pickled (function, args) on stdin and
+writes the pickled result on stdout. Pickle is safe here: both ends are this qval, talking over its own pipes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import Any
+
+# Below this many samples of work, a worker process (its start and imports, about a second) costs more than it saves.
+WORKER_MIN_SAMPLES = 20_000
+
+
+_BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def workers() -> int:
+    """Worker processes a report may start at a time: ``QVAL_REPORT_WORKERS``, else one per core but the one the
+    report itself uses (at most 4); 0 does everything in the report's process."""
+    value = os.environ.get("QVAL_REPORT_WORKERS", "").strip()
+    if value.isdigit():
+        return int(value)
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def spawn(module: str, *argv: str) -> subprocess.Popen:
+    """``python -m module argv…`` with pipes for stdin and stdout (its stderr is the report's own). Raises OSError
+    where no process is to be had (a limit on processes or files)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env={
+            **os.environ,
+            # This process's import path, so the worker runs this qval, not another one installed.
+            "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path),
+            # One BLAS thread: the workers and the report's own process already share the cores out, and a BLAS
+            # team beside them only waits its turn (it cost a million-row report's knob headroom a second of CPU).
+            **{name: "1" for name in _BLAS_THREADS},
+        },
+    )
+
+
+class Deferred:
+    """A value computed beside the report's process (or already computed here); ``result`` waits for it."""
+
+    def __init__(self, function: Callable[..., Any], args: tuple, proc: subprocess.Popen | None = None):
+        self._function, self._args, self._proc = function, args, proc
+        self._value: Any = None
+        self._done = proc is None
+        if proc is None:
+            self._value = function(*args)
+
+    def result(self) -> Any:
+        if not self._done:
+            proc, self._proc = self._proc, None
+            assert proc is not None and proc.stdout is not None
+            with proc.stdout:
+                out = proc.stdout.read()
+            proc.wait()
+            try:
+                self._value = pickle.loads(out) if proc.returncode == 0 else _FAILED
+            except Exception:  # noqa: BLE001 - a truncated or garbled answer: computed here instead
+                self._value = _FAILED
+            if self._value is _FAILED:  # the worker failed: the same value, or its error, from this process
+                self._value = self._function(*self._args)
+            self._done = True
+        return self._value
+
+    def cancel(self) -> None:
+        """Stop the worker, if one is still running (an error or an interrupt ended the report)."""
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        self._done = True
+
+
+_FAILED = object()
+_STARTED: ContextVar[list[Deferred] | None] = ContextVar("qval_report_background", default=None)
+
+
+@contextlib.contextmanager
+def beside() -> Iterator[None]:
+    """While this block runs, ``start`` may hand work to worker processes; those still running when it ends (the
+    report failed or was interrupted) are stopped, so none outlives its report."""
+    started: list[Deferred] = []
+    token = _STARTED.set(started)
+    try:
+        yield
+    finally:
+        _STARTED.reset(token)
+        for deferred in started:
+            deferred.cancel()
+
+
+def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True) -> Deferred:
+    """``function(*args)`` (a module-level function; its arguments and result pickle) computed by a worker process
+    when a report is being written (``beside``), workers are allowed and the work is ``worth_a_worker`` (a worker's
+    start and imports cost about a second); otherwise computed here and now."""
+    started = _STARTED.get()
+    if started is None or not worth_a_worker or workers() == 0:
+        return Deferred(function, args)
+    try:
+        proc = spawn(__name__)
+    except OSError:
+        return Deferred(function, args)
+    deferred = Deferred(function, args, proc)
+    started.append(deferred)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL))
+        proc.stdin.close()
+    except OSError:  # it ended before reading (it could not start qval): result() computes it here
+        pass
+    return deferred
+
+
+def main() -> int:
+    function, args = pickle.loads(sys.stdin.buffer.read())
+    answer = sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever the work prints goes where the report's own output goes, not into the answer
+    data = pickle.dumps(function(*args), protocol=pickle.HIGHEST_PROTOCOL)
+    answer.write(data)
+    answer.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
