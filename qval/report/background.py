@@ -134,10 +134,13 @@ def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True)
 
 
 def main() -> int:
-    function, args = pickle.loads(sys.stdin.buffer.read())
     answer = sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the work prints goes where the report's own output goes, not into the answer
-    data = pickle.dumps(function(*args), protocol=pickle.HIGHEST_PROTOCOL)
+    try:
+        function, args = pickle.loads(sys.stdin.buffer.read())
+        data = pickle.dumps(function(*args), protocol=pickle.HIGHEST_PROTOCOL)
+    except BaseException:  # noqa: BLE001 - an error or an interrupt: the report's process does the work again and
+        return 1  # reports any error itself, once and without a traceback (a worker's would be a second copy)
     answer.write(data)
     answer.flush()
     return 0

@@ -11,9 +11,13 @@ from .drilldown import render_pages
 
 
 def main(argv: list[str]) -> int:
-    results, folder = Path(argv[0]), Path(argv[1])
-    cell_ids = json.loads(sys.stdin.read())
-    print(json.dumps([str(path) for path in render_pages(results, folder, cell_ids)]))
+    try:
+        results, folder = Path(argv[0]), Path(argv[1])
+        cell_ids = json.loads(sys.stdin.read())
+        written = [str(path) for path in render_pages(results, folder, cell_ids)]
+    except BaseException:  # noqa: BLE001 - an error or an interrupt: the report's process renders these pages again
+        return 1  # and reports any error itself, once and without a traceback (a worker's would be a second copy)
+    print(json.dumps(written))
     return 0
 
 

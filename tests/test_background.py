@@ -1,0 +1,59 @@
+"""Work a report hands to worker processes (qval/report/background.py): the same value as computed in process, an
+error raised once by the report's own process (no worker traceback), and no worker outliving its report. Real
+processes; the work is stdlib functions, which pickle by reference."""
+
+import math
+import operator
+import time
+
+import pytest
+
+from qval.report import background
+
+
+@pytest.fixture
+def spawned(monkeypatch):
+    monkeypatch.setenv("QVAL_REPORT_WORKERS", "1")
+    procs = []
+    real = background.spawn
+
+    def spawn(module, *argv):
+        proc = real(module, *argv)
+        procs.append(proc)
+        return proc
+
+    monkeypatch.setattr(background, "spawn", spawn)
+    return procs
+
+
+def test_outside_a_report_or_when_not_worth_it_the_work_is_done_here_and_now(spawned):
+    assert background.start(math.factorial, 20).result() == math.factorial(20)
+    with background.beside():
+        assert background.start(math.factorial, 5, worth_a_worker=False).result() == 120
+    assert spawned == []
+
+
+def test_a_worker_computes_the_value_the_report_process_would(spawned):
+    with background.beside():
+        deferred = background.start(math.factorial, 300)
+        assert len(spawned) == 1
+        assert deferred.result() == math.factorial(300)
+    assert spawned[0].returncode == 0
+
+
+def test_a_failing_worker_leaves_its_error_to_the_report_process_once_without_a_traceback(spawned, capfd):
+    with background.beside():
+        deferred = background.start(operator.truediv, 1, 0)
+        with pytest.raises(ZeroDivisionError):
+            deferred.result()
+    assert spawned[0].returncode == 1
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_report_that_ends_early_stops_its_workers(spawned):
+    start = time.monotonic()
+    with pytest.raises(RuntimeError, match="report failed"), background.beside():
+        background.start(time.sleep, 60)
+        raise RuntimeError("report failed")
+    assert spawned[0].poll() is not None  # killed and waited for, not left to sleep for a minute
+    assert time.monotonic() - start < 30
