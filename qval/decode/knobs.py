@@ -60,16 +60,20 @@ def start_knob_headroom(results, suite: str) -> Callable[[], pd.DataFrame]:
     rows: list[list[dict] | None] = [store.get_json("headroom", k) for k in keys] if store else [None] * len(groups)
     todo = [i for i, r in enumerate(rows) if r is None]
     samples = int(info.loc[list({c for i in todo for c in groups[i][3].values()}), "n_samples"].fillna(0).sum())
-    pending = background.start(
-        sweep_rows,
-        results,
-        suite,
-        [groups[i] for i in todo],
-        worth_a_worker=samples >= background.WORKER_MIN_SAMPLES,
+    pending = (
+        background.start(
+            sweep_rows,
+            results,
+            suite,
+            [groups[i] for i in todo],
+            worth_a_worker=samples >= background.WORKER_MIN_SAMPLES,
+        )
+        if todo
+        else None
     )
 
     def finish() -> pd.DataFrame:
-        for i, computed in zip(todo, pending.result()):
+        for i, computed in zip(todo, pending.result() if pending is not None else []):
             rows[i] = computed
             if store is not None:
                 store.put_json("headroom", keys[i], computed)
