@@ -5,6 +5,10 @@ PEARL's modelled speedup against a hand computation, and one real CLI run of bot
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import tomllib
 from importlib import metadata
@@ -159,3 +163,24 @@ def test_pearl_and_dynamic_exit_through_the_cli_are_token_identical_to_ar(tmp_pa
     for method in ("pearl", "dynamic-exit"):
         assert board.loc[method, "lossless"] == 1.0 and board.loc[method, "lossless__n"] == 1
         assert board.loc[method, "mean_accepted_tokens"] >= 1.0
+
+    # benchmarks/pearl_model.py on this run, at a small size (2 forwards per step cost), so that it cannot rot: its
+    # measured side is the leaderboard's, its modelled side PEARL's formula over step costs it times here.
+    bench = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "pearl_model.py"), str(results), "seeds", "--reps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(ROOT), env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))])
+            ),
+        },
+    )
+    assert bench.returncode == 0, bench.stderr
+    row = json.loads(bench.stdout.strip().splitlines()[-1])
+    assert row["measured_speedup"] == pytest.approx(float(board.loc["pearl", "speedup"]))
+    assert row["alpha"] is not None and 0.0 <= row["alpha"] <= 1.0
+    assert all(row[k] > 0 for k in ("ar_step_s", "verify_s", "draft_step_s", "pearl_modelled_speedup"))
