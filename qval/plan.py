@@ -17,7 +17,10 @@ from .errors import UsageError
 from .identity import IDENTITY_VERSION, content_hash
 from .suite import Suite
 
-PLAN_VERSION = 1
+# 2: cells carry ``adaptive`` (Cell.adaptive). A plan of version 1 reads as before (its cells' flag None); an older
+# qval refuses a version-2 plan with this message rather than failing on the unknown field.
+PLAN_VERSION = 2
+_READABLE_PLAN_VERSIONS = (1, 2)
 
 
 @dataclass
@@ -56,9 +59,10 @@ class Plan:
 
     @classmethod
     def from_json(cls, data: dict) -> Plan:
-        if data.get("plan_version") != PLAN_VERSION:
+        if data.get("plan_version") not in _READABLE_PLAN_VERSIONS:
             raise UsageError(
-                f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION})"
+                f"plan manifest version {data.get('plan_version')} is not supported (expected {PLAN_VERSION}; "
+                "a newer qval wrote it?)"
             )
         cells = {c["cell_id"]: Cell(**c) for c in data["cells"]}
         shards = [Shard(**s) for s in data["shards"]]

@@ -57,3 +57,37 @@ def test_a_report_that_ends_early_stops_its_workers(spawned):
         raise RuntimeError("report failed")
     assert spawned[0].poll() is not None  # killed and waited for, not left to sleep for a minute
     assert time.monotonic() - start < 30
+
+
+def test_an_interrupted_wait_stops_the_worker(spawned):
+    import signal
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        with pytest.raises(KeyboardInterrupt), background.beside():
+            deferred = background.start(time.sleep, 60)
+            signal.setitimer(signal.ITIMER_REAL, 0.5)
+            deferred.result()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert spawned[0].poll() is not None  # killed and waited for while the report stopped
+
+
+def test_a_stopped_worker_leaves_its_value_to_the_report_process(spawned):
+    with background.beside():
+        deferred = background.start(math.factorial, 10)
+        deferred.cancel()
+        assert deferred.result() == math.factorial(10)
+
+
+def test_a_qval_folder_in_the_working_directory_does_not_stand_in_for_qval(spawned, tmp_path, monkeypatch):
+    (tmp_path / "qval").mkdir()
+    (tmp_path / "qval" / "__init__.py").write_text("raise SystemExit(7)\n")
+    monkeypatch.chdir(tmp_path)
+    with background.beside():
+        assert background.start(math.factorial, 6).result() == 720
+    assert spawned[0].returncode == 0  # the worker ran this qval (the stand-in would have ended it with 7)

@@ -681,3 +681,16 @@ def test_empty_tracks_render(track):
 def test_report_without_tracks_has_script_and_csp():
     html = lr.render_html(make_report(environment={}, description=""), [])
     assert CSP_RE.search(html) and page_script(html) == lr._SCRIPT
+
+
+def test_deferred_board_fields_are_resolved_before_any_table_and_must_name_a_field():
+    """A board's deferred fields (computed beside the report, TrackBoard.deferred) are waited for by whatever
+    renders tables, and a deferred name that is no field of the board is an error, not a new attribute."""
+    board = decode_board()
+    board.deferred = {"knob_headroom": lambda: pd.DataFrame()}
+    report = lr.SuiteReport("s", "", {}, [board])
+    lr.render_markdown(report)
+    assert board.deferred == {} and isinstance(board.knob_headroom, pd.DataFrame)
+    board.deferred = {"knob_headrom": lambda: pd.DataFrame()}
+    with pytest.raises(ValueError, match="knob_headrom"):
+        board.resolve()

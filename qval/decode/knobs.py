@@ -35,7 +35,8 @@ def _key(info: pd.DataFrame, group: Group) -> str:
         FOLDS,
         SEED,
         group,
-        info.loc[sorted(set(members) | set(baselines))].reset_index(),
+        # Not the adaptive flag: it says nothing of a sweep's samples, and its dtype follows the suite's other cells.
+        info.loc[sorted(set(members) | set(baselines))].drop(columns=["adaptive"], errors="ignore").reset_index(),
     )
 
 

@@ -30,8 +30,9 @@ _BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def workers() -> int:
-    """Worker processes a report may start at a time: ``QVAL_REPORT_WORKERS``, else one per core but the one the
-    report itself uses (at most 4); 0 does everything in the report's process."""
+    """Worker processes for a report's drill-down pages: ``QVAL_REPORT_WORKERS``, else one per core but the one the
+    report itself uses (at most 4). A deferred board field gets a worker of its own beside them; 0 does everything
+    in the report's process."""
     value = os.environ.get("QVAL_REPORT_WORKERS", "").strip()
     if value.isdigit():
         return int(value)
@@ -39,10 +40,12 @@ def workers() -> int:
 
 
 def spawn(module: str, *argv: str) -> subprocess.Popen:
-    """``python -m module argv…`` with pipes for stdin and stdout (its stderr is the report's own). Raises OSError
+    """``python -P -m module argv…`` with pipes for stdin and stdout (its stderr is the report's own). Raises OSError
     where no process is to be had (a limit on processes or files)."""
     return subprocess.Popen(
-        [sys.executable, "-m", module, *argv],
+        # -P: the current directory is not put first on the import path, so a folder named qval there cannot stand in
+        # for the qval that started the worker (its rows would be cached under this qval's code key).
+        [sys.executable, "-P", "-m", module, *argv],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         env={
@@ -56,44 +59,72 @@ def spawn(module: str, *argv: str) -> subprocess.Popen:
     )
 
 
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once the reader is gone, so that the interpreter's last flush raises nothing."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)  # file descriptor 1: the process's stdout, whatever sys.stdout names now
+        os.close(null)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill a worker that is still running and wait for it (no zombie), closing its pipes."""
+    if proc.poll() is None:
+        with contextlib.suppress(OSError):
+            proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
 class Deferred:
-    """A value computed beside the report's process (or already computed here); ``result`` waits for it."""
+    """A value computed beside the report's process (or already computed here); ``result`` waits for it. A worker
+    that failed, or was stopped, leaves the value to ``result``, which computes it in the report's process."""
 
     def __init__(self, function: Callable[..., Any], args: tuple, proc: subprocess.Popen | None = None):
         self._function, self._args, self._proc = function, args, proc
-        self._value: Any = None
-        self._done = proc is None
+        self._value: Any = _FAILED
         if proc is None:
             self._value = function(*args)
 
     def result(self) -> Any:
-        if not self._done:
-            proc, self._proc = self._proc, None
-            assert proc is not None and proc.stdout is not None
-            with proc.stdout:
-                out = proc.stdout.read()
-            proc.wait()
+        if self._value is _FAILED and self._proc is not None:
             try:
-                self._value = pickle.loads(out) if proc.returncode == 0 else _FAILED
-            except Exception:  # noqa: BLE001 - a truncated or garbled answer: computed here instead
-                self._value = _FAILED
-            if self._value is _FAILED:  # the worker failed: the same value, or its error, from this process
-                self._value = self._function(*self._args)
-            self._done = True
+                self._value = _answer(self._proc)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=_EXIT_WAIT_S)  # it has answered: a moment to exit, then it is stopped
+            finally:  # an interrupt while waiting stops the worker too
+                stop(self._proc)
+                self._proc = None
+        if self._value is _FAILED:  # no worker, or it failed: the same value, or its error, from this process
+            self._value = self._function(*self._args)
         return self._value
 
     def cancel(self) -> None:
         """Stop the worker, if one is still running (an error or an interrupt ended the report)."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
-        self._done = True
+        if self._proc is not None:
+            stop(self._proc)
+            self._proc = None
+
+
+def _answer(proc: subprocess.Popen) -> Any:
+    """The worker's pickled answer (its length first, so a worker slow to exit after answering is not waited for);
+    _FAILED where it gave none whole."""
+    assert proc.stdout is not None
+    head = proc.stdout.read(8)
+    if len(head) < 8:
+        return _FAILED
+    data = proc.stdout.read(int.from_bytes(head, "big"))
+    try:
+        return pickle.loads(data)
+    except Exception:  # noqa: BLE001 - a truncated or garbled answer: computed here instead
+        return _FAILED
 
 
 _FAILED = object()
+_EXIT_WAIT_S = 5.0
 _STARTED: ContextVar[list[Deferred] | None] = ContextVar("qval_report_background", default=None)
 
 
@@ -112,12 +143,14 @@ def beside() -> Iterator[None]:
 
 
 def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True) -> Deferred:
-    """``function(*args)`` (a module-level function; its arguments and result pickle) computed by a worker process
-    when a report is being written (``beside``), workers are allowed and the work is ``worth_a_worker`` (a worker's
-    start and imports cost about a second); otherwise computed here and now."""
+    """``function(*args)`` (a module-level function; its arguments and result pickle, and its arguments are small:
+    they go through a pipe the worker reads once started) computed by a worker process when a report is being
+    written (``beside``), workers are allowed and the work is ``worth_a_worker`` (a worker's start and imports cost
+    about a second); otherwise computed here and now."""
     started = _STARTED.get()
     if started is None or not worth_a_worker or workers() == 0:
         return Deferred(function, args)
+    request = pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL)  # before a worker: no orphan if it fails
     try:
         proc = spawn(__name__)
     except OSError:
@@ -126,7 +159,7 @@ def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True)
     started.append(deferred)
     assert proc.stdin is not None
     try:
-        proc.stdin.write(pickle.dumps((function, args), protocol=pickle.HIGHEST_PROTOCOL))
+        proc.stdin.write(request)
         proc.stdin.close()
     except OSError:  # it ended before reading (it could not start qval): result() computes it here
         pass
@@ -139,10 +172,11 @@ def main() -> int:
     try:
         function, args = pickle.loads(sys.stdin.buffer.read())
         data = pickle.dumps(function(*args), protocol=pickle.HIGHEST_PROTOCOL)
-    except BaseException:  # noqa: BLE001 - an error or an interrupt: the report's process does the work again and
-        return 1  # reports any error itself, once and without a traceback (a worker's would be a second copy)
-    answer.write(data)
-    answer.flush()
+        answer.write(len(data).to_bytes(8, "big") + data)
+        answer.flush()
+    except BaseException:  # noqa: BLE001 - an error or an interrupt, or the report stopped reading: the report's
+        silence_stdout()  # process does the work again and reports any error itself, once and without a traceback
+        return 1  # (a worker's would be a second copy)
     return 0
 
 

@@ -153,7 +153,12 @@ def _page_keys(results, cell_ids: list[str]) -> tuple[dict[str, str], dict[str, 
     rows = R.cells(results)
     records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
     version = [cache.code_version(*_PAGE_CODE), *(metadata.version(m) for m in ("jinja2", "markupsafe"))]
-    keys = {c: cache.key("page", version, MAX_PAGE_SAMPLES, records[c]) for c in cell_ids if c in records}
+    # Not the adaptive flag (cell.Cell.adaptive): no page shows it, and a migrated database fills it in later.
+    keys = {
+        c: cache.key("page", version, MAX_PAGE_SAMPLES, {k: v for k, v in records[c].items() if k != "adaptive"})
+        for c in cell_ids
+        if c in records
+    }
     return keys, {c: int(n) for c, r in records.items() if isinstance(n := r.get("n_samples"), int | float) and n == n}
 
 

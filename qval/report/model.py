@@ -56,6 +56,8 @@ class TrackBoard:
 
     def resolve(self) -> None:
         for name, wait in list(self.deferred.items()):
+            if name not in self.__dataclass_fields__ or name == "deferred":
+                raise ValueError(f"deferred board field {name!r}: TrackBoard has no such field")
             setattr(self, name, wait())
             del self.deferred[name]
 

@@ -7,17 +7,23 @@ import json
 import sys
 from pathlib import Path
 
-from .drilldown import render_pages
+from . import background
 
 
 def main(argv: list[str]) -> int:
     try:
+        from .drilldown import render_pages  # in the try: an interrupt during its imports ends the worker quietly
+
         results, folder = Path(argv[0]), Path(argv[1])
         cell_ids = json.loads(sys.stdin.read())
         written = [str(path) for path in render_pages(results, folder, cell_ids)]
     except BaseException:  # noqa: BLE001 - an error or an interrupt: the report's process renders these pages again
         return 1  # and reports any error itself, once and without a traceback (a worker's would be a second copy)
-    print(json.dumps(written))
+    try:
+        print(json.dumps(written), flush=True)
+    except BaseException:  # noqa: BLE001 - the report stopped reading (it failed or was interrupted)
+        background.silence_stdout()
+        return 1
     return 0
 
 

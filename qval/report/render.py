@@ -46,6 +46,7 @@ __all__ = [
 
 def render_markdown(report: SuiteReport, analyses: list[BoardAnalysis] | None = None) -> str:
     """The leaderboard as GitHub-flavoured Markdown."""
+    report.resolve()  # a board's deferred fields (TrackBoard.deferred) are in the tables
     return _markdown.write(document(report, analyses if analyses is not None else analyse(report)))
 
 
@@ -53,6 +54,7 @@ def render_html(
     report: SuiteReport, figures: list[tuple[str, bytes]], analyses: list[BoardAnalysis] | None = None
 ) -> str:
     """The leaderboard as one self-contained HTML page (one hash-pinned script, no external files)."""
+    report.resolve()  # a board's deferred fields (TrackBoard.deferred) are in the tables
     return _html.write(document(report, analyses if analyses is not None else analyse(report)), figures)
 
 

@@ -141,7 +141,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         12,
         [
             # The method class's ``adaptive`` flag, recorded at planning (cell.Cell.adaptive), so that a report need
-            # not import a policy's code to know it. Cells planned before stay NULL until their plan is ingested again.
+            # not import a policy's code to know it. Cells planned before stay NULL until a plan written by a qval
+            # that records it (a new `qval run` of their suite) is ingested; until then the report asks the class.
             "ALTER TABLE cells ADD COLUMN adaptive BOOLEAN",
         ],
     ),

@@ -329,6 +329,7 @@ def _ingest_plans(con, results: Path) -> None:
             con.execute(
                 "INSERT INTO cells (cell_id, identity_version, track, model, method, family, dataset, dataset_label, "
                 "temperature, seed, identity, baseline_cell_id, adaptive, status) SELECT *, 'planned' FROM qval_plan_cells "
-                # A cell already known keeps its row; a flag recorded since (a newer plan of it) fills its NULL.
-                "ON CONFLICT (cell_id) DO UPDATE SET adaptive = COALESCE(cells.adaptive, excluded.adaptive)"
+                # A cell already known keeps its row but takes the flag of the plan ingested last (plans are ingested
+                # in the order they were written); a plan from before the flag (NULL) leaves the stored one.
+                "ON CONFLICT (cell_id) DO UPDATE SET adaptive = COALESCE(excluded.adaptive, cells.adaptive)"
             )
