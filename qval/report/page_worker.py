@@ -12,10 +12,12 @@ from . import background
 
 def main(argv: list[str]) -> int:
     try:
+        # The cell ids first, then the imports: the report writes them into a pipe, and would wait for the imports
+        # (about a second) on a list over the pipe's 64 KiB.
+        cell_ids = json.loads(sys.stdin.read())
         from .drilldown import render_pages  # in the try: an interrupt during its imports ends the worker quietly
 
         results, folder = Path(argv[0]), Path(argv[1])
-        cell_ids = json.loads(sys.stdin.read())
         written = [str(path) for path in render_pages(results, folder, cell_ids)]
     except BaseException:  # noqa: BLE001 - an error or an interrupt: the report's process renders these pages again
         return 1  # and reports any error itself, once and without a traceback (a worker's would be a second copy)
