@@ -91,3 +91,11 @@ def test_a_qval_folder_in_the_working_directory_does_not_stand_in_for_qval(spawn
     with background.beside():
         assert background.start(math.factorial, 6).result() == 720
     assert spawned[0].returncode == 0  # the worker ran this qval (the stand-in would have ended it with 7)
+
+
+def test_a_worker_that_fails_where_the_report_process_succeeds_is_said_once(spawned, capfd, monkeypatch):
+    monkeypatch.setattr(background.sys, "executable", "/bin/false")  # a worker that cannot even start Python
+    with background.beside():
+        assert background.start(math.factorial, 7).result() == 5040
+    err = capfd.readouterr().err
+    assert err.count("a report worker failed (exit code 1)") == 1 and "factorial" in err

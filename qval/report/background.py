@@ -67,6 +67,16 @@ def silence_stdout() -> None:
         os.close(null)
 
 
+def redone(what: str, returncode: int | None) -> None:
+    """Say once, on stderr, that a worker failed and the report's process did its work: the report is the same, but
+    it took longer (a worker that always fails would double every report's time unnoticed)."""
+    print(
+        f"qval: a report worker failed (exit code {returncode}); the report's own process did its work "
+        f"({what}) again: the same report, but slower",
+        file=sys.stderr,
+    )
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Kill a worker that is still running and wait for it (no zombie), closing its pipes."""
     if proc.poll() is None:
@@ -86,6 +96,7 @@ class Deferred:
     def __init__(self, function: Callable[..., Any], args: tuple, proc: subprocess.Popen | None = None):
         self._function, self._args, self._proc = function, args, proc
         self._value: Any = _FAILED
+        self._returncode: int | None = None  # of a worker that gave no answer
         if proc is None:
             self._value = function(*args)
 
@@ -97,9 +108,14 @@ class Deferred:
                     self._proc.wait(timeout=_EXIT_WAIT_S)  # it has answered: a moment to exit, then it is stopped
             finally:  # an interrupt while waiting stops the worker too
                 stop(self._proc)
+                if self._value is _FAILED:
+                    self._returncode = self._proc.returncode
                 self._proc = None
         if self._value is _FAILED:  # no worker, or it failed: the same value, or its error, from this process
+            failed = self._returncode
             self._value = self._function(*self._args)
+            if failed is not None:
+                redone(getattr(self._function, "__qualname__", "its work"), failed)
         return self._value
 
     def cancel(self) -> None:

@@ -261,7 +261,10 @@ class PendingPages:
                 paths = None
             # A worker that failed (or could not start qval) leaves its cells to this process, which renders them
             # again: the same pages, or the error itself where it has one.
-            written += paths if paths is not None else render_pages(self.results, self.folder, chunk)
+            if paths is None:
+                paths = render_pages(self.results, self.folder, chunk)
+                background.redone(f"drill-down pages of {len(chunk)} cells", proc.returncode)
+            written += paths
         for cell_id in self.todo:
             if cell_id in self.keys:
                 self.current[cell_id] = {"key": self.keys[cell_id], "size": _size(self.folder / page_file(cell_id))}
