@@ -41,6 +41,11 @@ class Cell:
         return self.settings.get("limit")
 
 
+# The fields of a cell that record its method class's traits (planned, not measured): the cells table stores them,
+# but they say nothing of a cell's samples, so the report's cache keys leave them out.
+TRAITS = ("adaptive",)
+
+
 def _label(name: str, params: dict, defaults: dict) -> str:
     """``frozenlake(map=8x8)``: non-default params only, so two configurations stay apart without noise."""
 

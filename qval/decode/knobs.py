@@ -17,6 +17,7 @@ import pandas as pd
 import scipy
 from threadpoolctl import threadpool_limits
 
+from ..cell import TRAITS
 from ..report import background, cache
 from .sweeps import Group, load_sweeps, sweep_groups, sweep_headroom
 
@@ -35,8 +36,9 @@ def _key(info: pd.DataFrame, group: Group) -> str:
         FOLDS,
         SEED,
         group,
-        # Not the adaptive flag: it says nothing of a sweep's samples, and its dtype follows the suite's other cells.
-        info.loc[sorted(set(members) | set(baselines))].drop(columns=["adaptive"], errors="ignore").reset_index(),
+        # Not the method's traits: they say nothing of a sweep's samples (and a NULL flag's dtype follows the
+        # suite's other cells).
+        info.loc[sorted(set(members) | set(baselines))].drop(columns=list(TRAITS), errors="ignore").reset_index(),
     )
 
 
@@ -65,7 +67,7 @@ def start_knob_headroom(results, suite: str) -> Callable[[], pd.DataFrame]:
         background.start(
             sweep_rows,
             results,
-            suite,
+            info,
             [groups[i] for i in todo],
             worth_a_worker=samples >= background.WORKER_MIN_SAMPLES,
         )
@@ -83,10 +85,10 @@ def start_knob_headroom(results, suite: str) -> Callable[[], pd.DataFrame]:
     return finish
 
 
-def sweep_rows(results, suite: str, groups: list[Group]) -> list[list[dict]]:
-    """The rows of these sweeps of the suite, each as the cache stores it; a sweep without values (no sample at
-    every setting) has none. In a worker process (start_knob_headroom) or the report's own."""
-    info, _ = sweep_groups(results, suite)
+def sweep_rows(results, info: pd.DataFrame, groups: list[Group]) -> list[list[dict]]:
+    """The rows of these sweeps (``info``, ``groups``: as sweep_groups gives them), each as the cache stores it; a
+    sweep without values (no sample at every setting) has none. In a worker process (start_knob_headroom) or the
+    report's own."""
     out = []
     # One BLAS thread, as in a worker process (background.spawn): the rows are the same bits wherever computed.
     with threadpool_limits(limits=1, user_api="blas"):

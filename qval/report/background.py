@@ -159,10 +159,10 @@ def beside() -> Iterator[None]:
 
 
 def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True) -> Deferred:
-    """``function(*args)`` (a module-level function; its arguments and result pickle, and its arguments are small:
-    they go through a pipe the worker reads once started) computed by a worker process when a report is being
-    written (``beside``), workers are allowed and the work is ``worth_a_worker`` (a worker's start and imports cost
-    about a second); otherwise computed here and now."""
+    """``function(*args)`` (a module-level function; its arguments and result pickle: they go through a pipe that
+    the worker reads first thing, before any import) computed by a worker process when a report is being written
+    (``beside``), workers are allowed and the work is ``worth_a_worker`` (a worker's start and imports cost about a
+    second); otherwise computed here and now."""
     started = _STARTED.get()
     if started is None or not worth_a_worker or workers() == 0:
         return Deferred(function, args)

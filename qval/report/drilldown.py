@@ -22,6 +22,7 @@ from markupsafe import Markup
 
 from .. import results as R
 from .. import samples_view
+from ..cell import TRAITS
 from ..store.parts import write_json_atomic
 from . import background, cache
 from .html import CELL_CSS, CSP, SCRIPT
@@ -153,9 +154,9 @@ def _page_keys(results, cell_ids: list[str]) -> tuple[dict[str, str], dict[str, 
     rows = R.cells(results)
     records = {r["cell_id"]: r for r in rows[rows["cell_id"].isin(cell_ids)].to_dict("records")}
     version = [cache.code_version(*_PAGE_CODE), *(metadata.version(m) for m in ("jinja2", "markupsafe"))]
-    # Not the adaptive flag (cell.Cell.adaptive): no page shows it, and a migrated database fills it in later.
+    # Not the method's traits (no page shows them, and a migrated database fills them in later).
     keys = {
-        c: cache.key("page", version, MAX_PAGE_SAMPLES, {k: v for k, v in records[c].items() if k != "adaptive"})
+        c: cache.key("page", version, MAX_PAGE_SAMPLES, {k: v for k, v in records[c].items() if k not in TRAITS})
         for c in cell_ids
         if c in records
     }
