@@ -188,6 +188,26 @@ def test_work_done_by_worker_processes_equals_work_done_in_process(synthetic, tm
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
 
+    # Interrupted while it waits for its page workers (Ctrl-C after the report itself was written): they are
+    # stopped too.
+    monkeypatch.undo()
+    monkeypatch.setattr(drilldown, "PARALLEL_MIN_SAMPLES", 0)
+    monkeypatch.setenv("QVAL_REPORT_WORKERS", "2")
+    monkeypatch.setattr(background, "spawn", spawn)
+
+    def interrupted(results, folder, cell_ids):  # this process's share of the pages, rendered first in finish
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(drilldown, "render_pages", interrupted)
+    started.clear()
+    workers.clear()
+    with pytest.raises(KeyboardInterrupt):
+        build.write_reports(results, tmp_path / "interrupted")
+    assert started.count("qval.report.page_worker") == 2
+    for pid in workers:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
 
 def test_a_report_knows_adaptive_cells_from_the_cells_table_without_importing_policy_code(synthetic, tmp_path):
     """Planning records each cell's ``adaptive`` flag (Cell.adaptive), so a report of a decoding suite imports no

@@ -243,29 +243,30 @@ class PendingPages:
     def cancel(self) -> None:
         """Stop the workers (pages they wrote stay, unrecorded: the next build renders them again)."""
         for proc, _ in self.workers:
-            proc.kill()
-            proc.wait()
-            if proc.stdout is not None:
-                proc.stdout.close()
+            background.stop(proc)
 
     def finish(self) -> list[Path]:
         """Wait for (or render) the pages, then record them and remove the pages of cells no longer shown."""
-        written = render_pages(self.results, self.folder, self.leftover)
-        for proc, chunk in self.workers:
-            assert proc.stdout is not None
-            with proc.stdout:
-                out = proc.stdout.read()
-            proc.wait()
-            try:
-                paths = [Path(p) for p in json.loads(out)] if proc.returncode == 0 else None
-            except ValueError:
-                paths = None
-            # A worker that failed (or could not start qval) leaves its cells to this process, which renders them
-            # again: the same pages, or the error itself where it has one.
-            if paths is None:
-                paths = render_pages(self.results, self.folder, chunk)
-                background.redone(f"drill-down pages of {len(chunk)} cells", proc.returncode)
-            written += paths
+        try:
+            written = render_pages(self.results, self.folder, self.leftover)
+            for proc, chunk in self.workers:
+                assert proc.stdout is not None
+                with proc.stdout:
+                    out = proc.stdout.read()
+                proc.wait()
+                try:
+                    paths = [Path(p) for p in json.loads(out)] if proc.returncode == 0 else None
+                except ValueError:
+                    paths = None
+                # A worker that failed (or could not start qval) leaves its cells to this process, which renders
+                # them again: the same pages, or the error itself where it has one.
+                if paths is None:
+                    paths = render_pages(self.results, self.folder, chunk)
+                    background.redone(f"drill-down pages of {len(chunk)} cells", proc.returncode)
+                written += paths
+        except BaseException:  # an error or an interrupt while waiting: no worker outlives the report
+            self.cancel()
+            raise
         for cell_id in self.todo:
             if cell_id in self.keys:
                 self.current[cell_id] = {"key": self.keys[cell_id], "size": _size(self.folder / page_file(cell_id))}
