@@ -101,32 +101,17 @@ def _interrupt(suite: Path, results: Path, how: int) -> tuple[int, str, str]:
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
 def test_an_interrupted_run_says_what_it_kept_and_a_rerun_resumes_it(tmp_path, how):
-    suite, results = _suite(tmp_path, f"stop{int(how)}"), tmp_path / "r"
-    code, out, err = _interrupt(suite, results, how)
-    assert code == (130 if how == signal.SIGINT else 143), out + err
-    assert "Traceback" not in err and "internal error" not in err, err
-    time.sleep(0.5)
-    assert _worker_pids(results) == [], "a worker outlived the interrupted run"
-
-    held = _held(results)
-    done = sum(1 for d in (results / "parts").iterdir() if (d / "DONE.json").exists())
-    kept = sum(len(ids) for ids in held.values())
-    partial = sum(1 for ids in held.values() if ids)
-    assert 1 <= done < 3 and kept > 0, (out, err)
-    word = "interrupted" if how == signal.SIGINT else "terminated (SIGTERM)"
-    said = re.search(
-        rf"{re.escape(word)}: (\d+) of 3 cells finished and kept in {re.escape(str(results / 'parts'))}; "
-        r"(\d+) sample\(s\) of (\d+) unfinished cell\(s\) kept \(the workers reported (\d+) finished\); ",
-        err,
-    )
-    assert said, err
-    assert [int(n) for n in said.groups()[:3]] == [done, kept, partial], err
-    # Every sample the runner counted is on disk: the workers' buffered tail was written, not cut short by the
-    # runner's SIGTERM arriving during that write. One more per cell is a sample written but not yet reported.
-    reported = int(said.group(4))
-    assert reported <= kept <= reported + partial, err
-    assert "were lost" not in err, err
-    assert "re-run the same command to resume" in err, err
+    # The signal is sent once an unfinished cell has a part; on a loaded machine that cell can still finish before
+    # the signal lands, leaving nothing partly done to resume. The account must be right either way (checked on each
+    # try); the resume needs a partly done cell, so the run is interrupted again, afresh, until it has one.
+    for attempt in range(3):
+        folder = tmp_path / f"try{attempt}"
+        folder.mkdir()
+        suite, results = _suite(folder, f"stop{int(how)}"), folder / "r"
+        done, kept, partial, held = _interrupted_and_accounted(suite, results, how)
+        if kept > 0:
+            break
+    assert kept > 0, "three interrupts in a row landed between cells"
     if how == signal.SIGTERM:
         return  # the resume path is the same as after SIGINT, checked below
 
@@ -154,6 +139,37 @@ def test_an_interrupted_run_says_what_it_kept_and_a_rerun_resumes_it(tmp_path, h
     assert all(len({s for s, _ in truth[c]}) == n for c, n in zip(cells["cell_id"], cells["n_samples"]))
     for cell, ids in held.items():  # the samples kept at the interrupt were resumed after, not recomputed away
         assert ids <= {s for s, _ in truth[cell]}
+
+
+def _interrupted_and_accounted(suite: Path, results: Path, how: int) -> tuple[int, int, int, dict[str, set]]:
+    """Interrupt a run of ``suite`` and check its exit and its account of what it kept against the parts on disk.
+    Returns (cells done, samples kept of unfinished cells, unfinished cells with samples, those samples by cell)."""
+    code, out, err = _interrupt(suite, results, how)
+    assert code == (130 if how == signal.SIGINT else 143), out + err
+    assert "Traceback" not in err and "internal error" not in err, err
+    time.sleep(0.5)
+    assert _worker_pids(results) == [], "a worker outlived the interrupted run"
+
+    held = _held(results)
+    done = sum(1 for d in (results / "parts").iterdir() if (d / "DONE.json").exists())
+    kept = sum(len(ids) for ids in held.values())
+    partial = sum(1 for ids in held.values() if ids)
+    assert 1 <= done < 3, (out, err)
+    word = "interrupted" if how == signal.SIGINT else "terminated (SIGTERM)"
+    said = re.search(
+        rf"{re.escape(word)}: (\d+) of 3 cells finished and kept in {re.escape(str(results / 'parts'))}; "
+        r"(\d+) sample\(s\) of (\d+) unfinished cell\(s\) kept \(the workers reported (\d+) finished\); ",
+        err,
+    )
+    assert said, err
+    assert [int(n) for n in said.groups()[:3]] == [done, kept, partial], err
+    # Every sample the runner counted is on disk: the workers' buffered tail was written, not cut short by the
+    # runner's SIGTERM arriving during that write. One more per cell is a sample written but not yet reported.
+    reported = int(said.group(4))
+    assert reported <= kept <= reported + partial, err
+    assert "were lost" not in err, err
+    assert "re-run the same command to resume" in err, err
+    return done, kept, partial, held
 
 
 class _Clock:
