@@ -50,21 +50,27 @@ def _fit_logreg(X: np.ndarray, y: np.ndarray, n_classes: int, l2: float = 1.0) -
     sd = X.std(axis=0)
     sd[sd == 0] = 1.0
     model = _LogReg(mu, sd, np.zeros((X.shape[1] + 1, n_classes)))
-    A = model.design(X)
-    Y = np.eye(n_classes)[y]
-    penal = np.ones_like(model.W)
-    penal[0] = 0.0
+    # Classes × samples: every reduction over the classes is then an elementwise one across a few long contiguous
+    # rows, and the per-sample arrays are a row each. Laid out samples × classes, the fits were most of a report's
+    # knob headroom.
+    At = np.ascontiguousarray(model.design(X).T)
+    samples = np.arange(len(y))
+    penal = np.ones_like(model.W.T)
+    penal[:, 0] = 0.0
 
     def loss_grad(w):
-        W = w.reshape(model.W.shape)
-        Z = A @ W
-        # The max-shifted log-sum-exp in numpy: scipy's logsumexp costs ~8 ms a call here in array-API overhead,
-        # most of a report's selector time.
-        top = Z.max(axis=1, keepdims=True)
-        logp = Z - (top + np.log(np.exp(Z - top).sum(axis=1, keepdims=True)))
-        loss = -(Y * logp).sum() + 0.5 * l2 * (penal * W * W).sum()
-        grad = A.T @ (np.exp(logp) - Y) + l2 * penal * W
-        return loss, grad.ravel()
+        Wt = w.reshape(model.W.shape).T  # classes × (features + 1)
+        Z = Wt @ At
+        # The max-shifted log-sum-exp in numpy: scipy's logsumexp costs ~8 ms a call here in array-API overhead.
+        Z -= Z.max(axis=0)
+        P = np.exp(Z)
+        total = P.sum(axis=0)
+        # Σ cross-entropy = Σ (log Σ exp z − z of the sample's class)
+        loss = np.log(total).sum() - Z[y, samples].sum() + 0.5 * l2 * (penal * Wt * Wt).sum()
+        P /= total
+        P[y, samples] -= 1.0  # softmax − one-hot
+        grad = P @ At.T + l2 * penal * Wt
+        return loss, grad.T.ravel()
 
     res = minimize(loss_grad, model.W.ravel(), jac=True, method="L-BFGS-B")
     model.W = res.x.reshape(model.W.shape)
@@ -91,20 +97,22 @@ def cross_validated_selector(
 
     Labels are the per-sample argmax candidate (ties → smaller).  ``cand_table`` must be complete (no NaN).
     """
-    # A set of Python strings: a lookup per id in a pandas index, or Index.isin on Arrow strings, cost seconds on
-    # 10,000-sample sweeps.
-    known = set(features.index.tolist())
-    ids = [i for i in cand_table.index.tolist() if i in known]
-    if len(ids) < 2:
+    # Positions, not labels: a lookup per id (.loc with a list of ids) cost a report's 20 selectors a third of a
+    # second on 10,000-sample sweeps. get_indexer raises where the features repeat a sample id.
+    position = features.index.get_indexer(cand_table.index)
+    known = position >= 0
+    index = cand_table.index[known].rename(None)
+    if len(index) < 2:
         raise ValueError("selector needs at least 2 samples with features")
-    k = min(folds, len(ids))
+    k = min(folds, len(index))
     if k < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     cands = list(cand_table.columns)
-    X = features.loc[ids].to_numpy(float)
-    y = _argmax_smaller(cand_table.loc[ids].to_numpy(float))
-    fold = _assign_folds(len(ids), k, seed)
-    pred = np.empty(len(ids), dtype=int)
+    X = features.to_numpy(float)[position[known]]
+    y = _argmax_smaller(cand_table.to_numpy(float)[known])
+    fold = _assign_folds(len(index), k, seed)
+    id_array = index.to_numpy(object)
+    pred = np.empty(len(index), dtype=int)
     train_ids = {}
     # One BLAS thread: L-BFGS makes hundreds of tiny BLAS calls per fit, and OpenBLAS's thread hand-off costs more
     # than the work (measured 20x slower for a 16-sample fit on a busy 2-core machine). Same numbers either way.
@@ -113,10 +121,10 @@ def cross_validated_selector(
             train, test = fold != f, fold == f
             model = _fit_logreg(X[train], y[train], len(cands), l2)
             pred[test] = model.predict(X[test])
-            train_ids[f] = [ids[i] for i in np.flatnonzero(train)]
+            train_ids[f] = id_array[train].tolist()
     return SelectorRun(
-        predictions=pd.Series([cands[p] for p in pred], index=ids, dtype=object),
-        fold=pd.Series(fold, index=ids, dtype=int),
+        predictions=pd.Series([cands[p] for p in pred], index=index, dtype=object),
+        fold=pd.Series(fold, index=index, dtype=int),
         train_ids=train_ids,
         n_folds=k,
         seed=seed,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.compute as pc
 
 from .. import results as R
 from . import replay
@@ -107,15 +108,35 @@ def _value(x):
     return int(x) if float(x).is_integer() else float(x)
 
 
+_PER_SAMPLE = (
+    "SELECT cell_id, sample_id, 1 + sum(coalesce(list_sum(accepted), 0)) / sum(target_steps) AS tau, "
+    "sum(new_tokens)::DOUBLE AS tokens, sum(decode_s) AS decode_s FROM decode_samples "
+    "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL GROUP BY cell_id, sample_id "
+    "HAVING sum(target_steps) > 0"
+)
+
+
 def _per_sample(con, cell_ids: list[str]) -> pd.DataFrame:
     """Per (cell, sample): τ, tokens and decode time summed over turns (successful rows only)."""
-    return con.execute(
-        "SELECT cell_id, sample_id, 1 + sum(coalesce(list_sum(accepted), 0)) / sum(target_steps) AS tau, "
-        "sum(new_tokens) AS tokens, sum(decode_s) AS decode_s FROM decode_samples "
-        "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL GROUP BY cell_id, sample_id "
-        "HAVING sum(target_steps) > 0",
-        [cell_ids],
-    ).df()
+    return con.execute(_PER_SAMPLE, [cell_ids]).df()
+
+
+def _per_sample_columns(con, cell_ids: list[str]) -> tuple[dict[str, _Values], pd.Index]:
+    """``_per_sample`` as each cell's values by sample code, and the sample id of each code. Read as Arrow with the
+    ids dictionary-encoded: a million ids converted to Python strings (a DataFrame's) cost a million-row report's
+    knob headroom half a second."""
+    table = con.sql(_PER_SAMPLE, params=[cell_ids]).to_arrow_table()
+    samples = pc.dictionary_encode(table["sample_id"].combine_chunks())
+    cells = pc.dictionary_encode(table["cell_id"].combine_chunks())
+    codes = samples.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    values = [table[c].to_numpy().astype(float) for c in ("tau", "tokens", "decode_s")]  # nulls as NaN
+    # Each cell's rows, in the order the query gave them (a stable sort by cell).
+    by_cell = np.argsort(cells.indices.to_numpy(zero_copy_only=False), kind="stable")
+    bounds = np.cumsum(np.bincount(cells.indices.to_numpy(zero_copy_only=False), minlength=len(cells.dictionary)))
+    columns = {}
+    for cell, rows in zip(cells.dictionary.to_pylist(), np.split(by_cell, bounds[:-1])):
+        columns[cell] = _Values(codes[rows], *(v[rows] for v in values))
+    return columns, pd.Index(samples.dictionary.to_pylist())
 
 
 def _features(con, cell_ids: list[str]) -> tuple[pd.DataFrame | None, list[str]]:
@@ -170,13 +191,10 @@ def load_sweeps(results, info: pd.DataFrame, groups: list[Group]) -> list[OwnSwe
         # Per-sample values of every cell in any sweep (and of their AR baselines), read in one query.
         members = {c for _, _, _, values in groups for c in values.values()}
         baselines = {c: info.at[c, "baseline_cell_id"] for c in members}
-        per = _per_sample(con, sorted(members | {b for b in baselines.values() if isinstance(b, str)}))
-        per["sample_id"] = per["sample_id"].astype(str)
         # Sample ids as integer codes: a sweep's table is filled by position, not aligned on string indexes (that
         # alignment, per column of every sweep, was most of a million-row report's knob headroom).
-        codes, ids = pd.factorize(per["sample_id"])
+        columns, ids = _per_sample_columns(con, sorted(members | {b for b in baselines.values() if isinstance(b, str)}))
         order = ids.get_indexer(replay._sorted_ids(ids))  # codes in replay's sample order
-        columns = {c: _Values.of(g, codes[g.index.to_numpy()]) for c, g in per.groupby("cell_id", sort=False)}
         sweeps = []
         for (model, dataset, temperature, seed, method), knob, fixed, values in groups:
             ids_in = list(values.values())
@@ -206,10 +224,6 @@ class _Values:
     tau: np.ndarray
     tokens: np.ndarray
     decode_s: np.ndarray
-
-    @classmethod
-    def of(cls, frame: pd.DataFrame, codes: np.ndarray) -> _Values:
-        return cls(codes, *(frame[c].to_numpy(float, na_value=np.nan) for c in ("tau", "tokens", "decode_s")))
 
 
 _NONE = _Values(*(np.zeros(0) for _ in range(4)))

@@ -57,12 +57,24 @@ def _escaped(text: str) -> str:
 
 def _text(value) -> str:
     """A value as the template writes ``{{ value }}``: None as "–" (the environment's finalize), anything else as
-    its string, escaped."""
+    its string, escaped (an int's needs none)."""
+    if type(value) is int:
+        return str(value)
     return "–" if value is None else _escaped(str(value))
 
 
+# Stand-ins for a mark's tags while a turn's text is escaped in one pass; a text that holds one is escaped piece by
+# piece instead.
+_OPEN, _CLOSE = "\x00", "\x01"
+
+
 def _highlight(segments: list[tuple[str, bool]]) -> str:
-    """A turn's text with its accepted draft tokens marked, every piece escaped."""
+    """A turn's text with its accepted draft tokens marked, every piece escaped. The whole text is escaped at once,
+    the marks standing in as characters escaping leaves alone: per piece, the escaping was a third of a page."""
+    marked = _escaped("".join([_OPEN + piece + _CLOSE if accepted else piece for piece, accepted in segments]))
+    marks = sum(1 for _, accepted in segments if accepted)
+    if marked.count(_OPEN) == marks and marked.count(_CLOSE) == marks:  # no stand-in came from the text itself
+        return marked.replace(_OPEN, '<mark class="acc">').replace(_CLOSE, "</mark>")
     return "".join(
         f'<mark class="acc">{_escaped(piece)}</mark>' if accepted else _escaped(piece) for piece, accepted in segments
     )

@@ -11,7 +11,7 @@ import io
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -28,9 +28,6 @@ from PIL import Image
 
 from .. import cache
 from ..model import TrackBoard
-
-if TYPE_CHECKING:
-    from matplotlib.typing import RcKeyType
 
 MAX_BARS = 30  # bars per figure; keeps figure rendering cheap and readable
 MAX_SERIES = 30  # lines, histograms or heatmap rows/columns per figure
@@ -55,7 +52,7 @@ LINE_STYLES = ("-", "--", ":")
 # text is most of the cost of these figures. A fixed title height spares
 # matplotlib measuring every tick label to place the title (no figure here has
 # tick labels above its axes).
-RC: dict[RcKeyType, Any] = {"text.parse_math": False, "text.hinting": "no_hinting", "axes.titley": 1.0}
+RC: dict[str, Any] = {"text.parse_math": False, "text.hinting": "no_hinting", "axes.titley": 1.0}
 
 
 def text_width(fig: Figure, labels: list[str], size: float = FONT_SIZE) -> float:
