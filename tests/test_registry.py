@@ -27,6 +27,16 @@ def test_failing_import_is_a_hard_error_when_loaded_and_text_when_checked():
         entry.load()
 
 
+class _Declared:
+    """What ``metadata.entry_points()`` gives, as far as the registry reads it: the entry points of a group."""
+
+    def __init__(self, of_group):
+        self.of_group = of_group
+
+    def select(self, group):
+        return self.of_group(group)
+
+
 def test_name_clash_names_both_distributions(monkeypatch):
     def fake_entry_points(group):
         if group != "qval.scorers":
@@ -36,7 +46,7 @@ def test_name_clash_names_both_distributions(monkeypatch):
             SimpleNamespace(name="dup", value="b:B", dist=SimpleNamespace(name="pkg-b", version="2")),
         ]
 
-    monkeypatch.setattr("qval.registry.metadata.entry_points", fake_entry_points)
+    monkeypatch.setattr("qval.registry.metadata.entry_points", lambda: _Declared(fake_entry_points))
     with pytest.raises(PluginError, match=r"pkg-a 1.*pkg-b 2"):
         Registry().names("scorers")
 
@@ -59,7 +69,7 @@ def _fake_scorer_entry_points(monkeypatch, name: str, target: str):
             found.append(SimpleNamespace(name=name, value=target, dist=SimpleNamespace(name="pkg-x", version="9")))
         return found
 
-    monkeypatch.setattr("qval.registry.metadata.entry_points", fake_entry_points)
+    monkeypatch.setattr("qval.registry.metadata.entry_points", lambda: _Declared(fake_entry_points))
 
 
 def test_a_class_naming_itself_otherwise_is_refused(monkeypatch):
