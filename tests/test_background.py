@@ -99,3 +99,51 @@ def test_a_worker_that_fails_where_the_report_process_succeeds_is_said_once(spaw
         assert background.start(math.factorial, 7).result() == 5040
     err = capfd.readouterr().err
     assert err.count("a report worker failed (exit code 1)") == 1 and "factorial" in err
+
+
+def test_a_worker_dies_with_a_report_killed_outright(tmp_path):
+    """SIGKILL leaves a report no chance to stop its workers: the kernel ends them (PR_SET_PDEATHSIG)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    program = (
+        "import time\n"
+        "from qval.report import background\n"
+        "procs = []\n"
+        "real = background.spawn\n"
+        "background.spawn = lambda *a: procs.append(real(*a)) or procs[-1]\n"
+        "with background.beside():\n"
+        "    background.start(time.sleep, 120)\n"
+        "    print(procs[0].pid, flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    report = subprocess.Popen(
+        [sys.executable, "-c", program],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "QVAL_REPORT_WORKERS": "1"},
+    )
+    try:
+        assert report.stdout is not None
+        worker = int(report.stdout.readline())
+        time.sleep(1.0)  # the worker is past its start (and its prctl)
+        report.send_signal(signal.SIGKILL)
+        report.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.05)
+        assert not _alive(worker), "the worker outlived the report killed outright"
+    finally:
+        if report.poll() is None:
+            report.kill()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie (a worker whose parent died is reparented and reaped; a zombie has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -22,11 +22,14 @@ from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
+from .. import orphans
+
 # Below this many samples of work, a worker process (its start and imports, about a second) costs more than it saves.
 WORKER_MIN_SAMPLES = 20_000
 
 
 _BLAS_THREADS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_PARENT = "QVAL_REPORT_PARENT"  # the process id of the report that started a worker
 
 
 def workers() -> int:
@@ -55,8 +58,18 @@ def spawn(module: str, *argv: str) -> subprocess.Popen:
             # One BLAS thread: the workers and the report's own process already share the cores out, and a BLAS
             # team beside them only waits its turn (it cost a million-row report's knob headroom a second of CPU).
             **{name: "1" for name in _BLAS_THREADS},
+            _PARENT: str(os.getpid()),
         },
     )
+
+
+def die_with_parent() -> None:
+    """A worker's first step: the kernel kills it when the report that started it dies, even by SIGKILL, where the
+    report cannot stop it. Set after the worker's start, not between fork and exec (a preexec_fn), which is unsafe
+    in the report's process: its DuckDB threads may hold locks the child would need."""
+    parent = os.environ.get(_PARENT, "")
+    if parent.isdigit():
+        orphans.die_with_parent(int(parent))
 
 
 def silence_stdout() -> None:
@@ -183,6 +196,7 @@ def start(function: Callable[..., Any], *args: Any, worth_a_worker: bool = True)
 
 
 def main() -> int:
+    die_with_parent()
     answer = sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever the work prints goes where the report's own output goes, not into the answer
     try:

@@ -11,6 +11,7 @@ from . import background
 
 
 def main(argv: list[str]) -> int:
+    background.die_with_parent()
     try:
         # The cell ids first, then the imports: the report writes them into a pipe, and would wait for the imports
         # (about a second) on a list over the pipe's 64 KiB.

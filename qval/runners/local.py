@@ -11,9 +11,9 @@ cannot interrupt, a plugin that disabled SIGALRM), and whatever processes it sta
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import psutil
 
+from .. import orphans
 from ..store.parts import FAILED, cell_dir, write_json_atomic
 from .base import Runner
 
@@ -111,7 +112,10 @@ class _Supervised:
         self.last_progress = time.monotonic()
         read_events, write_events = os.pipe()
         read_log, write_log = os.pipe()
+        orphans.ready()
         try:
+            # Before exec, the kernel is told to kill the worker when this `qval run` dies (kill -9, SIGHUP), so no
+            # orphaned worker goes on writing samples that a re-run also writes.
             self.proc = subprocess.Popen(
                 command,
                 stdout=write_log,
@@ -119,7 +123,7 @@ class _Supervised:
                 stdin=subprocess.DEVNULL,
                 pass_fds=(write_events,),
                 env={**env, "QVAL_EVENT_FD": str(write_events)},
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(orphans.die_with_parent, os.getpid()),
             )
         finally:
             os.close(write_events)  # the child holds its own copies; EOF when it (and its children) exit
@@ -278,17 +282,3 @@ def _pump_log(stream, path: Path) -> None:
                 out.flush()
     finally:
         out.close()
-
-
-def die_with_parent() -> None:
-    """In the worker, before exec: the kernel kills it when the `qval run` that started it dies (kill -9, SIGHUP),
-    so no orphaned worker goes on writing samples that a re-run also writes (Linux; elsewhere a no-op)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() == 1:  # the parent died before prctl: nobody will collect this worker's work
-        os._exit(1)
