@@ -12,25 +12,27 @@ _PR_SET_PDEATHSIG = 1
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def _prctl():
+    """libc's prctl, looked up once: the lookup (dlopen, dlsym) takes the dynamic loader's lock."""
     try:
-        return ctypes.CDLL("libc.so.6", use_errno=True)
-    except OSError:
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
         return None
 
 
 def ready() -> None:
-    """In the parent, before it starts children that call ``die_with_parent`` between fork and exec: loads libc
-    there, so that the child makes no dlopen (unsafe after a fork of a process with threads)."""
-    _libc()
+    """In the parent, before it starts children that call ``die_with_parent`` between fork and exec: prctl is looked
+    up there, so that the child makes no call into the dynamic loader (unsafe after a fork of a process with
+    threads: another thread may have held its lock)."""
+    _prctl()
 
 
 def die_with_parent(parent: int) -> None:
     """In the child: SIGKILL when ``parent`` (the process id of the one that started it) dies; where it has died
     already, before this call, the child exits at once (nobody will collect its work)."""
-    libc = _libc()
-    if libc is None or not hasattr(libc, "prctl"):
+    prctl = _prctl()
+    if prctl is None:
         return
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:
         os._exit(1)

@@ -92,13 +92,13 @@ class PluginEntry:
         return None
 
 
-def _name_and_version(dist: metadata.Distribution | None, named: dict[object, tuple[str, str]]) -> tuple[str, str]:
+def _name_and_version(dist: metadata.Distribution | None, named: dict[int, tuple[str, str]]) -> tuple[str, str]:
     if dist is None:
         return "unknown", "?"
-    where = getattr(dist, "_path", None) or id(dist)  # the folder of its metadata (PathDistribution)
-    if where not in named:
-        named[where] = (dist.name, dist.version)
-    return named[where]
+    # By identity: the entry points of one distribution share its object (alive while they are).
+    if id(dist) not in named:
+        named[id(dist)] = (dist.name, dist.version)
+    return named[id(dist)]
 
 
 class Registry:
@@ -117,7 +117,7 @@ class Registry:
             seen: set[tuple[str, str, str]] = set()
             # A distribution's name and version, read once: each read parses its METADATA (qval's holds the whole
             # README), and per entry point that was a third of a second of every command's start.
-            named: dict[object, tuple[str, str]] = {}
+            named: dict[int, tuple[str, str]] = {}
             declared = metadata.entry_points()  # every distribution's, read once for all kinds
             for kind in KINDS:
                 for ep in declared.select(group=f"qval.{kind}"):

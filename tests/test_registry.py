@@ -37,6 +37,16 @@ class _Declared:
         return self.of_group(group)
 
 
+def _entry_points(of_group):
+    """A stand-in for ``metadata.entry_points``: called with no argument, as the registry does, or with a group, as
+    a library the test imports may do (gymnasium looks up its environments at import)."""
+
+    def entry_points(group=None):
+        return _Declared(of_group) if group is None else of_group(group)
+
+    return entry_points
+
+
 def test_name_clash_names_both_distributions(monkeypatch):
     def fake_entry_points(group):
         if group != "qval.scorers":
@@ -46,7 +56,7 @@ def test_name_clash_names_both_distributions(monkeypatch):
             SimpleNamespace(name="dup", value="b:B", dist=SimpleNamespace(name="pkg-b", version="2")),
         ]
 
-    monkeypatch.setattr("qval.registry.metadata.entry_points", lambda: _Declared(fake_entry_points))
+    monkeypatch.setattr("qval.registry.metadata.entry_points", _entry_points(fake_entry_points))
     with pytest.raises(PluginError, match=r"pkg-a 1.*pkg-b 2"):
         Registry().names("scorers")
 
@@ -69,7 +79,7 @@ def _fake_scorer_entry_points(monkeypatch, name: str, target: str):
             found.append(SimpleNamespace(name=name, value=target, dist=SimpleNamespace(name="pkg-x", version="9")))
         return found
 
-    monkeypatch.setattr("qval.registry.metadata.entry_points", lambda: _Declared(fake_entry_points))
+    monkeypatch.setattr("qval.registry.metadata.entry_points", _entry_points(fake_entry_points))
 
 
 def test_a_class_naming_itself_otherwise_is_refused(monkeypatch):

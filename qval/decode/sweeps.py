@@ -131,8 +131,9 @@ def _per_sample_columns(con, cell_ids: list[str]) -> tuple[dict[str, _Values], p
     codes = samples.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     values = [table[c].to_numpy().astype(float) for c in ("tau", "tokens", "decode_s")]  # nulls as NaN
     # Each cell's rows, in the order the query gave them (a stable sort by cell).
-    by_cell = np.argsort(cells.indices.to_numpy(zero_copy_only=False), kind="stable")
-    bounds = np.cumsum(np.bincount(cells.indices.to_numpy(zero_copy_only=False), minlength=len(cells.dictionary)))
+    cell_codes = cells.indices.to_numpy(zero_copy_only=False)
+    by_cell = np.argsort(cell_codes, kind="stable")
+    bounds = np.cumsum(np.bincount(cell_codes, minlength=len(cells.dictionary)))
     columns = {}
     for cell, rows in zip(cells.dictionary.to_pylist(), np.split(by_cell, bounds[:-1])):
         columns[cell] = _Values(codes[rows], *(v[rows] for v in values))
