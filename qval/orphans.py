@@ -3,7 +3,6 @@ which leaves that process no chance to stop it (Linux's PR_SET_PDEATHSIG; elsewh
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import signal
@@ -15,8 +14,10 @@ _PR_SET_PDEATHSIG = 1
 def _prctl():
     """libc's prctl, looked up once: the lookup (dlopen, dlsym) takes the dynamic loader's lock."""
     try:
+        import ctypes  # here: a Python built without it runs, with no protection
+
         return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
+    except (ImportError, OSError, AttributeError):
         return None
 
 

@@ -92,13 +92,15 @@ class PluginEntry:
         return None
 
 
-def _name_and_version(dist: metadata.Distribution | None, named: dict[int, tuple[str, str]]) -> tuple[str, str]:
+def _name_and_version(dist: metadata.Distribution | None, named: dict[int, tuple[object, str, str]]) -> tuple[str, str]:
     if dist is None:
         return "unknown", "?"
-    # By identity: the entry points of one distribution share its object (alive while they are).
+    # By identity: the entry points of one distribution share its object, which the entry keeps alive (so that no
+    # other object can take its id).
     if id(dist) not in named:
-        named[id(dist)] = (dist.name, dist.version)
-    return named[id(dist)]
+        named[id(dist)] = (dist, dist.name, dist.version)
+    _, name, version = named[id(dist)]
+    return name, version
 
 
 class Registry:
@@ -117,7 +119,7 @@ class Registry:
             seen: set[tuple[str, str, str]] = set()
             # A distribution's name and version, read once: each read parses its METADATA (qval's holds the whole
             # README), and per entry point that was a third of a second of every command's start.
-            named: dict[int, tuple[str, str]] = {}
+            named: dict[int, tuple[object, str, str]] = {}
             declared = metadata.entry_points()  # every distribution's, read once for all kinds
             for kind in KINDS:
                 for ep in declared.select(group=f"qval.{kind}"):

@@ -125,10 +125,12 @@ def test_a_worker_dies_with_a_report_killed_outright(tmp_path):
         text=True,
         env={**os.environ, "QVAL_REPORT_WORKERS": "1"},
     )
+    worker = None
     try:
         assert report.stdout is not None
         worker = int(report.stdout.readline())
         time.sleep(1.0)  # the worker is past its start (and its prctl)
+        assert _alive(worker), "the worker did not start (or ended before its report)"
         report.send_signal(signal.SIGKILL)
         report.wait(timeout=30)
         deadline = time.monotonic() + 20
@@ -138,6 +140,8 @@ def test_a_worker_dies_with_a_report_killed_outright(tmp_path):
     finally:
         if report.poll() is None:
             report.kill()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
 
 
 def _alive(pid: int) -> bool:

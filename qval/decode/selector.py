@@ -101,14 +101,14 @@ def cross_validated_selector(
     # second on 10,000-sample sweeps. get_indexer raises where the features repeat a sample id.
     position = features.index.get_indexer(cand_table.index)
     known = position >= 0
-    index = cand_table.index[known].rename(None)
+    index = pd.Index(cand_table.index[known].tolist())  # built from the ids, as a Series given a list of them builds it
     if len(index) < 2:
         raise ValueError("selector needs at least 2 samples with features")
     k = min(folds, len(index))
     if k < 2:
         raise ValueError(f"folds must be >= 2, got {folds}")
     cands = list(cand_table.columns)
-    X = features.to_numpy(float)[position[known]]
+    X = features.iloc[position[known]].to_numpy(float)
     y = _argmax_smaller(cand_table.to_numpy(float)[known])
     fold = _assign_folds(len(index), k, seed)
     id_array = index.to_numpy(object)

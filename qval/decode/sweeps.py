@@ -111,7 +111,7 @@ def _value(x):
 _PER_SAMPLE = (
     "SELECT cell_id, sample_id, 1 + sum(coalesce(list_sum(accepted), 0)) / sum(target_steps) AS tau, "
     "sum(new_tokens)::DOUBLE AS tokens, sum(decode_s) AS decode_s FROM decode_samples "
-    "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL GROUP BY cell_id, sample_id "
+    "WHERE cell_id IN (SELECT unnest(?)) AND error IS NULL AND sample_id IS NOT NULL GROUP BY cell_id, sample_id "
     "HAVING sum(target_steps) > 0"
 )
 
