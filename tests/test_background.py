@@ -146,8 +146,9 @@ def test_a_worker_dies_with_a_report_killed_outright(tmp_path):
 
 def _alive(pid: int) -> bool:
     """Running, not a zombie (a worker whose parent died is reparented and reaped; a zombie has ended)."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False

@@ -266,23 +266,23 @@ def test_page_escaping_equals_markupsafe():
 
     from qval.report.drilldown import _escaped, _highlight
 
+    def reference(segments):  # each piece escaped by markupsafe, the accepted ones marked
+        return "".join(
+            f'<mark class="acc">{markupsafe.escape(p)}</mark>' if a else str(markupsafe.escape(p)) for p, a in segments
+        )
+
     rng = random.Random(0)
     alphabet = "<>&\"'/ =a\u00e9\u2603\x00\x01\n;#"
     for _ in range(5000):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16)))
         assert _escaped(text) == str(markupsafe.escape(text))
         segments = [(text[: len(text) // 2], rng.random() < 0.5), (text[len(text) // 2 :], rng.random() < 0.5)]
-        assert _highlight(segments) == "".join(
-            f'<mark class="acc">{markupsafe.escape(p)}</mark>' if a else str(markupsafe.escape(p)) for p, a in segments
-        )
+        assert _highlight(segments) == reference(segments)
     html = _highlight([("<script>", False), ("x\"'&", True)])
     assert html == '&lt;script&gt;<mark class="acc">x&#34;&#39;&amp;</mark>'
     # Texts holding the characters that stand in for the marks while a text is escaped whole: marked as ever.
     for segments in ([("a\x00b", True), ("\x01", False)], [("\x00\x01", False)], [("\x01<", True), ("\x00", True)]):
-        reference = "".join(
-            f'<mark class="acc">{markupsafe.escape(p)}</mark>' if a else str(markupsafe.escape(p)) for p, a in segments
-        )
-        assert _highlight(segments) == reference
+        assert _highlight(segments) == reference(segments)
 
 
 # The decoding table's rows as the template's loop wrote them before drilldown built them in Python
